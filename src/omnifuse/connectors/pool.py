@@ -1,0 +1,38 @@
+"""Spatial average pooling of the encoder's square feature grid to k×k tokens, then a projector.
+
+Fewer image tokens is the cheapest speed-up there is: every image token costs the LLM as much as a
+text token (nanoVLM and Idefics3 compress for the same reason).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class PoolConnector(nn.Module):
+    def __init__(self, grid: int, projector: nn.Module) -> None:
+        super().__init__()
+        self.grid = grid
+        self.projector = projector
+
+    def num_output_tokens(self, num_input_tokens: int) -> int:
+        side = math.isqrt(num_input_tokens)
+        if side * side != num_input_tokens:
+            raise ValueError(f"pool connector needs a square token grid, got {num_input_tokens} tokens")
+        if self.grid > side:
+            raise ValueError(
+                f"pool connector grid {self.grid} is larger than the encoder's {side}×{side} grid"
+            )
+        return self.grid * self.grid
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, p, d = features.shape
+        side = math.isqrt(p)
+        self.num_output_tokens(p)
+        grid = features.transpose(1, 2).reshape(b, d, side, side)
+        pooled = F.adaptive_avg_pool2d(grid, self.grid).flatten(2).transpose(1, 2)
+        return self.projector(pooled)

@@ -1,0 +1,267 @@
+"""Convert LLaVA and ShareGPT conversation data into native samples.
+
+Both formats write images as ``<image>`` markers inside turn text. The marker becomes an image part
+at that position, so a model sees the image where the author placed it. Converted image paths are
+absolute; :func:`~omnifuse.data.sample.write_jsonl` makes those inside the output folder relative.
+Every problem in a file is reported at once, each naming its entry (list index or JSONL line).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, problem_list, write_jsonl
+from omnifuse.errors import OmnifuseError
+
+IMAGE_MARKER = "<image>"
+ROLE_NAMES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+LLAVA_ROLES = ("human", "gpt")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise OmnifuseError(f"{what} file {path} does not exist; check the path.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise OmnifuseError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            f"{what} data is one JSON list of conversation entries."
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise OmnifuseError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+
+
+def _image_root(src: Path, image_folder: Path | str | None) -> Path:
+    if image_folder is None:
+        return _normabs(src.parent)
+    root = Path(image_folder)
+    if not root.is_dir():
+        raise OmnifuseError(
+            f"image folder {root} does not exist or is not a folder; pass the folder holding the images."
+        )
+    return _normabs(root)
+
+
+def _split_markers(text: str) -> list[str | None]:
+    """Text pieces and image markers (``None``) in order; whitespace around markers is dropped."""
+    pieces: list[str | None] = []
+    for i, chunk in enumerate(text.split(IMAGE_MARKER)):
+        if i:
+            pieces.append(None)
+        chunk = chunk.strip()
+        if chunk:
+            pieces.append(chunk)
+    return pieces
+
+
+def _messages(
+    turns: Any,
+    images: Sequence[Path],
+    allowed_roles: Sequence[str],
+    prepend_unmarked: bool,
+) -> list[dict[str, Any]]:
+    """Native message dicts from ``[{"from", "value"}]`` turns, with markers matched to ``images``."""
+    if not isinstance(turns, list) or not turns:
+        raise _Invalid("conversations", "must be a non-empty list of turns")
+    roles: list[str] = []
+    texts: list[str] = []
+    for j, turn in enumerate(turns):
+        at = f"conversations[{j}]"
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise _Invalid(at, 'must be an object with "from" and "value"')
+        if turn["from"] not in allowed_roles:
+            raise _Invalid(f"{at}.from", f"{turn['from']!r} is not one of {', '.join(allowed_roles)}")
+        if not isinstance(turn["value"], str):
+            raise _Invalid(f"{at}.value", "must be a string")
+        roles.append(ROLE_NAMES[turn["from"]])
+        texts.append(turn["value"])
+
+    markers = sum(t.count(IMAGE_MARKER) for t in texts)
+    if prepend_unmarked and images and markers == 0:
+        # LLaVA's own preprocessing puts an unmarked image before the first human turn's text.
+        if "user" not in roles:
+            raise _Invalid("conversations", "has an image but no human turn to attach it to")
+        first_user = roles.index("user")
+        texts[first_user] = f"{IMAGE_MARKER}\n{texts[first_user]}"
+        markers = 1
+    if markers != len(images):
+        raise _Invalid(
+            "conversations",
+            f"has {markers} {IMAGE_MARKER} marker(s) but {len(images)} image(s); they must match one to one",
+        )
+
+    remaining = iter(images)
+    messages = []
+    for role, text in zip(roles, texts, strict=True):
+        content = [
+            {"type": "text", "text": piece}
+            if piece is not None
+            else {"type": "image", "image": str(next(remaining))}
+            for piece in _split_markers(text)
+        ]
+        messages.append({"role": role, "content": content or [{"type": "text", "text": ""}]})
+    return messages
+
+
+def _entry_images(value: Any, key: str, root: Path) -> list[Path]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise _Invalid(key, "must be an image path or a list of image paths")
+    return [_normabs(root / n) for n in names]
+
+
+def _unique_id(raw: Any, fallback: str, taken: set[str]) -> str:
+    """The entry's id, or ``fallback``; repeats get ``#2``, ``#3``... (public LLaVA mixes repeat ids)."""
+    base = fallback if raw is None or raw == "" else str(raw)
+    sample_id, k = base, 1
+    while sample_id in taken:
+        k += 1
+        sample_id = f"{base}#{k}"
+    taken.add(sample_id)
+    return sample_id
+
+
+def _convert_entries(
+    src: Path,
+    entries: list[tuple[str, Any]],
+    build: Callable[[dict[str, Any]], tuple[list[Path], list[dict[str, Any]]]],
+    fallback_id: Callable[[int], str],
+    what: str,
+) -> list[Sample]:
+    samples: list[Sample] = []
+    malformed: list[str] = []
+    missing: list[str] = []
+    taken: set[str] = set()
+    exists: dict[Path, bool] = {}
+    for index, (where, entry) in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise _Invalid("", "an entry must be a JSON object")
+            images, messages = build(entry)
+            raw_id = entry.get("id")
+            if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, str | int)):
+                raise _Invalid("id", "must be a string or an integer")
+            obj = {"id": _unique_id(raw_id, fallback_id(index), taken), "messages": messages}
+            sample = _parse(obj, src.parent)
+        except _Invalid as exc:
+            malformed.append(f"{where}: {exc}")
+            continue
+        for image in images:
+            if image not in exists:
+                exists[image] = image.is_file()
+            if not exists[image]:
+                missing.append(f"{where}: {image}")
+        samples.append(sample)
+
+    sections = []
+    if malformed:
+        noun = "entry" if len(malformed) == 1 else "entries"
+        sections.append(f"{len(malformed)} invalid {noun}:\n{problem_list(malformed)}")
+    if missing:
+        sections.append(f"{len(missing)} missing image(s):\n{problem_list(missing)}")
+    if sections:
+        raise OmnifuseError(
+            f"cannot convert {src} from {what}: it has "
+            + "\nand ".join(sections)
+            + "\nFix those entries, or pass the image folder the image paths are relative to."
+        )
+    if not samples:
+        raise OmnifuseError(f"{src} has no entries; there is nothing to convert.")
+    return samples
+
+
+def from_llava_json(path: Path | str, image_folder: Path | str | None = None) -> list[Sample]:
+    """Convert LLaVA instruction data (one JSON list of ``{"id", "image"?, "conversations"}``).
+
+    ``image`` is relative to ``image_folder`` (default: the JSON file's folder). An entry with an
+    image but no ``<image>`` marker gets it prepended to the first human turn, as LLaVA does.
+    """
+    src = Path(path)
+    data = _read_json(src, "LLaVA")
+    if not isinstance(data, list):
+        raise OmnifuseError(
+            f"{src} holds a JSON {type(data).__name__}, but LLaVA data is one JSON list of entries."
+        )
+    root = _image_root(src, image_folder)
+
+    def build(entry: dict[str, Any]) -> tuple[list[Path], list[dict[str, Any]]]:
+        if "conversations" not in entry:
+            raise _Invalid("", "missing key 'conversations'")
+        images = _entry_images(entry["image"], "image", root) if entry.get("image") is not None else []
+        return images, _messages(entry["conversations"], images, LLAVA_ROLES, prepend_unmarked=True)
+
+    entries = [(f"{src.name} entry {i}", e) for i, e in enumerate(data)]
+    return _convert_entries(src, entries, build, lambda i: f"{src.stem}-{i}", "LLaVA format")
+
+
+def from_sharegpt(path: Path | str, image_folder: Path | str | None = None) -> list[Sample]:
+    """Convert ShareGPT data (a JSON list, or JSONL) of ``{"id"?, "conversations", "images"?, "system"?}``.
+
+    ``<image>`` markers are matched to ``images`` in order (relative to ``image_folder``, default
+    the file's folder); a count mismatch is an error. A top-level ``system`` string becomes the
+    first turn.
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise OmnifuseError(f"ShareGPT file {src} does not exist; check the path.")
+    root = _image_root(src, image_folder)
+    entries: list[tuple[str, Any]] = []
+    text = src.read_text(encoding="utf-8-sig")
+    if src.suffix != ".jsonl" and text.lstrip().startswith("["):
+        data = _read_json(src, "ShareGPT")
+        entries = [(f"{src.name} entry {i}", e) for i, e in enumerate(data)]
+    else:
+        bad_lines = []
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append((f"{src.name} line {lineno}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                bad_lines.append(f"{src.name} line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})")
+        if bad_lines:
+            raise OmnifuseError(
+                f"cannot convert {src}: it is neither a JSON list nor valid JSONL; "
+                f"{len(bad_lines)} bad line(s):\n{problem_list(bad_lines)}"
+            )
+    roles = tuple(ROLE_NAMES)
+
+    def build(entry: dict[str, Any]) -> tuple[list[Path], list[dict[str, Any]]]:
+        if "conversations" not in entry:
+            raise _Invalid("", "missing key 'conversations'")
+        images = _entry_images(entry["images"], "images", root) if entry.get("images") is not None else []
+        messages = _messages(entry["conversations"], images, roles, prepend_unmarked=False)
+        system = entry.get("system")
+        if system is not None:
+            if not isinstance(system, str):
+                raise _Invalid("system", "must be a string")
+            if system and messages[0]["role"] != "system":
+                messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+        return images, messages
+
+    return _convert_entries(src, entries, build, lambda i: f"{src.stem}-{i}", "ShareGPT format")
+
+
+CONVERTERS: dict[str, Callable[..., list[Sample]]] = {"llava": from_llava_json, "sharegpt": from_sharegpt}
+
+
+def convert(kind: str, src: Path | str, out: Path | str, image_folder: Path | str | None = None) -> int:
+    """Convert ``src`` of format ``kind`` ('llava' or 'sharegpt'), write native JSONL to ``out``.
+
+    Returns the number of samples written (what the ``data convert`` CLI verb reports).
+    """
+    if kind not in CONVERTERS:
+        raise OmnifuseError(f"unknown data format {kind!r}; use one of {', '.join(CONVERTERS)}.")
+    samples = CONVERTERS[kind](src, image_folder)
+    write_jsonl(samples, out)
+    return len(samples)

@@ -1,0 +1,34 @@
+"""Resolve a data reference from a recipe or the CLI: a JSONL path or a built-in data set ``name:split``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from omnifuse.assets import cache_dir
+from omnifuse.data.easy_vqa import ensure_easy_vqa
+from omnifuse.data.sample import Sample, load_jsonl
+from omnifuse.errors import OmnifuseError
+
+# name → function(cache_root) returning {split: jsonl path}; exported once into the cache.
+BUILTIN: dict[str, Callable[[Path], dict[str, Path]]] = {"easy-vqa": ensure_easy_vqa}
+
+
+def resolve_data_path(ref: str) -> Path:
+    path = Path(ref)
+    if path.suffix == ".jsonl" or path.exists():
+        return path
+    name, sep, split = ref.partition(":")
+    if sep and name in BUILTIN:
+        files = BUILTIN[name](cache_dir())
+        if split not in files:
+            raise OmnifuseError(f"data set {name} has no split {split!r}; splits: {', '.join(sorted(files))}")
+        return files[split]
+    raise OmnifuseError(
+        f"data {ref!r} is neither a JSONL file nor a built-in data set; use a path to a .jsonl file in the "
+        f"native format or one of: {', '.join(f'{n}:<split>' for n in BUILTIN)}"
+    )
+
+
+def load_data(ref: str) -> list[Sample]:
+    return load_jsonl(resolve_data_path(ref))

@@ -1,0 +1,107 @@
+"""Run report: markdown with the scores, a loss-curve PNG and a grid of sample predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from omnifuse.data.sample import Sample  # noqa: E402
+from omnifuse.eval.vqa import VQAResult  # noqa: E402
+from omnifuse.rundir import RunDir  # noqa: E402
+from omnifuse.training.checkpoint import atomic_write_text  # noqa: E402
+
+
+def plot_loss(metrics_file: Path, out: Path) -> bool:
+    if not metrics_file.is_file():
+        return False
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    if not records:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = 0
+    for stage in dict.fromkeys(r["stage"] for r in records):
+        rs = [r for r in records if r["stage"] == stage]
+        xs = list(range(x, x + len(rs)))
+        ax.plot(xs, [r["loss"] for r in rs], label=stage, linewidth=1)
+        x += len(rs)
+    ax.set_xlabel("optimizer step (all stages)")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_samples(samples: list[Sample], predictions: list[dict], out: Path, n: int = 8) -> bool:
+    pairs = [(s, p) for s, p in zip(samples, predictions, strict=True) if s.images()][:n]
+    if not pairs:
+        return False
+    cols = min(4, len(pairs))
+    rows = (len(pairs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (s, p) in zip(axes.flat, pairs, strict=False):
+        with Image.open(s.images()[0]) as img:
+            ax.imshow(img.convert("RGB"))
+        question = " ".join(part.text for m in s.prompt() for part in m.parts if hasattr(part, "text"))
+        mark = "✓" if p["correct"] else "✗"
+        ax.set_title(f"{question}\nanswer: {p['answer']}\npredicted: {p['prediction']} {mark}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _type_table(result: VQAResult, blind: VQAResult | None) -> list[str]:
+    head = "| question type | n | accuracy |" + (" blind |" if blind else "")
+    lines = [head, "|---|---:|---:|" + ("---:|" if blind else "")]
+    for t, v in result.per_type.items():
+        row = f"| {t} | {v['n']} | {100 * v['accuracy']:.1f} % |"
+        if blind:
+            row += f" {100 * blind.per_type.get(t, {'accuracy': 0})['accuracy']:.1f} % |"
+        lines.append(row)
+    return lines
+
+
+def write_report(
+    run: RunDir,
+    result: VQAResult,
+    blind: VQAResult | None,
+    samples: list[Sample],
+    timings: dict[str, float],
+    data_ref: str,
+) -> Path:
+    """Write RUN/report.md (+ loss.png, samples.png); returns the markdown path."""
+    recipe = run.recipe()
+    lines = [f"# omnifuse run: {recipe.name}", ""]
+    lines.append(f"Evaluated on `{data_ref}` ({result.n} questions, exact match after normalisation).")
+    lines.append("")
+    lines.append(f"- accuracy: **{100 * result.accuracy:.1f} %**")
+    if blind is not None:
+        lines.append(f"- blind baseline (same model, images removed): {100 * blind.accuracy:.1f} %")
+    for k, v in timings.items():
+        lines.append(f"- {k}: {v:.1f} s")
+    lines += ["", *_type_table(result, blind), ""]
+    if plot_loss(run.metrics_file, run.path / "loss.png"):
+        lines += ["## Training loss", "", "![loss](loss.png)", ""]
+    if plot_samples(samples, result.predictions, run.path / "samples.png"):
+        lines += ["## Sample predictions", "", "![samples](samples.png)", ""]
+    wrong = [p for p in result.predictions if not p["correct"]][:10]
+    if wrong:
+        lines += ["## Some errors", "", "| id | answer | prediction |", "|---|---|---|"]
+        lines += [f"| {p['id']} | {p['answer']} | {p['prediction']!r} |" for p in wrong]
+        lines.append("")
+    lines += ["## Recipe", "", "```yaml", run.recipe_file.read_text().rstrip(), "```", ""]
+    out = run.path / "report.md"
+    atomic_write_text(out, "\n".join(lines))
+    return out

@@ -1,0 +1,82 @@
+"""Builders: recipe specs → flat constructor arguments → modules. Configs never enter nn.Modules.
+
+Dispatch is by spec class (one table per component kind), never by name substrings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from omnifuse.connectors import LinearConnector, MLPConnector, PoolConnector
+from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
+from omnifuse.encoders.vision.hf import build_hf_vision
+from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
+from omnifuse.llm import hidden_size, load_llm, vocab_size
+from omnifuse.models.multimodal import MultimodalLM
+from omnifuse.processing import MediaSlot, Processor
+from omnifuse.recipe.schema import (
+    EfficientNetLite0Spec,
+    HFVisionSpec,
+    LinearConnectorSpec,
+    MLPConnectorSpec,
+    MobileNetV2Spec,
+    ModelSpec,
+    PoolConnectorSpec,
+)
+
+ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
+    MobileNetV2Spec: lambda s: build_mobilenet_v2(weights=s.weights, image_size=s.image_size, crop=s.crop),
+    EfficientNetLite0Spec: lambda s: build_efficientnet_lite0(
+        weights=s.weights, image_size=s.image_size, crop=s.crop
+    ),
+    HFVisionSpec: lambda s: build_hf_vision(s.name, layer=s.layer, drop_cls=s.drop_cls),
+}
+
+
+def _projector(kind: str, in_dim: int, out_dim: int, hidden: int | None) -> nn.Module:
+    return LinearConnector(in_dim, out_dim) if kind == "linear" else MLPConnector(in_dim, out_dim, hidden)
+
+
+CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
+    LinearConnectorSpec: lambda s, i, o: LinearConnector(i, o),
+    MLPConnectorSpec: lambda s, i, o: MLPConnector(i, o, s.hidden),
+    PoolConnectorSpec: lambda s, i, o: PoolConnector(s.grid, _projector(s.projector, i, o, s.hidden)),
+}
+
+
+def build_encoder(spec) -> nn.Module:
+    return ENCODER_BUILDERS[type(spec)](spec)
+
+
+def build_connector(spec, in_dim: int, out_dim: int) -> nn.Module:
+    return CONNECTOR_BUILDERS[type(spec)](spec, in_dim, out_dim)
+
+
+def build_model(
+    spec: ModelSpec,
+    llm: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    encoders: dict[str, nn.Module] | None = None,
+    progress: bool = True,
+) -> tuple[MultimodalLM, Processor]:
+    """Build the model and its processor. ``llm``/``tokenizer``/``encoders`` may be injected (tests use
+    tiny random ones); otherwise they are loaded from the pretrained assets the spec names."""
+    if llm is None or tokenizer is None:
+        llm, tokenizer = load_llm(spec.llm.name, progress=progress)
+    encoders = encoders if encoders is not None else {m: build_encoder(s) for m, s in spec.encoders.items()}
+    d_llm = hidden_size(llm)
+    connectors = {
+        m: build_connector(spec.connectors[m], encoders[m].output_dim, d_llm) for m in spec.encoders
+    }
+    # Placeholder ids sit just past the vocabulary (see omnifuse.fusion.early).
+    base = max(vocab_size(llm), len(tokenizer))
+    placeholder_ids = {m: base + k for k, m in enumerate(sorted(spec.encoders))}
+    model = MultimodalLM(encoders, connectors, llm, placeholder_ids)
+    slots = {
+        m: MediaSlot(encoders[m].preprocess, model.tokens_per_item(m), placeholder_ids[m])
+        for m in spec.encoders
+    }
+    return model, Processor(tokenizer, slots, spec.llm.system_prompt)

@@ -1,0 +1,240 @@
+"""Processor: sample → token ids, labels and preprocessed media, using the LLM's own chat template.
+
+Three things happen here and nowhere else:
+
+* media are loaded and preprocessed with the *encoder's* transform;
+* the conversation is rendered with the LLM's chat template (or a plain ``User:/Assistant:`` template
+  for base models that have none) and each media placeholder is expanded to exactly the connector's
+  token count;
+* labels are masked outside assistant turns. The assistant spans come from the template itself: for
+  each assistant turn, the conversation before it rendered with ``add_generation_prompt=True`` is a
+  prefix of the conversation including it, and the characters in between are what the model must
+  learn to produce (answer plus end-of-turn token). Token labels follow from character offsets, so
+  the rule works for any prefix-stable template (ChatML, Llama-3, the base fallback) without
+  per-template code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import PreTrainedTokenizerBase
+
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
+from omnifuse.errors import OmnifuseError
+from omnifuse.models.multimodal import IGNORE_INDEX
+
+# Stand-in for a media item while the template renders; it is split out before tokenisation and
+# never reaches the tokenizer.
+MEDIA_MARKER = "\x00omnifuse-media\x00"
+
+# For base models without a chat template. The space after "Assistant:" belongs to the answer so
+# that training and generation tokenise the answer's first word the same way.
+BASE_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}User: {{ m['content'] }}\n"
+    "{% else %}Assistant: {{ m['content'] }}{{ eos_token }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class MediaSlot:
+    """What the processor needs to know about one modality of the model."""
+
+    transform: Callable[[Image.Image], torch.Tensor]
+    tokens_per_item: int
+    placeholder_id: int
+
+
+@dataclass
+class Encoded:
+    sample_id: str
+    input_ids: list[int]
+    labels: list[int]
+    media: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    media: dict[str, torch.Tensor]
+    media_counts: dict[str, list[int]]
+    sample_ids: list[str]
+
+    def model_inputs(self) -> dict:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "media": self.media,
+            "media_counts": self.media_counts,
+            "labels": self.labels,
+            "sample_ids": self.sample_ids,
+        }
+
+
+def load_image(path, sample_id: str) -> Image.Image:
+    """Open an image file as RGB, or raise an error naming the file and the sample."""
+    if isinstance(path, Image.Image):
+        return path.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise OmnifuseError(
+            f"sample {sample_id}: image file {path} does not exist; fix the path in the data file"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise OmnifuseError(
+            f"sample {sample_id}: {path} is not a readable image ({exc}); replace the file or drop the sample"
+        ) from None
+
+
+class Processor:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        media: Mapping[str, MediaSlot],
+        system_prompt: str | None = None,
+    ) -> None:
+        if not tokenizer.is_fast:
+            raise OmnifuseError(
+                "omnifuse needs a fast (Rust) tokenizer for label masking by character offsets"
+            )
+        self.tokenizer = tokenizer
+        self.media = dict(media)
+        self.system_prompt = system_prompt
+        self.template = tokenizer.chat_template or BASE_TEMPLATE
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        )
+        self.stop_ids = self._stop_ids()
+
+    def _stop_ids(self) -> list[int]:
+        """Tokens that end an assistant turn: EOS plus the template's end-of-turn token if it has one."""
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        # The end-of-turn token is whatever the template writes right after an assistant answer.
+        probe = self._render([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], False)
+        prefix = self._render([{"role": "user", "content": "x"}], True)
+        tail = probe[len(prefix) :]
+        tail_ids = self.tokenizer(tail, add_special_tokens=False).input_ids
+        specials = set(self.tokenizer.all_special_ids)
+        specials |= {i for i, tok in self.tokenizer.added_tokens_decoder.items() if tok.special}
+        ids.update(t for t in tail_ids if t in specials)
+        return sorted(ids)
+
+    # ------------------------------------------------------------ rendering
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _as_template_messages(
+        self, messages: Sequence[Message]
+    ) -> tuple[list[dict], list[tuple[str, object]]]:
+        out, items = [], []
+        if self.system_prompt is not None and (not messages or messages[0].role != "system"):
+            out.append({"role": "system", "content": self.system_prompt})
+        for msg in messages:
+            text = []
+            for part in msg.parts:
+                if isinstance(part, TextPart):
+                    text.append(part.text)
+                elif isinstance(part, ImagePart):
+                    text.append(MEDIA_MARKER)
+                    items.append(("image", part.path))
+                else:  # pragma: no cover - parse_sample admits only the types above
+                    raise OmnifuseError(f"unsupported message part {part!r}")
+            out.append({"role": msg.role, "content": "".join(text)})
+        return out, items
+
+    def render(
+        self, messages: Sequence[Message], add_generation_prompt: bool
+    ) -> tuple[str, list[tuple[int, int]], list]:
+        """Rendered text, character spans of the assistant answers to learn, and the media items in order."""
+        tmsgs, items = self._as_template_messages(messages)
+        text = self._render(tmsgs, add_generation_prompt)
+        spans = []
+        for i, m in enumerate(tmsgs):
+            if m["role"] != "assistant":
+                continue
+            prefix = self._render(tmsgs[:i], True)
+            upto = self._render(tmsgs[: i + 1], False)
+            if not (upto.startswith(prefix) and text.startswith(upto)):
+                raise OmnifuseError(
+                    "the LLM's chat template is not prefix-stable (rendering a conversation changes earlier "
+                    "turns), so assistant turns cannot be located for label masking; use a template without "
+                    "history rewriting"
+                )
+            spans.append((len(prefix), len(upto)))
+        return text, spans, items
+
+    # ------------------------------------------------------------ encoding
+    def encode(self, sample: Sample, for_generation: bool = False) -> Encoded:
+        messages = sample.prompt() if for_generation else sample.messages
+        text, spans, items = self.render(messages, add_generation_prompt=for_generation)
+        pieces = text.split(MEDIA_MARKER)
+        if len(pieces) - 1 != len(items):
+            raise OmnifuseError(
+                f"sample {sample.id}: the text contains the reserved media marker; remove NUL characters from it"
+            )
+        ids: list[int] = []
+        labels: list[int] = []
+        media: dict[str, list[torch.Tensor]] = {}
+        offset = 0
+        for k, piece in enumerate(pieces):
+            if piece:
+                enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+                for tok, (s, e) in zip(enc.input_ids, enc.offset_mapping, strict=True):
+                    s, e = s + offset, e + offset
+                    ids.append(tok)
+                    inside = any(e > a and s < b for a, b in spans)
+                    labels.append(tok if inside and not for_generation else IGNORE_INDEX)
+            offset += len(piece)
+            if k < len(items):
+                modality, ref = items[k]
+                slot = self.media.get(modality)
+                if slot is None:
+                    raise OmnifuseError(
+                        f"sample {sample.id} has an {modality} but this model has no {modality} encoder "
+                        f"(it has: {', '.join(self.media) or 'none'})"
+                    )
+                media.setdefault(modality, []).append(slot.transform(load_image(ref, sample.id)))
+                ids.extend([slot.placeholder_id] * slot.tokens_per_item)
+                labels.extend([IGNORE_INDEX] * slot.tokens_per_item)
+                offset += len(MEDIA_MARKER)
+        if not for_generation and all(lab == IGNORE_INDEX for lab in labels):
+            raise OmnifuseError(
+                f"sample {sample.id} has no assistant answer to learn from; add an assistant turn"
+            )
+        return Encoded(sample.id, ids, labels, media)
+
+    def collate(self, encoded: Sequence[Encoded], padding_side: str = "right") -> Batch:
+        """Pad to the longest sample; right padding for training, left padding for generation."""
+        if not encoded:
+            raise ValueError("cannot collate an empty batch")
+        width = max(len(e.input_ids) for e in encoded)
+        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for b, e in enumerate(encoded):
+            n = len(e.input_ids)
+            sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
+            ids[b, sl] = torch.tensor(e.input_ids)
+            labels[b, sl] = torch.tensor(e.labels)
+            mask[b, sl] = 1
+        media, counts = {}, {}
+        for modality in self.media:
+            items = [t for e in encoded for t in e.media.get(modality, [])]
+            counts[modality] = [len(e.media.get(modality, [])) for e in encoded]
+            if items:
+                media[modality] = torch.stack(items)
+        has_labels = bool((labels != IGNORE_INDEX).any())
+        return Batch(ids, mask, labels if has_labels else None, media, counts, [e.sample_id for e in encoded])

@@ -1,0 +1,46 @@
+"""One progress bar style for every long step (conversion, data preparation, training, evaluation)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class _Bar:
+    def __init__(self, progress: Progress, task) -> None:
+        self._p, self._t = progress, task
+
+    def advance(self, n: int = 1, **fields: float) -> None:
+        info = "  ".join(f"{k} {v:.4g}" for k, v in fields.items())
+        self._p.update(self._t, advance=n, info=info)
+
+
+@contextmanager
+def progress_bar(
+    description: str, total: int | None, enabled: bool = True, completed: int = 0
+) -> Iterator[_Bar]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(description, total=total, completed=completed, info="")
+        yield _Bar(progress, task)

@@ -1,0 +1,96 @@
+"""Load a recipe: YAML → dotted overrides → validated, immutable :class:`Recipe`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from omnifuse.errors import OmnifuseError
+from omnifuse.recipe.schema import Recipe
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            lines.append(f"  {loc}: {msg}; remove it or check its spelling (see docs/recipes.md)")
+            continue
+        got = e.get("input")
+        shown = (
+            f" (got {got!r})" if e["type"] not in ("missing",) and not isinstance(got, dict | list) else ""
+        )
+        lines.append(f"  {loc}: {msg}{shown}")
+    return f"{source} is not a valid recipe:\n" + "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.0.c=value`` overrides to a raw recipe dict (values parsed as YAML scalars/lists)."""
+    for item in overrides:
+        key, sep, value_text = item.partition("=")
+        if not sep or not key:
+            raise OmnifuseError(
+                f"override {item!r} is not of the form dotted.key=value (e.g. stages.0.steps=20)"
+            )
+        try:
+            value = yaml.safe_load(value_text)
+        except yaml.YAMLError as exc:
+            raise OmnifuseError(f"override {item!r}: the value is not valid YAML ({exc})") from None
+        node: Any = raw
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise OmnifuseError(
+                        f"override {item!r}: {where} is not an index of a list of {len(node)} items"
+                    )
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise OmnifuseError(f"override {item!r}: {'.'.join(parts[:depth])} is a value, not a section")
+    return raw
+
+
+def parse_recipe(raw: Any, source: str = "recipe", overrides: Sequence[str] = ()) -> Recipe:
+    if not isinstance(raw, dict):
+        raise OmnifuseError(
+            f"{source}: a recipe must be a YAML mapping (key: value), got {type(raw).__name__}"
+        )
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise OmnifuseError(_format_errors(source, err)) from None
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise OmnifuseError(
+            f"recipe file {path} does not exist; pass the path of a YAML recipe (see recipes/)"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise OmnifuseError(f"{path} is not valid YAML: {exc}") from None
+    return parse_recipe(raw, str(path), overrides)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe (defaults filled in) as YAML: what a run directory keeps."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,207 @@
+"""The recipe: one YAML file declaring encoders × connector × fusion × LLM plus training stages.
+
+Every section is a frozen pydantic model with ``extra="forbid"``, so an unknown key, a wrong type or
+an unknown component name fails at load time with the key path and the allowed values (see
+:func:`omnifuse.recipe.load.load_recipe`). Component choices are discriminated unions on ``type``:
+adding a component means adding a spec class here and a builder in ``omnifuse.models.builders``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- encoders
+class MobileNetV2Spec(Spec):
+    type: Literal["mobilenet_v2"]
+    weights: str | None = Field("mobilenet_v2", description="asset name or .safetensors path; null = random")
+    image_size: int = Field(224, ge=32)
+    crop: bool = Field(True, description="resize+centre-crop (ImageNet eval) or resize the whole image")
+
+
+class EfficientNetLite0Spec(Spec):
+    type: Literal["efficientnet_lite0"]
+    weights: str | None = "efficientnet_lite0"
+    image_size: int = Field(224, ge=32)
+    crop: bool = True
+
+
+class HFVisionSpec(Spec):
+    type: Literal["hf"]
+    name: str = Field(
+        description="Hugging Face id or local folder of a vision tower (CLIP, SigLIP, ViT, DINOv2)"
+    )
+    layer: int = Field(-1, description="which hidden state to use (-1 = last, -2 = LLaVA's penultimate)")
+    drop_cls: bool = True
+
+
+EncoderSpec = Annotated[MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------- connectors
+class LinearConnectorSpec(Spec):
+    type: Literal["linear"]
+
+
+class MLPConnectorSpec(Spec):
+    type: Literal["mlp"]
+    hidden: int | None = Field(None, ge=1, description="hidden width; null = the LLM's hidden size (LLaVA)")
+
+
+class PoolConnectorSpec(Spec):
+    type: Literal["pool"]
+    grid: int = Field(2, ge=1, description="average-pool the encoder's feature grid to grid×grid tokens")
+    projector: Literal["linear", "mlp"] = "mlp"
+    hidden: int | None = Field(None, ge=1)
+
+
+ConnectorSpec = Annotated[
+    LinearConnectorSpec | MLPConnectorSpec | PoolConnectorSpec, Field(discriminator="type")
+]
+
+
+# ---------------------------------------------------------------- fusion, llm
+class EarlyFusionSpec(Spec):
+    type: Literal["early"] = "early"
+
+
+FusionSpec = Annotated[EarlyFusionSpec, Field(discriminator="type")]
+
+
+class LLMSpec(Spec):
+    name: str = Field("smollm2-135m-instruct", description="packaged asset name, Hugging Face id or folder")
+    system_prompt: str | None = Field(
+        None, description="system turn added to every conversation; null = the chat template's default"
+    )
+
+
+class ModelSpec(Spec):
+    encoders: dict[str, EncoderSpec] = Field(description="modality name → encoder (e.g. image)")
+    connectors: dict[str, ConnectorSpec] = Field(description="modality name → connector")
+    fusion: FusionSpec = EarlyFusionSpec()
+    llm: LLMSpec = LLMSpec()
+
+    @model_validator(mode="after")
+    def _same_modalities(self) -> ModelSpec:
+        if not self.encoders:
+            raise ValueError(
+                "model.encoders is empty: declare at least one encoder, e.g. image: {type: mobilenet_v2}"
+            )
+        if set(self.encoders) != set(self.connectors):
+            raise ValueError(
+                f"model.encoders has {sorted(self.encoders)} but model.connectors has {sorted(self.connectors)}: "
+                "every encoder needs a connector with the same name"
+            )
+        return self
+
+    def components(self) -> list[str]:
+        """The names a stage may put in ``trainable`` / ``lr``: module paths inside the model."""
+        names = ["encoders", "connectors", "llm"]
+        names += [f"encoders.{m}" for m in self.encoders] + [f"connectors.{m}" for m in self.connectors]
+        return names
+
+
+# ---------------------------------------------------------------- data, stages
+class DataSpec(Spec):
+    train: str = Field("easy-vqa:train", description="JSONL file or built-in data set 'easy-vqa:train'")
+    eval: str = "easy-vqa:test"
+    eval_limit: int | None = Field(1000, ge=1, description="seeded subset of the eval data; null = all")
+    eval_seed: int = 0
+
+
+class LoRASpec(Spec):
+    r: int = Field(8, ge=1)
+    alpha: float = 16.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+Trainability = Literal["frozen", "lora", "full"]
+
+
+class StageSpec(Spec):
+    name: str
+    trainable: dict[str, Trainability] = Field(
+        default_factory=dict, description="component → mode; unlisted = frozen"
+    )
+    lr: dict[str, float] = Field(default_factory=dict, description="component → learning rate")
+    steps: int | None = Field(None, ge=1, description="optimizer steps (give steps or epochs)")
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup: int = Field(0, ge=0, description="linear warm-up steps, then cosine decay to min_lr_ratio")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    data: str | None = Field(None, description="training data of this stage; null = data.train")
+    limit: int | None = Field(None, ge=1, description="use a seeded subset of this many training samples")
+    save_every: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
+
+    @model_validator(mode="after")
+    def _check(self) -> StageSpec:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError(f"stage {self.name!r}: give exactly one of steps or epochs")
+        if not any(mode != "frozen" for mode in self.trainable.values()):
+            raise ValueError(
+                f"stage {self.name!r}: nothing is trainable; set e.g. trainable: {{connectors: full}}"
+            )
+        return self
+
+
+class GenerationSpec(Spec):
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class EvalSpec(Spec):
+    batch_size: int = Field(32, ge=1)
+    blind: bool = Field(True, description="also evaluate the text-only (blind) baseline")
+
+
+class Recipe(Spec):
+    name: str
+    seed: int = 0
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    stages: tuple[StageSpec, ...]
+    lora: LoRASpec = LoRASpec()
+    generation: GenerationSpec = GenerationSpec()
+    eval: EvalSpec = EvalSpec()
+
+    @field_validator("stages")
+    @classmethod
+    def _non_empty(cls, stages: tuple[StageSpec, ...]) -> tuple[StageSpec, ...]:
+        if not stages:
+            raise ValueError("stages is empty: declare at least one training stage")
+        return stages
+
+    @model_validator(mode="after")
+    def _check_components(self) -> Recipe:
+        allowed = self.model.components()
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        for i, stage in enumerate(self.stages):
+            for section in ("trainable", "lr"):
+                for comp in getattr(stage, section):
+                    if comp not in allowed:
+                        raise ValueError(
+                            f"stages.{i}.{section}: unknown component {comp!r}; allowed: {', '.join(allowed)}"
+                        )
+            for comp, mode in stage.trainable.items():
+                if mode != "frozen" and comp not in stage.lr:
+                    raise ValueError(
+                        f"stages.{i} ({stage.name}): component {comp!r} trains but has no lr; add lr: {{{comp}: 1e-4}}"
+                    )
+        return self
+
+    def lora_components(self) -> list[str]:
+        """Components that any stage trains with LoRA (adapters must exist before loading weights)."""
+        return sorted({c for s in self.stages for c, m in s.trainable.items() if m == "lora"})

@@ -1,0 +1,44 @@
+"""A multi-turn chat about an image, on top of the engine (used by `omnifuse chat` and quickstart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
+from omnifuse.processing import load_image
+from omnifuse.serve.engine import Engine, GenerationConfig
+
+
+class ChatSession:
+    def __init__(self, model, processor, recipe, max_new_tokens: int | None = None) -> None:
+        self.engine = Engine(model, processor)
+        g = recipe.generation
+        self.cfg = GenerationConfig(
+            max_new_tokens or g.max_new_tokens, g.temperature, g.top_p, seed=recipe.seed
+        )
+        self.image: Path | None = None
+        self.history: list[Message] = []
+
+    def set_image(self, path: Path) -> None:
+        """Attach an image to the next question (checked now, so a bad path fails before asking)."""
+        load_image(path, "chat")
+        self.image = Path(path)
+
+    def reset(self) -> None:
+        self.history.clear()
+        self.image = None
+
+    def ask(self, question: str) -> str:
+        parts: list = []
+        attached = any(
+            isinstance(p, ImagePart) and p.path == self.image for m in self.history for p in m.parts
+        )
+        if self.image is not None and not attached:
+            parts.append(ImagePart(self.image))
+        parts.append(TextPart(question))
+        self.history.append(Message("user", tuple(parts)))
+        # The prompt of a sample is everything before its last assistant turn, so add an empty one.
+        sample = Sample("chat", (*self.history, Message("assistant", (TextPart(""),))), {})
+        answer = self.engine.generate([sample], self.cfg)[0]
+        self.history.append(Message("assistant", (TextPart(answer),)))
+        return answer

@@ -1,0 +1,250 @@
+"""The training loop: stages in order, AdamW, warm-up + cosine decay, gradient accumulation,
+seeded data order, metrics.jsonl, atomic checkpoints and exact resume.
+
+Data order is a pure function of (seed, stage index, epoch), and the learning rate a pure function of
+the step, so resuming from a checkpoint (weights + optimizer + RNG + step) continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from omnifuse import __version__
+from omnifuse.data.sample import Sample, select_subset
+from omnifuse.data.sources import load_data
+from omnifuse.errors import OmnifuseError
+from omnifuse.models.builders import build_model
+from omnifuse.models.multimodal import MultimodalLM
+from omnifuse.processing import Processor
+from omnifuse.progress import progress_bar
+from omnifuse.recipe import Recipe, dump_recipe
+from omnifuse.recipe.schema import StageSpec
+from omnifuse.rundir import RunDir
+from omnifuse.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, save_weights
+from omnifuse.training.stages import apply_stage, changed_parameters, prepare_lora
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    seconds: float
+    steps: int
+    final_loss: float | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at the last step."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def stage_steps(stage: StageSpec, num_samples: int) -> int:
+    if stage.steps is not None:
+        return stage.steps
+    per_step = stage.batch_size * stage.grad_accum
+    return max(1, math.ceil(stage.epochs * num_samples / per_step))
+
+
+def sample_order(num: int, seed: int, stage_index: int) -> Callable[[int], int]:
+    """Position in the stage's sample stream → sample index; a fresh seeded shuffle each epoch."""
+    perms: dict[int, list[int]] = {}
+
+    def at(position: int) -> int:
+        epoch, k = divmod(position, num)
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + stage_index * 1009 + epoch)
+            perms[epoch] = torch.randperm(num, generator=g).tolist()
+        return perms[epoch][k]
+
+    return at
+
+
+class Trainer:
+    def __init__(
+        self,
+        recipe: Recipe,
+        run: RunDir,
+        model: MultimodalLM,
+        processor: Processor,
+        console: Console | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.recipe, self.run, self.model, self.processor = recipe, run, model, processor
+        self.console = console or Console(stderr=True)
+        self.progress = progress
+        self._data: dict[str, list[Sample]] = {}
+
+    def data_for(self, stage: StageSpec) -> list[Sample]:
+        ref = stage.data or self.recipe.data.train
+        if ref not in self._data:
+            self._data[ref] = load_data(ref)
+        samples = self._data[ref]
+        return select_subset(samples, stage.limit, self.recipe.seed) if stage.limit else samples
+
+    def run_stages(self, resume: bool = False) -> TrainResult:
+        recipe, run, model = self.recipe, self.run, self.model
+        start = time.perf_counter()
+        resume_from = None
+        if resume and (run.checkpoint / "state.json").is_file():
+            resume_from = json.loads((run.checkpoint / "state.json").read_text())["progress"]
+        _truncate_metrics(run.metrics_file, resume_from)
+        total_steps, last_loss = 0, None
+        for si, stage in enumerate(recipe.stages):
+            if resume_from is not None and si < resume_from["stage"]:
+                continue
+            groups = apply_stage(model, stage, recipe.lora, self.console)
+            for g in groups:
+                g["base_lr"] = g["lr"]
+            optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
+            samples = self.data_for(stage)
+            steps = stage_steps(stage, len(samples))
+            step = 0
+            if resume_from is not None and si == resume_from["stage"]:
+                # At a stage boundary (step 0) the saved optimizer state belongs to the previous stage.
+                step = resume_from["step"]
+                load_checkpoint(run.checkpoint, model, optimizer if step else None)
+                self.console.print(f"resuming stage {stage.name} at step {step}/{steps}")
+                resume_from = None
+            changed = changed_parameters(model, recipe.stages[: si + 1])
+            last_loss = self._run_stage(si, stage, optimizer, groups, samples, steps, step, changed)
+            total_steps += steps
+        names = changed_parameters(model, recipe.stages)
+        save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
+        return TrainResult(run, time.perf_counter() - start, total_steps, last_loss)
+
+    def _run_stage(self, si, stage, optimizer, groups, samples, steps, step, changed) -> float | None:
+        model, proc, run = self.model, self.processor, self.run
+        order = sample_order(len(samples), self.recipe.seed, si)
+        micro = stage.batch_size
+        model.train()
+        model.encoders.eval()  # CNN batch-norm statistics stay the pretrained ones
+        loss_value = None
+        with progress_bar(f"train {stage.name}", steps, enabled=self.progress, completed=step) as bar:
+            while step < steps:
+                t0 = time.perf_counter()
+                factor = lr_factor(step, steps, stage.warmup, stage.min_lr_ratio)
+                for g in groups:
+                    g["lr"] = g["base_lr"] * factor
+                total_loss, n_tokens, n_seq = 0.0, 0, 0
+                for a in range(stage.grad_accum):
+                    first = (step * stage.grad_accum + a) * micro
+                    batch = proc.collate([proc.encode(samples[order(first + i)]) for i in range(micro)])
+                    out = model(**batch.model_inputs())
+                    (out.loss / stage.grad_accum).backward()
+                    total_loss += out.loss.item() / stage.grad_accum
+                    n_tokens += int(batch.attention_mask.sum())
+                    n_seq += micro
+                params = [p for g in groups for p in g["params"]]
+                grad_norm = (
+                    torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm).item()
+                    if stage.max_grad_norm
+                    else None
+                )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                dt = time.perf_counter() - t0
+                loss_value = total_loss
+                record = {
+                    "stage": stage.name,
+                    "stage_index": si,
+                    "step": step,
+                    "loss": round(total_loss, 6),
+                    "lr": groups[0]["lr"],
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": round(n_tokens / dt, 1),
+                    "samples_per_s": round(n_seq / dt, 2),
+                    "time": round(time.time(), 3),
+                }
+                with run.metrics_file.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                bar.advance(loss=total_loss)
+                if step % stage.save_every == 0 or step == steps:
+                    nxt = {"stage": si, "step": step} if step < steps else {"stage": si + 1, "step": 0}
+                    save_checkpoint(run.checkpoint, model, changed, optimizer, nxt)
+        return loss_value
+
+
+def _truncate_metrics(path: Path, resume_from: dict | None) -> None:
+    """On resume, drop metric lines logged after the checkpoint (they will be recomputed)."""
+    if not path.is_file():
+        return
+    if resume_from is None:
+        path.unlink()
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if (rec["stage_index"], rec["step"]) <= (resume_from["stage"], resume_from["step"]):
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def prepare_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> None:
+    """Create the run directory, refusing to overwrite an existing run unless resuming it."""
+    if run.path.exists() and any(run.path.iterdir()) and not resume:
+        raise OmnifuseError(
+            f"{run.path} already holds files; nothing was changed. Continue that run with --resume, or "
+            "choose another directory with --out"
+        )
+    if resume and run.recipe_file.is_file():
+        saved = run.recipe_file.read_text()
+        if saved != dump_recipe(recipe):
+            raise OmnifuseError(
+                f"--resume: the recipe differs from the one {run.path} was started with ({run.recipe_file}); "
+                "resume with the same recipe and overrides, or start a new run with --out"
+            )
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.recipe_file, dump_recipe(recipe))
+
+
+def train(
+    recipe: Recipe,
+    out: Path,
+    resume: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+    parts: dict | None = None,
+) -> TrainResult:
+    """Build the recipe's model from its pretrained parts and train it through all stages into ``out``.
+
+    ``parts`` may inject ``llm``/``tokenizer``/``encoders`` (tests use tiny random models).
+    """
+    run = RunDir(Path(out))
+    prepare_run_dir(run, recipe, resume)
+    seed_everything(recipe.seed)
+    model, processor = build_model(recipe.model, progress=progress, **(parts or {}))
+    prepare_lora(model, recipe.lora_components(), recipe.lora)
+    meta = {
+        "omnifuse": __version__,
+        "base": {
+            "llm": recipe.model.llm.name,
+            "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
+        },
+        "tokens_per_item": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
+    }
+    atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
+    trainer = Trainer(recipe, run, model, processor, console, progress)
+    return trainer.run_stages(resume=resume)
+
+
+__all__ = ["TrainResult", "Trainer", "lr_factor", "prepare_run_dir", "sample_order", "train"]

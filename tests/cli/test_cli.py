@@ -1,0 +1,64 @@
+"""The command line: help on every verb, and bad input as one clear paragraph (no traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from omnifuse.cli import main
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+VERBS = [
+    ["train"], ["eval"], ["chat"], ["validate"], ["assets"], ["assets", "prepare"],
+    ["data", "easy-vqa"], ["data", "convert"], ["quickstart"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_help_on_every_verb(verb, capsys):
+    assert main([*verb, "--help"]) == 0
+    assert "Usage" in capsys.readouterr().out
+
+
+def run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    return code, captured.out, captured.err
+
+
+def test_validate_good_recipe(capsys):
+    code, out, _ = run(["validate", str(QUICKSTART)], capsys)
+    assert code == 0 and "valid recipe 'quickstart'" in out
+
+
+def test_validate_bad_recipe(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("type: pool", "type: qformerx"))
+    code, _, err = run(["validate", str(bad)], capsys)
+    assert code == 2 and "model.connectors.image" in err and "'linear', 'mlp', 'pool'" in err
+
+
+def test_validate_override_type_error(capsys):
+    code, _, err = run(["validate", str(QUICKSTART), "--set", "stages.0.steps=many"], capsys)
+    assert code == 2 and "stages.0.steps" in err
+
+
+def test_eval_missing_run_dir(tmp_path, capsys):
+    code, _, err = run(["eval", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "does not exist" in err and "omnifuse train" in err
+
+
+def test_eval_on_folder_that_is_not_a_run(tmp_path, capsys):
+    code, _, err = run(["eval", str(tmp_path)], capsys)
+    assert code == 2 and "not an omnifuse run directory" in err
+
+
+def test_debug_shows_traceback(tmp_path, capsys):
+    assert main(["--debug", "eval", str(tmp_path / "nope")]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_unknown_verb(capsys):
+    assert main(["frobnicate"]) != 0

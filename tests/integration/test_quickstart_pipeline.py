@@ -1,0 +1,79 @@
+"""The real packaged models end to end: train a few steps, evaluate, chat, through the CLI.
+
+Marked integration: these load SmolLM2-135M and MobileNetV2 from the asset cache (converted once).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from omnifuse.cli import main
+from omnifuse.data.sample import load_jsonl
+from omnifuse.data.sources import resolve_data_path
+from omnifuse.llm import load_llm
+from omnifuse.models.builders import build_model
+from omnifuse.recipe import load_recipe
+from omnifuse.training.stages import apply_stage, prepare_lora
+
+pytestmark = pytest.mark.integration
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+
+
+def test_smollm2_answers_coherently():
+    llm, tok = load_llm("smollm2-135m-instruct", progress=False)
+    msgs = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = llm.generate(**ids, max_new_tokens=8, do_sample=False)
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "paris" in text.lower(), text
+
+
+def test_real_training_steps_reduce_loss_on_a_fixed_batch():
+    recipe = load_recipe(QUICKSTART)
+    torch.manual_seed(0)
+    model, proc = build_model(recipe.model, progress=False)
+    prepare_lora(model, recipe.lora_components(), recipe.lora)
+    samples = load_jsonl(resolve_data_path("easy-vqa:train"))[:8]
+    batch = proc.collate([proc.encode(s) for s in samples])
+    groups = apply_stage(model, recipe.stages[0], recipe.lora)
+    opt = torch.optim.AdamW(groups)
+    model.train()
+    model.encoders.eval()
+    losses = []
+    for _ in range(6):
+        loss = model(**batch.model_inputs()).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_train_eval_chat_through_the_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = ["--set", "stages.0.steps=3", "--set", "stages.1.steps=2", "--set", "stages.1.batch_size=4",
+            "--set", "data.eval_limit=12"]  # fmt: skip
+    assert main(["train", str(QUICKSTART), "--out", str(run), "--no-progress", *sets]) == 0
+    assert (run / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 12 and 0.0 <= summary["accuracy"] <= 1.0 and "blind" in summary
+    assert (run / "report.md").is_file() and (run / "loss.png").is_file() and (run / "samples.png").is_file()
+    image = load_jsonl(resolve_data_path("easy-vqa:test"))[0].images()[0]
+    assert main(["chat", str(run), "--image", str(image), "what color is the shape?"]) == 0
+    assert capsys.readouterr().out.strip()
+    # Bad input on the real model: a data file with a malformed line, a non-image file.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a"}\nnot json\n')
+    assert main(["eval", str(run), "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "line 1" in err and "line 2" in err and "Traceback" not in err
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    assert main(["chat", str(run), "--image", str(text_file), "what is it?"]) == 2
+    assert "not a readable image" in capsys.readouterr().err

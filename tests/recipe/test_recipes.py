@@ -1,0 +1,96 @@
+"""Every recipe under recipes/ validates; bad recipes fail with one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from omnifuse.errors import OmnifuseError
+from omnifuse.recipe import dump_recipe, load_recipe, parse_recipe
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.yaml"))
+
+
+def test_recipes_folder_is_not_empty():
+    assert any(p.name == "quickstart.yaml" for p in RECIPES)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.name))
+def test_every_recipe_validates(path):
+    recipe = load_recipe(path)
+    # The resolved form round-trips: what a run directory stores loads back to the same recipe.
+    assert parse_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
+
+
+def base() -> dict:
+    return yaml.safe_load((Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda r: r["model"]["connectors"]["image"].update(type="qformerx"),
+            ["model.connectors.image", "'linear', 'mlp', 'pool'"],
+        ),
+        (
+            lambda r: r["model"]["encoders"]["image"].update(type="resnet"),
+            ["mobilenet_v2", "efficientnet_lite0", "hf"],
+        ),
+        (lambda r: r["stages"][0].update(batch_size="big"), ["stages.0.batch_size", "integer"]),
+        (lambda r: r["stages"][0].update(bacth_size=4), ["stages.0.bacth_size", "unknown key"]),
+        (lambda r: r.update(lerning_rate=1), ["lerning_rate", "unknown key"]),
+        (lambda r: r["stages"][0]["trainable"].update(vision=True), ["stages.0.trainable.vision"]),
+        (
+            lambda r: r["stages"][0]["trainable"].update(decoder="full"),
+            ["unknown component 'decoder'", "connectors", "llm"],
+        ),
+        (lambda r: r["stages"][1]["trainable"].update(llm="half"), ["'frozen', 'lora' or 'full'"]),
+        (lambda r: r["stages"][0].update(epochs=1), ["exactly one of steps or epochs"]),
+        (lambda r: r["stages"][0]["lr"].clear(), ["has no lr"]),
+        (lambda r: r.update(stages=[]), ["at least one"]),
+        (
+            lambda r: r["model"]["connectors"].update(audio={"type": "mlp"}),
+            ["every encoder needs a connector"],
+        ),
+    ],
+)
+def test_bad_recipes_name_the_key(change, expected):
+    raw = base()
+    change(raw)
+    with pytest.raises(OmnifuseError) as info:
+        parse_recipe(raw, "bad.yaml")
+    msg = str(info.value)
+    assert msg.startswith("bad.yaml is not a valid recipe")
+    for part in expected:
+        assert part in msg, (part, msg)
+
+
+def test_overrides():
+    r = parse_recipe(
+        base(), overrides=["stages.0.steps=7", "model.connectors.image.grid=3", "data.eval_limit=null"]
+    )
+    assert r.stages[0].steps == 7 and r.model.connectors["image"].grid == 3 and r.data.eval_limit is None
+    with pytest.raises(OmnifuseError, match="index"):
+        parse_recipe(base(), overrides=["stages.5.steps=1"])
+    with pytest.raises(OmnifuseError, match="dotted.key=value"):
+        parse_recipe(base(), overrides=["stages.0.steps"])
+    with pytest.raises(OmnifuseError, match="unknown key"):
+        parse_recipe(base(), overrides=["stages.0.stepz=1"])
+
+
+def test_recipes_are_immutable():
+    r = parse_recipe(base())
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+        r.stages[0].steps = 3
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(OmnifuseError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(OmnifuseError, match="not valid YAML"):
+        load_recipe(bad)

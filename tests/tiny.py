@@ -1,0 +1,154 @@
+"""Tiny random models, tokenizers and data for tests (fast, deterministic, no assets needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHATML = (  # SmolLM2-135M-Instruct's template, verbatim
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3 = (  # Llama-3 style (header tokens, <|eot_id|>, content trimmed)
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "none": None}
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
+            "<|end_header_id|>", "<|eot_id|>"]  # fmt: skip
+
+CORPUS = [
+    "what color is the shape? what shape is in the image? is there a red circle? does the image contain a triangle?",
+    "red green blue black gray teal brown yellow circle rectangle triangle yes no",
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. User: Assistant: system user assistant",
+    "the quick brown fox jumps over the lazy dog 0123456789 , . ! ? : ; ' \" ( ) [ ] hello world",
+]
+
+
+def make_tokenizer(template: str | None) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS * 5, trainer)
+    if template == LLAMA3:
+        eos, bos = "<|eot_id|>", "<|begin_of_text|>"
+    elif template == CHATML:
+        eos, bos = "<|im_end|>", None
+    else:
+        eos, bos = "<|endoftext|>", None
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, bos_token=bos, pad_token="<|endoftext|>"
+    )
+    fast.add_special_tokens({"additional_special_tokens": SPECIALS})
+    fast.chat_template = template
+    return fast
+
+
+def make_llm(vocab: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+class TinyVisionEncoder(nn.Module):
+    """A 2-layer CNN with the encoder interface: 32×32 image → 4×4 grid of 16-d tokens."""
+
+    output_dim = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, 16, 2, stride=2))
+
+    def num_tokens(self) -> int:
+        return 16
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        arr = np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values).flatten(2).transpose(1, 2)
+
+
+COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+def write_color_dataset(folder: Path, n: int = 24) -> Path:
+    """A tiny VQA set: solid-colour images, 'what color is the shape?' → colour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "img").mkdir(exist_ok=True)
+    lines = []
+    names = sorted(COLORS)
+    for i in range(n):
+        color = names[i % len(names)]
+        Image.new("RGB", (32, 32), COLORS[color]).save(folder / "img" / f"{i}.png")
+        lines.append(
+            {
+                "id": f"s{i}",
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "image": f"img/{i}.png"},
+                                                 {"type": "text", "text": "what color is the shape?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": color}]},
+                ],
+                "meta": {"question_type": "color"},
+            }
+        )  # fmt: skip
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def make_parts(tokenizer=None) -> dict:
+    """Fresh, identical tiny parts for build_model/train/load_model (same seed → same weights)."""
+    tokenizer = tokenizer or make_tokenizer(CHATML)
+    torch.manual_seed(0)
+    return {
+        "llm": make_llm(len(tokenizer)),
+        "tokenizer": tokenizer,
+        "encoders": {"image": TinyVisionEncoder()},
+    }
+
+
+def tiny_recipe_dict(data: Path) -> dict:
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "model": {
+            "encoders": {"image": {"type": "mobilenet_v2", "weights": None}},
+            "connectors": {"image": {"type": "mlp"}},
+            "llm": {"name": "injected-by-tests", "system_prompt": ""},
+        },
+        "data": {"train": str(data), "eval": str(data), "eval_limit": None},
+        "stages": [
+            {"name": "align", "trainable": {"connectors": "full"}, "lr": {"connectors": 3e-3},
+             "steps": 4, "batch_size": 4, "save_every": 2},
+            {"name": "instruct", "trainable": {"connectors": "full", "llm": "lora"},
+             "lr": {"connectors": 1e-3, "llm": 3e-3}, "steps": 4, "batch_size": 4, "grad_accum": 2, "warmup": 1,
+             "save_every": 2},
+        ],
+        "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]},
+        "generation": {"max_new_tokens": 4},
+        "eval": {"batch_size": 8},
+    }  # fmt: skip

@@ -1,0 +1,108 @@
+"""Stages, the loop, checkpoints and exact resume on tiny random models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omnifuse.errors import OmnifuseError
+from omnifuse.models.builders import build_model
+from omnifuse.recipe import parse_recipe
+from omnifuse.training import loop
+from omnifuse.training.loop import lr_factor, train
+from omnifuse.training.stages import apply_stage, prepare_lora
+from tiny import make_parts, tiny_recipe_dict
+
+
+def test_stage_trains_only_what_it_names(color_data):
+    recipe = parse_recipe(tiny_recipe_dict(color_data))
+    model, proc = build_model(recipe.model, **make_parts())
+    prepare_lora(model, recipe.lora_components(), recipe.lora)
+    from omnifuse.data.sample import load_jsonl
+
+    batch = proc.collate([proc.encode(s) for s in load_jsonl(color_data)[:4]])
+    for stage, trained in zip(recipe.stages, [("connectors.",), ("connectors.", "lora_")], strict=True):
+        apply_stage(model, stage, recipe.lora)
+        model.zero_grad(set_to_none=True)
+        model(**batch.model_inputs()).loss.backward()
+        with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert with_grad, stage.name
+        for name in with_grad:
+            assert name.startswith("connectors.") or ("lora_" in name and "lora_" in trained), name
+        if "lora_" in trained:
+            assert any("lora_" in n for n in with_grad)
+        assert not any(n.startswith("encoders.") for n in with_grad)
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 10, 2, 0.1) == pytest.approx(0.5)
+    assert lr_factor(1, 10, 2, 0.1) == pytest.approx(1.0)
+    assert lr_factor(9, 10, 2, 0.0) < 0.05
+    assert all(lr_factor(s, 10, 0, 0.1) >= 0.1 - 1e-9 for s in range(10))
+
+
+def test_train_writes_run_and_reduces_loss(tmp_path, color_data):
+    overrides = ["stages.0.steps=12", "stages.0.trainable.llm=full", "stages.0.lr.llm=1e-2"]
+    recipe = parse_recipe(tiny_recipe_dict(color_data), overrides=overrides)
+    res = train(recipe, tmp_path / "run", parts=make_parts(), progress=False)
+    run = tmp_path / "run"
+    for name in ("recipe.yaml", "run.json", "model.safetensors", "metrics.jsonl", "checkpoint/state.json"):
+        assert (run / name).is_file(), name
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 12 + 4 and res.steps == 16
+    first, last = records[0]["loss"], min(r["loss"] for r in records[8:12])
+    assert last < first * 0.8, (first, last)
+    # Trained fully in stage 0, so the whole LLM is stored (but never the frozen encoder).
+    saved = load_file(str(run / "model.safetensors"))
+    assert "llm.model.embed_tokens.weight" in saved and not any(k.startswith("encoders.") for k in saved)
+
+
+def test_resume_continues_exactly(tmp_path, color_data, monkeypatch):
+    recipe = parse_recipe(tiny_recipe_dict(color_data))
+    train(recipe, tmp_path / "full", parts=make_parts(), progress=False)
+
+    real_save = loop.save_checkpoint
+
+    def crash_after(folder, model, names, optimizer, progress):
+        real_save(folder, model, names, optimizer, progress)
+        if progress == {"stage": 1, "step": 2}:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "resumed", parts=make_parts(), progress=False)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    train(recipe, tmp_path / "resumed", resume=True, parts=make_parts(), progress=False)
+
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    # Only what training changed is stored: the connector and the LoRA adapters.
+    assert all(k.startswith("connectors.") or "lora_" in k for k in a) and any("lora_" in k for k in a)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la = [json.loads(x)["loss"] for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+
+
+def test_existing_run_is_never_overwritten(tmp_path, color_data):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    recipe = parse_recipe(tiny_recipe_dict(color_data))
+    with pytest.raises(OmnifuseError, match="--resume"):
+        train(recipe, run, parts=make_parts(), progress=False)
+    assert (run / "notes.txt").read_text() == "keep me"
+
+
+def test_resume_with_another_recipe_is_refused(tmp_path, color_data):
+    recipe = parse_recipe(tiny_recipe_dict(color_data))
+    train(recipe, tmp_path / "run", parts=make_parts(), progress=False)
+    other = parse_recipe(tiny_recipe_dict(color_data), overrides=["stages.1.steps=9"])
+    with pytest.raises(OmnifuseError, match="differs"):
+        train(other, tmp_path / "run", resume=True, parts=make_parts(), progress=False)
