@@ -74,6 +74,9 @@ def train(
     ] = None,
     set_: Overrides = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    tensorboard: Annotated[
+        bool, typer.Option(help="also log to RUN/tensorboard (needs tensorboard)")
+    ] = False,
     progress: Progress = True,
 ) -> None:
     """Train a recipe through all its stages into a run directory."""
@@ -82,7 +85,7 @@ def train(
 
     r = load_recipe(recipe, set_ or [])
     run_dir = out_dir or Path("runs") / r.name
-    res = run_training(r, run_dir, resume=resume, console=err, progress=progress)
+    res = run_training(r, run_dir, resume=resume, console=err, progress=progress, tensorboard=tensorboard)
     out.print(
         f"trained {r.name} in {res.seconds:.1f} s ({res.steps} steps, final loss {res.final_loss or float('nan'):.4f}); "
         f"run directory: {run_dir}  peak memory {_peak_rss_gb():.2f} GB"

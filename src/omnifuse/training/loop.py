@@ -87,11 +87,13 @@ class Trainer:
         processor: Processor,
         console: Console | None = None,
         progress: bool = True,
+        tensorboard: bool = False,
     ) -> None:
         self.recipe, self.run, self.model, self.processor = recipe, run, model, processor
         self.console = console or Console(stderr=True)
         self.progress = progress
         self._data: dict[str, list[Sample]] = {}
+        self.writer = _tensorboard_writer(run.path / "tensorboard") if tensorboard else None
 
     def data_for(self, stage: StageSpec) -> list[Sample]:
         ref = stage.data or self.recipe.data.train
@@ -108,8 +110,10 @@ class Trainer:
             resume_from = json.loads((run.checkpoint / "state.json").read_text())["progress"]
         _truncate_metrics(run.metrics_file, resume_from)
         total_steps, last_loss = 0, None
+        self._steps: list[int] = []
         for si, stage in enumerate(recipe.stages):
             if resume_from is not None and si < resume_from["stage"]:
+                self._steps.append(stage_steps(stage, len(self.data_for(stage))))
                 continue
             groups = apply_stage(model, stage, recipe.lora, self.console)
             for g in groups:
@@ -117,6 +121,7 @@ class Trainer:
             optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
             samples = self.data_for(stage)
             steps = stage_steps(stage, len(samples))
+            self._steps.append(steps)
             step = 0
             if resume_from is not None and si == resume_from["stage"]:
                 # At a stage boundary (step 0) the saved optimizer state belongs to the previous stage.
@@ -127,6 +132,8 @@ class Trainer:
             changed = changed_parameters(model, recipe.stages[: si + 1])
             last_loss = self._run_stage(si, stage, optimizer, groups, samples, steps, step, changed)
             total_steps += steps
+        if self.writer is not None:
+            self.writer.close()
         names = changed_parameters(model, recipe.stages)
         save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
         return TrainResult(run, time.perf_counter() - start, total_steps, last_loss)
@@ -177,11 +184,26 @@ class Trainer:
                 }
                 with run.metrics_file.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
+                if self.writer is not None:
+                    global_step = sum(self._steps[:si]) + step
+                    for key in ("loss", "lr", "tokens_per_s"):
+                        self.writer.add_scalar(f"train/{key}", record[key], global_step)
                 bar.advance(loss=total_loss)
                 if step % stage.save_every == 0 or step == steps:
                     nxt = {"stage": si, "step": step} if step < steps else {"stage": si + 1, "step": 0}
                     save_checkpoint(run.checkpoint, model, changed, optimizer, nxt)
         return loss_value
+
+
+def _tensorboard_writer(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise OmnifuseError(
+            "--tensorboard needs the tensorboard package: .venv/bin/pip install tensorboard "
+            "(metrics.jsonl is always written without it)"
+        ) from None
+    return SummaryWriter(str(folder))
 
 
 def _truncate_metrics(path: Path, resume_from: dict | None) -> None:
@@ -224,6 +246,7 @@ def train(
     console: Console | None = None,
     progress: bool = True,
     parts: dict | None = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Build the recipe's model from its pretrained parts and train it through all stages into ``out``.
 
@@ -243,7 +266,7 @@ def train(
         "tokens_per_item": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
     }
     atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
-    trainer = Trainer(recipe, run, model, processor, console, progress)
+    trainer = Trainer(recipe, run, model, processor, console, progress, tensorboard)
     return trainer.run_stages(resume=resume)
 
 
