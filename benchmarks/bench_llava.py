@@ -4,9 +4,9 @@ Both sides are the same model, built twice:
 
 * **LLM**: the SmolLM2-135M-Instruct *config* (LlamaForCausalLM, hidden 576, 30 layers, vocab 49152),
   read from the converted asset folder, with **random weights** (``from_config`` under a fixed seed).
-  Random rather than pretrained weights because a pretrained instruct model answers a short question in
-  two or three tokens and then emits EOS: omnifuse stops there, while the reference is forced on by
-  ``min_new_tokens``, so the two would generate different numbers of tokens. With random weights EOS is
+  Random rather than pretrained weights because a pretrained instruct model emits EOS when its (short)
+  answer is done: omnifuse stops there, while the reference is forced on by ``min_new_tokens``, so the
+  two could generate different numbers of tokens. With random weights EOS is
   (almost) never the argmax; the script checks that both generate the same number of tokens, and
   reports how many of the generated tokens agree.
   The one LLM is built once and its state dict is copied into LLaVA's ``model.language_model`` (the LM
@@ -45,7 +45,13 @@ hits both sides alike):
   ``/proc/self/statm`` every 2 ms; ``malloc_trim`` runs before each call), i.e. the transient memory of a
   step, not the weights: both models live in the same process. Turn off with ``--no-memory``.
 
+Ratios are omnifuse / reference: "ratio" divides the two medians, "paired" is the median of the
+per-round ratios (each round runs both sides back to back). torch runs on one thread by default
+(``--threads``): on a shared 2-core machine, two OpenMP threads competing with other processes made a
+forward pass ~8x slower and far noisier than one thread.
+
 Run: ``.venv/bin/python benchmarks/bench_llava.py`` (or ``make bench``); ``--quick`` for a smoke run.
+Defaults: batch 8, 16 image tokens, 8 training steps and 5 generation runs per side, 32 new tokens.
 """
 
 from __future__ import annotations
@@ -160,7 +166,9 @@ class ReferenceInputs:
         return out
 
     def _ids(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        text = self.tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
         ids = []
         for t in self.tok(text, add_special_tokens=False).input_ids:
             ids.extend([t] * self.image_tokens if t == self.image_token_id else [t])
@@ -192,7 +200,11 @@ class ReferenceInputs:
         for b, (i, lab, _) in enumerate(enc):
             sl = slice(width - len(i), width) if for_generation else slice(0, len(i))  # left pad to generate
             ids[b, sl], labels[b, sl], mask[b, sl] = torch.tensor(i), torch.tensor(lab), 1
-        out = {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.stack([p for e in enc for p in e[2]])}
+        out = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "pixel_values": torch.stack([p for e in enc for p in e[2]]),
+        }
         if not for_generation:
             out["labels"] = labels
         return out
@@ -323,6 +335,16 @@ def interleave(rounds: int, a: Callable[[int], None], b: Callable[[int], None]) 
             f(r)
 
 
+def process_seconds() -> float:
+    """Seconds since this process started (imports included), from /proc; NaN where unavailable."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def med(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
@@ -330,24 +352,29 @@ def med(xs: Sequence[float]) -> float:
 # --------------------------------------------------------------------------- the benchmark
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=5, help="timed training steps per side (after 1 warm-up)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed generation runs per side (after 1 warm-up)")
+    ap.add_argument("--steps", type=int, default=8, help="timed training steps per side (after 1 warm-up)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed generation runs per side (after 1 warm-up)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--image-tokens", type=int, default=16, help="image tokens per sample (a square number)")
     ap.add_argument("--new-tokens", type=int, default=32, help="generated tokens per prompt")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared machine, threads competing with other processes make "
+        "timings several times slower and noisier); 0 = torch's default (all cores)",
+    )
     ap.add_argument("--no-memory", action="store_true", help="do not sample RSS")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (< 60 s)")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.repeats, args.batch_size, args.image_tokens, args.new_tokens = 2, 1, 2, 4, 8
     PeakRSS.enabled = not args.no_memory
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
 
-    t_start = time.perf_counter()
     model, processor, recipe, ref, ref_inputs = build(args.image_tokens)
     bs = args.batch_size
     with tempfile.TemporaryDirectory(prefix="bench-llava-") as tmp:
@@ -412,7 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         interleave(args.repeats, run_gen("omnifuse", ours_generate), run_gen("reference", ref_generate))
         gen_counts = {k: sum(len(x) for x in v) for k, v in gen_out.items()}
         pairs = [
-            (a, b) for ra, rb in zip(gen_out["omnifuse"], gen_out["reference"], strict=True) for a, b in zip(ra, rb)
+            (a, b)
+            for ra, rb in zip(gen_out["omnifuse"], gen_out["reference"], strict=True)
+            for a, b in zip(ra, rb, strict=False)
         ]
         agree = sum(a == b for a, b in pairs) / max(1, len(pairs))
 
@@ -482,14 +511,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{100 * agree:.1f} % identical"
     )
     print()
-    header = f"{'':30s}{'omnifuse':>12s}{'reference':>12s}{'ratio':>8s}   (median; min-max over runs)"
+    header = (
+        f"{'':30s}{'omnifuse':>12s}{'reference':>12s}{'ratio':>8s}{'paired':>8s}   "
+        "(medians; paired = median of per-round ratios; min-max over runs)"
+    )
     print(header)
     print("-" * len(header))
     rows = [("training tokens/s", train), ("generation tokens/s", gen)]
     for label, data in rows:
         o, r = [x[0] for x in data["omnifuse"]], [x[0] for x in data["reference"]]
+        paired = med([a / b for a, b in zip(o, r, strict=True)])
         print(
-            f"{label:30s}{med(o):12.1f}{med(r):12.1f}{med(o) / med(r):8.2f}   "
+            f"{label:30s}{med(o):12.1f}{med(r):12.1f}{med(o) / med(r):8.2f}{paired:8.2f}   "
             f"omnifuse {min(o):.1f}-{max(o):.1f}, reference {min(r):.1f}-{max(r):.1f}"
         )
     if PeakRSS.enabled:
@@ -497,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             o, r = [x[1] / mib for x in data["omnifuse"]], [x[1] / mib for x in data["reference"]]
             ratio = f"{med(o) / med(r):8.2f}" if med(r) > 0 else f"{'-':>8s}"
             print(f"{label:30s}{med(o):12.1f}{med(r):12.1f}{ratio}")
-    print(f"process peak RSS (both models): {rss_peak:.0f} MiB; wall time {time.perf_counter() - t_start:.0f} s")
+    print(f"process peak RSS (both models): {rss_peak:.0f} MiB; wall time {process_seconds():.0f} s")
     print()
     for label, data in rows:
         o, r = med([x[0] for x in data["omnifuse"]]), med([x[0] for x in data["reference"]])

@@ -139,7 +139,7 @@ def from_config(
     vision = _vision_config(config)
     tower = AutoModel.from_config(vision)
     args = preprocessing_args({}, _as_int(vision.image_size)) | preprocessing
-    return HFVisionEncoder(tower.float(), layer=layer, drop_cls=drop_cls, **args)
+    return HFVisionEncoder(tower.float(), layer=layer, drop_cls=drop_cls, **args).eval()
 
 
 def _processor_dict(name_or_path: str) -> dict:
