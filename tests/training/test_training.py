@@ -106,3 +106,21 @@ def test_resume_with_another_recipe_is_refused(tmp_path, color_data):
     other = parse_recipe(tiny_recipe_dict(color_data), overrides=["stages.1.steps=9"])
     with pytest.raises(OmnifuseError, match="differs"):
         train(other, tmp_path / "run", resume=True, parts=make_parts(), progress=False)
+
+
+def test_balanced_order_draws_groups_equally():
+    from omnifuse.training.loop import sample_order
+
+    groups = [[0, 1, 2, 3, 4, 5, 6, 7], [8], [9, 10]]
+    order = sample_order(11, seed=0, stage_index=0, groups=groups)
+    drawn = [order(p) for p in range(60)]
+    counts = [sum(i in g for i in drawn) for g in groups]
+    assert counts == [20, 20, 20]
+    assert sorted(drawn[0:24:3]) == groups[0]  # the big group is walked as a permutation
+    assert drawn == [sample_order(11, 0, 0, groups)(p) for p in range(60)]  # reproducible
+
+
+def test_balance_by_needs_the_meta_key(tmp_path, color_data):
+    recipe = parse_recipe(tiny_recipe_dict(color_data), overrides=["stages.0.balance_by=topic"])
+    with pytest.raises(OmnifuseError, match="meta.topic"):
+        train(recipe, tmp_path / "run", parts=make_parts(), progress=False)

@@ -141,6 +141,9 @@ class StageSpec(Spec):
     max_grad_norm: float | None = Field(1.0, gt=0)
     data: str | None = Field(None, description="training data of this stage; null = data.train")
     limit: int | None = Field(None, ge=1, description="use a seeded subset of this many training samples")
+    balance_by: str | None = Field(
+        None, description="meta key (e.g. question_type) whose values are drawn equally often in this stage"
+    )
     save_every: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
 
     @model_validator(mode="after")
