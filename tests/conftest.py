@@ -7,12 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from tiny import CHATML, TEMPLATES, make_parts, make_tokenizer, write_color_dataset
-
-
-@pytest.fixture(params=sorted(TEMPLATES))
-def any_tokenizer(request) -> PreTrainedTokenizerFast:
-    return make_tokenizer(TEMPLATES[request.param])
+from tiny import CHATML, make_parts, make_tokenizer, write_color_dataset
 
 
 @pytest.fixture

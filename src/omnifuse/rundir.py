@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +64,6 @@ class RunDir:
 
     def recipe(self) -> Recipe:
         return parse_recipe(yaml.safe_load(self.recipe_file.read_text()), str(self.recipe_file))
-
-    def meta(self) -> dict:
-        return json.loads(self.meta_file.read_text()) if self.meta_file.is_file() else {}
 
 
 def load_model(run: RunDir, progress: bool = True, parts: dict | None = None):
