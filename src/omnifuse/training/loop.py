@@ -140,10 +140,8 @@ class Trainer:
             resume_from = json.loads((run.checkpoint / "state.json").read_text())["progress"]
         _truncate_metrics(run.metrics_file, resume_from)
         total_steps, last_loss = 0, None
-        self._steps: list[int] = []
         for si, stage in enumerate(recipe.stages):
             if resume_from is not None and si < resume_from["stage"]:
-                self._steps.append(stage_steps(stage, len(self.data_for(stage))))
                 continue
             groups = apply_stage(model, stage, recipe.lora, self.console)
             for g in groups:
@@ -151,7 +149,6 @@ class Trainer:
             optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
             samples = self.data_for(stage)
             steps = stage_steps(stage, len(samples))
-            self._steps.append(steps)
             step = 0
             if resume_from is not None and si == resume_from["stage"]:
                 # At a stage boundary (step 0) the saved optimizer state belongs to the previous stage.
@@ -216,9 +213,8 @@ class Trainer:
                 with run.metrics_file.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 if self.writer is not None:
-                    global_step = sum(self._steps[:si]) + step
                     for key in ("loss", "lr", "tokens_per_s"):
-                        self.writer.add_scalar(f"train/{key}", record[key], global_step)
+                        self.writer.add_scalar(f"{stage.name}/{key}", record[key], step)
                 bar.advance(loss=total_loss)
                 if step % stage.save_every == 0 or step == steps:
                     nxt = {"stage": si, "step": step} if step < steps else {"stage": si + 1, "step": 0}
