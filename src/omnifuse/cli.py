@@ -180,6 +180,60 @@ def chat(
             err.print(f"[red]error:[/red] {escape(str(exc))}")
 
 
+@app.command()
+def serve(
+    run_dir: Path,
+    host: Annotated[
+        str, typer.Option(help="address to listen on (0.0.0.0 for all interfaces)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="OMNIFUSE_API_KEY", help="require 'Authorization: Bearer KEY' on /v1 routes"),
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="model id clients send; default: the run folder's name")
+    ] = None,
+    allow_remote_media: Annotated[
+        bool, typer.Option(help="fetch http(s) image URLs (public addresses only); default: data URLs only")
+    ] = False,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="requests decoded together")] = 8,
+    max_queue: Annotated[int, typer.Option(min=1, help="requests waiting before 503 + Retry-After")] = 64,
+    max_images: Annotated[int, typer.Option(min=0, help="images per request")] = 4,
+    max_body_mb: Annotated[float, typer.Option(help="request body limit in MiB (413 above)")] = 25.0,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve a trained model through an OpenAI-compatible API (/v1/chat/completions) and a chat page at /."""
+    import uvicorn
+
+    from omnifuse.rundir import RunDir, load_model
+    from omnifuse.serve.engine import Engine
+    from omnifuse.serve.media import MediaLimits
+    from omnifuse.serve.server import ServerSettings, create_app
+
+    recipe, model, processor = load_model(RunDir(run_dir))
+    g = recipe.generation
+    settings = ServerSettings(
+        model_name=model_name or Path(run_dir).resolve().name,
+        api_key=api_key,
+        media=MediaLimits(allow_remote=allow_remote_media),
+        max_body_bytes=int(max_body_mb * 1024**2),
+        max_images=max_images,
+        max_batch_size=max_batch_size,
+        max_queue=max_queue,
+        default_temperature=g.temperature,
+        default_top_p=g.top_p,
+    )
+    err.print(f"serving {settings.model_name} on http://{host}:{port} (chat page at /, API at /v1)")
+    uvicorn.run(
+        create_app(Engine(model, processor), settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
 # ------------------------------------------------------------------ assets and data
 @assets_app.callback(invoke_without_command=True)
 def assets(ctx: typer.Context) -> None:

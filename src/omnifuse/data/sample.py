@@ -25,6 +25,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from PIL import Image
+
 from omnifuse.errors import OmnifuseError
 
 ROLES = ("system", "user", "assistant")
@@ -51,13 +53,23 @@ class TextPart:
 
 @dataclass(frozen=True)
 class ImagePart:
-    """An image inside a message, by path; the processor opens it, loading only checks it exists."""
+    """An image inside a message: a file path (data sets) or a decoded image (the server's requests).
 
-    path: Path
+    The processor opens paths; loading a data file only checks that they exist.
+    """
+
+    path: Path | None = None
+    image: Image.Image | None = field(default=None, hash=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.path, Path):
+        if (self.path is None) == (self.image is None):
+            raise ValueError("an ImagePart holds exactly one of a path or an image")
+        if self.path is not None and not isinstance(self.path, Path):
             object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def source(self) -> Path | Image.Image:
+        return self.image if self.image is not None else self.path
 
 
 Part = TextPart | ImagePart
@@ -79,8 +91,8 @@ class Message:
         """The text parts joined as written (a turn's parts are consecutive pieces of one text)."""
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))
 
-    def images(self) -> list[Path]:
-        return [p.path for p in self.parts if isinstance(p, ImagePart)]
+    def images(self) -> list[Path | Image.Image]:
+        return [p.source for p in self.parts if isinstance(p, ImagePart)]
 
 
 @dataclass(frozen=True)
@@ -98,8 +110,8 @@ class Sample:
         object.__setattr__(self, "messages", tuple(self.messages))
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
 
-    def images(self) -> list[Path]:
-        """All image paths in conversation order (the order the processor inserts them)."""
+    def images(self) -> list[Path | Image.Image]:
+        """All images (paths or decoded images) in conversation order (the order the processor inserts them)."""
         return [path for m in self.messages for path in m.images()]
 
     def _last_assistant(self) -> int | None:
@@ -136,6 +148,8 @@ class Sample:
             for p in m.parts:
                 if isinstance(p, TextPart):
                     content.append({"type": "text", "text": p.text})
+                elif p.path is None:
+                    raise ValueError(f"sample {self.id!r} holds a decoded image, which has no JSON form")
                 else:
                     content.append({"type": "image", "image": _portable_path(p.path, base)})
             messages.append({"role": m.role, "content": content})

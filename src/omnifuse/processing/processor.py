@@ -149,7 +149,7 @@ class Processor:
                     text.append(part.text)
                 elif isinstance(part, ImagePart):
                     text.append(MEDIA_MARKER)
-                    items.append(("image", part.path))
+                    items.append(("image", part.source))
                 else:  # pragma: no cover - parse_sample admits only the types above
                     raise OmnifuseError(f"unsupported message part {part!r}")
             out.append({"role": msg.role, "content": "".join(text)})

@@ -1,20 +1,25 @@
 """Generation engine: batched greedy or sampled decoding with a KV cache.
 
-It knows nothing of files or HTTP: it takes prompt samples (messages ending before the answer) and
-returns text. The CLI, the evaluator and the server use it. Prompts are left-padded so that every row
-ends at the same column; positions come from the attention mask so padding does not shift them.
+It knows nothing of files or HTTP: it takes prompt samples (messages ending before the answer), or
+prompts the processor has already encoded, and returns tokens or text. The CLI, the evaluator and the
+server use it. Prompts are left-padded so that every row ends at the same column; positions come from
+the attention mask so padding does not shift them.
+
+Every row of a batch carries its own generation settings (the server batches requests that asked for
+different lengths and temperatures), and ``stream`` yields the new tokens step by step so that a
+caller can forward them as they come and cancel rows it no longer needs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from omnifuse.data.sample import Sample
 from omnifuse.models.multimodal import MultimodalLM
-from omnifuse.processing import Processor
+from omnifuse.processing import Encoded, Processor
 
 
 @dataclass(frozen=True)
@@ -22,21 +27,25 @@ class GenerationConfig:
     max_new_tokens: int = 16
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
-    seed: int | None = None
+    seed: int | None = None  # seeds this row's own generator: its tokens do not depend on the batch
 
 
-def _sample_next(
-    logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None
-) -> torch.Tensor:
-    if cfg.temperature <= 0:
-        return logits.argmax(dim=-1)
+def _sample_row(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> int:
     probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
     if cfg.top_p < 1.0:
-        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        sorted_p, idx = probs.sort(descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p  # always keeps the most likely token
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p * keep)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@dataclass(frozen=True)
+class StepTokens:
+    """The tokens one decoding step produced: (row, token) for rows still generating, and the rows
+    that finished at this step with why ("stop": an end-of-turn token, "length": max_new_tokens)."""
+
+    tokens: list[tuple[int, int]]
+    finished: dict[int, str]
 
 
 class Engine:
@@ -44,24 +53,42 @@ class Engine:
         self.model = model
         self.processor = processor
 
+    @property
+    def context_length(self) -> int | None:
+        """The LLM's maximum sequence length (prompt + answer), if its config states one."""
+        return getattr(self.model.llm.config, "max_position_embeddings", None)
+
     @torch.no_grad()
-    def generate_ids(
-        self, prompts: Sequence[Sample], cfg: GenerationConfig = GenerationConfig(), use_cache: bool = True
-    ) -> list[list[int]]:
+    def stream(
+        self,
+        encoded: Sequence[Encoded],
+        cfgs: Sequence[GenerationConfig],
+        use_cache: bool = True,
+        cancelled: Callable[[int], bool] | None = None,
+    ) -> Iterator[StepTokens]:
+        """Decode encoded prompts step by step, one config per row; rows for which ``cancelled(row)``
+        turns true stop being generated (their finish reason is "cancelled")."""
+        if len(cfgs) != len(encoded):
+            raise ValueError(f"{len(encoded)} prompts but {len(cfgs)} generation configs")
         proc, model = self.processor, self.model
-        batch = proc.collate([proc.encode(s, for_generation=True) for s in prompts], padding_side="left")
+        batch = proc.collate(list(encoded), padding_side="left")
         mask = batch.attention_mask
         embeds = model.embed(batch.input_ids, batch.media, batch.media_counts, batch.sample_ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
-        stop = torch.tensor(proc.stop_ids or [-1])
+        generators = [
+            torch.Generator().manual_seed(c.seed) if c.seed is not None and c.temperature > 0 else None
+            for c in cfgs
+        ]
+        stop = set(proc.stop_ids)
         embed_tokens = model.llm.get_input_embeddings()
         n = embeds.shape[0]
-        done = torch.zeros(n, dtype=torch.bool)
-        out = torch.full((n, cfg.max_new_tokens), -1, dtype=torch.long)
+        active = [c.max_new_tokens > 0 for c in cfgs]
+        produced = [0] * n
         past = None
         step_embeds, step_pos = embeds, positions
-        for t in range(cfg.max_new_tokens):
+        if not all(active):
+            yield StepTokens([], {i: "length" for i in range(n) if not active[i]})
+        while any(active):
             if use_cache:
                 res = model.llm(
                     inputs_embeds=step_embeds,
@@ -76,13 +103,31 @@ class Engine:
                 res = model.llm(
                     inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos, use_cache=False
                 )
-            nxt = _sample_next(res.logits[:, -1, :], cfg, generator)
-            nxt = torch.where(done, torch.full_like(nxt, proc.pad_id), nxt)
-            out[:, t] = torch.where(done, torch.full_like(nxt, -1), nxt)
-            done |= torch.isin(nxt, stop)
-            if bool(done.all()):
+            logits = res.logits[:, -1, :]
+            greedy = logits.argmax(dim=-1).tolist()
+            nxt = [proc.pad_id] * n
+            tokens, finished = [], {}
+            for i in range(n):
+                if not active[i]:
+                    continue
+                if cancelled is not None and cancelled(i):
+                    active[i] = False
+                    finished[i] = "cancelled"
+                    continue
+                cfg = cfgs[i]
+                tok = greedy[i] if cfg.temperature <= 0 else _sample_row(logits[i], cfg, generators[i])
+                nxt[i] = tok
+                if tok in stop:
+                    active[i], finished[i] = False, "stop"
+                    continue
+                tokens.append((i, tok))
+                produced[i] += 1
+                if produced[i] >= cfg.max_new_tokens:
+                    active[i], finished[i] = False, "length"
+            yield StepTokens(tokens, finished)
+            if not any(active):
                 break
-            new_embed = embed_tokens(nxt).unsqueeze(1)
+            new_embed = embed_tokens(torch.tensor(nxt)).unsqueeze(1)
             new_pos = step_pos[:, -1:] + 1
             mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
             if use_cache:
@@ -90,19 +135,29 @@ class Engine:
             else:
                 step_embeds = torch.cat([step_embeds, new_embed], dim=1)
                 step_pos = torch.cat([step_pos, new_pos], dim=1)
-        stop_set = set(proc.stop_ids)
-        result = []
-        for row in out.tolist():
-            toks = []
-            for tok in row:
-                if tok < 0 or tok in stop_set:
-                    break
-                toks.append(tok)
-            result.append(toks)
-        return result
+
+    def generate_ids(
+        self,
+        prompts: Sequence[Sample],
+        cfg: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig(),
+        use_cache: bool = True,
+    ) -> list[list[int]]:
+        cfgs = [cfg] * len(prompts) if isinstance(cfg, GenerationConfig) else list(cfg)
+        encoded = [self.processor.encode(s, for_generation=True) for s in prompts]
+        out: list[list[int]] = [[] for _ in prompts]
+        for step in self.stream(encoded, cfgs, use_cache):
+            for i, tok in step.tokens:
+                out[i].append(tok)
+        return out
 
     def generate(
-        self, prompts: Sequence[Sample], cfg: GenerationConfig = GenerationConfig(), use_cache: bool = True
+        self,
+        prompts: Sequence[Sample],
+        cfg: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig(),
+        use_cache: bool = True,
     ) -> list[str]:
         ids = self.generate_ids(prompts, cfg, use_cache)
-        return [self.processor.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+        return [self.decode(t) for t in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.processor.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
