@@ -5,6 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
+# Debian packages: espeak-ng (spoken answers), chromium + its driver (the chat page's browser test).
+DEBS=()
+command -v espeak-ng >/dev/null || DEBS+=(espeak-ng)
+command -v chromium >/dev/null || DEBS+=(chromium)
+command -v chromedriver >/dev/null || DEBS+=(chromium-driver)
+if [ ${#DEBS[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian packages: ${DEBS[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${DEBS[@]}" >/dev/null
+  else
+    echo "warning: missing ${DEBS[*]}; install them with: sudo apt-get install ${DEBS[*]} (tests that need them are skipped)" >&2
+  fi
+fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # torch first, pinned: on these machines 2.13.0 is a CPU wheel on local disk, while an unpinned

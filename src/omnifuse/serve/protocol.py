@@ -136,7 +136,9 @@ def _loc(loc: tuple) -> str:
 def parse_request(body: bytes) -> ChatRequest:
     try:
         raw = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise APIError(400, "the request body is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integer literals
         raise APIError(400, f"the request body is not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise APIError(400, "the request body must be a JSON object")
