@@ -39,6 +39,18 @@ def commit_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def recover_dir(final: Path) -> None:
+    """Repair what a crash inside ``commit_dir`` can leave: if it died between moving the old folder
+    aside and moving the new one in, the old folder is complete, so it is put back. Half-written
+    temporary folders of a crashed ``atomic_dir`` are removed."""
+    old = final.with_name(f".{final.name}.old")
+    if not final.exists() and old.is_dir():
+        os.replace(old, final)
+    for stale in final.parent.glob(f".{final.name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -30,7 +30,13 @@ from omnifuse.progress import progress_bar
 from omnifuse.recipe import Recipe, dump_recipe
 from omnifuse.recipe.schema import StageSpec
 from omnifuse.rundir import RunDir
-from omnifuse.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, save_weights
+from omnifuse.training.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    recover_dir,
+    save_checkpoint,
+    save_weights,
+)
 from omnifuse.training.stages import apply_stage, changed_parameters, prepare_lora
 
 
@@ -136,6 +142,8 @@ class Trainer:
         recipe, run, model = self.recipe, self.run, self.model
         start = time.perf_counter()
         resume_from = None
+        if resume:
+            recover_dir(run.checkpoint)
         if resume and (run.checkpoint / "state.json").is_file():
             resume_from = json.loads((run.checkpoint / "state.json").read_text())["progress"]
         _truncate_metrics(run.metrics_file, resume_from)
@@ -242,7 +250,10 @@ def _truncate_metrics(path: Path, resume_from: dict | None) -> None:
         return
     keep = []
     for line in path.read_text().splitlines():
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # the line a killed process was writing
+            continue
         if (rec["stage_index"], rec["step"]) <= (resume_from["stage"], resume_from["step"]):
             keep.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in keep))
