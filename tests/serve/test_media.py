@@ -106,3 +106,47 @@ def test_remote_media_accepts_a_public_address_and_checks_before_connecting():
     with pytest.raises(MediaError) as exc:  # the check runs before any connection is attempted
         load_image_url("http://127.0.0.1:1/x.png", MediaLimits(allow_remote=True))
     assert exc.value.status == 403
+
+
+def test_remote_fetch_connects_to_the_checked_address_and_refuses_redirects_and_big_files(monkeypatch):
+    import http.server
+    import threading
+
+    from omnifuse.serve import media
+
+    seen_hosts = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen_hosts.append(self.headers["Host"])
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "http://127.0.0.1/secret")
+                self.end_headers()
+                return
+            body = png_bytes() if self.path == "/img.png" else b"\0" * 5000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = httpd.server_address[1]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    # Pretend "images.example" is a public host that resolves to this local test server.
+    monkeypatch.setattr(media, "check_public_host", lambda host, p: "127.0.0.1")
+    limits = MediaLimits(allow_remote=True, max_bytes=4000)
+    try:
+        img = load_image_url(f"http://images.example:{port}/img.png", limits)
+        assert img.size == (8, 6)
+        assert seen_hosts == [f"images.example:{port}"]
+        with pytest.raises(MediaError, match="HTTP 302"):
+            load_image_url(f"http://images.example:{port}/redirect", limits)
+        with pytest.raises(MediaError, match="larger than the limit") as exc:
+            load_image_url(f"http://images.example:{port}/big", limits)
+        assert exc.value.status == 413
+    finally:
+        httpd.shutdown()

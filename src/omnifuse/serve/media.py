@@ -3,8 +3,9 @@
 Everything here treats its input as hostile. Sizes are checked before decoding (bytes of the payload)
 and before pixels are decoded (the image header's width × height against a pixel budget), so a
 decompression bomb is refused before it costs memory. Remote fetches refuse hosts that resolve to
-loopback, private, link-local, multicast or reserved addresses (server-side request forgery), do not
-follow redirects (each hop would need the same check), and stop reading past the byte limit.
+loopback, private, link-local, multicast or reserved addresses (server-side request forgery), connect
+to the checked address itself (no second DNS lookup to rebind), do not follow redirects (each hop
+would need the same check), and stop reading past the byte limit.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def parse_data_url(url: str, what: str, limit: int) -> tuple[str, bytes]:
     return params[0].lower(), _b64decode(payload, what, limit)
 
 
-def check_public_host(host: str, port: int) -> None:
-    """Refuse hosts that resolve to any non-public address (loopback, private, link-local, ...)."""
+def check_public_host(host: str, port: int) -> str:
+    """Refuse hosts that resolve to any non-public address (loopback, private, link-local, ...);
+    returns the address to connect to."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
@@ -107,6 +109,7 @@ def check_public_host(host: str, port: int) -> None:
                 "send the image as a data URL instead",
                 status=403,
             )
+    return infos[0][4][0]
 
 
 def fetch_remote(url: str, limits: MediaLimits, what: str) -> bytes:
