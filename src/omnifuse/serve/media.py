@@ -119,10 +119,21 @@ def fetch_remote(url: str, limits: MediaLimits, what: str) -> bytes:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise MediaError(f"{what} must be a data: URL or an http(s) URL, got {url[:80]!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    check_public_host(parts.hostname, port)
+    # Connect to the address that was checked, not to a second lookup of the name (which a hostile
+    # DNS server could answer differently); the Host header and TLS server name stay the original
+    # host. trust_env=False: no proxy from the environment, which would look the name up again.
+    addr = check_public_host(parts.hostname, port)
+    netloc = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    pinned = parts._replace(netloc=netloc).geturl()
+    host_header = parts.netloc.rpartition("@")[2]
     chunks, size = [], 0
     try:
-        with httpx.stream("GET", url, timeout=limits.remote_timeout_s, follow_redirects=False) as resp:
+        with (
+            httpx.Client(trust_env=False, timeout=limits.remote_timeout_s, follow_redirects=False) as http,
+            http.stream(
+                "GET", pinned, headers={"Host": host_header}, extensions={"sni_hostname": parts.hostname}
+            ) as resp,
+        ):
             if resp.status_code != 200:
                 raise MediaError(f"fetching {what} returned HTTP {resp.status_code}")
             for chunk in resp.iter_bytes():
