@@ -180,6 +180,24 @@ def chat(
             err.print(f"[red]error:[/red] {escape(str(exc))}")
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise OmnifuseError(f"cannot listen on {host!r}: not an address of this machine") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise OmnifuseError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pick another port with --port"
+            ) from None
+
+
 @app.command()
 def serve(
     run_dir: Path,
@@ -211,6 +229,7 @@ def serve(
     from omnifuse.serve.media import MediaLimits
     from omnifuse.serve.server import ServerSettings, create_app
 
+    _check_port_free(host, port)  # before the model loads: a busy port should fail in a second
     recipe, model, processor = load_model(RunDir(run_dir))
     g = recipe.generation
     settings = ServerSettings(

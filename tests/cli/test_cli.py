@@ -11,7 +11,7 @@ from omnifuse.cli import main
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 VERBS = [
     ["train"], ["eval"], ["chat"], ["validate"], ["assets"], ["assets", "prepare"],
-    ["data", "easy-vqa"], ["data", "convert"], ["quickstart"],
+    ["data", "easy-vqa"], ["data", "convert"], ["quickstart"], ["serve"],
 ]  # fmt: skip
 
 
@@ -62,3 +62,16 @@ def test_debug_shows_traceback(tmp_path, capsys):
 
 def test_unknown_verb(capsys):
     assert main(["frobnicate"]) != 0
+
+
+def test_serve_refuses_a_missing_run_and_a_busy_port(tmp_path, capsys):
+    import socket
+
+    code, _, err = run(["serve", str(tmp_path / "nope"), "--port", "0"], capsys)
+    assert code == 2 and "does not exist" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run(["serve", str(tmp_path / "nope"), "--port", str(port)], capsys)
+    assert code == 2 and f"127.0.0.1:{port}" in err and "--port" in err
