@@ -10,7 +10,13 @@ from collections.abc import Callable
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from omnifuse.connectors import LinearConnector, MLPConnector, PoolConnector
+from omnifuse.connectors import (
+    LinearConnector,
+    MLPConnector,
+    PerceiverResampler,
+    PixelShuffleConnector,
+    PoolConnector,
+)
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
 from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
@@ -24,6 +30,8 @@ from omnifuse.recipe.schema import (
     MLPConnectorSpec,
     MobileNetV2Spec,
     ModelSpec,
+    PerceiverConnectorSpec,
+    PixelShuffleConnectorSpec,
     PoolConnectorSpec,
 )
 
@@ -44,6 +52,12 @@ CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     LinearConnectorSpec: lambda s, i, o: LinearConnector(i, o),
     MLPConnectorSpec: lambda s, i, o: MLPConnector(i, o, s.hidden),
     PoolConnectorSpec: lambda s, i, o: PoolConnector(s.grid, _projector(s.projector, i, o, s.hidden)),
+    PerceiverConnectorSpec: lambda s, i, o: PerceiverResampler(
+        i, o, num_latents=s.num_latents, depth=s.depth, heads=s.heads, dim=s.dim, ffn_mult=s.ffn_mult
+    ),
+    PixelShuffleConnectorSpec: lambda s, i, o: PixelShuffleConnector(
+        s.factor, _projector(s.projector, i * s.factor**2, o, s.hidden)
+    ),
 }
 
 

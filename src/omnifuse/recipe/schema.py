@@ -61,8 +61,33 @@ class PoolConnectorSpec(Spec):
     hidden: int | None = Field(None, ge=1)
 
 
+class PerceiverConnectorSpec(Spec):
+    type: Literal["perceiver"]
+    num_latents: int = Field(
+        64, ge=1, description="learned latents = image tokens per item, any input length"
+    )
+    depth: int = Field(2, ge=1, description="cross-attention + feed-forward layers")
+    heads: int = Field(8, ge=1)
+    dim: int | None = Field(None, ge=1, description="width of the latents; null = the LLM's hidden size")
+    ffn_mult: int = Field(4, ge=1)
+
+
+class PixelShuffleConnectorSpec(Spec):
+    type: Literal["pixel_shuffle"]
+    factor: int = Field(
+        2, ge=1, description="r: each r×r block of the token grid becomes one token (r² channels)"
+    )
+    projector: Literal["linear", "mlp"] = "mlp"
+    hidden: int | None = Field(None, ge=1)
+
+
 ConnectorSpec = Annotated[
-    LinearConnectorSpec | MLPConnectorSpec | PoolConnectorSpec, Field(discriminator="type")
+    LinearConnectorSpec
+    | MLPConnectorSpec
+    | PoolConnectorSpec
+    | PerceiverConnectorSpec
+    | PixelShuffleConnectorSpec,
+    Field(discriminator="type"),
 ]
 
 
