@@ -17,6 +17,7 @@ from omnifuse.connectors import (
     PixelShuffleConnector,
     PoolConnector,
 )
+from omnifuse.fusion import CrossAttentionFusion
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
 from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
@@ -24,6 +25,8 @@ from omnifuse.llm import hidden_size, load_llm, vocab_size
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import MediaSlot, Processor
 from omnifuse.recipe.schema import (
+    CrossAttentionFusionSpec,
+    EarlyFusionSpec,
     EfficientNetLite0Spec,
     HFVisionSpec,
     LinearConnectorSpec,
@@ -61,6 +64,15 @@ CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
 }
 
 
+# Fusion builders get the loaded LLM and its width; cross-attention wraps the LLM's decoder layers.
+FUSION_BUILDERS: dict[type, Callable[..., nn.Module | None]] = {
+    EarlyFusionSpec: lambda s, llm, d: None,
+    CrossAttentionFusionSpec: lambda s, llm, d: CrossAttentionFusion(
+        llm, d, every_n=s.every_n, heads=s.heads, ffn_mult=s.ffn_mult
+    ),
+}
+
+
 def build_encoder(spec) -> nn.Module:
     return ENCODER_BUILDERS[type(spec)](spec)
 
@@ -88,7 +100,8 @@ def build_model(
     # Placeholder ids sit just past the vocabulary (see omnifuse.fusion.early).
     base = max(vocab_size(llm), len(tokenizer))
     placeholder_ids = {m: base + k for k, m in enumerate(sorted(spec.encoders))}
-    model = MultimodalLM(encoders, connectors, llm, placeholder_ids)
+    fusion = FUSION_BUILDERS[type(spec.fusion)](spec.fusion, llm, d_llm)
+    model = MultimodalLM(encoders, connectors, llm, placeholder_ids, fusion)
     slots = {
         m: MediaSlot(encoders[m].preprocess, model.tokens_per_item(m), placeholder_ids[m])
         for m in spec.encoders

@@ -96,7 +96,17 @@ class EarlyFusionSpec(Spec):
     type: Literal["early"] = "early"
 
 
-FusionSpec = Annotated[EarlyFusionSpec, Field(discriminator="type")]
+class CrossAttentionFusionSpec(Spec):
+    """Flamingo: tanh-gated cross-attention blocks (gates start at 0) before every N-th decoder layer;
+    the text holds no media tokens. Their parameters are the component ``fusion``."""
+
+    type: Literal["cross_attention"]
+    every_n: int = Field(1, ge=1, description="a block before layers N-1, 2N-1, … (1 = every layer)")
+    heads: int = Field(8, ge=1, description="attention heads; must divide the LLM's hidden size")
+    ffn_mult: int = Field(4, ge=1, description="feed-forward width as a multiple of the LLM's hidden size")
+
+
+FusionSpec = Annotated[EarlyFusionSpec | CrossAttentionFusionSpec, Field(discriminator="type")]
 
 
 class LLMSpec(Spec):
@@ -128,6 +138,8 @@ class ModelSpec(Spec):
     def components(self) -> list[str]:
         """The names a stage may put in ``trainable`` / ``lr``: module paths inside the model."""
         names = ["encoders", "connectors", "llm"]
+        if isinstance(self.fusion, CrossAttentionFusionSpec):
+            names.append("fusion")  # the gated cross-attention blocks
         names += [f"encoders.{m}" for m in self.encoders] + [f"connectors.{m}" for m in self.connectors]
         return names
 

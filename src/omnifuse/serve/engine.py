@@ -50,8 +50,13 @@ class Engine:
     ) -> list[list[int]]:
         proc, model = self.processor, self.model
         batch = proc.collate([proc.encode(s, for_generation=True) for s in prompts], padding_side="left")
+        # Cross-attention fusion reads the media in every decoding step: they stay bound for the whole loop.
+        with model.fuse(batch.input_ids, batch.media, batch.media_counts, batch.sample_ids) as embeds:
+            return self._decode(batch, embeds, cfg, use_cache)
+
+    def _decode(self, batch, embeds: torch.Tensor, cfg: GenerationConfig, use_cache: bool) -> list[list[int]]:
+        proc, model = self.processor, self.model
         mask = batch.attention_mask
-        embeds = model.embed(batch.input_ids, batch.media, batch.media_counts, batch.sample_ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
         stop = torch.tensor(proc.stop_ids or [-1])
