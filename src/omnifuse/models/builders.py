@@ -17,10 +17,10 @@ from omnifuse.connectors import (
     PixelShuffleConnector,
     PoolConnector,
 )
-from omnifuse.fusion import CrossAttentionFusion
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
 from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
+from omnifuse.fusion import CrossAttentionFusion
 from omnifuse.llm import hidden_size, load_llm, vocab_size
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import MediaSlot, Processor
