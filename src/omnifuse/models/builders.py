@@ -17,6 +17,7 @@ from omnifuse.connectors import (
     PixelShuffleConnector,
     PoolConnector,
 )
+from omnifuse.encoders.multi import MultiEncoder
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
 from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
@@ -33,6 +34,7 @@ from omnifuse.recipe.schema import (
     MLPConnectorSpec,
     MobileNetV2Spec,
     ModelSpec,
+    MultiEncoderSpec,
     PerceiverConnectorSpec,
     PixelShuffleConnectorSpec,
     PoolConnectorSpec,
@@ -44,6 +46,7 @@ ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
         weights=s.weights, image_size=s.image_size, crop=s.crop
     ),
     HFVisionSpec: lambda s: build_hf_vision(s.name, layer=s.layer, drop_cls=s.drop_cls),
+    MultiEncoderSpec: lambda s: MultiEncoder([build_encoder(e) for e in s.encoders], s.combine),
 }
 
 

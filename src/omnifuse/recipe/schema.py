@@ -41,7 +41,26 @@ class HFVisionSpec(Spec):
     drop_cls: bool = True
 
 
-EncoderSpec = Annotated[MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec, Field(discriminator="type")]
+SingleEncoderSpec = Annotated[
+    MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec, Field(discriminator="type")
+]
+
+
+class MultiEncoderSpec(Spec):
+    """Several encoders for one modality (SPHINX, Prismatic), each with its own preprocessing."""
+
+    type: Literal["multi"]
+    encoders: tuple[SingleEncoderSpec, ...] = Field(min_length=2, description="two or more encoders")
+    combine: Literal["channel", "token"] = Field(
+        "channel",
+        description="channel: pool every grid to the smallest one and concatenate features per token; "
+        "token: concatenate the token sequences (equal widths needed)",
+    )
+
+
+EncoderSpec = Annotated[
+    MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec | MultiEncoderSpec, Field(discriminator="type")
+]
 
 
 # ---------------------------------------------------------------- connectors
