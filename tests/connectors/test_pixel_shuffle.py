@@ -11,7 +11,10 @@ from omnifuse.data.sample import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
-from tiny import tiny_recipe_dict
+from omnifuse.rundir import RunDir, load_model
+from omnifuse.serve.engine import Engine, GenerationConfig
+from omnifuse.training.loop import train
+from tiny import make_parts, tiny_recipe_dict
 
 
 def test_hand_computed_space_to_depth():
@@ -62,3 +65,14 @@ def test_indivisible_grid_fails_when_the_model_is_built(tiny_parts, color_data):
     raw["model"]["connectors"]["image"] = {"type": "pixel_shuffle", "factor": 3}
     with pytest.raises(OmnifuseError, match="4×4 token grid is not divisible by factor 3"):
         build_model(parse_recipe(raw).model, **tiny_parts)
+
+
+def test_pixel_shuffle_trains_and_reloads(tmp_path, color_data):
+    raw = tiny_recipe_dict(color_data)
+    raw["model"]["connectors"]["image"] = {"type": "pixel_shuffle", "factor": 2}
+    raw["stages"][0]["steps"], raw["stages"][1]["steps"] = 3, 1
+    train(parse_recipe(raw), tmp_path / "run", parts=make_parts(), progress=False)
+    _, model, proc = load_model(RunDir(tmp_path / "run"), progress=False, parts=make_parts())
+    assert model.connectors["image"].projector.fc1.in_features == 16 * 4  # 16-d tokens × r²
+    answers = Engine(model, proc).generate(load_jsonl(color_data)[:2], GenerationConfig(max_new_tokens=2))
+    assert len(answers) == 2

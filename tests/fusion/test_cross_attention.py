@@ -177,3 +177,27 @@ def test_cached_and_uncached_generation_agree(built):
     assert any(len(t) > 0 for t in cached)
     assert [engine.generate_ids([p], cfg)[0] for p in prompts] == cached  # batched == one by one
     assert model.fusion.context.media is None
+
+
+@pytest.mark.integration
+def test_flamingo_recipe_on_the_real_parts():
+    from pathlib import Path
+
+    from omnifuse.data.sources import load_data
+    from omnifuse.llm import load_llm
+    from omnifuse.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "flamingo.yaml")
+    model, proc = build_model(recipe.model, progress=False)
+    assert len(model.fusion.blocks) == 6 and model.fusion.layer_indices[-1] == 29  # SmolLM2: 30 layers
+    plain, _ = load_llm(recipe.model.llm.name, progress=False)
+    samples = load_data("easy-vqa:test")[:2]
+    batch = proc.collate([proc.encode(s, for_generation=True) for s in samples], padding_side="left")
+    with torch.no_grad():
+        fused = model(**batch.model_inputs()).logits
+        ref = plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert torch.equal(fused, ref)
+    set_gates(model, 0.5)
+    engine = Engine(model, proc)
+    cfg = GenerationConfig(max_new_tokens=4)
+    assert engine.generate_ids(samples, cfg) == engine.generate_ids(samples, cfg, use_cache=False)
