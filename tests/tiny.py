@@ -73,19 +73,22 @@ def make_llm(vocab: int, seed: int = 0) -> LlamaForCausalLM:
 
 
 class TinyVisionEncoder(nn.Module):
-    """A 2-layer CNN with the encoder interface: 32×32 image → 4×4 grid of 16-d tokens."""
+    """A 2-layer CNN with the encoder interface: 32×32 image → 4×4 grid of 16-d tokens
+    (in general image_size/8 × image_size/8 tokens of ``output_dim``)."""
 
-    output_dim = 16
-
-    def __init__(self) -> None:
+    def __init__(self, image_size: int = 32, output_dim: int = 16) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, 16, 2, stride=2))
+        self.image_size, self.output_dim = image_size, output_dim
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, output_dim, 2, stride=2)
+        )
 
     def num_tokens(self) -> int:
-        return 16
+        return (self.image_size // 8) ** 2
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        arr = np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.float32) / 255.0
+        size = (self.image_size, self.image_size)
+        arr = np.asarray(image.convert("RGB").resize(size), dtype=np.float32) / 255.0
         return torch.from_numpy(arr).permute(2, 0, 1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

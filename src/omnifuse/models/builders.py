@@ -10,20 +10,33 @@ from collections.abc import Callable
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from omnifuse.connectors import LinearConnector, MLPConnector, PoolConnector
+from omnifuse.connectors import (
+    LinearConnector,
+    MLPConnector,
+    PerceiverResampler,
+    PixelShuffleConnector,
+    PoolConnector,
+)
+from omnifuse.encoders.multi import MultiEncoder
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
 from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
+from omnifuse.fusion import CrossAttentionFusion
 from omnifuse.llm import hidden_size, load_llm, vocab_size
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import MediaSlot, Processor
 from omnifuse.recipe.schema import (
+    CrossAttentionFusionSpec,
+    EarlyFusionSpec,
     EfficientNetLite0Spec,
     HFVisionSpec,
     LinearConnectorSpec,
     MLPConnectorSpec,
     MobileNetV2Spec,
     ModelSpec,
+    MultiEncoderSpec,
+    PerceiverConnectorSpec,
+    PixelShuffleConnectorSpec,
     PoolConnectorSpec,
 )
 
@@ -33,6 +46,7 @@ ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
         weights=s.weights, image_size=s.image_size, crop=s.crop
     ),
     HFVisionSpec: lambda s: build_hf_vision(s.name, layer=s.layer, drop_cls=s.drop_cls),
+    MultiEncoderSpec: lambda s: MultiEncoder([build_encoder(e) for e in s.encoders], s.combine),
 }
 
 
@@ -44,6 +58,21 @@ CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     LinearConnectorSpec: lambda s, i, o: LinearConnector(i, o),
     MLPConnectorSpec: lambda s, i, o: MLPConnector(i, o, s.hidden),
     PoolConnectorSpec: lambda s, i, o: PoolConnector(s.grid, _projector(s.projector, i, o, s.hidden)),
+    PerceiverConnectorSpec: lambda s, i, o: PerceiverResampler(
+        i, o, num_latents=s.num_latents, depth=s.depth, heads=s.heads, dim=s.dim, ffn_mult=s.ffn_mult
+    ),
+    PixelShuffleConnectorSpec: lambda s, i, o: PixelShuffleConnector(
+        s.factor, _projector(s.projector, i * s.factor**2, o, s.hidden)
+    ),
+}
+
+
+# Fusion builders get the loaded LLM and its width; cross-attention wraps the LLM's decoder layers.
+FUSION_BUILDERS: dict[type, Callable[..., nn.Module | None]] = {
+    EarlyFusionSpec: lambda s, llm, d: None,
+    CrossAttentionFusionSpec: lambda s, llm, d: CrossAttentionFusion(
+        llm, d, every_n=s.every_n, heads=s.heads, ffn_mult=s.ffn_mult
+    ),
 }
 
 
@@ -74,7 +103,8 @@ def build_model(
     # Placeholder ids sit just past the vocabulary (see omnifuse.fusion.early).
     base = max(vocab_size(llm), len(tokenizer))
     placeholder_ids = {m: base + k for k, m in enumerate(sorted(spec.encoders))}
-    model = MultimodalLM(encoders, connectors, llm, placeholder_ids)
+    fusion = FUSION_BUILDERS[type(spec.fusion)](spec.fusion, llm, d_llm)
+    model = MultimodalLM(encoders, connectors, llm, placeholder_ids, fusion)
     slots = {
         m: MediaSlot(encoders[m].preprocess, model.tokens_per_item(m), placeholder_ids[m])
         for m in spec.encoders

@@ -1,20 +1,29 @@
-"""MultimodalLM: encoders → connectors → early fusion → any Hugging Face causal LM.
+"""MultimodalLM: encoders → connectors → fusion → any Hugging Face causal LM.
 
 Composition by constructor injection (built parts in, no configs): ``omnifuse.models.builders``
 turns a recipe into the parts. Parameter names are ``encoders.<modality>.*``,
-``connectors.<modality>.*`` and ``llm.*``; a stage's ``trainable`` keys are these module paths.
+``connectors.<modality>.*``, ``llm.*`` and, with cross-attention fusion, ``fusion.*``; a stage's
+``trainable`` keys are these module paths.
+
+Two fusions: early (``fusion=None``: connector outputs replace placeholder tokens in the text) and
+intermediate (``fusion`` = a :class:`~omnifuse.fusion.CrossAttentionFusion` already attached to the
+LLM: the text holds no media tokens, gated blocks in the decoder cross-attend to the connector outputs).
+:meth:`MultimodalLM.fuse` is the one entry point for both: it yields the LLM's input embeddings and,
+for cross-attention, keeps the media bound to the blocks while the caller runs the LLM.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from omnifuse.fusion import placeholder_mask, scatter_features
+from omnifuse.errors import OmnifuseError
+from omnifuse.fusion import CrossAttentionFusion, placeholder_mask, scatter_features
 
 IGNORE_INDEX = -100
 
@@ -33,6 +42,7 @@ class MultimodalLM(nn.Module):
         connectors: Mapping[str, nn.Module],
         llm: nn.Module,
         placeholder_ids: Mapping[str, int],
+        fusion: CrossAttentionFusion | None = None,
     ) -> None:
         super().__init__()
         if set(encoders) != set(connectors) or set(encoders) != set(placeholder_ids):
@@ -41,10 +51,16 @@ class MultimodalLM(nn.Module):
         self.connectors = nn.ModuleDict(connectors)
         self.llm = llm
         self.placeholder_ids = dict(placeholder_ids)
+        self.fusion = fusion  # None = early fusion
+
+    def media_tokens_per_item(self, modality: str) -> int:
+        """How many feature tokens the connector makes of one item (image) of this modality."""
+        return self.connectors[modality].num_output_tokens(self.encoders[modality].num_tokens())
 
     def tokens_per_item(self, modality: str) -> int:
-        """How many placeholder tokens one item (image) of this modality becomes in the text."""
-        return self.connectors[modality].num_output_tokens(self.encoders[modality].num_tokens())
+        """How many placeholder tokens one item of this modality becomes in the text: the connector's
+        token count with early fusion, none with cross-attention (the media never enter the text)."""
+        return 0 if self.fusion is not None else self.media_tokens_per_item(modality)
 
     def encode(self, modality: str, pixel_values: torch.Tensor) -> torch.Tensor:
         encoder = self.encoders[modality]
@@ -61,7 +77,8 @@ class MultimodalLM(nn.Module):
         media_counts: Mapping[str, Sequence[int]],
         sample_ids: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with each modality's placeholders replaced by its connector outputs."""
+        """Token embeddings with each modality's placeholders replaced by its connector outputs (early
+        fusion; :meth:`fuse` covers both fusions)."""
         is_ph = placeholder_mask(input_ids, list(self.placeholder_ids.values()))
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_ph, 0))
         for modality, pid in self.placeholder_ids.items():
@@ -74,6 +91,57 @@ class MultimodalLM(nn.Module):
             embeds = scatter_features(embeds, input_ids, pid, features, counts, sample_ids)
         return embeds
 
+    def media_sequence(
+        self, media: Mapping[str, torch.Tensor], media_counts: Mapping[str, Sequence[int]], batch_size: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Each sample's connector outputs, all its items (modalities in model order, items in text order)
+        concatenated and padded: ``[B, M, D]`` features and a ``[B, M]`` mask; (None, None) without media."""
+        rows: list[list[torch.Tensor]] = [[] for _ in range(batch_size)]
+        for modality in self.connectors:
+            pixels = media.get(modality)
+            if pixels is None or pixels.shape[0] == 0:
+                continue
+            counts = list(media_counts.get(modality) or [])
+            if len(counts) != batch_size or sum(counts) != pixels.shape[0]:
+                raise OmnifuseError(
+                    f"{modality}: media_counts {counts} do not account for the {pixels.shape[0]} item(s) of a "
+                    f"batch of {batch_size}; build batches with omnifuse's Processor.collate"
+                )
+            features = self.encode(modality, pixels)
+            for b, items in enumerate(features.split(counts)):
+                if items.shape[0]:
+                    rows[b].append(items.reshape(-1, items.shape[-1]))
+        if not any(rows):
+            return None, None
+        seqs = [torch.cat(r) if r else features.new_zeros(0, features.shape[-1]) for r in rows]
+        lengths = torch.tensor([s.shape[0] for s in seqs])
+        padded = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+        return padded, mask.to(padded.device)
+
+    @contextmanager
+    def fuse(
+        self,
+        input_ids: torch.Tensor,
+        media: Mapping[str, torch.Tensor],
+        media_counts: Mapping[str, Sequence[int]],
+        sample_ids: Sequence[str] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """``with model.fuse(...) as embeds: model.llm(inputs_embeds=embeds, ...)`` — the one way to feed
+        a batch to the LLM. Early fusion: the embeddings carry the media. Cross-attention: plain token
+        embeddings, and the media stay bound to the gated blocks until the ``with`` ends (a generation
+        loop keeps them bound across all its decoding steps)."""
+        if self.fusion is None:
+            yield self.embed(input_ids, media, media_counts, sample_ids)
+            return
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        features, mask = self.media_sequence(media, media_counts, input_ids.shape[0])
+        if features is None:
+            features = embeds.new_zeros(input_ids.shape[0], 0, embeds.shape[-1])
+            mask = torch.zeros(input_ids.shape[0], 0, dtype=torch.bool, device=embeds.device)
+        with self.fusion.bind(features, mask):
+            yield embeds
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -83,17 +151,18 @@ class MultimodalLM(nn.Module):
         labels: torch.Tensor | None = None,
         sample_ids: Sequence[str] | None = None,
     ) -> LMOutput:
-        embeds = self.embed(input_ids, media, media_counts, sample_ids)
         if labels is None:
-            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+            with self.fuse(input_ids, media, media_counts, sample_ids) as embeds:
+                out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
             return LMOutput(None, out.logits, 0)
         # Logits only where a label is predicted: the LM head over a 49k vocabulary would otherwise
         # cost about a quarter of a small LLM's forward pass on prompt tokens that carry no loss.
         targets = labels[:, 1:]
         keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        out = self.llm(
-            inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
-        )
+        with self.fuse(input_ids, media, media_counts, sample_ids) as embeds:
+            out = self.llm(
+                inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
+            )
         logits = out.logits
         kept_targets = targets[:, keep]
         n = int((kept_targets != IGNORE_INDEX).sum())

@@ -41,7 +41,26 @@ class HFVisionSpec(Spec):
     drop_cls: bool = True
 
 
-EncoderSpec = Annotated[MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec, Field(discriminator="type")]
+SingleEncoderSpec = Annotated[
+    MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec, Field(discriminator="type")
+]
+
+
+class MultiEncoderSpec(Spec):
+    """Several encoders for one modality (SPHINX, Prismatic), each with its own preprocessing."""
+
+    type: Literal["multi"]
+    encoders: tuple[SingleEncoderSpec, ...] = Field(min_length=2, description="two or more encoders")
+    combine: Literal["channel", "token"] = Field(
+        "channel",
+        description="channel: pool every grid to the smallest one and concatenate features per token; "
+        "token: concatenate the token sequences (equal widths needed)",
+    )
+
+
+EncoderSpec = Annotated[
+    MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec | MultiEncoderSpec, Field(discriminator="type")
+]
 
 
 # ---------------------------------------------------------------- connectors
@@ -61,8 +80,33 @@ class PoolConnectorSpec(Spec):
     hidden: int | None = Field(None, ge=1)
 
 
+class PerceiverConnectorSpec(Spec):
+    type: Literal["perceiver"]
+    num_latents: int = Field(
+        64, ge=1, description="learned latents = image tokens per item, any input length"
+    )
+    depth: int = Field(2, ge=1, description="cross-attention + feed-forward layers")
+    heads: int = Field(8, ge=1)
+    dim: int | None = Field(None, ge=1, description="width of the latents; null = the LLM's hidden size")
+    ffn_mult: int = Field(4, ge=1)
+
+
+class PixelShuffleConnectorSpec(Spec):
+    type: Literal["pixel_shuffle"]
+    factor: int = Field(
+        2, ge=1, description="r: each r×r block of the token grid becomes one token (r² channels)"
+    )
+    projector: Literal["linear", "mlp"] = "mlp"
+    hidden: int | None = Field(None, ge=1)
+
+
 ConnectorSpec = Annotated[
-    LinearConnectorSpec | MLPConnectorSpec | PoolConnectorSpec, Field(discriminator="type")
+    LinearConnectorSpec
+    | MLPConnectorSpec
+    | PoolConnectorSpec
+    | PerceiverConnectorSpec
+    | PixelShuffleConnectorSpec,
+    Field(discriminator="type"),
 ]
 
 
@@ -71,7 +115,17 @@ class EarlyFusionSpec(Spec):
     type: Literal["early"] = "early"
 
 
-FusionSpec = Annotated[EarlyFusionSpec, Field(discriminator="type")]
+class CrossAttentionFusionSpec(Spec):
+    """Flamingo: tanh-gated cross-attention blocks (gates start at 0) before every N-th decoder layer;
+    the text holds no media tokens. Their parameters are the component ``fusion``."""
+
+    type: Literal["cross_attention"]
+    every_n: int = Field(1, ge=1, description="a block before layers N-1, 2N-1, … (1 = every layer)")
+    heads: int = Field(8, ge=1, description="attention heads; must divide the LLM's hidden size")
+    ffn_mult: int = Field(4, ge=1, description="feed-forward width as a multiple of the LLM's hidden size")
+
+
+FusionSpec = Annotated[EarlyFusionSpec | CrossAttentionFusionSpec, Field(discriminator="type")]
 
 
 class LLMSpec(Spec):
@@ -103,6 +157,8 @@ class ModelSpec(Spec):
     def components(self) -> list[str]:
         """The names a stage may put in ``trainable`` / ``lr``: module paths inside the model."""
         names = ["encoders", "connectors", "llm"]
+        if isinstance(self.fusion, CrossAttentionFusionSpec):
+            names.append("fusion")  # the gated cross-attention blocks
         names += [f"encoders.{m}" for m in self.encoders] + [f"connectors.{m}" for m in self.connectors]
         return names
 

@@ -70,10 +70,21 @@ class Engine:
         turns true stop being generated (their finish reason is "cancelled")."""
         if len(cfgs) != len(encoded):
             raise ValueError(f"{len(encoded)} prompts but {len(cfgs)} generation configs")
+        batch = self.processor.collate(list(encoded), padding_side="left")
+        # Cross-attention fusion reads the media in every decoding step: they stay bound for the whole loop.
+        with self.model.fuse(batch.input_ids, batch.media, batch.media_counts, batch.sample_ids) as embeds:
+            yield from self._decode(batch, embeds, cfgs, use_cache, cancelled)
+
+    def _decode(
+        self,
+        batch,
+        embeds: torch.Tensor,
+        cfgs: Sequence[GenerationConfig],
+        use_cache: bool,
+        cancelled: Callable[[int], bool] | None,
+    ) -> Iterator[StepTokens]:
         proc, model = self.processor, self.model
-        batch = proc.collate(list(encoded), padding_side="left")
         mask = batch.attention_mask
-        embeds = model.embed(batch.input_ids, batch.media, batch.media_counts, batch.sample_ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         generators = [
             torch.Generator().manual_seed(c.seed) if c.seed is not None and c.temperature > 0 else None
