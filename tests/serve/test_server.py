@@ -329,3 +329,31 @@ def test_graceful_shutdown_finishes_the_stream_in_flight():
     last = json.loads(lines[-2].removeprefix("data: "))
     assert last["choices"][0]["finish_reason"] in ("stop", "length")
     assert not s.thread.is_alive()
+
+
+def test_a_client_that_disconnects_stops_its_decoding(monkeypatch):
+    import time
+
+    with running_server(ServerSettings(model_name="tiny")) as s:
+        engine = s.service.engine
+        real = engine.stream
+        steps = []
+
+        def slow_stream(*args, **kwargs):
+            for step in real(*args, **kwargs):
+                steps.append(1)
+                time.sleep(0.01)  # 200 steps: 2 s, far longer than the client waits
+                yield step
+
+        monkeypatch.setattr(engine, "stream", slow_stream)
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200}
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{s.url}/v1/chat/completions", json=body, timeout=0.3)
+        time.sleep(2.5)  # past the 2 s the whole answer would take: it would have completed by now
+        assert s.service.scheduler.completed == 0
+        assert 0 < len(steps) < 150  # stopped well before max_tokens
+        stream_body = {**body, "stream": True}
+        with httpx.stream("POST", f"{s.url}/v1/chat/completions", json=stream_body, timeout=30) as res:
+            next(res.iter_lines())  # read the first chunk, then hang up
+        time.sleep(2.5)
+        assert s.service.scheduler.completed == 0

@@ -348,7 +348,18 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return JSONResponse(await service.complete(req, job))
+
+        # A client that gives up on a whole-answer request should not keep its row decoding.
+        async def watch_disconnect() -> None:
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.25)
+            job.cancelled = True
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            return JSONResponse(await service.complete(req, job))
+        finally:
+            watcher.cancel()
 
     page = resources.files("omnifuse.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
