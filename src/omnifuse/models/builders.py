@@ -11,6 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from omnifuse.connectors import LinearConnector, MLPConnector, PoolConnector
+from omnifuse.connectors.qformer import build_qformer
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
 from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
@@ -25,6 +26,7 @@ from omnifuse.recipe.schema import (
     MobileNetV2Spec,
     ModelSpec,
     PoolConnectorSpec,
+    QFormerConnectorSpec,
 )
 
 ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
@@ -44,6 +46,18 @@ CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     LinearConnectorSpec: lambda s, i, o: LinearConnector(i, o),
     MLPConnectorSpec: lambda s, i, o: MLPConnector(i, o, s.hidden),
     PoolConnectorSpec: lambda s, i, o: PoolConnector(s.grid, _projector(s.projector, i, o, s.hidden)),
+    QFormerConnectorSpec: lambda s, i, o: build_qformer(
+        s.text_model,
+        i,
+        o,
+        init=s.init,
+        num_queries=s.num_queries,
+        cross_attention_every=s.cross_attention_every,
+        embed_dim=s.embed_dim,
+        max_text_len=s.max_text_len,
+        projector=s.projector,
+        hidden=s.hidden,
+    ),
 }
 
 
