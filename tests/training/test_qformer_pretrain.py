@@ -198,12 +198,9 @@ def test_qformer_objective_needs_a_qformer_and_leaves_the_llm_alone(qformer_reci
         parse_recipe(plain, overrides=["stages.0.objective=qformer"])
 
 
-def test_qformer_stage_refuses_samples_without_one_image(tmp_path, qformer_recipe, color_data):
-    raw = dict(qformer_recipe)
-    raw["stages"][0]["data"] = str(color_data)  # VQA samples have one image each: fine
-    bad = [
-        Sample("t", (Message("user", (TextPart("hi"),)), Message("assistant", (TextPart("a red one"),))))
-    ] * 1
+def test_qformer_stage_refuses_samples_without_one_image(tmp_path, qformer_recipe):
+    raw = qformer_recipe
+    bad = [Sample("t", (Message("user", (TextPart("hi"),)), Message("assistant", (TextPart("a red one"),))))]
     raw["stages"][0]["data"] = str(write_jsonl(bad, tmp_path / "bad.jsonl"))
     raw["stages"][0]["batch_size"] = 2
     with pytest.raises(OmnifuseError, match="sample t: .*one image each.*has 0"):
