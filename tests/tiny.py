@@ -155,3 +155,59 @@ def tiny_recipe_dict(data: Path) -> dict:
         "generation": {"max_new_tokens": 4},
         "eval": {"batch_size": 8},
     }  # fmt: skip
+
+
+# ---------------------------------------------------------------------- tiny BERT for the Q-Former
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_bert_tokenizer():
+    """A WordPiece tokenizer over the words of CORPUS (plus single characters as a fallback)."""
+    from transformers import BertTokenizerFast
+
+    words = sorted({w.strip(",.!?:;'\"()[]") for line in CORPUS for w in line.lower().split()} - {""})
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789,.!?:;'\"()[]"))
+    vocab = (
+        BERT_SPECIALS
+        + chars
+        + [f"##{c}" for c in chars if c.isalnum()]
+        + [w for w in words if w not in chars]
+    )
+    return BertTokenizerFast(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True)
+
+
+def make_bert_config(vocab_size: int):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A random tiny BertModel + tokenizer saved as an HF folder (stands in for MiniLM in tests)."""
+    from transformers import BertModel
+
+    tokenizer = make_bert_tokenizer()
+    torch.manual_seed(seed)
+    BertModel(make_bert_config(len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_qformer(in_dim: int = 16, out_dim: int = 32, num_queries: int = 4, seed: int = 0, **kwargs):
+    """A randomly initialised tiny Q-Former connector (no files)."""
+    from omnifuse.connectors.qformer import QFormerConnector
+
+    tokenizer = make_bert_tokenizer()
+    torch.manual_seed(seed)
+    return QFormerConnector.from_bert_config(
+        make_bert_config(len(tokenizer)), tokenizer, in_dim, out_dim, num_queries=num_queries, **kwargs
+    )

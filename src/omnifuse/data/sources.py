@@ -6,12 +6,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from omnifuse.assets import cache_dir
+from omnifuse.data.captions import ensure_easy_vqa_captions
 from omnifuse.data.easy_vqa import ensure_easy_vqa
 from omnifuse.data.sample import Sample, load_jsonl
 from omnifuse.errors import OmnifuseError
 
 # name → function(cache_root) returning {split: jsonl path}; exported once into the cache.
-BUILTIN: dict[str, Callable[[Path], dict[str, Path]]] = {"easy-vqa": ensure_easy_vqa}
+BUILTIN: dict[str, Callable[[Path], dict[str, Path]]] = {
+    "easy-vqa": ensure_easy_vqa,
+    "easy-vqa-captions": ensure_easy_vqa_captions,  # image–caption pairs for Q-Former stage 1
+}
 
 
 def resolve_data_path(ref: str) -> Path:

@@ -17,6 +17,7 @@ from omnifuse.connectors import (
     PixelShuffleConnector,
     PoolConnector,
 )
+from omnifuse.connectors.qformer import build_qformer
 from omnifuse.encoders.multi import MultiEncoder
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
@@ -38,6 +39,7 @@ from omnifuse.recipe.schema import (
     PerceiverConnectorSpec,
     PixelShuffleConnectorSpec,
     PoolConnectorSpec,
+    QFormerConnectorSpec,
 )
 
 ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
@@ -63,6 +65,18 @@ CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     ),
     PixelShuffleConnectorSpec: lambda s, i, o: PixelShuffleConnector(
         s.factor, _projector(s.projector, i * s.factor**2, o, s.hidden)
+    ),
+    QFormerConnectorSpec: lambda s, i, o: build_qformer(
+        s.text_model,
+        i,
+        o,
+        init=s.init,
+        num_queries=s.num_queries,
+        cross_attention_every=s.cross_attention_every,
+        embed_dim=s.embed_dim,
+        max_text_len=s.max_text_len,
+        projector=s.projector,
+        hidden=s.hidden,
     ),
 }
 

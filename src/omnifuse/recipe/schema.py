@@ -100,12 +100,31 @@ class PixelShuffleConnectorSpec(Spec):
     hidden: int | None = Field(None, ge=1)
 
 
+class QFormerConnectorSpec(Spec):
+    """BLIP-2 Q-Former: learned queries cross-attend to the image inside a BERT (omnifuse.connectors.qformer)."""
+
+    type: Literal["qformer"]
+    text_model: str = Field(
+        "all-minilm-l6-v2", description="BERT to start from: packaged name, HF id or folder"
+    )
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="pretrained = BERT weights (cross-attention new); random = shape only"
+    )
+    num_queries: int = Field(32, ge=1, description="learned queries = image tokens given to the LLM")
+    cross_attention_every: int = Field(2, ge=1, description="cross-attention in every k-th BERT layer")
+    embed_dim: int = Field(256, ge=1, description="width of the image-text contrastive (ITC) space")
+    max_text_len: int = Field(32, ge=4, description="caption tokens kept in stage-1 objectives")
+    projector: Literal["linear", "mlp"] = "linear"
+    hidden: int | None = Field(None, ge=1)
+
+
 ConnectorSpec = Annotated[
     LinearConnectorSpec
     | MLPConnectorSpec
     | PoolConnectorSpec
     | PerceiverConnectorSpec
-    | PixelShuffleConnectorSpec,
+    | PixelShuffleConnectorSpec
+    | QFormerConnectorSpec,
     Field(discriminator="type"),
 ]
 
@@ -201,6 +220,11 @@ class StageSpec(Spec):
         None, description="meta key (e.g. question_type) whose values are drawn equally often in this stage"
     )
     save_every: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
+    objective: Literal["generative", "qformer"] = Field(
+        "generative",
+        description="generative = next-token loss through the LLM; qformer = BLIP-2 stage 1 (ITC + ITM + ITG "
+        "on image-caption pairs, Q-Former alone, no LLM)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StageSpec:
@@ -259,6 +283,25 @@ class Recipe(Spec):
                     raise ValueError(
                         f"stages.{i} ({stage.name}): component {comp!r} trains but has no lr; add lr: {{{comp}: 1e-4}}"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> Recipe:
+        qformers = [m for m, c in self.model.connectors.items() if isinstance(c, QFormerConnectorSpec)]
+        for i, stage in enumerate(self.stages):
+            if stage.objective != "qformer":
+                continue
+            if len(qformers) != 1:
+                raise ValueError(
+                    f"stages.{i} ({stage.name}): objective qformer needs exactly one connector of type qformer, "
+                    f"found {len(qformers)}; set e.g. connectors: {{image: {{type: qformer}}}}"
+                )
+            trained_llm = [c for c, mode in stage.trainable.items() if c == "llm" and mode != "frozen"]
+            if trained_llm:
+                raise ValueError(
+                    f"stages.{i} ({stage.name}): objective qformer does not run the LLM, so it cannot train it; "
+                    "remove llm from trainable (train the LLM in a generative stage)"
+                )
         return self
 
     def lora_components(self) -> list[str]:

@@ -37,7 +37,15 @@ from omnifuse.training.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from omnifuse.training.objectives import StepOutput, generative_step
+from omnifuse.training.qformer_pretrain import qformer_step
 from omnifuse.training.stages import apply_stage, changed_parameters, prepare_lora
+
+# StageSpec.objective → what one micro-batch computes (see training/objectives.py).
+OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample]], StepOutput]] = {
+    "generative": generative_step,
+    "qformer": qformer_step,
+}
 
 
 @dataclass
@@ -178,6 +186,7 @@ class Trainer:
         balanced = balance_groups(samples, stage.balance_by) if stage.balance_by else None
         order = sample_order(len(samples), self.recipe.seed, si, balanced)
         micro = stage.batch_size
+        objective = OBJECTIVES[stage.objective]
         model.train()
         model.encoders.eval()  # CNN batch-norm statistics stay the pretrained ones
         loss_value = None
@@ -188,13 +197,15 @@ class Trainer:
                 for g in groups:
                     g["lr"] = g["base_lr"] * factor
                 total_loss, n_tokens, n_seq = 0.0, 0, 0
+                parts: dict[str, float] = {}
                 for a in range(stage.grad_accum):
                     first = (step * stage.grad_accum + a) * micro
-                    batch = proc.collate([proc.encode(samples[order(first + i)]) for i in range(micro)])
-                    out = model(**batch.model_inputs())
+                    out = objective(model, proc, [samples[order(first + i)] for i in range(micro)])
                     (out.loss / stage.grad_accum).backward()
                     total_loss += out.loss.item() / stage.grad_accum
-                    n_tokens += int(batch.attention_mask.sum())
+                    for key, value in out.parts.items():
+                        parts[key] = parts.get(key, 0.0) + value / stage.grad_accum
+                    n_tokens += out.num_tokens
                     n_seq += micro
                 params = [p for g in groups for p in g["params"]]
                 grad_norm = (
@@ -212,6 +223,7 @@ class Trainer:
                     "stage_index": si,
                     "step": step,
                     "loss": round(total_loss, 6),
+                    **{key: round(value, 6) for key, value in parts.items()},
                     "lr": groups[0]["lr"],
                     "grad_norm": grad_norm,
                     "tokens_per_s": round(n_tokens / dt, 1),
@@ -221,7 +233,7 @@ class Trainer:
                 with run.metrics_file.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 if self.writer is not None:
-                    for key in ("loss", "lr", "tokens_per_s"):
+                    for key in ("loss", *parts, "lr", "tokens_per_s"):
                         self.writer.add_scalar(f"{stage.name}/{key}", record[key], step)
                 bar.advance(loss=total_loss)
                 if step % stage.save_every == 0 or step == steps:
