@@ -180,6 +180,49 @@ def chat(
             err.print(f"[red]error:[/red] {escape(str(exc))}")
 
 
+@app.command()
+def sweep(
+    sweep_file: Path,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="sweep folder (default runs/sweeps/<sweep name>)")
+    ] = None,
+    set_: Overrides = None,
+    plan: Annotated[bool, typer.Option(help="print the variants and their budgets; train nothing")] = False,
+    progress: Progress = True,
+) -> None:
+    """Train and evaluate recipe variants on the same data and seeds; compare them (mean ± 95 % CI)."""
+    from omnifuse.sweep import check_budget, load_sweep, run_sweep, write_report
+
+    sw = load_sweep(sweep_file, set_ or [])
+    folder = out_dir or Path("runs") / "sweeps" / sw.spec.name
+    counts = check_budget(sw)
+    table = Table(title=f"sweep {sw.spec.name}: {len(sw.variants)} variants × seeds {sw.spec.seeds}")
+    for col in ("variant", "stages", "training samples"):
+        table.add_column(col)
+    for v in sw.variants:
+        table.add_row(v.name, " → ".join(s.name for s in v.recipe.stages), f"{counts[v.name]:,}")
+    err.print(table)
+    if plan:
+        return
+    records = run_sweep(sw, folder, console=err, progress=progress)
+    command = " ".join(["omnifuse sweep", str(sweep_file), *(f"--set {x}" for x in set_ or [])])
+    rows = write_report(folder, sw.spec.name, records, command)
+    result = Table(title=f"sweep {sw.spec.name} (mean ± 95 % CI over {len(sw.spec.seeds)} seeds)")
+    for col in ("variant", "accuracy", "trainable", "image tokens", "train s", "latency ms"):
+        result.add_column(col, justify="right" if col != "variant" else "left")
+    for r in rows:
+        result.add_row(
+            r.variant,
+            f"{100 * r.accuracy:.1f} ± {100 * r.ci:.1f} %",
+            f"{r.trainable_params:,}",
+            str(r.image_tokens),
+            f"{r.train_seconds:.0f}",
+            f"{r.latency_ms:.0f}",
+        )
+    out.print(result)
+    out.print(f"report: {folder / 'report.md'}")
+
+
 def _check_port_free(host: str, port: int) -> None:
     import socket
 

@@ -10,7 +10,9 @@ import yaml
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe import dump_recipe, load_recipe, parse_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2] / "recipes"
+SWEEPS = sorted((ROOT / "sweeps").rglob("*.yaml"))
+RECIPES = sorted(p for p in ROOT.rglob("*.yaml") if p not in SWEEPS)
 
 
 def test_recipes_folder_is_not_empty():
@@ -22,6 +24,16 @@ def test_every_recipe_validates(path):
     recipe = load_recipe(path)
     # The resolved form round-trips: what a run directory stores loads back to the same recipe.
     assert parse_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: str(p.name))
+def test_every_sweep_validates_with_its_budget(path):
+    from omnifuse.sweep import check_budget, load_sweep
+
+    sweep = load_sweep(path)  # resolves every variant's recipe
+    assert len(sweep.spec.seeds) >= 3 and len(sweep.variants) >= 2
+    counts = check_budget(sweep)  # refuses a variant off the sweep's budget
+    assert set(counts) == {v.name for v in sweep.variants}
 
 
 def base() -> dict:

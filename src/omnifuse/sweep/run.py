@@ -1,0 +1,156 @@
+"""Run a sweep: every variant × seed trained and evaluated into ``OUT/<variant>/seed-<s>``.
+
+A finished run (its result line in ``results.jsonl`` and the same resolved recipe) is skipped when the
+sweep runs again; a run that was interrupted resumes from its checkpoint. ``results.jsonl`` is
+rewritten atomically after each run, so a crash loses at most the run in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from safetensors import safe_open
+
+from omnifuse.data.sample import Sample, select_subset
+from omnifuse.data.sources import load_data
+from omnifuse.errors import OmnifuseError
+from omnifuse.eval.runner import evaluate_run
+from omnifuse.eval.vqa import VQAResult
+from omnifuse.recipe import Recipe, dump_recipe
+from omnifuse.rundir import RunDir, load_model
+from omnifuse.serve.engine import Engine, GenerationConfig
+from omnifuse.sweep.spec import Sweep
+from omnifuse.training.checkpoint import atomic_write_text
+from omnifuse.training.loop import stage_steps, train
+
+RESULTS = "results.jsonl"
+
+
+def training_samples(recipe: Recipe) -> int:
+    """Samples a recipe trains on in total: steps × batch size × accumulation, summed over stages."""
+    sizes: dict[str, int] = {}
+    total = 0
+    for stage in recipe.stages:
+        n = 0
+        if stage.steps is None:
+            ref = stage.data or recipe.data.train
+            if ref not in sizes:
+                sizes[ref] = len(load_data(ref))
+            n = sizes[ref]
+        total += stage_steps(stage, n) * stage.batch_size * stage.grad_accum
+    return total
+
+
+def check_budget(sweep: Sweep) -> dict[str, int]:
+    counts = {v.name: training_samples(v.recipe) for v in sweep.variants}
+    budget = sweep.spec.budget
+    if budget is not None:
+        off = {name: n for name, n in counts.items() if n != budget.samples}
+        if off:
+            listed = ", ".join(f"{name}: {n}" for name, n in off.items())
+            raise OmnifuseError(
+                f"sweep {sweep.spec.name!r} fixes the budget at {budget.samples} training samples, but "
+                f"{listed} (steps × batch_size × grad_accum summed over stages); adjust their steps "
+                "or remove the budget"
+            )
+    return counts
+
+
+def _saved_parameters(run: RunDir) -> int:
+    """Parameters training changed (what model.safetensors holds: connectors, LoRA, fusion, ...)."""
+    with safe_open(str(run.weights_file), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def _latency(engine: Engine, samples, cfg: GenerationConfig) -> float:
+    """Median seconds to answer one sample alone (batch 1, greedy), after one warm-up."""
+    prompts = [Sample(s.id, s.prompt(), s.meta) for s in samples]
+    engine.generate(prompts[:1], cfg)
+    times = []
+    for p in prompts:
+        t0 = time.perf_counter()
+        engine.generate([p], cfg)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def read_results(out: Path) -> list[dict]:
+    path = out / RESULTS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_sweep(
+    sweep: Sweep,
+    out: Path,
+    console: Console | None = None,
+    progress: bool = True,
+    parts_factory: Callable[[], dict] | None = None,
+) -> list[dict]:
+    """Train and evaluate every variant × seed not finished yet; returns all result records."""
+    console = console or Console(stderr=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples_per_variant = check_budget(sweep)
+    atomic_write_text(out / "sweep.json", json.dumps(sweep.spec.model_dump(mode="json"), indent=2))
+    results = read_results(out)
+    done = {(r["variant"], r["seed"]): r for r in results}
+    jobs = [(v, s) for v in sweep.variants for s in sweep.spec.seeds]
+    for k, (variant, seed) in enumerate(jobs, 1):
+        recipe = variant.with_seed(seed)
+        run = RunDir(out / variant.name / f"seed-{seed}")
+        previous = done.get((variant.name, seed))
+        if previous is not None and previous.get("recipe") == dump_recipe(recipe):
+            console.print(f"[{k}/{len(jobs)}] {variant.name} seed {seed}: done before, skipped")
+            continue
+        results = [r for r in results if (r["variant"], r["seed"]) != (variant.name, seed)]
+        resume = run.checkpoint.exists() and previous is None
+        console.print(
+            f"[{k}/{len(jobs)}] {variant.name} seed {seed}: {'resuming' if resume else 'training'} into {run.path}"
+        )
+        if run.path.exists() and not resume:
+            # A stale run of a changed recipe (or one without a checkpoint yet): start it afresh.
+            shutil.rmtree(run.path)
+        parts = parts_factory() if parts_factory else None
+        trained = train(recipe, run.path, resume=resume, console=console, progress=progress, parts=parts)
+        loaded = load_model(run, progress=progress, parts=parts_factory() if parts_factory else None)
+        _, model, processor = loaded
+        outcome = evaluate_run(run, blind=False, progress=progress, loaded=loaded)
+        result: VQAResult = outcome.result
+        timed = select_subset(
+            load_data(recipe.data.eval), sweep.spec.eval.latency_samples, recipe.data.eval_seed
+        )
+        g = recipe.generation
+        latency = _latency(Engine(model, processor), timed, GenerationConfig(g.max_new_tokens))
+        record = {
+            "variant": variant.name,
+            "seed": seed,
+            "accuracy": result.accuracy,
+            "n_eval": result.n,
+            "per_type": {t: v["accuracy"] for t, v in result.per_type.items()},
+            "trainable_params": _saved_parameters(run),
+            "image_tokens": {m: model.media_tokens_per_item(m) for m in recipe.model.encoders},
+            "text_tokens_per_image": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
+            "training_samples": samples_per_variant[variant.name],
+            "train_seconds": round(trained.seconds, 2),
+            "resumed": resume,
+            "eval_seconds": round(outcome.seconds, 2),
+            "latency_s": round(latency, 4),
+            "recipe": dump_recipe(recipe),
+        }
+        results.append(record)
+        atomic_write_text(out / RESULTS, "".join(json.dumps(r) + "\n" for r in results))
+        del model, loaded
+    order = {(v.name, s): i for i, (v, s) in enumerate(jobs)}
+    return sorted(
+        (r for r in results if (r["variant"], r["seed"]) in order),
+        key=lambda r: order[r["variant"], r["seed"]],
+    )
