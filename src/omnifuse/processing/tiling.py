@@ -41,9 +41,8 @@ def tile_marker(row: int, col: int) -> str:
 def select_grid(width: int, height: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
     """(rows, cols) with rows·cols ≤ max_tiles whose canvas best fits a ``width``×``height`` image.
 
-    Candidates are listed by rows, then cols, ascending; among exact ties the first wins (so a square
-    image never prefers 2×1 over 1×2 or the reverse by accident: neither can win over a square grid
-    that fits it better)."""
+    Candidates are listed by rows, then cols, ascending; an exact tie (same kept and wasted pixels)
+    goes to the first listed."""
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}×{height}")
     grids = [(r, c) for r in range(1, max_tiles + 1) for c in range(1, max_tiles // r + 1)]
