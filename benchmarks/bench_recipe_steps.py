@@ -37,7 +37,7 @@ def main() -> None:
         torch.manual_seed(0)
         model, proc = build_model(recipe.model, progress=False)
         prepare_lora(model, recipe.lora_components(), recipe.lora)
-        total, parts = 0.0, []
+        total, parts, lengths = 0.0, [], []
         for stage in recipe.stages:
             opt = torch.optim.AdamW(apply_stage(model, stage, recipe.lora))
             model.train()
@@ -46,6 +46,7 @@ def main() -> None:
             for i in range(args.steps + 1):  # the first step warms up
                 batch = samples[i * stage.batch_size : (i + 1) * stage.batch_size]
                 b = proc.collate([proc.encode(s) for s in batch])
+                lengths.append(float(b.attention_mask.sum(dim=1).float().mean()))
                 t0 = time.perf_counter()
                 model(**b.model_inputs()).loss.backward()
                 opt.step()
@@ -56,7 +57,8 @@ def main() -> None:
             total += per_step * stage.steps
             parts.append(f"{stage.name} {per_step:.2f} s × {stage.steps}")
         print(
-            f"{name:<12} image tokens in text {model.tokens_per_item('image'):>2}  {', '.join(parts)}  → {total:.0f} s"
+            f"{name:<12} image tokens in text {model.tokens_per_item('image'):>2} per view, "
+            f"{statistics.mean(lengths):.1f} tokens/sample  {', '.join(parts)}  → {total:.0f} s"
         )
 
 

@@ -142,3 +142,15 @@ def test_cli_plan_and_errors(tmp_path, color_data, capsys):
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
     captured = capsys.readouterr()
     assert "does not exist" in captured.err and "Traceback" not in captured.err
+
+
+def test_finished_runs_are_matched_as_recipes_not_text(color_data):
+    from omnifuse.recipe import dump_recipe, parse_recipe
+
+    recipe = parse_recipe(tiny_recipe_dict(color_data))
+    raw = yaml.safe_load(dump_recipe(recipe))
+    raw["model"].pop("tiling")  # written before an optional field existed: the same recipe
+    assert sweep_run._same_recipe(yaml.safe_dump(raw), recipe)
+    raw["stages"][0]["steps"] = 99
+    assert not sweep_run._same_recipe(yaml.safe_dump(raw), recipe)
+    assert not sweep_run._same_recipe("{not: [valid", recipe) and not sweep_run._same_recipe(None, recipe)

@@ -55,6 +55,9 @@ class MultiEncoder(nn.Module):
             self.output_dim = dims[0]
         else:
             raise OmnifuseError(f"multi encoder: unknown combine {combine!r}; use channel or token")
+        # The input side views are prepared at (tiling's default tile size): the largest sub-encoder's.
+        sizes = [getattr(e, "image_size", None) for e in encoders]
+        self.image_size = None if None in sizes else max(sizes)
         probe = Image.new("RGB", (64, 64))
         self.shapes = [tuple(e.preprocess(probe).shape) for e in encoders]
 

@@ -22,10 +22,11 @@ from omnifuse.encoders.multi import MultiEncoder
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
 from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
+from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import CrossAttentionFusion
 from omnifuse.llm import hidden_size, load_llm, vocab_size
 from omnifuse.models.multimodal import MultimodalLM
-from omnifuse.processing import MediaSlot, Processor
+from omnifuse.processing import MediaSlot, Processor, Tiling
 from omnifuse.recipe.schema import (
     CrossAttentionFusionSpec,
     EarlyFusionSpec,
@@ -40,6 +41,7 @@ from omnifuse.recipe.schema import (
     PixelShuffleConnectorSpec,
     PoolConnectorSpec,
     QFormerConnectorSpec,
+    TilingSpec,
 )
 
 ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
@@ -98,6 +100,19 @@ def build_connector(spec, in_dim: int, out_dim: int) -> nn.Module:
     return CONNECTOR_BUILDERS[type(spec)](spec, in_dim, out_dim)
 
 
+def build_tiling(spec: TilingSpec | None, encoder: nn.Module, modality: str) -> Tiling | None:
+    """The processor's tiling for one modality; ``tile_size: null`` takes the encoder's input size."""
+    if spec is None:
+        return None
+    size = spec.tile_size if spec.tile_size is not None else getattr(encoder, "image_size", None)
+    if size is None:
+        raise OmnifuseError(
+            f"model.tiling.{modality}.tile_size is null, but the {modality} encoder "
+            f"({type(encoder).__name__}) does not declare an image_size; give tile_size in pixels"
+        )
+    return Tiling(spec.max_tiles, size, spec.global_view, spec.markers)
+
+
 def build_model(
     spec: ModelSpec,
     llm: PreTrainedModel | None = None,
@@ -120,7 +135,12 @@ def build_model(
     fusion = FUSION_BUILDERS[type(spec.fusion)](spec.fusion, llm, d_llm)
     model = MultimodalLM(encoders, connectors, llm, placeholder_ids, fusion)
     slots = {
-        m: MediaSlot(encoders[m].preprocess, model.tokens_per_item(m), placeholder_ids[m])
+        m: MediaSlot(
+            encoders[m].preprocess,
+            model.tokens_per_item(m),
+            placeholder_ids[m],
+            build_tiling(spec.tiling.get(m), encoders[m], m),
+        )
         for m in spec.encoders
     }
     return model, Processor(tokenizer, slots, spec.llm.system_prompt)

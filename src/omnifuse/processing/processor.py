@@ -12,6 +12,10 @@ Three things happen here and nowhere else:
   learn to produce (answer plus end-of-turn token). Token labels follow from character offsets, so
   the rule works for any prefix-stable template (ChatML, Llama-3, the base fallback) without
   per-template code.
+
+With tiling (``MediaSlot.tiling``, see :mod:`omnifuse.processing.tiling`) an image becomes several
+views: each view is one preprocessed tensor and ``tokens_per_item`` placeholders, preceded by its
+position marker text (tokenised on its own, never labelled). To the model every view is one item.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.multimodal import IGNORE_INDEX
+from omnifuse.processing.tiling import Tiling
 
 # Stand-in for a media item while the template renders; it is split out before tokenisation and
 # never reaches the tokenizer.
@@ -48,8 +53,9 @@ class MediaSlot:
     """What the processor needs to know about one modality of the model."""
 
     transform: Callable[[Image.Image], torch.Tensor]
-    tokens_per_item: int
+    tokens_per_item: int  # per view: an image is one view, or several with tiling
     placeholder_id: int
+    tiling: Tiling | None = None
 
 
 @dataclass
@@ -116,6 +122,7 @@ class Processor:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         )
         self.stop_ids = self._stop_ids()
+        self._markers: dict[str, list[int]] = {}
 
     def _stop_ids(self) -> list[int]:
         """Tokens that end an assistant turn: EOS plus the template's end-of-turn token if it has one."""
@@ -129,6 +136,14 @@ class Processor:
         specials |= {i for i, tok in self.tokenizer.added_tokens_decoder.items() if tok.special}
         ids.update(t for t in tail_ids if t in specials)
         return sorted(ids)
+
+    def _marker_ids(self, marker: str) -> list[int]:
+        """Token ids of a tile-position marker (plain text through the tokenizer; cached)."""
+        if not marker:
+            return []
+        if marker not in self._markers:
+            self._markers[marker] = self.tokenizer(marker, add_special_tokens=False).input_ids
+        return self._markers[marker]
 
     # ------------------------------------------------------------ rendering
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -206,9 +221,15 @@ class Processor:
                         f"sample {sample.id} has an {modality} but this model has no {modality} encoder "
                         f"(it has: {', '.join(self.media) or 'none'})"
                     )
-                media.setdefault(modality, []).append(slot.transform(load_image(ref, sample.id)))
-                ids.extend([slot.placeholder_id] * slot.tokens_per_item)
-                labels.extend([IGNORE_INDEX] * slot.tokens_per_item)
+                image = load_image(ref, sample.id)
+                views = slot.tiling.views(image) if slot.tiling is not None else [("", image)]
+                for marker, view in views:
+                    marker_ids = self._marker_ids(marker)
+                    ids.extend(marker_ids)
+                    labels.extend([IGNORE_INDEX] * len(marker_ids))
+                    media.setdefault(modality, []).append(slot.transform(view))
+                    ids.extend([slot.placeholder_id] * slot.tokens_per_item)
+                    labels.extend([IGNORE_INDEX] * slot.tokens_per_item)
                 offset += len(MEDIA_MARKER)
         if not for_generation and all(lab == IGNORE_INDEX for lab in labels):
             raise OmnifuseError(

@@ -63,6 +63,21 @@ EncoderSpec = Annotated[
 ]
 
 
+class TilingSpec(Spec):
+    """High-resolution tiling (LLaVA-NeXT, SPHINX): a global view plus tiles of the full image, each
+    through the encoder and connector, with position markers as plain text (omnifuse.processing.tiling)."""
+
+    max_tiles: int = Field(4, ge=2, description="most tiles per image; the grid follows the aspect ratio")
+    tile_size: int | None = Field(
+        None, ge=8, description="tile side in pixels of the resized image; null = the encoder's input size"
+    )
+    global_view: bool = Field(True, description="also give the whole image resized to the encoder's input")
+    markers: Literal["text", "newline"] = Field(
+        "text",
+        description="text: '<global>' and '<tile r,c>' before each view; newline: a newline before each tile row",
+    )
+
+
 # ---------------------------------------------------------------- connectors
 class LinearConnectorSpec(Spec):
     type: Literal["linear"]
@@ -159,6 +174,9 @@ class ModelSpec(Spec):
     connectors: dict[str, ConnectorSpec] = Field(description="modality name → connector")
     fusion: FusionSpec = EarlyFusionSpec()
     llm: LLMSpec = LLMSpec()
+    tiling: dict[str, TilingSpec] = Field(
+        default_factory=dict, description="modality name → high-resolution tiling; absent = off"
+    )
 
     @model_validator(mode="after")
     def _same_modalities(self) -> ModelSpec:
@@ -171,6 +189,27 @@ class ModelSpec(Spec):
                 f"model.encoders has {sorted(self.encoders)} but model.connectors has {sorted(self.connectors)}: "
                 "every encoder needs a connector with the same name"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tiling_fits(self) -> ModelSpec:
+        for modality in self.tiling:
+            if modality not in self.encoders:
+                raise ValueError(
+                    f"model.tiling.{modality}: there is no {modality} encoder (encoders: {sorted(self.encoders)})"
+                )
+            if isinstance(self.fusion, CrossAttentionFusionSpec):
+                raise ValueError(
+                    f"model.tiling.{modality}: tiling marks each view's position in the text, but cross-attention "
+                    "fusion puts no media tokens in the text; remove model.tiling or use fusion: {type: early}"
+                )
+            spec = self.encoders[modality]
+            for enc in spec.encoders if isinstance(spec, MultiEncoderSpec) else (spec,):
+                if isinstance(enc, MobileNetV2Spec | EfficientNetLite0Spec) and enc.crop:
+                    raise ValueError(
+                        f"model.tiling.{modality}: the {enc.type} encoder centre-crops (crop: true), which would cut "
+                        "the border off every tile and the sides off the global view; set crop: false"
+                    )
         return self
 
     def components(self) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from safetensors import safe_open
 
@@ -23,7 +24,7 @@ from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.eval.vqa import VQAResult
-from omnifuse.recipe import Recipe, dump_recipe
+from omnifuse.recipe import Recipe, dump_recipe, parse_recipe
 from omnifuse.rundir import RunDir, load_model
 from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.sweep.spec import Sweep
@@ -81,6 +82,16 @@ def _latency(engine: Engine, samples, cfg: GenerationConfig) -> float:
     return statistics.median(times)
 
 
+def _same_recipe(stored: str | None, recipe: Recipe) -> bool:
+    """Compared as recipes, not text: a dump made before a new optional field existed still matches."""
+    if stored is None:
+        return False
+    try:
+        return parse_recipe(yaml.safe_load(stored)) == recipe
+    except (OmnifuseError, yaml.YAMLError):
+        return False
+
+
 def read_results(out: Path) -> list[dict]:
     path = out / RESULTS
     if not path.is_file():
@@ -108,7 +119,7 @@ def run_sweep(
         recipe = variant.with_seed(seed)
         run = RunDir(out / variant.name / f"seed-{seed}")
         previous = done.get((variant.name, seed))
-        if previous is not None and previous.get("recipe") == dump_recipe(recipe):
+        if previous is not None and _same_recipe(previous.get("recipe"), recipe):
             console.print(f"[{k}/{len(jobs)}] {variant.name} seed {seed}: done before, skipped")
             continue
         results = [r for r in results if (r["variant"], r["seed"]) != (variant.name, seed)]
