@@ -24,6 +24,15 @@ def test_mean_ci_matches_a_hand_computation():
     assert mean_ci([0.7, 0.7, 0.7])[1] == 0.0
 
 
+def test_paired_difference_uses_common_seeds():
+    from omnifuse.sweep.report import paired_difference
+
+    mean, half, wins, n = paired_difference({0: 0.8, 1: 0.7, 2: 0.9, 5: 0.1}, {0: 0.6, 1: 0.7, 2: 0.6})
+    assert (wins, n) == (2, 3) and mean == pytest.approx((0.2 + 0.0 + 0.3) / 3)
+    assert half == pytest.approx(mean_ci([0.2, 0.0, 0.3])[1])
+    assert paired_difference({0: 1.0}, {1: 1.0}) is None
+
+
 def write_sweep(tmp_path: Path, color_data: Path, **extra) -> Path:
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_recipe_dict(color_data)))
     spec = {
@@ -50,6 +59,8 @@ def test_a_sweep_trains_every_variant_and_seed_and_compares_them(tmp_path, color
         assert (out / r["variant"] / f"seed-{r['seed']}" / "eval.json").is_file()
         assert 0.0 <= r["accuracy"] <= 1.0 and r["n_eval"] == 12 and r["latency_s"] > 0
         assert r["training_samples"] == 4 * 4 + 4 * 4 * 2  # steps × batch × accumulation, both stages
+        steps = (out / r["variant"] / f"seed-{r['seed']}" / "metrics.jsonl").read_text().splitlines()
+        assert r["train_seconds"] == pytest.approx(sum(json.loads(x)["seconds"] for x in steps), abs=0.01)
     by = {r["variant"]: r for r in records}
     assert by["linear"]["trainable_params"] < by["mlp"]["trainable_params"]  # + the same LoRA adapters
     assert by["mlp"]["image_tokens"] == {"image": 16}
@@ -67,6 +78,7 @@ def test_a_sweep_trains_every_variant_and_seed_and_compares_them(tmp_path, color
     assert rows[0].accuracy == pytest.approx(mean) and rows[0].ci == pytest.approx(ci)
     report = (out / "report.md").read_text()
     assert "| mlp |" in report and "accuracy_vs_params.png" in report
+    assert "Paired differences against `mlp`" in report and "| linear |" in report
     for png in ("accuracy_vs_params.png", "accuracy_vs_time.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -93,6 +105,20 @@ def test_an_interrupted_run_resumes(tmp_path, color_data, monkeypatch):
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     records = run_sweep(sweep, out, progress=False, parts_factory=make_parts)
     assert [(r["variant"], r["resumed"]) for r in records] == [("mlp", False), ("linear", True)]
+    metrics = (out / "linear" / "seed-0" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 8  # the steps of both attempts, each once
+
+
+def test_a_run_of_another_recipe_is_never_overwritten(tmp_path, color_data):
+    path = write_sweep(tmp_path, color_data, seeds=[0], allow_few_seeds=True, variants=[{"name": "mlp"}])
+    out = tmp_path / "out"
+    run_sweep(load_sweep(path), out, progress=False, parts_factory=make_parts)
+    weights = (out / "mlp" / "seed-0" / "model.safetensors").read_bytes()
+    changed = write_sweep(tmp_path, color_data, seeds=[0], allow_few_seeds=True,
+                          variants=[{"name": "mlp", "set": ["stages.1.steps=5"]}])  # fmt: skip
+    with pytest.raises(OmnifuseError, match="another recipe"):
+        run_sweep(load_sweep(changed), out, progress=False, parts_factory=make_parts)
+    assert (out / "mlp" / "seed-0" / "model.safetensors").read_bytes() == weights
 
 
 def test_budget_mismatch_names_the_variants_and_counts(tmp_path, color_data):

@@ -26,6 +26,17 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]
     return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sem
 
 
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int, int] | None:
+    """``a − b`` over the seeds both have (same seed: same data order and initialisation, so the
+    difference removes that shared variation): mean, 95 % half-width, seeds ``a`` wins, seeds."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean, half = mean_ci(diffs)
+    return mean, half, sum(d > 0 for d in diffs), len(seeds)
+
+
 @dataclass(frozen=True)
 class VariantSummary:
     variant: str
@@ -109,6 +120,27 @@ def _plot(rows: Sequence[VariantSummary], x_of, xlabel: str, path: Path, log_x: 
     tmp.replace(path)
 
 
+def paired_table(records: Sequence[dict], rows: Sequence[VariantSummary]) -> str:
+    if len(rows) < 2:
+        return ""
+    by = {s.variant: {r["seed"]: r["accuracy"] for r in records if r["variant"] == s.variant} for s in rows}
+    ref = rows[0].variant
+    lines = [
+        f"Paired differences against `{ref}` (same seeds; mean ± 95 % CI of the per-seed differences):",
+        "",
+        "| variant | accuracy − " + ref + " | better on |",
+        "|---|---|---|",
+    ]
+    for s in rows[1:]:
+        diff = paired_difference(by[s.variant], by[ref])
+        if diff is not None:
+            mean, half, wins, n = diff
+            lines.append(
+                f"| {s.variant} | {100 * mean:+.1f} ± {100 * half:.1f} points | {wins} of {n} seeds |"
+            )
+    return "\n".join(lines) + "\n\n"
+
+
 def write_report(out: Path, name: str, records: Sequence[dict], command: str) -> list[VariantSummary]:
     rows = summarize(records)
     _plot(rows, lambda s: s.trainable_params, "trainable parameters", out / "accuracy_vs_params.png", True)
@@ -125,6 +157,7 @@ def write_report(out: Path, name: str, records: Sequence[dict], command: str) ->
         "Image tokens: tokens the connector makes per image (of which in the LLM's text, in brackets: 0 for "
         "cross-attention). Latency: median time to answer one question alone (batch 1, greedy).\n\n"
         f"{markdown_table(rows)}\n\n"
+        f"{paired_table(records, rows)}"
         "![accuracy vs trainable parameters](accuracy_vs_params.png)\n"
         "![accuracy vs training time](accuracy_vs_time.png)\n"
     )

@@ -70,6 +70,11 @@ def _saved_parameters(run: RunDir) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
+def _step_seconds(run: RunDir) -> float:
+    lines = run.metrics_file.read_text().splitlines()
+    return sum(json.loads(line).get("seconds", 0.0) for line in lines if line.strip())
+
+
 def _latency(engine: Engine, samples, cfg: GenerationConfig) -> float:
     """Median seconds to answer one sample alone (batch 1, greedy), after one warm-up."""
     prompts = [Sample(s.id, s.prompt(), s.meta) for s in samples]
@@ -128,7 +133,12 @@ def run_sweep(
             f"[{k}/{len(jobs)}] {variant.name} seed {seed}: {'resuming' if resume else 'training'} into {run.path}"
         )
         if run.path.exists() and not resume:
-            # A stale run of a changed recipe (or one without a checkpoint yet): start it afresh.
+            if run.recipe_file.is_file() and not _same_recipe(run.recipe_file.read_text(), recipe):
+                raise OmnifuseError(
+                    f"{run.path} holds a run of another recipe (the sweep file changed since it ran); "
+                    "move it away or give the sweep another --out, so that no run is overwritten"
+                )
+            # The same recipe without a checkpoint or result yet (killed before its first save).
             shutil.rmtree(run.path)
         parts = parts_factory() if parts_factory else None
         trained = train(recipe, run.path, resume=resume, console=console, progress=progress, parts=parts)
@@ -151,7 +161,9 @@ def run_sweep(
             "image_tokens": {m: model.media_tokens_per_item(m) for m in recipe.model.encoders},
             "text_tokens_per_image": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
             "training_samples": samples_per_variant[variant.name],
-            "train_seconds": round(trained.seconds, 2),
+            # Summed over the logged steps, so a resumed run counts the steps of every attempt.
+            "train_seconds": round(_step_seconds(run), 2),
+            "wall_seconds_last_attempt": round(trained.seconds, 2),
             "resumed": resume,
             "eval_seconds": round(outcome.seconds, 2),
             "latency_s": round(latency, 4),

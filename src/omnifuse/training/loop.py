@@ -228,6 +228,7 @@ class Trainer:
                     "grad_norm": grad_norm,
                     "tokens_per_s": round(n_tokens / dt, 1),
                     "samples_per_s": round(n_seq / dt, 2),
+                    "seconds": round(dt, 4),  # this step's wall time (sweeps sum it over all attempts)
                     "time": round(time.time(), 3),
                 }
                 with run.metrics_file.open("a") as fh:
