@@ -261,7 +261,9 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(min=1, help="requests decoded together")] = 8,
     max_queue: Annotated[int, typer.Option(min=1, help="requests waiting before 503 + Retry-After")] = 64,
     max_images: Annotated[int, typer.Option(min=0, help="images per request")] = 4,
-    max_body_mb: Annotated[float, typer.Option(help="request body limit in MiB (413 above)")] = 25.0,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.01, help="request body limit in MiB (413 above)")
+    ] = 25.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve a trained model through an OpenAI-compatible API (/v1/chat/completions) and a chat page at /."""
