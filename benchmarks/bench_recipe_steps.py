@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from bench_step import time_steps  # the same timing loop (this folder is on sys.path when run)
 
 from omnifuse.data.sources import load_data
 from omnifuse.models.builders import build_model
@@ -40,19 +40,8 @@ def main() -> None:
         total, parts, lengths = 0.0, [], []
         for stage in recipe.stages:
             opt = torch.optim.AdamW(apply_stage(model, stage, recipe.lora))
-            model.train()
-            model.encoders.eval()
-            times = []
-            for i in range(args.steps + 1):  # the first step warms up
-                batch = samples[i * stage.batch_size : (i + 1) * stage.batch_size]
-                b = proc.collate([proc.encode(s) for s in batch])
-                lengths.append(float(b.attention_mask.sum(dim=1).float().mean()))
-                t0 = time.perf_counter()
-                model(**b.model_inputs()).loss.backward()
-                opt.step()
-                opt.zero_grad()
-                if i:
-                    times.append(time.perf_counter() - t0)
+            times, stage_lengths = time_steps(model, proc, opt, samples, stage.batch_size, args.steps)
+            lengths += stage_lengths
             per_step = statistics.mean(times)
             total += per_step * stage.steps
             parts.append(f"{stage.name} {per_step:.2f} s × {stage.steps}")

@@ -25,13 +25,9 @@ from omnifuse.training.stages import apply_stage
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 
 
-def measure(tokens: int, batch: int, steps: int, samples) -> tuple[float, float]:
-    grid = int(tokens**0.5)
-    recipe = load_recipe(QUICKSTART, [f"model.connectors.image.grid={grid}"])
-    torch.manual_seed(0)
-    model, proc = build_model(recipe.model, progress=False)
-    groups = apply_stage(model, recipe.stages[-1], recipe.lora)
-    opt = torch.optim.AdamW(groups)
+def time_steps(model, proc, opt, samples, batch: int, steps: int) -> tuple[list[float], list[float]]:
+    """Seconds of each of ``steps`` training steps (forward + backward + optimizer, after one warm-up
+    step) and the mean tokens per sample of each timed batch. Shared by bench_recipe_steps.py."""
     model.train()
     model.encoders.eval()
     times, lengths = [], []
@@ -43,7 +39,17 @@ def measure(tokens: int, batch: int, steps: int, samples) -> tuple[float, float]
         opt.zero_grad()
         if i:
             times.append(time.perf_counter() - t0)
-            lengths.append(b.attention_mask.sum().item() / batch)
+            lengths.append(b.attention_mask.sum().item() / len(b.sample_ids))
+    return times, lengths
+
+
+def measure(tokens: int, batch: int, steps: int, samples) -> tuple[float, float]:
+    grid = int(tokens**0.5)
+    recipe = load_recipe(QUICKSTART, [f"model.connectors.image.grid={grid}"])
+    torch.manual_seed(0)
+    model, proc = build_model(recipe.model, progress=False)
+    groups = apply_stage(model, recipe.stages[-1], recipe.lora)
+    times, lengths = time_steps(model, proc, torch.optim.AdamW(groups), samples, batch, steps)
     return statistics.median(times), statistics.mean(lengths)
 
 
