@@ -119,7 +119,8 @@ def run_sweep(
     atomic_write_text(out / "sweep.json", json.dumps(sweep.spec.model_dump(mode="json"), indent=2))
     results = read_results(out)
     done = {(r["variant"], r["seed"]): r for r in results}
-    jobs = [(v, s) for v in sweep.variants for s in sweep.spec.seeds]
+    # Seed by seed, so that an interrupted sweep already compares every variant on the first seeds.
+    jobs = [(v, s) for s in sweep.spec.seeds for v in sweep.variants]
     for k, (variant, seed) in enumerate(jobs, 1):
         recipe = variant.with_seed(seed)
         run = RunDir(out / variant.name / f"seed-{seed}")
