@@ -103,18 +103,56 @@ def eval_(
     blind: Annotated[
         bool | None, typer.Option("--blind/--no-blind", help="also run the text-only baseline")
     ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="re-run an earlier evaluation from its manifest (RUN/eval_manifest.json)"),
+    ] = None,
+    robustness: Annotated[
+        bool, typer.Option(help="also run the robustness probes (blank, noise, shuffled images, token dropout)")
+    ] = False,
     progress: Progress = True,
 ) -> None:
     """Evaluate a trained run (exact-match VQA accuracy, per question type, blind baseline)."""
     from omnifuse.eval.runner import evaluate_run
     from omnifuse.rundir import RunDir
 
-    outcome = evaluate_run(RunDir(run_dir), data, limit, blind, progress=progress and not as_json)
+    outcome = evaluate_run(
+        RunDir(run_dir),
+        data,
+        limit,
+        blind,
+        progress=progress and not as_json,
+        manifest=manifest,
+        robustness=robustness,
+    )
     if as_json:
         print(json.dumps(outcome.summary()))
         return
     _print_scores(outcome)
-    out.print(f"report: {run_dir / 'report.md'}")
+    if outcome.probes:
+        _print_probes(outcome)
+    if outcome.reproduction is not None:
+        _print_reproduction(outcome.reproduction)
+    out.print(f"report: {run_dir / 'report.md'}  manifest: {run_dir / 'eval_manifest.json'}")
+
+
+def _print_probes(outcome) -> None:
+    table = Table(title="robustness probes (same questions, changed inputs)")
+    for col in ("probe", "accuracy", "answers changed"):
+        table.add_column(col, justify="left" if col == "probe" else "right")
+    table.add_row("clean", f"{100 * outcome.result.accuracy:.1f} %", "–")
+    for row in outcome.probes:
+        table.add_row(row.probe, f"{100 * row.result.accuracy:.1f} %", f"{100 * row.changed:.1f} %")
+    out.print(table)
+
+
+def _print_reproduction(rep) -> None:
+    if rep.same:
+        out.print(f"[green]reproduced[/green]: the scores equal those recorded in {rep.manifest}")
+    else:
+        out.print(f"[yellow]not reproduced[/yellow]: recorded {rep.then}, now {rep.now}")
+    for name, (then, now) in rep.drift.items():
+        out.print(f"  {name} was {then} when recorded, is {now} now")
 
 
 def _print_scores(outcome) -> None:

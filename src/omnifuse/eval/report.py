@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from omnifuse.data.sample import Sample  # noqa: E402
+from omnifuse.eval.probes import ProbeRow  # noqa: E402
 from omnifuse.eval.vqa import VQAResult  # noqa: E402
 from omnifuse.rundir import RunDir  # noqa: E402
 from omnifuse.training.checkpoint import atomic_write_text  # noqa: E402
@@ -25,15 +26,23 @@ def plot_loss(metrics_file: Path, out: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = 0
+    evals: list[tuple[int, float]] = []
     for stage in dict.fromkeys(r["stage"] for r in records):
         rs = [r for r in records if r["stage"] == stage]
         xs = list(range(x, x + len(rs)))
         ax.plot(xs, [r["loss"] for r in rs], label=stage, linewidth=1)
+        evals += [(xi, r["eval_accuracy"]) for xi, r in zip(xs, rs, strict=True) if "eval_accuracy" in r]
         x += len(rs)
     ax.set_xlabel("optimizer step (all stages)")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(loc="upper left")
+    if evals:  # evaluation during training (recipe eval.every) on a second axis
+        ax2 = ax.twinx()
+        ax2.plot([e[0] for e in evals], [100 * e[1] for e in evals], "o-", color="black", label="eval accuracy")
+        ax2.set_ylabel("eval accuracy (%)")
+        ax2.set_ylim(0, 100)
+        ax2.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -73,6 +82,23 @@ def _type_table(result: VQAResult, blind: VQAResult | None) -> list[str]:
     return lines
 
 
+def _robustness_table(result: VQAResult, probes: list[ProbeRow]) -> list[str]:
+    types = list(result.per_type)
+    lines = [
+        "| probe | accuracy | " + " | ".join(types) + " | answers changed |",
+        "|---|---:|" + "---:|" * len(types) + "---:|",
+        f"| clean | {100 * result.accuracy:.1f} % | "
+        + " | ".join(f"{100 * result.per_type[t]['accuracy']:.1f} %" for t in types)
+        + " | – |",
+    ]
+    for row in probes:
+        cells = [f"{100 * row.result.per_type.get(t, {'accuracy': 0.0})['accuracy']:.1f} %" for t in types]
+        lines.append(
+            f"| {row.probe} | {100 * row.result.accuracy:.1f} % | " + " | ".join(cells) + f" | {100 * row.changed:.1f} % |"
+        )
+    return lines
+
+
 def write_report(
     run: RunDir,
     result: VQAResult,
@@ -80,6 +106,7 @@ def write_report(
     samples: list[Sample],
     timings: dict[str, float],
     data_ref: str,
+    probes: list[ProbeRow] | None = None,
 ) -> Path:
     """Write RUN/report.md (+ loss.png, samples.png); returns the markdown path."""
     recipe = run.recipe()
@@ -92,6 +119,9 @@ def write_report(
     for k, v in timings.items():
         lines.append(f"- {k}: {v:.1f} s")
     lines += ["", *_type_table(result, blind), ""]
+    if probes:
+        lines += ["## Robustness probes", "", "Same questions, changed inputs (omnifuse.eval.probes).", ""]
+        lines += [*_robustness_table(result, probes), ""]
     if plot_loss(run.metrics_file, run.path / "loss.png"):
         lines += ["## Training loss", "", "![loss](loss.png)", ""]
     if plot_samples(samples, result.predictions, run.path / "samples.png"):
