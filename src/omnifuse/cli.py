@@ -108,7 +108,8 @@ def eval_(
         typer.Option(help="re-run an earlier evaluation from its manifest (RUN/eval_manifest.json)"),
     ] = None,
     robustness: Annotated[
-        bool, typer.Option(help="also run the robustness probes (blank, noise, shuffled images, token dropout)")
+        bool,
+        typer.Option(help="also run the robustness probes (blank, noise, shuffled images, token dropout)"),
     ] = False,
     progress: Progress = True,
 ) -> None:
@@ -171,6 +172,20 @@ def _print_scores(outcome) -> None:
             cells.append(f"{100 * b:.1f} %")
         table.add_row(*cells)
     out.print(table)
+
+
+@app.command()
+def report(
+    run_dir: Path,
+    samples: Annotated[int, typer.Option(min=0, help="sample predictions shown with their images")] = 12,
+    progress: Progress = True,
+) -> None:
+    """Write RUN/report.html: one self-contained page (recipe, stages, curves, scores, robustness, samples)."""
+    from omnifuse.eval.html import write_html_report
+    from omnifuse.rundir import RunDir
+
+    path = write_html_report(RunDir(run_dir), samples=samples, progress=progress)
+    out.print(f"report: {path}")
 
 
 # ------------------------------------------------------------------ chat

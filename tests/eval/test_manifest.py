@@ -12,7 +12,6 @@ from omnifuse.eval.runner import evaluate_run
 from omnifuse.recipe import parse_recipe
 from omnifuse.rundir import RunDir, load_model
 from omnifuse.training.loop import train
-
 from tiny import make_parts, tiny_recipe_dict
 
 
@@ -40,8 +39,15 @@ def test_manifest_records_what_decides_the_number(trained):
     assert m["data"] == str(data) and len(m["data_sha256"]) == 64
     assert m["subset"]["limit"] == 10 and m["subset"]["seed"] == 3 and m["subset"]["n"] == 10
     assert m["generation"]["max_new_tokens"] == 4 and m["batch_size"] == 8 and m["blind"] is True
-    assert "what color is the shape?" in m["prompt"]["example"] and "<|im_start|>assistant" in m["prompt"]["example"]
-    assert m["scores"] == {"accuracy": outcome.result.accuracy, "n": 10, "blind_accuracy": outcome.blind.accuracy}
+    assert (
+        "what color is the shape?" in m["prompt"]["example"]
+        and "<|im_start|>assistant" in m["prompt"]["example"]
+    )
+    assert m["scores"] == {
+        "accuracy": outcome.result.accuracy,
+        "n": 10,
+        "blind_accuracy": outcome.blind.accuracy,
+    }
     assert {"omnifuse", "torch", "transformers"} <= set(m["versions"])
 
 

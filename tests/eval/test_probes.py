@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from omnifuse.data.sample import load_jsonl
 from omnifuse.errors import OmnifuseError
@@ -11,7 +10,6 @@ from omnifuse.eval.probes import blank, derangement, noise, run_probes, shuffled
 from omnifuse.eval.vqa import evaluate_vqa
 from omnifuse.processing.processor import load_image
 from omnifuse.serve.engine import GenerationConfig
-
 from tiny import COLORS
 
 

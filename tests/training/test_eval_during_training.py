@@ -15,7 +15,6 @@ from omnifuse.rundir import RunDir, load_model
 from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training import loop
 from omnifuse.training.loop import train
-
 from tiny import make_parts, tiny_recipe_dict
 
 
@@ -33,7 +32,9 @@ def test_eval_every_n_steps_logs_scores_and_changes_nothing_else(tmp_path, color
     raw = tiny_recipe_dict(color_data)
     raw["eval"] |= {"every": 3, "during_limit": 9}
     train(parse_recipe(raw), tmp_path / "with", parts=make_parts(), progress=False)
-    train(parse_recipe(tiny_recipe_dict(color_data)), tmp_path / "without", parts=make_parts(), progress=False)
+    train(
+        parse_recipe(tiny_recipe_dict(color_data)), tmp_path / "without", parts=make_parts(), progress=False
+    )
 
     lines = [json.loads(x) for x in (tmp_path / "with" / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["stage"], r["step"]) for r in lines if "eval_accuracy" in r]

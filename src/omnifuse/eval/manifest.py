@@ -157,10 +157,14 @@ def settings_from(manifest: dict[str, Any]) -> EvalSettings:
             blind=bool(manifest.get("blind", False)),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise OmnifuseError(f"the evaluation manifest's settings are incomplete or malformed ({e!r})") from None
+        raise OmnifuseError(
+            f"the evaluation manifest's settings are incomplete or malformed ({e!r})"
+        ) from None
 
 
-def check_inputs(manifest: dict[str, Any], data_file: Path, samples: list[Sample], weights_file: Path) -> None:
+def check_inputs(
+    manifest: dict[str, Any], data_file: Path, samples: list[Sample], weights_file: Path
+) -> None:
     """Refuse a re-run whose inputs differ from the manifest's: the number could not come back."""
     problems = []
     if sha256_file(weights_file) != manifest["weights_sha256"]:
@@ -174,7 +178,9 @@ def check_inputs(manifest: dict[str, Any], data_file: Path, samples: list[Sample
         problems.append("the images of the evaluated samples changed")
     if problems:
         raise OmnifuseError(
-            "cannot reproduce this evaluation: " + "; ".join(problems) + ". Evaluate anew with `omnifuse eval RUN`"
+            "cannot reproduce this evaluation: "
+            + "; ".join(problems)
+            + ". Evaluate anew with `omnifuse eval RUN`"
         )
 
 

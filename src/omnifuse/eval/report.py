@@ -39,7 +39,9 @@ def plot_loss(metrics_file: Path, out: Path) -> bool:
     ax.legend(loc="upper left")
     if evals:  # evaluation during training (recipe eval.every) on a second axis
         ax2 = ax.twinx()
-        ax2.plot([e[0] for e in evals], [100 * e[1] for e in evals], "o-", color="black", label="eval accuracy")
+        ax2.plot(
+            [e[0] for e in evals], [100 * e[1] for e in evals], "o-", color="black", label="eval accuracy"
+        )
         ax2.set_ylabel("eval accuracy (%)")
         ax2.set_ylim(0, 100)
         ax2.legend(loc="upper right")
@@ -94,7 +96,9 @@ def _robustness_table(result: VQAResult, probes: list[ProbeRow]) -> list[str]:
     for row in probes:
         cells = [f"{100 * row.result.per_type.get(t, {'accuracy': 0.0})['accuracy']:.1f} %" for t in types]
         lines.append(
-            f"| {row.probe} | {100 * row.result.accuracy:.1f} % | " + " | ".join(cells) + f" | {100 * row.changed:.1f} % |"
+            f"| {row.probe} | {100 * row.result.accuracy:.1f} % | "
+            + " | ".join(cells)
+            + f" | {100 * row.changed:.1f} % |"
         )
     return lines
 

@@ -99,7 +99,9 @@ def evaluate_run(
     recipe, model, processor = loaded or load_model(run, progress=progress)
     saved = read_manifest(manifest) if manifest is not None else None
     if saved is not None and (data is not None or limit is not None or blind is not None):
-        raise OmnifuseError("--manifest fixes the data, subset and settings: drop --data, --limit and --blind")
+        raise OmnifuseError(
+            "--manifest fixes the data, subset and settings: drop --data, --limit and --blind"
+        )
     settings = settings_from(saved) if saved is not None else recipe_settings(recipe, data, limit, blind)
     data_file = resolve_data_path(settings.data)
     samples = select_subset(load_data(settings.data), settings.limit, settings.seed)
@@ -115,13 +117,19 @@ def evaluate_run(
     blind_result, blind_seconds = None, None
     if settings.blind:
         t0 = time.perf_counter()
-        blind_result = evaluate_vqa(engine, samples, cfg, bs, blind=True, progress=progress, label="eval blind")
+        blind_result = evaluate_vqa(
+            engine, samples, cfg, bs, blind=True, progress=progress, label="eval blind"
+        )
         blind_seconds = time.perf_counter() - t0
-    probes = run_probes(engine, samples, result, cfg, bs, settings.seed, progress=progress) if robustness else None
+    probes = (
+        run_probes(engine, samples, result, cfg, bs, settings.seed, progress=progress) if robustness else None
+    )
     outcome = EvalOutcome(result, blind_result, seconds, blind_seconds, settings.data, probes)
     if saved is not None:
         now = {k: outcome.scores()[k] for k in saved.get("scores", {}) if k in outcome.scores()}
-        outcome.reproduction = Reproduction(Path(manifest), saved.get("scores", {}), now, version_drift(saved))
+        outcome.reproduction = Reproduction(
+            Path(manifest), saved.get("scores", {}), now, version_drift(saved)
+        )
     atomic_write_text(run.path / "eval.json", json.dumps(outcome.summary(), indent=2))
     atomic_write_text(
         run.path / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in result.predictions)
