@@ -156,20 +156,28 @@ def _print_reproduction(rep) -> None:
         out.print(f"  {name} was {then} when recorded, is {now} now")
 
 
+def _score(accuracy: float, ci=None) -> str:
+    """``85.7 % [83.5, 87.8]``: the accuracy and its 95 % interval, in percent."""
+    text = f"{100 * accuracy:.1f} %"
+    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
+
+
 def _print_scores(outcome) -> None:
-    table = Table(title=f"evaluation on {outcome.data}")
+    table = Table(title=f"evaluation on {outcome.data} (accuracy [95 % bootstrap CI])")
     table.add_column("question type")
     table.add_column("n", justify="right")
     table.add_column("accuracy", justify="right")
     if outcome.blind:
         table.add_column("blind", justify="right")
-    rows = [("all", {"n": outcome.result.n, "accuracy": outcome.result.accuracy})]
-    rows += list(outcome.result.per_type.items())
+    r = outcome.result
+    rows = [("all", {"n": r.n, "accuracy": r.accuracy, "ci95": r.ci95})]
+    rows += list(r.per_type.items())
     for name, v in rows:
-        cells = [name, str(v["n"]), f"{100 * v['accuracy']:.1f} %"]
+        cells = [name, str(v["n"]), _score(v["accuracy"], v.get("ci95"))]
         if outcome.blind:
-            b = outcome.blind.accuracy if name == "all" else outcome.blind.per_type[name]["accuracy"]
-            cells.append(f"{100 * b:.1f} %")
+            b = outcome.blind
+            bv = {"accuracy": b.accuracy, "ci95": b.ci95} if name == "all" else b.per_type[name]
+            cells.append(_score(bv["accuracy"], bv.get("ci95")))
         table.add_row(*cells)
     out.print(table)
 
@@ -186,6 +194,50 @@ def report(
 
     path = write_html_report(RunDir(run_dir), samples=samples, progress=progress)
     out.print(f"report: {path}")
+
+
+@app.command()
+def compare(
+    run_a: Path,
+    run_b: Path,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Compare two evaluated runs on the same samples: B − A with a 95 % paired bootstrap CI and a
+    paired permutation-test p-value, overall and per question type."""
+    from omnifuse.eval.compare import compare_runs
+
+    c = compare_runs(run_a, run_b)
+    if as_json:
+        print(json.dumps(c.summary()))
+        return
+    table = Table(title=f"A = {escape(str(run_a))}, B = {escape(str(run_b))} (paired, same samples)")
+    table.add_column("question type")
+    for col in (
+        "n",
+        "accuracy A",
+        "accuracy B",
+        "B − A, points [95 % CI]",
+        "p",
+        "only A right",
+        "only B right",
+    ):
+        table.add_column(col, justify="right", no_wrap=col.startswith("B − A"))
+    for name, v in [("all", c.overall), *c.per_type.items()]:
+        table.add_row(
+            name,
+            str(v.n),
+            _score(v.mean_a),
+            _score(v.mean_b),
+            f"{100 * v.difference:+.1f} [{100 * v.ci[0]:+.1f}, {100 * v.ci[1]:+.1f}]",
+            "< 0.001" if v.p_value < 0.001 else f"{v.p_value:.3f}",
+            "—" if v.only_a is None else str(v.only_a),
+            "—" if v.only_b is None else str(v.only_b),
+        )
+    out.print(table)
+    out.print(
+        "p: two-sided paired permutation test (sign flips of the per-sample differences); "
+        "only A / B right: questions one run gets right and the other wrong"
+    )
 
 
 # ------------------------------------------------------------------ chat

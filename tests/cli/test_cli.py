@@ -10,7 +10,7 @@ from omnifuse.cli import main
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 VERBS = [
-    ["train"], ["eval"], ["chat"], ["validate"], ["assets"], ["assets", "prepare"],
+    ["train"], ["eval"], ["compare"], ["chat"], ["validate"], ["assets"], ["assets", "prepare"],
     ["data", "easy-vqa"], ["data", "convert"], ["quickstart"], ["serve"], ["sweep"],
 ]  # fmt: skip
 

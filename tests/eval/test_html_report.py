@@ -59,6 +59,9 @@ def test_the_page_shows_its_images_and_tables_in_chromium(reported, browser):
     assert len(images) == 1 + 6  # the curve and the samples
     for img in images:
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
+    assert "95 % CI [" in browser.find_element(By.CSS_SELECTOR, ".score").text
+    ci_cells = browser.find_elements(By.CSS_SELECTOR, "#per-type td:nth-child(4)")
+    assert ci_cells and all(c.text.startswith("[") for c in ci_cells)
     for table in ("per-type", "robustness-table", "stages"):
         assert browser.find_element(By.ID, table).find_elements(By.TAG_NAME, "tr")
     probes = [

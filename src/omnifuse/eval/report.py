@@ -73,11 +73,17 @@ def plot_samples(samples: list[Sample], predictions: list[dict], out: Path, n: i
     return True
 
 
+def _ci_text(ci) -> str:
+    return f" (95 % CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else ""
+
+
 def _type_table(result: VQAResult, blind: VQAResult | None) -> list[str]:
-    head = "| question type | n | accuracy |" + (" blind |" if blind else "")
+    head = "| question type | n | accuracy [95 % CI] |" + (" blind |" if blind else "")
     lines = [head, "|---|---:|---:|" + ("---:|" if blind else "")]
     for t, v in result.per_type.items():
-        row = f"| {t} | {v['n']} | {100 * v['accuracy']:.1f} % |"
+        ci = v.get("ci95")
+        ci_cell = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+        row = f"| {t} | {v['n']} | {100 * v['accuracy']:.1f} %{ci_cell} |"
         if blind:
             row += f" {100 * blind.per_type.get(t, {'accuracy': 0})['accuracy']:.1f} % |"
         lines.append(row)
@@ -115,11 +121,16 @@ def write_report(
     """Write RUN/report.md (+ loss.png, samples.png); returns the markdown path."""
     recipe = run.recipe()
     lines = [f"# omnifuse run: {recipe.name}", ""]
-    lines.append(f"Evaluated on `{data_ref}` ({result.n} questions, exact match after normalisation).")
+    lines.append(
+        f"Evaluated on `{data_ref}` ({result.n} questions, exact match after normalisation; "
+        "95 % bootstrap confidence intervals over questions)."
+    )
     lines.append("")
-    lines.append(f"- accuracy: **{100 * result.accuracy:.1f} %**")
+    lines.append(f"- accuracy: **{100 * result.accuracy:.1f} %**{_ci_text(result.ci95)}")
     if blind is not None:
-        lines.append(f"- blind baseline (same model, images removed): {100 * blind.accuracy:.1f} %")
+        lines.append(
+            f"- blind baseline (same model, images removed): {100 * blind.accuracy:.1f} %{_ci_text(blind.ci95)}"
+        )
     for k, v in timings.items():
         lines.append(f"- {k}: {v:.1f} s")
     lines += ["", *_type_table(result, blind), ""]
