@@ -273,12 +273,19 @@ def no_grid_reason(model: MultimodalLM) -> str:
     name = type(connector).__name__
     if n == 1:
         return (
-            f"the {name} connector turns the image into 1 token, which stands for the whole image: its attention "
+            f"the connector ({name}) turns the image into 1 token, which stands for the whole image: its attention "
             "cannot be placed on any region (the attention mass is still reported)"
+        )
+    token_grid = getattr(model.encoders[MODALITY], "token_grid", None)
+    if token_grid is None or token_grid() is None:
+        return (
+            f"the image encoder ({type(model.encoders[MODALITY]).__name__}) declares no single spatial grid for "
+            f"its tokens, so the {n} image tokens cannot be placed on the image (the attention mass per token is "
+            "still reported)"
         )
     if getattr(connector, "output_grid", None) is not None:
         return (
-            f"the {name} connector's {n} tokens are learned latents/queries that each read the whole image, not "
+            f"the connector ({name}) makes {n} learned latents/queries that each read the whole image, not "
             "image regions, so there is no map to draw (the attention mass per token is still reported)"
         )
     return (

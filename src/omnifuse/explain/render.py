@@ -54,7 +54,7 @@ def lens_png(lens: LensResult, token: str, out: Path) -> None:
     fig, (ax_p, ax_r) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
     ax_p.plot(layers, probs, marker="o", markersize=3)
     ax_p.set_yscale("log")
-    ax_p.set_ylabel(f"p({token!r})")
+    ax_p.set_ylabel(f"p({token!r}) (floor 1e-12)")
     ax_p.grid(alpha=0.3)
     for e in lens.layers:
         ax_p.annotate(e.top_token[0].strip() or repr(e.top_token[0]), (e.layer, max(e.top_prob[0], 1e-12)),
