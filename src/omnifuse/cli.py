@@ -7,6 +7,7 @@ on the command line) shows the traceback instead.
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import time
@@ -283,6 +284,104 @@ def chat(
                 out.print(f"model> {escape(session.ask(line))}")
         except OmnifuseError as exc:  # a bad image path must not end the conversation
             err.print(f"[red]error:[/red] {escape(str(exc))}")
+
+
+@app.command()
+def explain(
+    run_dir: Path,
+    question: Annotated[str, typer.Argument(help="the question about the image")],
+    image: Annotated[Path, typer.Option(help="image file to ask about")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="folder for explain.json and the PNGs (default RUN/explain)")
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="LLM layers for the attention map: all (default), lastN, A-B, or a list"),
+    ] = None,
+    answer: Annotated[
+        str | None, typer.Option(help="explain this answer's tokens instead of the model's own first token")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="length of the greedy answer shown (default: the recipe's setting)")
+    ] = None,
+) -> None:
+    """Explain an answer: attention to image regions, gradient × input, with/without image, logit lens."""
+    from omnifuse.explain import explain as run_explain
+    from omnifuse.explain import open_image, write_explanation
+    from omnifuse.rundir import RunDir, load_model
+
+    run = RunDir(run_dir).require_trained()  # bad input fails before the model loads
+    picture = open_image(image)
+    recipe, model, processor = load_model(run)
+    expl = run_explain(
+        model,
+        processor,
+        picture,
+        question,
+        answer=answer,
+        layers=layers,
+        max_new_tokens=max_new_tokens or recipe.generation.max_new_tokens,
+    )
+    folder = out_dir or Path(run_dir) / "explain"
+    obj = write_explanation(expl, picture, folder, str(image))
+    _print_explanation(expl, obj, folder)
+
+
+def _print_explanation(expl, obj: dict, folder: Path) -> None:
+    tokens = " ".join(repr(t) for t in expl.target_tokens)
+    out.print(f"question: {escape(expl.question)}")
+    out.print(
+        f"answer{' (given)' if expl.answer_given else ''}: {escape(expl.answer)}   explained token(s): {escape(tokens)}"
+    )
+    if expl.contributions:
+        table = Table(title="modality contribution: log p(answer tokens)")
+        for col in ("condition", "log p", "p", "top first token"):
+            table.add_column(col, justify="left" if col in ("condition", "top first token") else "right")
+        base = expl.contributions[0].log_prob
+        for c in expl.contributions:
+            delta = "" if c is expl.contributions[0] else f" ({c.log_prob - base:+.2f})"
+            table.add_row(
+                c.condition,
+                f"{c.log_prob:.3f}{delta}",
+                f"{math.exp(c.log_prob):.3f}",
+                escape(repr(c.top_token)),
+            )
+        out.print(table)
+    att = obj["attention"]
+    if "skipped" in att:
+        out.print(f"attention: skipped ({escape(att['skipped'])})")
+    else:
+        masses = ", ".join(f"{m:.3f}" for m in att["mass_per_image_token"][:32])
+        more = " …" if len(att["mass_per_image_token"]) > 32 else ""
+        out.print(
+            f"attention to the image: {100 * att['image_share']:.1f} % of the answer's attention "
+            f"(layers {escape(_span(att['layers']))}); per image token: {masses}{more}"
+        )
+        if att["heatmap_skipped"]:
+            out.print(f"attention heatmap: skipped, {escape(att['heatmap_skipped'])}")
+    grad = obj["gradient_x_input"]
+    if "skipped" in grad:
+        out.print(f"gradient × input: skipped ({escape(grad['skipped'])})")
+    lens = Table(title=f"logit lens for {expl.target_tokens[0]!r}")
+    for col in ("layer", "p(answer)", "rank", "top token", "p(top)"):
+        lens.add_column(col, justify="right" if col != "top token" else "left")
+    for e in expl.lens.layers:
+        lens.add_row(
+            str(e.layer),
+            f"{e.prob[0]:.4f}",
+            str(e.rank[0]),
+            escape(repr(e.top_token[0])),
+            f"{e.top_prob[0]:.4f}",
+        )
+    out.print(lens)
+    files = ", ".join(str(folder / f) for f in ["explain.json", *[v for v in obj["files"].values() if v]])
+    out.print(f"written: {escape(files)}")
+
+
+def _span(layers: list[int]) -> str:
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    return ",".join(map(str, layers))
 
 
 @app.command()
