@@ -187,13 +187,17 @@ def _print_scores(outcome) -> None:
 def report(
     run_dir: Path,
     samples: Annotated[int, typer.Option(min=0, help="sample predictions shown with their images")] = 12,
+    explained: Annotated[
+        int, typer.Option("--explain", min=0, help="of those, how many get attention / gradient heatmaps")
+    ] = 4,
     progress: Progress = True,
 ) -> None:
-    """Write RUN/report.html: one self-contained page (recipe, stages, curves, scores, robustness, samples)."""
+    """Write RUN/report.html: one self-contained page (recipe, stages, curves, scores, robustness,
+    samples, heatmaps)."""
     from omnifuse.eval.html import write_html_report
     from omnifuse.rundir import RunDir
 
-    path = write_html_report(RunDir(run_dir), samples=samples, progress=progress)
+    path = write_html_report(RunDir(run_dir), samples=samples, explained=explained, progress=progress)
     out.print(f"report: {path}")
 
 

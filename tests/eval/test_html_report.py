@@ -31,7 +31,7 @@ def reported(tmp_path_factory):
     preds = [json.loads(x) for x in (run.path / "predictions.jsonl").read_text().splitlines()]
     preds[0]["prediction"] = "<b id='injected'>bold</b>"
     (run.path / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
-    return run, write_html_report(run, loaded=loaded, samples=6, progress=False), loaded
+    return run, write_html_report(run, loaded=loaded, samples=6, explained=2, progress=False), loaded
 
 
 def test_stage_table_counts_what_each_stage_trains(reported):
@@ -56,7 +56,13 @@ def test_the_page_shows_its_images_and_tables_in_chromium(reported, browser):
     browser.get(page.as_uri())
     wait_for(browser, lambda d: d.execute_script("return document.readyState") == "complete")
     images = browser.find_elements(By.TAG_NAME, "img")
-    assert len(images) == 1 + 6  # the curve and the samples
+    # The curve, the samples and, for two of them, attention and gradient maps (the tiny model's MLP
+    # connector keeps the encoder's token grid).
+    assert len(images) == 1 + 6 + 2 * 2
+    captions = [
+        f.text for f in browser.find_elements(By.CSS_SELECTOR, "#explanations ~ .heatmaps figcaption")
+    ]
+    assert sum("attention" in c for c in captions) == 2 and sum("gradient" in c for c in captions) == 2
     for img in images:
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
     assert "95 % CI [" in browser.find_element(By.CSS_SELECTOR, ".score").text

@@ -107,6 +107,7 @@ def sample_cards(run: RunDir, n: int) -> list[dict[str, Any]]:
             continue
         cards.append(
             {
+                "sample": s,
                 "image": png_data_url(load_image(s.images()[0], s.id), max_side=192),
                 "question": _question(s),
                 "answer": p["answer"],
@@ -116,6 +117,54 @@ def sample_cards(run: RunDir, n: int) -> list[dict[str, Any]]:
             }
         )
     return cards
+
+
+def explanation_figures(
+    model, processor, cards: list[dict[str, Any]], n: int
+) -> tuple[list[dict], str | None]:
+    """Attention and gradient × input heatmaps (omnifuse.explain) for the first ``n`` sample cards;
+    (figures, why there are none)."""
+    import tempfile
+
+    from omnifuse.explain.attribution import explain
+    from omnifuse.explain.render import heatmap_png
+
+    figures: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, card in enumerate(cards[:n]):
+            sample = card["sample"]
+            image = load_image(sample.images()[0], sample.id)
+            try:
+                expl = explain(
+                    model, processor, image, card["question"], max_new_tokens=0, contributions=False
+                )
+            except OmnifuseError as e:
+                return figures, str(e)
+            token = expl.target_tokens[0]
+            maps = []
+            att = expl.attention
+            if att is not None and att.heatmap is not None:
+                maps.append(
+                    ("attention", att.heatmap, att.grid, f"image share {100 * att.image_share:.0f} %")
+                )
+            if expl.gradient.heatmap is not None:
+                maps.append(("gradient × input", expl.gradient.heatmap, None, ""))
+            for name, heat, grid, note in maps:
+                path = Path(tmp) / f"{k}-{len(figures)}.png"
+                heatmap_png(image, heat, f"{name} for {token!r}", path, grid)
+                figures.append(
+                    {
+                        "title": f"{card['question']} → {token.strip()!r}",
+                        "caption": f"{name}{', ' + note if note else ''}",
+                        "image": png_data_url(path),
+                    }
+                )
+    reason = (
+        None
+        if figures
+        else "this model's explanations have no map over the image (omnifuse explain says why)"
+    )
+    return figures, reason
 
 
 def _environment() -> jinja2.Environment:
@@ -130,14 +179,18 @@ def write_html_report(
     run: RunDir,
     loaded=None,
     samples: int = 12,
-    heatmaps: list[dict[str, Any]] | None = None,
+    explained: int = 4,
     progress: bool = True,
 ) -> Path:
-    """Write RUN/report.html; ``heatmaps``: [{title, caption, image (data URL)}] from explanations."""
+    """Write RUN/report.html, with explanation heatmaps for the first ``explained`` samples shown."""
     from omnifuse.rundir import load_model
 
     run.require_trained()
-    recipe, model, _ = loaded or load_model(run, progress=progress)
+    recipe, model, processor = loaded or load_model(run, progress=progress)
+    cards = sample_cards(run, samples)
+    heatmaps, no_heatmaps = [], None
+    if explained:
+        heatmaps, no_heatmaps = explanation_figures(model, processor, cards, explained)
     evaluation = (
         json.loads((run.path / "eval.json").read_text()) if (run.path / "eval.json").is_file() else None
     )
@@ -169,8 +222,9 @@ def write_html_report(
             stages=recipe.stages,
             stage_rows=stage_table(model, recipe),
             total_params=sum(p.numel() for p in model.parameters()),
-            cards=sample_cards(run, samples),
-            heatmaps=heatmaps or [],
+            cards=cards,
+            heatmaps=heatmaps,
+            no_heatmaps=no_heatmaps,
             recipe_yaml=run.recipe_file.read_text(),
         )
     )
