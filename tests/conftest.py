@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+from browser import CHROMIUM, DRIVER
 from tiny import CHATML, make_parts, make_tokenizer, write_color_dataset
 
 
@@ -24,3 +25,20 @@ def tiny_parts(chatml_tokenizer):
 @pytest.fixture
 def color_data(tmp_path) -> Path:
     return write_color_dataset(tmp_path / "colors")
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """Headless Chromium (see tests/browser.py); tests using it carry ``skip_without_chromium``."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

@@ -86,6 +86,9 @@ class TinyVisionEncoder(nn.Module):
     def num_tokens(self) -> int:
         return (self.image_size // 8) ** 2
 
+    def token_grid(self) -> tuple[int, int]:
+        return self.image_size // 8, self.image_size // 8
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         size = (self.image_size, self.image_size)
         arr = np.asarray(image.convert("RGB").resize(size), dtype=np.float32) / 255.0

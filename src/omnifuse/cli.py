@@ -7,6 +7,7 @@ on the command line) shows the traceback instead.
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import time
@@ -103,36 +104,145 @@ def eval_(
     blind: Annotated[
         bool | None, typer.Option("--blind/--no-blind", help="also run the text-only baseline")
     ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="re-run an earlier evaluation from its manifest (RUN/eval_manifest.json)"),
+    ] = None,
+    robustness: Annotated[
+        bool,
+        typer.Option(help="also run the robustness probes (blank, noise, shuffled images, token dropout)"),
+    ] = False,
     progress: Progress = True,
 ) -> None:
     """Evaluate a trained run (exact-match VQA accuracy, per question type, blind baseline)."""
     from omnifuse.eval.runner import evaluate_run
     from omnifuse.rundir import RunDir
 
-    outcome = evaluate_run(RunDir(run_dir), data, limit, blind, progress=progress and not as_json)
+    outcome = evaluate_run(
+        RunDir(run_dir),
+        data,
+        limit,
+        blind,
+        progress=progress and not as_json,
+        manifest=manifest,
+        robustness=robustness,
+    )
     if as_json:
         print(json.dumps(outcome.summary()))
         return
     _print_scores(outcome)
-    out.print(f"report: {run_dir / 'report.md'}")
+    if outcome.probes:
+        _print_probes(outcome)
+    if outcome.reproduction is not None:
+        _print_reproduction(outcome.reproduction)
+    out.print(f"report: {run_dir / 'report.md'}  manifest: {run_dir / 'eval_manifest.json'}")
+
+
+def _print_probes(outcome) -> None:
+    table = Table(title="robustness probes (same questions, changed inputs)")
+    for col in ("probe", "accuracy", "answers changed"):
+        table.add_column(col, justify="left" if col == "probe" else "right")
+    table.add_row("clean", f"{100 * outcome.result.accuracy:.1f} %", "–")
+    for row in outcome.probes:
+        table.add_row(row.probe, f"{100 * row.result.accuracy:.1f} %", f"{100 * row.changed:.1f} %")
+    out.print(table)
+
+
+def _print_reproduction(rep) -> None:
+    if rep.same:
+        out.print(f"[green]reproduced[/green]: the scores equal those recorded in {rep.manifest}")
+    else:
+        out.print(f"[yellow]not reproduced[/yellow]: recorded {rep.then}, now {rep.now}")
+    for name, (then, now) in rep.drift.items():
+        out.print(f"  {name} was {then} when recorded, is {now} now")
+
+
+def _score(accuracy: float, ci=None) -> str:
+    """``85.7 % [83.5, 87.8]``: the accuracy and its 95 % interval, in percent."""
+    text = f"{100 * accuracy:.1f} %"
+    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
 
 
 def _print_scores(outcome) -> None:
-    table = Table(title=f"evaluation on {outcome.data}")
+    table = Table(title=f"evaluation on {outcome.data} (accuracy [95 % bootstrap CI])")
     table.add_column("question type")
     table.add_column("n", justify="right")
     table.add_column("accuracy", justify="right")
     if outcome.blind:
         table.add_column("blind", justify="right")
-    rows = [("all", {"n": outcome.result.n, "accuracy": outcome.result.accuracy})]
-    rows += list(outcome.result.per_type.items())
+    r = outcome.result
+    rows = [("all", {"n": r.n, "accuracy": r.accuracy, "ci95": r.ci95})]
+    rows += list(r.per_type.items())
     for name, v in rows:
-        cells = [name, str(v["n"]), f"{100 * v['accuracy']:.1f} %"]
+        cells = [name, str(v["n"]), _score(v["accuracy"], v.get("ci95"))]
         if outcome.blind:
-            b = outcome.blind.accuracy if name == "all" else outcome.blind.per_type[name]["accuracy"]
-            cells.append(f"{100 * b:.1f} %")
+            b = outcome.blind
+            bv = {"accuracy": b.accuracy, "ci95": b.ci95} if name == "all" else b.per_type[name]
+            cells.append(_score(bv["accuracy"], bv.get("ci95")))
         table.add_row(*cells)
     out.print(table)
+
+
+@app.command()
+def report(
+    run_dir: Path,
+    samples: Annotated[int, typer.Option(min=0, help="sample predictions shown with their images")] = 12,
+    explained: Annotated[
+        int, typer.Option("--explain", min=0, help="of those, how many get attention / gradient heatmaps")
+    ] = 4,
+    progress: Progress = True,
+) -> None:
+    """Write RUN/report.html: one self-contained page (recipe, stages, curves, scores, robustness,
+    samples, heatmaps)."""
+    from omnifuse.eval.html import write_html_report
+    from omnifuse.rundir import RunDir
+
+    path = write_html_report(RunDir(run_dir), samples=samples, explained=explained, progress=progress)
+    out.print(f"report: {path}")
+
+
+@app.command()
+def compare(
+    run_a: Path,
+    run_b: Path,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Compare two evaluated runs on the same samples: B − A with a 95 % paired bootstrap CI and a
+    paired permutation-test p-value, overall and per question type."""
+    from omnifuse.eval.compare import compare_runs
+
+    c = compare_runs(run_a, run_b)
+    if as_json:
+        print(json.dumps(c.summary()))
+        return
+    table = Table(title=f"A = {escape(str(run_a))}, B = {escape(str(run_b))} (paired, same samples)")
+    table.add_column("question type")
+    for col in (
+        "n",
+        "accuracy A",
+        "accuracy B",
+        "B − A, points [95 % CI]",
+        "p",
+        "only A right",
+        "only B right",
+    ):
+        table.add_column(col, justify="right", no_wrap=col.startswith("B − A"))
+    for name, v in [("all", c.overall), *c.per_type.items()]:
+        table.add_row(
+            name,
+            str(v.n),
+            _score(v.mean_a),
+            _score(v.mean_b),
+            f"{100 * v.difference:+.1f} [{100 * v.ci[0]:+.1f}, {100 * v.ci[1]:+.1f}]",
+            "< 0.001" if v.p_value < 0.001 else f"{v.p_value:.3f}",
+            "—" if v.only_a is None else str(v.only_a),
+            "—" if v.only_b is None else str(v.only_b),
+        )
+    out.print(table)
+    out.print(
+        "p: two-sided paired permutation test (sign flips of the per-sample differences); "
+        "only A / B right: questions one run gets right and the other wrong"
+    )
 
 
 # ------------------------------------------------------------------ chat
@@ -178,6 +288,104 @@ def chat(
                 out.print(f"model> {escape(session.ask(line))}")
         except OmnifuseError as exc:  # a bad image path must not end the conversation
             err.print(f"[red]error:[/red] {escape(str(exc))}")
+
+
+@app.command()
+def explain(
+    run_dir: Path,
+    question: Annotated[str, typer.Argument(help="the question about the image")],
+    image: Annotated[Path, typer.Option(help="image file to ask about")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="folder for explain.json and the PNGs (default RUN/explain)")
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="LLM layers for the attention map: all (default), lastN, A-B, or a list"),
+    ] = None,
+    answer: Annotated[
+        str | None, typer.Option(help="explain this answer's tokens instead of the model's own first token")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="length of the greedy answer shown (default: the recipe's setting)")
+    ] = None,
+) -> None:
+    """Explain an answer: attention to image regions, gradient × input, with/without image, logit lens."""
+    from omnifuse.explain import explain as run_explain
+    from omnifuse.explain import open_image, write_explanation
+    from omnifuse.rundir import RunDir, load_model
+
+    run = RunDir(run_dir).require_trained()  # bad input fails before the model loads
+    picture = open_image(image)
+    recipe, model, processor = load_model(run)
+    expl = run_explain(
+        model,
+        processor,
+        picture,
+        question,
+        answer=answer,
+        layers=layers,
+        max_new_tokens=max_new_tokens or recipe.generation.max_new_tokens,
+    )
+    folder = out_dir or Path(run_dir) / "explain"
+    obj = write_explanation(expl, picture, folder, str(image))
+    _print_explanation(expl, obj, folder)
+
+
+def _print_explanation(expl, obj: dict, folder: Path) -> None:
+    tokens = " ".join(repr(t) for t in expl.target_tokens)
+    out.print(f"question: {escape(expl.question)}")
+    out.print(
+        f"answer{' (given)' if expl.answer_given else ''}: {escape(expl.answer)}   explained token(s): {escape(tokens)}"
+    )
+    if expl.contributions:
+        table = Table(title="modality contribution: log p(answer tokens)")
+        for col in ("condition", "log p", "p", "top first token"):
+            table.add_column(col, justify="left" if col in ("condition", "top first token") else "right")
+        base = expl.contributions[0].log_prob
+        for c in expl.contributions:
+            delta = "" if c is expl.contributions[0] else f" ({c.log_prob - base:+.2f})"
+            table.add_row(
+                c.condition,
+                f"{c.log_prob:.3f}{delta}",
+                f"{math.exp(c.log_prob):.3f}",
+                escape(repr(c.top_token)),
+            )
+        out.print(table)
+    att = obj["attention"]
+    if "skipped" in att:
+        out.print(f"attention: skipped ({escape(att['skipped'])})")
+    else:
+        masses = ", ".join(f"{m:.3f}" for m in att["mass_per_image_token"][:32])
+        more = " …" if len(att["mass_per_image_token"]) > 32 else ""
+        out.print(
+            f"attention to the image: {100 * att['image_share']:.1f} % of the answer's attention "
+            f"(layers {escape(_span(att['layers']))}); per image token: {masses}{more}"
+        )
+        if att["heatmap_skipped"]:
+            out.print(f"attention heatmap: skipped, {escape(att['heatmap_skipped'])}")
+    grad = obj["gradient_x_input"]
+    if "skipped" in grad:
+        out.print(f"gradient × input: skipped ({escape(grad['skipped'])})")
+    lens = Table(title=f"logit lens for {expl.target_tokens[0]!r}")
+    for col in ("layer", "p(answer)", "rank", "top token", "p(top)"):
+        lens.add_column(col, justify="right" if col != "top token" else "left")
+    for e in expl.lens.layers:
+        lens.add_row(
+            str(e.layer),
+            f"{e.prob[0]:.4f}",
+            str(e.rank[0]),
+            escape(repr(e.top_token[0])),
+            f"{e.top_prob[0]:.4f}",
+        )
+    out.print(lens)
+    files = ", ".join(str(folder / f) for f in ["explain.json", *[v for v in obj["files"].values() if v]])
+    out.print(f"written: {escape(files)}")
+
+
+def _span(layers: list[int]) -> str:
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    return ",".join(map(str, layers))
 
 
 @app.command()

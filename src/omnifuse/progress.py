@@ -24,6 +24,10 @@ class _Bar:
         info = "  ".join(f"{k} {v:.4g}" for k, v in fields.items())
         self._p.update(self._t, advance=n, info=info)
 
+    def log(self, text: str) -> None:
+        """A line printed above the bar (or alone when the bar is disabled)."""
+        self._p.console.print(text)
+
 
 @contextmanager
 def progress_bar(

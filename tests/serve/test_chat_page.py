@@ -3,45 +3,15 @@ chromedriver (Selenium is told not to download a browser or a driver)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
+from browser import needs_chromium, wait_for
 from omnifuse.serve.server import ServerSettings
 from serve.conftest import running_server
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None or DRIVER is None,
-        reason="needs Debian's chromium and chromium-driver (scripts/install.sh installs them)",
-    ),
-]
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-
-
-def wait_for(driver, condition, timeout=60):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(condition)
+pytestmark = needs_chromium
 
 
 def test_ask_about_an_image_and_see_the_streamed_answer(browser, tmp_path: Path):

@@ -11,6 +11,10 @@ class LinearConnector(nn.Module):
         super().__init__()
         self.proj = nn.Linear(in_dim, out_dim)
 
+    def output_grid(self, input_grid: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Token ``i`` is encoder token ``i``: the encoder's grid (rows, cols), if it has one."""
+        return input_grid
+
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return num_input_tokens
 

@@ -60,6 +60,10 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.output_proj = nn.Linear(dim, out_dim)
 
+    def output_grid(self, input_grid: tuple[int, int] | None) -> None:
+        """Learned latents read the whole image: no output token belongs to an image region."""
+        return None
+
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return self.latents.shape[0]
 

@@ -42,6 +42,12 @@ class PixelShuffleConnector(nn.Module):
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return (self.grid_side(num_input_tokens) // self.factor) ** 2
 
+    def output_grid(self, input_grid: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Each output token is one factor×factor block of the encoder's grid (rows, cols ÷ factor)."""
+        if input_grid is None:
+            return None
+        return input_grid[0] // self.factor, input_grid[1] // self.factor
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, p, d = features.shape
         side = self.grid_side(p)

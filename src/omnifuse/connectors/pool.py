@@ -29,6 +29,13 @@ class PoolConnector(nn.Module):
             )
         return self.grid * self.grid
 
+    def output_grid(self, input_grid: tuple[int, int] | None) -> tuple[int, int] | None:
+        """A k×k grid over the image for k > 1; one pooled token (k = 1) stands for the whole image and
+        maps to no region, so it declares no grid."""
+        if input_grid is None or self.grid == 1:
+            return None
+        return self.grid, self.grid
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, p, d = features.shape
         side = math.isqrt(p)

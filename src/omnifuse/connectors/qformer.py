@@ -148,6 +148,10 @@ class QFormerConnector(nn.Module):
         )
 
     # ------------------------------------------------------------------ the connector contract
+    def output_grid(self, input_grid: tuple[int, int] | None) -> None:
+        """Learned queries read the whole image: no output token belongs to an image region."""
+        return None
+
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return self.num_queries
 

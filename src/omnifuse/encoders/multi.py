@@ -61,6 +61,10 @@ class MultiEncoder(nn.Module):
         probe = Image.new("RGB", (64, 64))
         self.shapes = [tuple(e.preprocess(probe).shape) for e in encoders]
 
+    def token_grid(self) -> tuple[int, int] | None:
+        """combine: channel keeps one side×side grid; combine: token concatenates several grids (no single one)."""
+        return (self.side, self.side) if self.combine == "channel" else None
+
     def num_tokens(self) -> int:
         if self.combine == "channel":
             return self.side * self.side

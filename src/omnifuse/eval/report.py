@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from omnifuse.data.sample import Sample  # noqa: E402
+from omnifuse.eval.probes import ProbeRow  # noqa: E402
 from omnifuse.eval.vqa import VQAResult  # noqa: E402
 from omnifuse.rundir import RunDir  # noqa: E402
 from omnifuse.training.checkpoint import atomic_write_text  # noqa: E402
@@ -25,15 +26,25 @@ def plot_loss(metrics_file: Path, out: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = 0
+    evals: list[tuple[int, float]] = []
     for stage in dict.fromkeys(r["stage"] for r in records):
         rs = [r for r in records if r["stage"] == stage]
         xs = list(range(x, x + len(rs)))
         ax.plot(xs, [r["loss"] for r in rs], label=stage, linewidth=1)
+        evals += [(xi, r["eval_accuracy"]) for xi, r in zip(xs, rs, strict=True) if "eval_accuracy" in r]
         x += len(rs)
     ax.set_xlabel("optimizer step (all stages)")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(loc="upper left")
+    if evals:  # evaluation during training (recipe eval.every) on a second axis
+        ax2 = ax.twinx()
+        ax2.plot(
+            [e[0] for e in evals], [100 * e[1] for e in evals], "o-", color="black", label="eval accuracy"
+        )
+        ax2.set_ylabel("eval accuracy (%)")
+        ax2.set_ylim(0, 100)
+        ax2.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -62,14 +73,39 @@ def plot_samples(samples: list[Sample], predictions: list[dict], out: Path, n: i
     return True
 
 
+def _ci_text(ci) -> str:
+    return f" (95 % CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else ""
+
+
 def _type_table(result: VQAResult, blind: VQAResult | None) -> list[str]:
-    head = "| question type | n | accuracy |" + (" blind |" if blind else "")
+    head = "| question type | n | accuracy [95 % CI] |" + (" blind |" if blind else "")
     lines = [head, "|---|---:|---:|" + ("---:|" if blind else "")]
     for t, v in result.per_type.items():
-        row = f"| {t} | {v['n']} | {100 * v['accuracy']:.1f} % |"
+        ci = v.get("ci95")
+        ci_cell = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+        row = f"| {t} | {v['n']} | {100 * v['accuracy']:.1f} %{ci_cell} |"
         if blind:
             row += f" {100 * blind.per_type.get(t, {'accuracy': 0})['accuracy']:.1f} % |"
         lines.append(row)
+    return lines
+
+
+def _robustness_table(result: VQAResult, probes: list[ProbeRow]) -> list[str]:
+    types = list(result.per_type)
+    lines = [
+        "| probe | accuracy | " + " | ".join(types) + " | answers changed |",
+        "|---|---:|" + "---:|" * len(types) + "---:|",
+        f"| clean | {100 * result.accuracy:.1f} % | "
+        + " | ".join(f"{100 * result.per_type[t]['accuracy']:.1f} %" for t in types)
+        + " | – |",
+    ]
+    for row in probes:
+        cells = [f"{100 * row.result.per_type.get(t, {'accuracy': 0.0})['accuracy']:.1f} %" for t in types]
+        lines.append(
+            f"| {row.probe} | {100 * row.result.accuracy:.1f} % | "
+            + " | ".join(cells)
+            + f" | {100 * row.changed:.1f} % |"
+        )
     return lines
 
 
@@ -80,18 +116,27 @@ def write_report(
     samples: list[Sample],
     timings: dict[str, float],
     data_ref: str,
+    probes: list[ProbeRow] | None = None,
 ) -> Path:
     """Write RUN/report.md (+ loss.png, samples.png); returns the markdown path."""
     recipe = run.recipe()
     lines = [f"# omnifuse run: {recipe.name}", ""]
-    lines.append(f"Evaluated on `{data_ref}` ({result.n} questions, exact match after normalisation).")
+    lines.append(
+        f"Evaluated on `{data_ref}` ({result.n} questions, exact match after normalisation; "
+        "95 % bootstrap confidence intervals over questions)."
+    )
     lines.append("")
-    lines.append(f"- accuracy: **{100 * result.accuracy:.1f} %**")
+    lines.append(f"- accuracy: **{100 * result.accuracy:.1f} %**{_ci_text(result.ci95)}")
     if blind is not None:
-        lines.append(f"- blind baseline (same model, images removed): {100 * blind.accuracy:.1f} %")
+        lines.append(
+            f"- blind baseline (same model, images removed): {100 * blind.accuracy:.1f} %{_ci_text(blind.ci95)}"
+        )
     for k, v in timings.items():
         lines.append(f"- {k}: {v:.1f} s")
     lines += ["", *_type_table(result, blind), ""]
+    if probes:
+        lines += ["## Robustness probes", "", "Same questions, changed inputs (omnifuse.eval.probes).", ""]
+        lines += [*_robustness_table(result, probes), ""]
     if plot_loss(run.metrics_file, run.path / "loss.png"):
         lines += ["## Training loss", "", "![loss](loss.png)", ""]
     if plot_samples(samples, result.predictions, run.path / "samples.png"):

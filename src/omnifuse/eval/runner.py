@@ -1,19 +1,47 @@
-"""Evaluate a run directory on a data set and write eval.json + report.md into it."""
+"""Evaluate a run directory on a data set and write eval.json, eval_manifest.json and report.md into it."""
 
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from omnifuse.data.sample import select_subset
-from omnifuse.data.sources import load_data
+from omnifuse.data.sources import load_data, resolve_data_path
 from omnifuse.errors import OmnifuseError
+from omnifuse.eval.manifest import (
+    MANIFEST,
+    EvalSettings,
+    build_manifest,
+    check_inputs,
+    read_manifest,
+    settings_from,
+    version_drift,
+)
+from omnifuse.eval.probes import ProbeRow, run_probes
 from omnifuse.eval.report import write_report
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa
+from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir, load_model
 from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.checkpoint import atomic_write_text
+
+ROBUSTNESS = "robustness.json"
+
+
+@dataclass
+class Reproduction:
+    """A re-run from a manifest: the scores then and now, and library versions that changed."""
+
+    manifest: Path
+    then: dict
+    now: dict
+    drift: dict[str, tuple[str, str]]
+
+    @property
+    def same(self) -> bool:
+        return self.then == self.now
 
 
 @dataclass
@@ -23,12 +51,37 @@ class EvalOutcome:
     seconds: float
     blind_seconds: float | None
     data: str
+    probes: list[ProbeRow] | None = None
+    reproduction: Reproduction | None = None
+
+    def scores(self) -> dict:
+        out = {"accuracy": self.result.accuracy, "n": self.result.n}
+        if self.blind is not None:
+            out["blind_accuracy"] = self.blind.accuracy
+        return out
 
     def summary(self) -> dict:
         out = {"data": self.data, **self.result.summary(), "seconds": round(self.seconds, 1)}
         if self.blind is not None:
             out["blind"] = {**self.blind.summary(), "seconds": round(self.blind_seconds or 0.0, 1)}
+        if self.probes is not None:
+            out["robustness"] = [row.summary() for row in self.probes]
         return out
+
+
+def recipe_settings(
+    recipe: Recipe, data: str | None = None, limit: int | None = None, blind: bool | None = None
+) -> EvalSettings:
+    """``data`` defaults to the recipe's eval data, ``limit`` to its eval_limit (seeded subset)."""
+    g = recipe.generation
+    return EvalSettings(
+        data=data or recipe.data.eval,
+        limit=limit if limit is not None else (recipe.data.eval_limit if data is None else None),
+        seed=recipe.data.eval_seed,
+        generation=GenerationConfig(g.max_new_tokens, g.temperature, g.top_p, seed=recipe.seed),
+        batch_size=recipe.eval.batch_size,
+        blind=blind if blind is not None else recipe.eval.blind,
+    )
 
 
 def evaluate_run(
@@ -38,32 +91,53 @@ def evaluate_run(
     blind: bool | None = None,
     progress: bool = True,
     loaded=None,
+    manifest: Path | None = None,
+    robustness: bool = False,
 ) -> EvalOutcome:
-    """``data`` defaults to the recipe's eval data, ``limit`` to its eval_limit (seeded subset)."""
+    """Evaluate with the recipe's settings (overridden by ``data``/``limit``/``blind``), or with exactly
+    the settings of an earlier evaluation's ``manifest`` (refused when weights or data changed)."""
     recipe, model, processor = loaded or load_model(run, progress=progress)
-    ref = data or recipe.data.eval
-    limit = limit if limit is not None else (recipe.data.eval_limit if data is None else None)
-    samples = select_subset(load_data(ref), limit, recipe.data.eval_seed)
+    saved = read_manifest(manifest) if manifest is not None else None
+    if saved is not None and (data is not None or limit is not None or blind is not None):
+        raise OmnifuseError(
+            "--manifest fixes the data, subset and settings: drop --data, --limit and --blind"
+        )
+    settings = settings_from(saved) if saved is not None else recipe_settings(recipe, data, limit, blind)
+    data_file = resolve_data_path(settings.data)
+    samples = select_subset(load_data(settings.data), settings.limit, settings.seed)
     if not samples:
-        raise OmnifuseError(f"{ref} holds no samples to evaluate")
+        raise OmnifuseError(f"{settings.data} holds no samples to evaluate")
+    if saved is not None:
+        check_inputs(saved, data_file, samples, run.weights_file)
     engine = Engine(model, processor)
-    g = recipe.generation
-    cfg = GenerationConfig(g.max_new_tokens, g.temperature, g.top_p, seed=recipe.seed)
+    cfg, bs = settings.generation, settings.batch_size
     t0 = time.perf_counter()
-    result = evaluate_vqa(engine, samples, cfg, recipe.eval.batch_size, progress=progress, label="eval")
+    result = evaluate_vqa(engine, samples, cfg, bs, progress=progress, label="eval")
     seconds = time.perf_counter() - t0
     blind_result, blind_seconds = None, None
-    if blind if blind is not None else recipe.eval.blind:
+    if settings.blind:
         t0 = time.perf_counter()
         blind_result = evaluate_vqa(
-            engine, samples, cfg, recipe.eval.batch_size, blind=True, progress=progress, label="eval blind"
+            engine, samples, cfg, bs, blind=True, progress=progress, label="eval blind"
         )
         blind_seconds = time.perf_counter() - t0
-    outcome = EvalOutcome(result, blind_result, seconds, blind_seconds, ref)
+    probes = (
+        run_probes(engine, samples, result, cfg, bs, settings.seed, progress=progress) if robustness else None
+    )
+    outcome = EvalOutcome(result, blind_result, seconds, blind_seconds, settings.data, probes)
+    if saved is not None:
+        now = {k: outcome.scores()[k] for k in saved.get("scores", {}) if k in outcome.scores()}
+        outcome.reproduction = Reproduction(
+            Path(manifest), saved.get("scores", {}), now, version_drift(saved)
+        )
     atomic_write_text(run.path / "eval.json", json.dumps(outcome.summary(), indent=2))
     atomic_write_text(
         run.path / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in result.predictions)
     )
+    record = build_manifest(settings, data_file, samples, processor, run.weights_file, outcome.scores())
+    atomic_write_text(run.path / MANIFEST, json.dumps(record, indent=2))
+    if probes is not None:
+        atomic_write_text(run.path / ROBUSTNESS, json.dumps([row.summary() for row in probes], indent=2))
     timings = {"evaluation": seconds} | ({"blind evaluation": blind_seconds} if blind_seconds else {})
-    write_report(run, result, blind_result, samples, timings, ref)
+    write_report(run, result, blind_result, samples, timings, settings.data, probes)
     return outcome

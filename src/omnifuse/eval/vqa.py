@@ -1,4 +1,6 @@
-"""VQA evaluation: exact match after normalisation, per question type, with a blind baseline.
+"""VQA evaluation: exact match after normalisation (the VQAv2 ten-answer rule where a sample has several
+human answers, see :func:`omnifuse.eval.metrics.vqa_score`), per question type, with a blind baseline and
+95 % bootstrap confidence intervals.
 
 The blind baseline is the same trained model asked the same questions with the images removed from
 the prompt: what the LLM answers from the text alone. The gap between the two is what the model
@@ -7,29 +9,26 @@ gets from looking.
 
 from __future__ import annotations
 
-import re
-import string
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from omnifuse.data.sample import ImagePart, Sample
+from omnifuse.eval.metrics import exact_match, normalize_answer, vqa_score
+from omnifuse.eval.stats import bootstrap_ci
 from omnifuse.progress import progress_bar
 from omnifuse.serve.engine import Engine, GenerationConfig
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation})
+__all__ = [
+    "VQAResult",
+    "evaluate_vqa",
+    "exact_match",
+    "normalize_answer",
+    "reference_answers",
+    "without_media",
+]
 
-
-def normalize_answer(text: str) -> str:
-    """Lower case, punctuation and articles removed, whitespace collapsed (VQA-style)."""
-    text = text.lower().translate(_PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, answer: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(answer)
+CI_RESAMPLES = 2000  # bootstrap resamples for the 95 % intervals (milliseconds for 1000 questions)
 
 
 def without_media(sample: Sample) -> Sample:
@@ -39,15 +38,33 @@ def without_media(sample: Sample) -> Sample:
     return replace(sample, messages=messages)
 
 
+def reference_answers(sample: Sample) -> list[str]:
+    """The human answers of a sample: ``meta["answers"]`` (e.g. VQAv2's ten) when it holds a non-empty
+    list, else the last assistant turn."""
+    answers = sample.meta.get("answers")
+    if isinstance(answers, list | tuple) and answers:
+        return [str(a) for a in answers]
+    return [sample.answer()]
+
+
+def accuracy_ci(scores: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    ci = bootstrap_ci(scores, confidence=confidence, n_resamples=CI_RESAMPLES, seed=0)
+    return ci.low, ci.high
+
+
 @dataclass
 class VQAResult:
     accuracy: float
     n: int
-    per_type: dict[str, dict[str, float]]
+    per_type: dict[str, dict]  # type -> {"accuracy", "n", "ci95": [low, high]}
     predictions: list[dict]
+    ci95: tuple[float, float] | None = None  # 95 % bootstrap interval of the accuracy over questions
 
     def summary(self) -> dict:
-        return {"accuracy": self.accuracy, "n": self.n, "per_type": self.per_type}
+        out = {"accuracy": self.accuracy, "n": self.n}
+        if self.ci95 is not None:
+            out["ci95"] = list(self.ci95)
+        return out | {"per_type": self.per_type}
 
 
 def evaluate_vqa(
@@ -59,7 +76,12 @@ def evaluate_vqa(
     progress: bool = True,
     label: str = "eval",
 ) -> VQAResult:
-    """Answer every sample's question (its prompt) and score it against the last assistant turn."""
+    """Answer every sample's question (its prompt) and score it against its reference answers.
+
+    Each prediction record holds ``score`` (1/0 exact match; the VQAv2 partial credit with several
+    answers) and ``correct`` (full credit). Accuracy is the mean score, with a 95 % bootstrap interval
+    over questions, overall and per question type.
+    """
     predictions: list[dict] = []
     with progress_bar(label, len(samples), enabled=progress) as bar:
         for start in range(0, len(samples), batch_size):
@@ -67,20 +89,28 @@ def evaluate_vqa(
             prompts = [without_media(s) for s in chunk] if blind else chunk
             answers = engine.generate(prompts, cfg)
             for s, pred in zip(chunk, answers, strict=True):
-                predictions.append(
-                    {
-                        "id": s.id,
-                        "question_type": str(s.meta.get("question_type", "all")),
-                        "answer": s.answer(),
-                        "prediction": pred,
-                        "correct": exact_match(pred, s.answer()),
-                    }
-                )
+                refs = reference_answers(s)
+                score = vqa_score(pred, refs)
+                record = {
+                    "id": s.id,
+                    "question_type": str(s.meta.get("question_type", "all")),
+                    "answer": s.answer(),
+                    "prediction": pred,
+                    "correct": score == 1.0,
+                    "score": score,
+                }
+                if len(refs) > 1:
+                    record["answers"] = refs
+                predictions.append(record)
             bar.advance(len(chunk))
-    by_type: dict[str, list[bool]] = defaultdict(list)
+    by_type: dict[str, list[float]] = defaultdict(list)
     for p in predictions:
-        by_type[p["question_type"]].append(p["correct"])
-    per_type = {t: {"accuracy": sum(v) / len(v), "n": len(v)} for t, v in sorted(by_type.items())}
+        by_type[p["question_type"]].append(p["score"])
+    per_type = {
+        t: {"accuracy": sum(v) / len(v), "n": len(v), "ci95": list(accuracy_ci(v))}
+        for t, v in sorted(by_type.items())
+    }
     n = len(predictions)
-    acc = sum(p["correct"] for p in predictions) / n if n else 0.0
-    return VQAResult(acc, n, per_type, predictions)
+    scores = [p["score"] for p in predictions]
+    acc = sum(scores) / n if n else 0.0
+    return VQAResult(acc, n, per_type, predictions, accuracy_ci(scores) if n else None)

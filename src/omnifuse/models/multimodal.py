@@ -57,6 +57,20 @@ class MultimodalLM(nn.Module):
         """How many feature tokens the connector makes of one item (image) of this modality."""
         return self.connectors[modality].num_output_tokens(self.encoders[modality].num_tokens())
 
+    def media_grid(self, modality: str) -> tuple[int, int] | None:
+        """(rows, cols) when the connector's tokens for one item are a row-major grid over the encoder's
+        input image (each token stands for one region), else None: a single pooled token, learned
+        latents or queries, or an encoder whose tokens are no single grid. Encoders declare
+        ``token_grid()``, connectors ``output_grid(input_grid)``; a part that declares neither has no grid."""
+        token_grid = getattr(self.encoders[modality], "token_grid", None)
+        output_grid = getattr(self.connectors[modality], "output_grid", None)
+        if token_grid is None or output_grid is None:
+            return None
+        grid = output_grid(token_grid())
+        if grid is None or grid[0] * grid[1] != self.media_tokens_per_item(modality):
+            return None
+        return grid
+
     def tokens_per_item(self, modality: str) -> int:
         """How many placeholder tokens one item of this modality becomes in the text: the connector's
         token count with early fusion, none with cross-attention (the media never enter the text)."""
@@ -64,8 +78,9 @@ class MultimodalLM(nn.Module):
 
     def encode(self, modality: str, pixel_values: torch.Tensor) -> torch.Tensor:
         encoder = self.encoders[modality]
-        # A frozen encoder needs no autograd graph: skip it to save memory and time.
-        trains = any(p.requires_grad for p in encoder.parameters())
+        # A frozen encoder needs no autograd graph (saves memory and time), unless the caller asks for
+        # gradients with respect to the pixels themselves (attribution, omnifuse.explain).
+        trains = any(p.requires_grad for p in encoder.parameters()) or pixel_values.requires_grad
         with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
             features = encoder(pixel_values)
         return self.connectors[modality](features)

@@ -285,6 +285,15 @@ class GenerationSpec(Spec):
 class EvalSpec(Spec):
     batch_size: int = Field(32, ge=1)
     blind: bool = Field(True, description="also evaluate the text-only (blind) baseline")
+    every: int | None = Field(
+        None,
+        ge=1,
+        description="evaluate during training every N optimizer steps of each generative stage and at its "
+        "end, on the model being trained (logged in metrics.jsonl); null = only after training",
+    )
+    during_limit: int = Field(
+        200, ge=1, description="seeded subset of the eval data used during training (data.eval_seed)"
+    )
 
 
 class Recipe(Spec):

@@ -23,6 +23,7 @@ from omnifuse import __version__
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
+from omnifuse.eval.vqa import evaluate_vqa
 from omnifuse.models.builders import build_model
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
@@ -30,6 +31,7 @@ from omnifuse.progress import progress_bar
 from omnifuse.recipe import Recipe, dump_recipe
 from omnifuse.recipe.schema import StageSpec
 from omnifuse.rundir import RunDir
+from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -137,6 +139,7 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.progress = progress
         self._data: dict[str, list[Sample]] = {}
+        self._eval_samples: list[Sample] | None = None
         self.writer = _tensorboard_writer(run.path / "tensorboard") if tensorboard else None
 
     def data_for(self, stage: StageSpec) -> list[Sample]:
@@ -145,6 +148,36 @@ class Trainer:
             self._data[ref] = load_data(ref)
         samples = self._data[ref]
         return select_subset(samples, stage.limit, self.recipe.seed) if stage.limit else samples
+
+    def evaluate_now(self) -> dict[str, float]:
+        """Score the model being trained (no second copy) on the seeded eval subset ``eval.during_limit``;
+        the training mode is restored afterwards. Greedy decoding draws no random numbers, so the data
+        order and a resumed run are unchanged by it."""
+        recipe = self.recipe
+        if self._eval_samples is None:
+            self._eval_samples = select_subset(
+                load_data(recipe.data.eval), recipe.eval.during_limit, recipe.data.eval_seed
+            )
+        g = recipe.generation
+        cfg = GenerationConfig(g.max_new_tokens, g.temperature, g.top_p, seed=recipe.seed)
+        t0 = time.perf_counter()
+        self.model.eval()
+        try:
+            result = evaluate_vqa(
+                Engine(self.model, self.processor),
+                self._eval_samples,
+                cfg,
+                recipe.eval.batch_size,
+                progress=False,
+            )
+        finally:
+            self.model.train()
+            self.model.encoders.eval()
+        return {
+            "eval_accuracy": round(result.accuracy, 6),
+            "eval_n": result.n,
+            "eval_seconds": round(time.perf_counter() - t0, 3),
+        }
 
     def run_stages(self, resume: bool = False) -> TrainResult:
         recipe, run, model = self.recipe, self.run, self.model
@@ -231,6 +264,13 @@ class Trainer:
                     "seconds": round(dt, 4),  # this step's wall time (sweeps sum it over all attempts)
                     "time": round(time.time(), 3),
                 }
+                every = self.recipe.eval.every
+                if every and stage.objective == "generative" and (step % every == 0 or step == steps):
+                    record |= self.evaluate_now()
+                    bar.log(
+                        f"{stage.name} step {step}/{steps}: eval accuracy {100 * record['eval_accuracy']:.1f} % "
+                        f"on {record['eval_n']} samples ({record['eval_seconds']:.1f} s)"
+                    )
                 with run.metrics_file.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 if self.writer is not None:

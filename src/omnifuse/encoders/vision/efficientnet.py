@@ -20,6 +20,7 @@ from torch import nn
 from omnifuse.encoders.vision.mobilenet import (
     conv_grid,
     crop_resize_size,
+    kept_region,
     load_safetensors_strict,
     resize_image,
     to_tensor,
@@ -123,6 +124,16 @@ class EfficientNetLite0(nn.Module):
 
     def grid(self, image_size: int | None = None) -> tuple[int, int]:
         return conv_grid(self.image_size if image_size is None else image_size)
+
+    def input_region(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a ``width``×``height`` image that :meth:`preprocess` keeps (left, top, right, bottom)."""
+        return kept_region(
+            width, height, self.image_size, crop_resize_size(self.image_size) if self.crop else None
+        )
+
+    def token_grid(self) -> tuple[int, int] | None:
+        """(rows, cols) of the output tokens, row-major over the input image."""
+        return self.grid()
 
     def num_tokens(self) -> int:
         h, w = self.grid()

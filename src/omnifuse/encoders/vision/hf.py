@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 
-from omnifuse.encoders.vision.mobilenet import resize_image, to_tensor
+from omnifuse.encoders.vision.mobilenet import kept_region, resize_image, to_tensor
 from omnifuse.errors import OmnifuseError
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)  # HF's IMAGENET_STANDARD_* values, used when a tower ships no processor config
@@ -76,6 +76,14 @@ class HFVisionEncoder(nn.Module):
     def grid(self, image_size: int | None = None) -> tuple[int, int]:
         n = (self.image_size if image_size is None else image_size) // self.patch_size
         return n, n
+
+    def input_region(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a ``width``×``height`` image that :meth:`preprocess` keeps (left, top, right, bottom)."""
+        return kept_region(width, height, self.image_size, self.resize_shorter)
+
+    def token_grid(self) -> tuple[int, int] | None:
+        """(rows, cols) of the patch tokens; None when CLS/register tokens are kept in front of them."""
+        return self.grid() if self.drop_cls or self.num_prefix_tokens == 0 else None
 
     def num_tokens(self) -> int:
         h, w = self.grid()

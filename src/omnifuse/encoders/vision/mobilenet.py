@@ -48,6 +48,22 @@ def resize_image(
     return image.crop((left, top, left + size, top + size))
 
 
+def kept_region(
+    width: int, height: int, size: int, resize_shorter: int | None
+) -> tuple[float, float, float, float]:
+    """The box (left, top, right, bottom), in the original image's pixels, that :func:`resize_image`
+    turns into its ``size``×``size`` output: the whole image, or the centre crop's source region."""
+    if resize_shorter is None:
+        return 0.0, 0.0, float(width), float(height)
+    if width <= height:
+        nw, nh = resize_shorter, int(resize_shorter * height / width)
+    else:
+        nw, nh = int(resize_shorter * width / height), resize_shorter
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    sx, sy = width / nw, height / nh
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
 def to_tensor(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """RGB PIL image → float32 [3, H, W], pixels scaled to [0, 1] then normalised per channel."""
     arr = np.asarray(image, dtype=np.float32) / 255.0
@@ -146,6 +162,16 @@ class MobileNetV2(nn.Module):
 
     def grid(self, image_size: int | None = None) -> tuple[int, int]:
         return conv_grid(self.image_size if image_size is None else image_size)
+
+    def input_region(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a ``width``×``height`` image that :meth:`preprocess` keeps (left, top, right, bottom)."""
+        return kept_region(
+            width, height, self.image_size, crop_resize_size(self.image_size) if self.crop else None
+        )
+
+    def token_grid(self) -> tuple[int, int] | None:
+        """(rows, cols) of the output tokens, row-major over the input image."""
+        return self.grid()
 
     def num_tokens(self) -> int:
         h, w = self.grid()

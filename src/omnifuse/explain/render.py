@@ -1,0 +1,105 @@
+"""Explanations as files: heatmaps over the image, the logit-lens plot and explain.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from omnifuse.explain.attribution import Explanation  # noqa: E402
+from omnifuse.explain.lens import LensResult  # noqa: E402
+from omnifuse.training.checkpoint import atomic_write_text  # noqa: E402
+
+ATTENTION_PNG = "attention.png"
+GRADIENT_PNG = "gradient.png"
+LENS_PNG = "logit_lens.png"
+JSON_FILE = "explain.json"
+
+
+def heatmap_png(
+    image: Image.Image, heat: np.ndarray, title: str, out: Path, grid: tuple[int, int] | None = None
+) -> None:
+    """The image, and the image with ``heat`` (same size) over it; grid lines when the map is a token grid."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    axes[1].imshow(image.convert("L"), cmap="gray", alpha=0.6)
+    shown = axes[1].imshow(heat, cmap="inferno", alpha=0.65, interpolation="nearest")
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+    if grid is not None:
+        h, w = heat.shape
+        for r in range(1, grid[0]):
+            axes[1].axhline(r * h / grid[0] - 0.5, color="white", linewidth=0.4, alpha=0.5)
+        for c in range(1, grid[1]):
+            axes[1].axvline(c * w / grid[1] - 0.5, color="white", linewidth=0.4, alpha=0.5)
+    axes[1].set_title(title, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def lens_png(lens: LensResult, token: str, out: Path) -> None:
+    """Probability (log scale) and rank of the first answer token per layer, top token annotated."""
+    layers = [e.layer for e in lens.layers]
+    probs = [max(e.prob[0], 1e-12) for e in lens.layers]
+    ranks = [e.rank[0] for e in lens.layers]
+    fig, (ax_p, ax_r) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    ax_p.plot(layers, probs, marker="o", markersize=3)
+    ax_p.set_yscale("log")
+    ax_p.set_ylabel(f"p({token!r}) (floor 1e-12)")
+    ax_p.grid(alpha=0.3)
+    for e in lens.layers:
+        ax_p.annotate(e.top_token[0].strip() or repr(e.top_token[0]), (e.layer, max(e.top_prob[0], 1e-12)),
+                      fontsize=6, rotation=60, ha="left", va="bottom", color="gray")  # fmt: skip
+    ax_p.scatter(
+        layers, [max(e.top_prob[0], 1e-12) for e in lens.layers], s=6, color="gray", label="top token"
+    )
+    ax_p.legend(fontsize=7, loc="lower right")
+    ax_r.plot(layers, ranks, marker="o", markersize=3, color="tab:red")
+    ax_r.set_yscale("log")
+    ax_r.invert_yaxis()
+    ax_r.set_ylabel("rank (1 = top)")
+    ax_r.set_xlabel("decoder layer (lens: final norm + LM head on its output)")
+    ax_r.grid(alpha=0.3)
+    fig.suptitle(f"logit lens for the answer token {token!r}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_explanation(
+    expl: Explanation, image: Image.Image, out_dir: Path, image_path: str | None = None
+) -> dict:
+    """Write the PNGs and explain.json into ``out_dir``; returns the JSON object written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image = image.convert("RGB")
+    token = expl.target_tokens[0]
+    files: dict[str, str | None] = {"attention": None, "gradient": None, "logit_lens": LENS_PNG}
+    att = expl.attention
+    if att is not None and att.heatmap is not None:
+        layers = (
+            f"layers {att.layers[0]}-{att.layers[-1]}" if len(att.layers) > 1 else f"layer {att.layers[0]}"
+        )
+        heatmap_png(image, att.heatmap, f"attention of {token!r} to image tokens\n(mean over heads, {layers}; "
+                    f"image share {100 * att.image_share:.1f} %)", out_dir / ATTENTION_PNG, att.grid)  # fmt: skip
+        files["attention"] = ATTENTION_PNG
+    if expl.gradient.heatmap is not None:
+        heatmap_png(
+            image, expl.gradient.heatmap, f"|gradient × input| of log p({token!r})", out_dir / GRADIENT_PNG
+        )
+        files["gradient"] = GRADIENT_PNG
+    lens_png(expl.lens, token, out_dir / LENS_PNG)
+    obj = expl.to_json()
+    obj["image"] = image_path
+    obj["files"] = files
+    atomic_write_text(out_dir / JSON_FILE, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    return obj
