@@ -620,7 +620,10 @@ def quickstart(
     )
     summary.add_row("peak memory (RSS)", f"{_peak_rss_gb():.2f} GB")
     out.print(summary)
-    out.print(f"report: {out_dir / 'report.md'}")
+    from omnifuse.eval.html import write_html_report
+
+    page = write_html_report(run, loaded=loaded, progress=progress)
+    out.print(f"report: {page} (one page: scores, stages, curves, samples, heatmaps) and {out_dir / 'report.md'}")
     # A chat example on a test image.
     from omnifuse.data.sample import load_jsonl
 

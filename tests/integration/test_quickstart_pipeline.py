@@ -66,6 +66,10 @@ def test_train_eval_chat_through_the_cli(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 12 and 0.0 <= summary["accuracy"] <= 1.0 and "blind" in summary
     assert (run / "report.md").is_file() and (run / "loss.png").is_file() and (run / "samples.png").is_file()
+    assert main(["report", str(run), "--samples", "4", "--explain", "2", "--no-progress"]) == 0
+    page = (run / "report.html").read_text()
+    # The pooled connector has no token grid: gradient maps only, one per explained sample.
+    assert page.count("data:image/png") == 1 + 4 + 2 and page.count("gradient × input</figcaption>") == 2
     image = load_jsonl(resolve_data_path("easy-vqa:test"))[0].images()[0]
     assert main(["chat", str(run), "--image", str(image), "what color is the shape?"]) == 0
     assert capsys.readouterr().out.strip()
