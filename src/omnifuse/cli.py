@@ -623,7 +623,9 @@ def quickstart(
     from omnifuse.eval.html import write_html_report
 
     page = write_html_report(run, loaded=loaded, progress=progress)
-    out.print(f"report: {page} (one page: scores, stages, curves, samples, heatmaps) and {out_dir / 'report.md'}")
+    out.print(
+        f"report: {page} (one page: scores, stages, curves, samples, heatmaps) and {out_dir / 'report.md'}"
+    )
     # A chat example on a test image.
     from omnifuse.data.sample import load_jsonl
 

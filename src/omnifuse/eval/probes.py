@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -155,14 +155,9 @@ def run_probes(
     rows = []
     for probe in probes:
         probed = probe.transform(samples, seed) if probe.transform else list(samples)
-        dropout = token_dropout(engine.model, probe.dropout, seed) if probe.dropout else _nothing()
+        dropout = token_dropout(engine.model, probe.dropout, seed) if probe.dropout else nullcontext()
         with dropout:
             result = evaluate_vqa(engine, probed, cfg, batch_size, progress=progress, label=probe.name)
         changed = sum(normalize_answer(p["prediction"]) != base[p["id"]] for p in result.predictions)
         rows.append(ProbeRow(probe.name, result, changed / max(1, result.n)))
     return rows
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,7 +206,7 @@ def explain_forward(model: MultimodalLM, inputs: ExplainInputs, attentions: bool
     counts = {MODALITY: [1 if pixels is not None else 0]}
     mask = torch.ones_like(inputs.input_ids)
     try:
-        with eager_attention(llm) if attentions else _nothing(), torch.enable_grad():
+        with eager_attention(llm) if attentions else nullcontext(), torch.enable_grad():
             with model.fuse(inputs.input_ids, media, counts) as embeds:
                 out = llm(
                     inputs_embeds=embeds, attention_mask=mask, use_cache=False, output_attentions=attentions
@@ -236,11 +236,6 @@ def explain_forward(model: MultimodalLM, inputs: ExplainInputs, attentions: bool
         grad,
         target_lp.detach().tolist(),
     )
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 # ---------------------------------------------------------------------- attention
