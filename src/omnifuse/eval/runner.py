@@ -96,8 +96,8 @@ def evaluate_run(
 ) -> EvalOutcome:
     """Evaluate with the recipe's settings (overridden by ``data``/``limit``/``blind``), or with exactly
     the settings of an earlier evaluation's ``manifest`` (refused when weights or data changed)."""
+    saved = read_manifest(manifest) if manifest is not None else None  # before the model loads
     recipe, model, processor = loaded or load_model(run, progress=progress)
-    saved = read_manifest(manifest) if manifest is not None else None
     if saved is not None and (data is not None or limit is not None or blind is not None):
         raise OmnifuseError(
             "--manifest fixes the data, subset and settings: drop --data, --limit and --blind"

@@ -32,7 +32,6 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.explain.lens import LensResult, logit_lens
 from omnifuse.models.multimodal import IGNORE_INDEX, MultimodalLM
 from omnifuse.processing import Processor
-from omnifuse.processing.processor import load_image
 
 MODALITY = "image"
 
@@ -45,7 +44,13 @@ def open_image(path: Path | str) -> Image.Image:
         raise OmnifuseError(f"image file {path} does not exist; give the path of an image with --image")
     if path.is_dir():
         raise OmnifuseError(f"{path} is a folder, not an image file; give the path of an image with --image")
-    return load_image(path, "explain")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unknown or broken files
+        raise OmnifuseError(
+            f"{path} is not a readable image ({exc}); give a PNG or JPEG file with --image"
+        ) from None
 
 
 def parse_layers(spec: str | None, num_layers: int) -> list[int]:
