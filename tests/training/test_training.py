@@ -124,3 +124,23 @@ def test_balance_by_needs_the_meta_key(tmp_path, color_data):
     recipe = parse_recipe(tiny_recipe_dict(color_data), overrides=["stages.0.balance_by=topic"])
     with pytest.raises(OmnifuseError, match="meta.topic"):
         train(recipe, tmp_path / "run", parts=make_parts(), progress=False)
+
+
+def test_atomic_writes_keep_normal_permissions_and_leave_no_temp_files(tmp_path):
+    import os
+
+    import torch
+
+    from omnifuse.training.checkpoint import atomic_write_text, save_weights
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.html", "<p>hi</p>")
+        model = torch.nn.Linear(2, 2)
+        save_weights(model, ["weight"], tmp_path / "model.safetensors")
+    finally:
+        os.umask(umask)
+    for name in ("report.html", "model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "report.html"]
+    assert (tmp_path / "report.html").read_text() == "<p>hi</p>"

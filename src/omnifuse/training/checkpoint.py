@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,12 +52,28 @@ def recover_dir(final: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def _temp_beside(path: Path) -> Path:
+    """A new, empty temporary file next to ``path`` (same file system, so os.replace is atomic), created
+    with the process's normal permissions — tempfile.mkstemp's 0600 would leave reports and weights
+    unreadable to anyone else once the temporary file is renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            tmp.open("x").close()
+            return tmp
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = _temp_beside(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def state_of(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
@@ -67,11 +84,15 @@ def state_of(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
 def save_weights(
     model: nn.Module, names: list[str], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    save_file(state_of(model, names), tmp, metadata=metadata)
-    os.replace(tmp, path)
+    tmp = _temp_beside(path)
+    mode = tmp.stat().st_mode & 0o777  # the process's normal permissions (umask applied)
+    try:
+        save_file(state_of(model, names), str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)  # safetensors writes its files 0600
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_weights(model: nn.Module, path: Path) -> list[str]:
