@@ -246,6 +246,24 @@ def compare(
 
 
 # ------------------------------------------------------------------ chat
+def _check_speech_out(path: Path) -> None:
+    """Fail before loading the model when the answer could not be spoken or written."""
+    from omnifuse.audio.tts import INSTALL_HINT, espeak_available
+
+    if not espeak_available():
+        raise OmnifuseError(f"--speak needs espeak-ng, which is not installed; {INSTALL_HINT}")
+    if path.is_dir() or not path.parent.is_dir():
+        raise OmnifuseError(f"--speak {path}: give a wav file path in an existing folder")
+
+
+def _speak(answer: str, path: Path, voice: str) -> None:
+    from omnifuse.audio.tts import synthesize
+    from omnifuse.training.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, synthesize(answer, voice=voice))
+    err.print(f"spoken answer written to {path}")
+
+
 @app.command()
 def chat(
     run_dir: Path,
@@ -253,22 +271,37 @@ def chat(
         str | None, typer.Argument(help="one question; leave out for an interactive chat")
     ] = None,
     image: Annotated[Path | None, typer.Option(help="image file to ask about")] = None,
+    audio: Annotated[
+        Path | None, typer.Option(help="a spoken question (wav/flac/ogg/mp3; models with audio input)")
+    ] = None,
+    speak: Annotated[
+        Path | None, typer.Option(help="also speak the answer into this wav file (espeak-ng)")
+    ] = None,
+    voice: Annotated[str, typer.Option(help="espeak-ng voice for --speak")] = "en-us",
     max_new_tokens: Annotated[
         int | None, typer.Option(help="default: the recipe's generation setting")
     ] = None,
 ) -> None:
-    """Ask a trained model about an image (one question, or interactive with /image, /reset, /quit)."""
+    """Ask a trained model about an image, typed or spoken (one question, or interactive with /image,
+    /audio, /reset, /quit)."""
     from omnifuse.rundir import RunDir, load_model
     from omnifuse.serve.chat import ChatSession
 
+    if speak is not None:
+        _check_speech_out(speak)
     recipe, model, processor = load_model(RunDir(run_dir))
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
     if image is not None:
         session.set_image(image)
-    if question is not None:
-        out.print(session.ask(question))
+    if question is not None or audio is not None:
+        answer = session.ask(question, audio)
+        out.print(escape(answer))
+        if speak is not None:
+            _speak(answer, speak, voice)
         return
-    err.print("interactive chat: type a question; /image PATH, /reset, /quit")
+    err.print(
+        "interactive chat: type a question; /image PATH, /audio PATH (a spoken question), /reset, /quit"
+    )
     while True:
         try:
             line = input("you> ").strip()
@@ -285,7 +318,12 @@ def chat(
                 session.set_image(Path(line.removeprefix("/image").strip()))
                 err.print("image set")
             else:
-                out.print(f"model> {escape(session.ask(line))}")
+                spoken = line.startswith("/audio")
+                clip = Path(line.removeprefix("/audio").strip()) if spoken else None
+                answer = session.ask(None if spoken else line, clip)
+                out.print(f"model> {escape(answer)}")
+                if speak is not None:
+                    _speak(answer, speak, voice)
         except OmnifuseError as exc:  # a bad image path must not end the conversation
             err.print(f"[red]error:[/red] {escape(str(exc))}")
 

@@ -8,11 +8,10 @@ import re
 import string
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import numpy as np
 
 from omnifuse.data.sample import (
     AudioPart,

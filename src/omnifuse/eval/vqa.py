@@ -83,6 +83,9 @@ def evaluate_vqa(
     over questions, overall and per question type.
     """
     predictions: list[dict] = []
+    asr = engine.processor.speech_to_text  # an ASR cascade: transcribe all clips up front, in batches
+    if asr is not None:
+        asr.prefetch(samples, progress=progress)
     with progress_bar(label, len(samples), enabled=progress) as bar:
         for start in range(0, len(samples), batch_size):
             chunk = list(samples[start : start + batch_size])
@@ -101,6 +104,8 @@ def evaluate_vqa(
                 }
                 if len(refs) > 1:
                     record["answers"] = refs
+                if asr is not None and s.audios():
+                    record["heard"] = " ".join(asr(clip, s.id) for clip in s.audios())
                 predictions.append(record)
             bar.advance(len(chunk))
     by_type: dict[str, list[float]] = defaultdict(list)
