@@ -591,6 +591,49 @@ def data_easy_vqa(
         out.print(f"{split}: {path}")
 
 
+@data_app.command("spoken-easy-vqa")
+def data_spoken_easy_vqa(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder to write train.jsonl, test.jsonl, images/ and audio/")
+    ],
+    limit_train: Annotated[int, typer.Option(help="seeded subset of train questions (0: all 38,575)")] = 4000,
+    limit_test: Annotated[int, typer.Option(help="seeded subset of test questions (0: all 9,673)")] = 1000,
+    voices_train: Annotated[
+        str | None,
+        typer.Option(help="comma-separated espeak-ng voices for train [default: six built-in voices]"),
+    ] = None,
+    voices_test: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated voices for test, none of them a train voice [default: four others]"
+        ),
+    ] = None,
+    seed: int = 0,
+    progress: Progress = True,
+) -> None:
+    """Export easy-vqa with the questions spoken by espeak-ng (16 kHz wav), test split in held-out voices."""
+    from omnifuse.assets import cache_dir
+    from omnifuse.data.easy_vqa import ensure_easy_vqa
+    from omnifuse.data.spoken_easy_vqa import MARKER, export_spoken_easy_vqa
+
+    t0 = time.perf_counter()
+    files = export_spoken_easy_vqa(
+        out_dir,
+        ensure_easy_vqa(cache_dir(), progress=progress),
+        limits={"train": limit_train or None, "test": limit_test or None},
+        voices={
+            split: [v.strip() for v in given.split(",") if v.strip()]
+            for split, given in (("train", voices_train), ("test", voices_test))
+            if given is not None
+        },
+        seed=seed,
+        progress=progress,
+    )
+    for split, path in files.items():
+        out.print(f"{split}: {path}")
+    out.print(f"ready ({time.perf_counter() - t0:.1f} s); voices in {out_dir / MARKER}")
+
+
 @data_app.command("convert")
 def data_convert(
     kind: Annotated[str, typer.Argument(help="source format: llava or sharegpt")],
