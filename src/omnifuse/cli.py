@@ -257,8 +257,8 @@ def _check_speech_out(path: Path) -> None:
 
 
 def _speak(answer: str, path: Path, voice: str) -> None:
+    from omnifuse.atomic import atomic_write_bytes
     from omnifuse.audio.tts import synthesize
-    from omnifuse.training.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, synthesize(answer, voice=voice))
     err.print(f"spoken answer written to {path}")

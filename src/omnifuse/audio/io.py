@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from omnifuse.atomic import atomic_write_bytes
 from omnifuse.errors import OmnifuseError
-from omnifuse.training.checkpoint import _temp_beside
 
 SAMPLE_RATE = 16000
 TARGET_RMS_DBFS = -20.0
@@ -100,11 +99,7 @@ def save_wav(path: str | Path, waveform: np.ndarray, sample_rate: int = SAMPLE_R
             f"cannot write {path}: a waveform must be a non-empty, finite [samples] or [samples, channels] "
             f"array, got shape {wave.shape}."
         )
-    tmp = _temp_beside(path)
-    try:
-        sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(path, buffer.getvalue())
     return path

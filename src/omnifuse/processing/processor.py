@@ -77,6 +77,8 @@ def load_clip(source, sample_id: str, max_seconds: float | None = 30.0) -> np.nd
     """A clip file (or a waveform already decoded) as 16 kHz mono float32, or an error naming the sample."""
     from omnifuse.audio.io import load_audio
 
+    if isinstance(source, np.ndarray):  # decoded by load_audio already (a request, the chat)
+        return source
     try:
         return load_audio(source, max_seconds=max_seconds)
     except OmnifuseError as exc:

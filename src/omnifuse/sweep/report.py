@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from omnifuse.training.checkpoint import atomic_write_text
+from omnifuse.atomic import atomic_write_text
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:

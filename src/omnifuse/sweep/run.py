@@ -19,6 +19,7 @@ import yaml
 from rich.console import Console
 from safetensors import safe_open
 
+from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
@@ -28,7 +29,6 @@ from omnifuse.recipe import Recipe, dump_recipe, parse_recipe
 from omnifuse.rundir import RunDir, load_model
 from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.sweep.spec import Sweep
-from omnifuse.training.checkpoint import atomic_write_text
 from omnifuse.training.loop import stage_steps, train
 
 RESULTS = "results.jsonl"

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from omnifuse import __version__
+from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
@@ -33,7 +34,6 @@ from omnifuse.recipe.schema import StageSpec
 from omnifuse.rundir import RunDir
 from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.checkpoint import (
-    atomic_write_text,
     load_checkpoint,
     recover_dir,
     save_checkpoint,
