@@ -15,7 +15,7 @@ from omnifuse.audio.tts import espeak_available
 from omnifuse.cli import main
 from omnifuse.data import spoken_easy_vqa as sevqa
 from omnifuse.data.easy_vqa import export_easy_vqa
-from omnifuse.data.sample import AudioPart, ImagePart, load_jsonl
+from omnifuse.data.sample import AudioPart, ImagePart, TextPart, load_jsonl
 from omnifuse.data.spoken_easy_vqa import TEST_VOICES, TRAIN_VOICES, export_spoken_easy_vqa
 from omnifuse.errors import OmnifuseError
 
@@ -59,6 +59,13 @@ def test_export(spoken: Path, source: dict[str, Path]) -> None:
             question, answer, kind = originals[s.id]
             assert (s.meta["transcript"], s.answer(), s.meta["question_type"]) == (question, answer, kind)
             assert clips.setdefault((question, s.meta["voice"]), s.audios()[0]) == s.audios()[0]
+        # the typed reference: the same samples, the clip replaced by its transcript
+        typed = {t.id: t for t in load_jsonl(spoken / f"{split}-typed.jsonl")}
+        assert list(typed) == [s.id for s in samples]
+        for s in samples:
+            (user,) = typed[s.id].prompt()
+            assert [type(p) for p in user.parts] == [ImagePart, TextPart]
+            assert user.text() == s.meta["transcript"] and typed[s.id].answer() == s.answer()
         for wav in set(clips.values()):
             info = sf.info(wav)
             assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")

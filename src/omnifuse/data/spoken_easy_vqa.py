@@ -36,6 +36,7 @@ from omnifuse.data.sample import (
     TextPart,
     load_jsonl,
     select_subset,
+    with_transcript,
     write_jsonl,
 )
 from omnifuse.errors import OmnifuseError
@@ -43,8 +44,9 @@ from omnifuse.progress import progress_bar
 from omnifuse.training.checkpoint import atomic_dir, commit_dir
 
 SPLITS = ("train", "test")
+TYPED = "-typed"  # <split>-typed.jsonl: the same samples with the question typed (the text reference)
 MARKER = ".complete"
-FORMAT_VERSION = 1  # bump when the exported layout or sample shape changes, to force a rebuild
+FORMAT_VERSION = 2  # bump when the exported layout or sample shape changes, to force a rebuild
 # Language + speaker variant (`espeak-ng --voices=en`, `espeak-ng --voices=variant`). The test voices'
 # variants (f1, m2, f3, m7) never occur in training.
 TRAIN_VOICES = ("en-us+m1", "en-us+f2", "en-gb+m3", "en-gb+f4", "en-029+m5", "en-gb-x-rp+m6")
@@ -135,6 +137,11 @@ def _build(
             )
             samples.append(Sample(s.id, messages, {**s.meta, "transcript": question, "voice": voice}))
         write_jsonl(samples, root / f"{split}.jsonl")
+        write_jsonl([with_transcript(s) for s in samples], root / f"{split}{TYPED}.jsonl")
+
+
+def _files(out_dir: Path) -> dict[str, Path]:
+    return {f"{s}{typed}": out_dir / f"{s}{typed}.jsonl" for s in SPLITS for typed in ("", TYPED)}
 
 
 def _is_complete(out_dir: Path, manifest: dict[str, Any]) -> bool:
@@ -142,7 +149,7 @@ def _is_complete(out_dir: Path, manifest: dict[str, Any]) -> bool:
         found = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return found == manifest and all((out_dir / f"{s}.jsonl").is_file() for s in SPLITS)
+    return found == manifest and all(p.is_file() for p in _files(out_dir).values())
 
 
 def export_spoken_easy_vqa(
@@ -153,8 +160,10 @@ def export_spoken_easy_vqa(
     seed: int = SEED,
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Write ``{train,test}.jsonl``, ``images/<split>/`` and ``audio/<voice>/`` under ``out_dir`` from
-    an easy-vqa export (``easy_vqa_files``: ``{split: jsonl}``, as ``ensure_easy_vqa`` returns).
+    """Write ``{train,test}.jsonl`` (image + spoken question), ``{train,test}-typed.jsonl`` (the same
+    samples with the question typed: the text reference), ``images/<split>/`` and ``audio/<voice>/``
+    under ``out_dir`` from an easy-vqa export (``easy_vqa_files``: ``{split: jsonl}``, as
+    ``ensure_easy_vqa`` returns).
 
     ``limits`` (default ``DEFAULT_LIMITS``; None for a split: all its questions) keeps a seeded subset
     of each split; ``voices`` (default ``TRAIN_VOICES``/``TEST_VOICES``) must not share a voice
@@ -169,7 +178,7 @@ def export_spoken_easy_vqa(
             raise OmnifuseError(
                 f"the {split} limit must be at least 1 (or None for all), got {limits[split]}."
             )
-    files = {s: out_dir / f"{s}.jsonl" for s in SPLITS}
+    files = _files(out_dir)
     manifest = {
         "format": FORMAT_VERSION,
         "sample_rate": SAMPLE_RATE,

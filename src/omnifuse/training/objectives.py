@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from omnifuse.data.sample import AudioPart, Message, Sample, TextPart
+from omnifuse.data.sample import Sample, with_transcript
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.multimodal import IGNORE_INDEX, MultimodalLM
 from omnifuse.processing import Processor
@@ -34,22 +34,6 @@ def generative_step(
     batch = processor.collate([processor.encode(s) for s in samples])
     out = model(**batch.model_inputs())
     return StepOutput(out.loss, {}, int(batch.attention_mask.sum()))
-
-
-def with_transcript(sample: Sample) -> Sample:
-    """The sample with its spoken parts replaced by the transcript in ``meta.transcript`` (the text the
-    teacher reads when distilling)."""
-    transcript = sample.meta.get("transcript")
-    if not isinstance(transcript, str) or not transcript:
-        raise OmnifuseError(
-            f"sample {sample.id}: objective distill needs the spoken question's text in meta.transcript; "
-            "add it to the data (omnifuse data spoken-easy-vqa writes it) or use objective generative"
-        )
-    messages = tuple(
-        Message(m.role, tuple(TextPart(transcript) if isinstance(p, AudioPart) else p for p in m.parts))
-        for m in sample.messages
-    )
-    return Sample(sample.id, messages, sample.meta)
 
 
 def _answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
