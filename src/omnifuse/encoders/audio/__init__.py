@@ -1,0 +1,5 @@
+"""Audio encoders: speech → feature tokens for the LLM."""
+
+from omnifuse.encoders.audio.whisper import WhisperAudioEncoder, build_whisper_encoder, pad_mels
+
+__all__ = ["WhisperAudioEncoder", "build_whisper_encoder", "pad_mels"]
