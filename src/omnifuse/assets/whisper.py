@@ -30,7 +30,7 @@ import torch
 
 from omnifuse.errors import OmnifuseError
 
-SUPPORTED_VERSIONS = (6,)  # the CTranslate2 binary version written by ctranslate2 ≥ 3.x (checked layout)
+SUPPORTED_VERSIONS = (6,)  # the binary version whose layout (above) was checked on the packaged file
 _DTYPES: dict[int, str] = {0: "<f4", 1: "<i1", 2: "<i2", 3: "<i4", 4: "<f2", 5: "bf16"}
 _GELU = 3  # CTranslate2's ActivationType enum: RELU 0, GELUTanh 1, SWISH 2, GELU 3, ...
 _LAYER = re.compile(r"^(encoder|decoder)/layer_(\d+)/")
@@ -42,7 +42,7 @@ class _ConcatenatedFiles(io.RawIOBase):
 
     def __init__(self, paths: Sequence[Path]) -> None:
         super().__init__()
-        self._files = [open(p, "rb") for p in paths]  # noqa: SIM115 -- closed in close()
+        self._files = [open(p, "rb") for p in paths]  # closed in close()
         self._index = 0
 
     def readable(self) -> bool:
@@ -324,7 +324,7 @@ def ct2_to_hf(model: CT2Model, token_ids: dict[str, int]):
 
 
 # ------------------------------------------------------------------ the Hugging Face folder
-def _generation_config(config, tokenizer, extra: dict):
+def _generation_config(config, tokenizer, settings: dict):
     """Whisper's generation settings as in the openai/whisper-* folders on the Hugging Face hub: the
     language and task tokens that ``generate(language=..., task=...)`` needs, suppressed tokens and
     alignment heads (from CTranslate2's ``config.json``)."""
@@ -336,16 +336,16 @@ def _generation_config(config, tokenizer, extra: dict):
             raise OmnifuseError(f"the Whisper tokenizer lacks the special token {token}")
         return int(index)
 
-    lang_ids = extra.get("lang_ids", [])
+    lang_ids = settings.get("lang_ids", [])
     return GenerationConfig(
         decoder_start_token_id=config.decoder_start_token_id,
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
         max_length=config.max_target_positions,
-        suppress_tokens=extra.get("suppress_ids"),
-        begin_suppress_tokens=extra.get("suppress_ids_begin"),
-        alignment_heads=extra.get("alignment_heads"),
+        suppress_tokens=settings.get("suppress_ids"),
+        begin_suppress_tokens=settings.get("suppress_ids_begin"),
+        alignment_heads=settings.get("alignment_heads"),
         is_multilingual=len(lang_ids) > 0,
         lang_to_id={tokenizer.convert_ids_to_tokens(int(i)): int(i) for i in lang_ids},
         task_to_id={"transcribe": tid("<|transcribe|>"), "translate": tid("<|translate|>")},
@@ -372,14 +372,14 @@ def write_hf_whisper(
     model = read_ct2(parts)
     step("mapping tensors")
     tokenizer = WhisperTokenizerFast(tokenizer_file=str(tokenizer_file), pad_token="<|endoftext|>")
-    extra = json.loads(Path(ct2_config).read_text()) if ct2_config is not None else {}
+    settings = json.loads(Path(ct2_config).read_text()) if ct2_config is not None else {}
     specials = ("<|endoftext|>", "<|startoftranscript|>")
     token_ids = dict(zip(specials, tokenizer.convert_tokens_to_ids(list(specials)), strict=True))
     config, state = ct2_to_hf(model, token_ids)
     del model
     # transformers' Whisper configs repeat these generation settings (its defaults are another vocabulary's)
-    config.suppress_tokens = extra.get("suppress_ids")
-    config.begin_suppress_tokens = extra.get("suppress_ids_begin")
+    config.suppress_tokens = settings.get("suppress_ids")
+    config.begin_suppress_tokens = settings.get("suppress_ids_begin")
     if len(tokenizer) > config.vocab_size:
         raise OmnifuseError(f"the tokenizer has {len(tokenizer)} tokens, the model only {config.vocab_size}")
     step("writing safetensors")
@@ -387,6 +387,6 @@ def write_hf_whisper(
     del state
     step("writing config and tokenizer")
     config.save_pretrained(folder)
-    _generation_config(config, tokenizer, extra).save_pretrained(folder)
+    _generation_config(config, tokenizer, settings).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(folder)
