@@ -198,7 +198,6 @@ class ASRSpec(Spec):
 
     name: str = Field("whisper-base", description="Whisper: packaged asset name, Hugging Face id or folder")
     batch_size: int = Field(16, ge=1, description="clips transcribed together when a data set is prepared")
-    max_new_tokens: int = Field(64, ge=1, description="longest transcript in tokens")
     max_seconds: float = Field(30.0, gt=0, le=30.0, description="longer clips are refused with an error")
 
 

@@ -71,5 +71,5 @@ def distill_step(
         reduction="batchmean",
     ) * (temp**2)
     loss = w * kd + (1 - w) * student.loss
-    parts = {"kd": round(float(kd), 6), "ce": round(float(student.loss), 6)}
+    parts = {"kd": round(kd.item(), 6), "ce": round(student.loss.item(), 6)}
     return StepOutput(loss, parts, int(heard.attention_mask.sum()))

@@ -45,9 +45,9 @@ class WhisperAudioEncoder(nn.Module):
     def max_seconds(self) -> float:
         return self.max_frames * self.hop_length / self.sample_rate
 
-    def num_tokens(self, num_frames: int) -> int:
-        """Output tokens for a clip of ``num_frames`` mel frames."""
-        return (num_frames + 1) // 2
+    def num_tokens(self, num_frames: int | None = None) -> int:
+        """Output tokens for a clip of ``num_frames`` mel frames (default: the longest clip, 30 s)."""
+        return ((self.max_frames if num_frames is None else num_frames) + 1) // 2
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Output tokens per clip: the second convolution (kernel 3, stride 2, padding 1) maps L → ⌈L/2⌉."""
