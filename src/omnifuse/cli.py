@@ -181,6 +181,11 @@ def _print_scores(outcome) -> None:
             cells.append(_score(bv["accuracy"], bv.get("ci95")))
         table.add_row(*cells)
     out.print(table)
+    if r.asr is not None:
+        out.print(
+            f"ASR cascade: word error rate {100 * r.asr['wer']:.1f} % over {r.asr['n']} spoken questions, "
+            f"{100 * r.asr['exact']:.1f} % heard exactly (predictions.jsonl: 'heard')"
+        )
 
 
 @app.command()

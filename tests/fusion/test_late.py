@@ -57,6 +57,9 @@ def test_prefetch_batches_and_remembers(cascade):
     result = evaluate_vqa(Engine(model, proc), samples, GenerationConfig(max_new_tokens=2), progress=False)
     assert result.predictions[0]["heard"] == "what color is it 300"
     assert asr.calls == [4, 4, 4]
+    # the data's transcript is "what color is the shape?": 'the shape' heard as 'it <pitch>' = 2 of 5 words
+    assert result.asr == {"wer": pytest.approx(0.4), "exact": 0.0, "n": 12}
+    assert result.summary()["asr"]["n"] == 12
 
 
 def test_a_bad_clip_names_the_sample(cascade):
