@@ -47,6 +47,10 @@ class SpeechToText:
             self._known[key] = self.transcriber.transcribe([self._load(clip, sample_id)], batch_size=1)[0]
         return self._known[key]
 
+    def forget(self) -> None:
+        """Drop the remembered transcripts (e.g. to time transcription itself)."""
+        self._known.clear()
+
     def prefetch(self, samples: Sequence[Sample], progress: bool = True) -> None:
         """Transcribe every clip of ``samples`` not transcribed yet, in batches."""
         todo: dict[tuple[str, int, int], tuple[Path, str]] = {}
