@@ -11,11 +11,12 @@ import pytest
 import soundfile as sf
 
 from omnifuse.data.sample import AudioPart, Message, Sample
+from omnifuse.errors import OmnifuseError
 from omnifuse.models.builders import build_model
 from omnifuse.recipe.schema import ModelSpec
 from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.serve.server import ServerSettings
-from serve.conftest import MODEL_SPEC, running_server
+from serve.conftest import MODEL_SPEC, running_server, tiny_engine
 from tiny import make_parts, make_whisper_encoder
 
 SPEC = {
@@ -103,3 +104,21 @@ def test_silence_is_refused(audio_server):
         timeout=60,
     )
     assert res.status_code == 400 and "silent" in res.json()["error"]["message"]
+
+
+def test_chat_takes_a_spoken_question_and_refuses_one_it_cannot_hear(audio_server, tmp_path):
+    from omnifuse.serve.chat import ChatSession
+
+    engine = audio_server.service.engine
+    recipe = type("R", (), {"generation": GenerationConfig(3), "seed": 0})()
+    clip = tmp_path / "q.wav"
+    clip.write_bytes(base64.b64decode(wav_b64()))
+    session = ChatSession(engine.model, engine.processor, recipe)
+    answer = session.ask(None, clip)
+    assert isinstance(answer, str) and len(session.history) == 2
+    assert isinstance(session.history[0].parts[0], AudioPart)
+    with pytest.raises(OmnifuseError, match="type it or give a clip"):
+        session.ask(None, None)
+    deaf = tiny_engine()
+    with pytest.raises(OmnifuseError, match="this model cannot hear"):
+        ChatSession(deaf.model, deaf.processor, recipe).ask(None, clip)
