@@ -531,6 +531,14 @@ class TransformerFusionSpec(_FusionBase):
     heads: int = Field(4, ge=1)
     ffn_mult: int = Field(2, ge=1)
 
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerFusionSpec:
+        if self.dim % self.heads:
+            raise ValueError(
+                f"dim {self.dim} is not divisible by heads {self.heads}; choose a multiple of heads"
+            )
+        return self
+
 
 class DataFusionSpec(Spec):
     """Data level: the modalities' 2-D input maps (pixels rows × columns, log-mel time × bands) stacked as
