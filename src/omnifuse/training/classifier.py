@@ -281,9 +281,9 @@ class _Trainer:
         p, t = self.recipe.privacy, self.recipe.train
         data = TensorDataset(*(self.train.features[m] for m in self.modalities), self.train.labels)
         loader = DataLoader(data, batch_size=min(t.batch_size, len(data)))
-        engine = PrivacyEngine(accountant="rdp")
-        with warnings.catch_warnings():  # Opacus warns about secure RNG for research use; the docs say it
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # Opacus' note on its non-cryptographic RNG: the docs say it
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant="rdp")
             self.wrapped, self.optimizer, self.dp_loader = engine.make_private_with_epsilon(
                 module=self.model,
                 optimizer=self.optimizer,
@@ -338,7 +338,11 @@ class _Trainer:
         first = self._resume() if resume else 0
         _truncate_epochs(self.run.metrics_file, first)
         self.model.train()
-        with progress_bar("train classifier", t.epochs, enabled=self.progress, completed=first) as bar:
+        with (
+            warnings.catch_warnings(),  # Opacus' hooks on layers whose inputs need no gradient: harmless
+            progress_bar("train classifier", t.epochs, enabled=self.progress, completed=first) as bar,
+        ):
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for epoch in range(first, t.epochs):
                 t0 = time.perf_counter()
                 total, correct, n = 0.0, 0, 0
