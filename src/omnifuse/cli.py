@@ -485,6 +485,7 @@ def sweep(
     progress: Progress = True,
 ) -> None:
     """Train and evaluate recipe variants on the same data and seeds; compare them (mean ± 95 % CI)."""
+    from omnifuse.recipe import ClassifierRecipe
     from omnifuse.sweep import check_budget, load_sweep, run_sweep, write_report
 
     sw = load_sweep(sweep_file, set_ or [])
@@ -494,7 +495,11 @@ def sweep(
     for col in ("variant", "stages", "training samples"):
         table.add_column(col)
     for v in sw.variants:
-        table.add_row(v.name, " → ".join(s.name for s in v.recipe.stages), f"{counts[v.name]:,}")
+        if isinstance(v.recipe, ClassifierRecipe):
+            what = f"{v.recipe.train.epochs} epochs"
+        else:
+            what = " → ".join(s.name for s in v.recipe.stages)
+        table.add_row(v.name, what, f"{counts[v.name]:,}")
     err.print(table)
     if plan:
         return
@@ -502,17 +507,19 @@ def sweep(
     command = " ".join(["omnifuse sweep", str(sweep_file), *(f"--set {x}" for x in set_ or [])])
     rows = write_report(folder, sw.spec.name, records, command)
     result = Table(title=f"sweep {sw.spec.name} (mean ± 95 % CI over {len(sw.spec.seeds)} seeds)")
-    for col in ("variant", "accuracy", "trainable", "image tokens", "train s", "latency ms"):
+    classifier = all(r.classifier for r in rows)
+    cols = ["variant", "accuracy", "trainable", "train s"]
+    cols += ["macro F1", "ε"] if classifier else ["image tokens", "latency ms"]
+    for col in cols:
         result.add_column(col, justify="right" if col != "variant" else "left")
     for r in rows:
-        result.add_row(
-            r.variant,
-            f"{100 * r.accuracy:.1f} ± {100 * r.ci:.1f} %",
-            f"{r.trainable_params:,}",
-            str(r.image_tokens),
-            f"{r.train_seconds:.0f}",
-            f"{r.latency_ms:.0f}",
-        )
+        cells = [r.variant, f"{100 * r.accuracy:.1f} ± {100 * r.ci:.1f} %", f"{r.trainable_params:,}"]
+        cells.append(f"{r.train_seconds:.1f}" if classifier else f"{r.train_seconds:.0f}")
+        if classifier:
+            cells += [f"{r.macro_f1:.3f}", "—" if r.epsilon is None else f"{r.epsilon:.2f}"]
+        else:
+            cells += [str(r.image_tokens), f"{r.latency_ms:.0f}"]
+        result.add_row(*cells)
     out.print(result)
     out.print(f"report: {folder / 'report.md'}")
 

@@ -100,3 +100,18 @@ def test_normalizers():
     n = Normalizer.fit("standardize", x)
     again = Normalizer.from_tensors("standardize", n.tensors("image"), "image")
     assert torch.equal(again(x), n(x))
+
+
+def test_shared_inputs_are_encoded_once(tmp_path, cache, monkeypatch):
+    samples = make_samples(tmp_path / "d")
+    shared = [Sample(f"q{i}", (Message("user", (s.messages[0].parts[0], TextPart("?"))), s.messages[1]))
+              for i, s in enumerate(samples * 3)]  # fmt: skip
+    seen = []
+    real = features._PixelsExtractor.encode
+    monkeypatch.setattr(
+        features._PixelsExtractor, "encode", lambda self, i, f: seen.extend(i) or real(self, i, f)
+    )
+    out = extract_features(shared, "image", PixelsSpec(type="pixels", size=4), progress=False, cache=False)
+    assert len(seen) == 3 and out.shape == (9, 16)
+    assert torch.equal(out[:3], out[3:6]) and torch.equal(out[:3], out[6:])
+    assert not torch.equal(out[0], out[1])

@@ -253,3 +253,33 @@ def test_the_recipe_round_trips_through_the_run_directory(tmp_path):
     from omnifuse.recipe import dump_recipe
 
     assert parse_recipe(yaml.safe_load(dump_recipe(recipe))) == recipe
+
+
+def test_a_sweep_compares_classifier_variants_and_plots_accuracy_against_epsilon(tmp_path):
+    from omnifuse.sweep import load_sweep, run_sweep, write_report
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(toy_recipe(tmp_path)))
+    spec = {
+        "name": "toy",
+        "base": "base.yaml",
+        "seeds": [0, 1, 2],
+        "variants": [
+            {"name": "concat"},
+            {"name": "late", "set": ["model.fusion={type: late_average, dim: 8}"]},
+            {"name": "dp", "set": ["privacy={target_epsilon: 4.0, delta: 1.0e-3}"]},
+        ],
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(tmp_path / "sweep.yaml")
+    records = run_sweep(sweep, tmp_path / "out", progress=False)
+    assert len(records) == 9 and {r["variant"] for r in records} == {"concat", "late", "dp"}
+    for r in records:
+        assert 0 <= r["accuracy"] <= 1 and r["training_samples"] == 4 * 48 and r["train_seconds"] > 0
+        assert set(r["missing"]) == {"audio", "image"} and "latency_s" not in r
+    assert all(0 < r["epsilon"] <= 4.0 for r in records if r["variant"] == "dp")
+    rows = write_report(tmp_path / "out", "toy", records, "omnifuse sweep sweep.yaml")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| variant | accuracy (mean ± 95 % CI) | per seed | macro F1 |" in report
+    assert "ε spent (target)" in report and "∞ (no DP)" in report and "audio missing" in report
+    assert (tmp_path / "out" / "accuracy_vs_epsilon.png").read_bytes()[:4] == b"\x89PNG"
+    assert [s.variant for s in rows] == ["concat", "late", "dp"] and rows[2].target_epsilon == 4.0

@@ -288,13 +288,22 @@ def extract_features(
             with safe_open(str(path), "pt") as f:
                 return f.get_tensor("features")
     extractor = extractor or EXTRACTORS[type(encoder_spec)](encoder_spec)
+    # Many samples share an input (one image, many questions; templated questions): encode each once.
+    index: dict[str, int] = {}
+    unique, where = [], []
+    for item in items:
+        key = json.dumps(_identity(item))
+        if key not in index:
+            index[key] = len(unique)
+            unique.append(item)
+        where.append(index[key])
     chunks = []
-    with progress_bar(f"{modality} features ({encoder_spec.type})", len(items), enabled=progress) as bar:
-        for start in range(0, len(items), extractor.batch):
-            chunk = items[start : start + extractor.batch]
+    with progress_bar(f"{modality} features ({encoder_spec.type})", len(unique), enabled=progress) as bar:
+        for start in range(0, len(unique), extractor.batch):
+            chunk = unique[start : start + extractor.batch]
             chunks.append(extractor.encode(chunk, form).float())
             bar.advance(len(chunk))
-    features = torch.cat(chunks).contiguous()
+    features = torch.cat(chunks)[torch.tensor(where)].contiguous()
     if path is not None:
         meta = {"spec": json.dumps(encoder_spec.model_dump(mode="json")), "form": form, "n": str(len(items))}
         save_tensors_atomic({"features": features}, path, meta)
