@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 
+from omnifuse.audio.io import SAMPLE_RATE, load_audio
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
@@ -41,13 +42,12 @@ from omnifuse.recipe.schema import (
     MiniLMSpec,
     MobileNetV2Spec,
     PixelsSpec,
-    WhisperAudioSpec,
+    WhisperFeaturesSpec,
 )
 from omnifuse.training.checkpoint import save_tensors_atomic
 
-PREPROCESS_VERSION = 1  # bump when an extractor's preprocessing changes, to invalidate cached features
+PREPROCESS_VERSION = 2  # bump when an extractor's preprocessing changes, to invalidate cached features
 FORMS = ("pooled", "tokens")
-AUDIO_RATE = 16_000
 
 
 # ------------------------------------------------------------------ reading a sample's input
@@ -98,13 +98,9 @@ def _open_image(item: Path | Image.Image) -> Image.Image:
         return im
 
 
-def load_audio_16k(item: Path | np.ndarray) -> np.ndarray:
-    """A clip (file path, or a waveform already at 16 kHz) → mono float32 at 16 kHz."""
-    from omnifuse.data.av_digits import read_wav_16k
-
-    if isinstance(item, np.ndarray):
-        return item.astype(np.float32)
-    return read_wav_16k(item)
+def _waveform(item: Path | np.ndarray) -> np.ndarray:
+    """A clip path → 16 kHz mono at the common loudness (load_audio); a decoded waveform as it is."""
+    return item if isinstance(item, np.ndarray) else load_audio(item)
 
 
 # ------------------------------------------------------------------ extractors
@@ -182,15 +178,15 @@ class _LogMelExtractor(Extractor):
         from transformers import WhisperFeatureExtractor
 
         self.spec = spec
-        self.fe = WhisperFeatureExtractor(feature_size=spec.n_mels, sampling_rate=AUDIO_RATE)
+        self.fe = WhisperFeatureExtractor(feature_size=spec.n_mels, sampling_rate=SAMPLE_RATE)
 
     def encode(self, items, form):
         rows = []
         for item in items:
-            wave = load_audio_16k(item)
+            wave = _waveform(item)
             # Whisper's log-mel (log10, clipped 8 below the clip's maximum, scaled), over the clip only:
             # padding to Whisper's 30 s would make every statistic mostly silence.
-            mel = self.fe(wave, sampling_rate=AUDIO_RATE, padding=False, return_tensors="np").input_features[
+            mel = self.fe(wave, sampling_rate=SAMPLE_RATE, padding=False, return_tensors="np").input_features[
                 0
             ]
             mel = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))  # [n_mels, frames]
@@ -206,23 +202,28 @@ class _LogMelExtractor(Extractor):
 class _WhisperExtractor(Extractor):
     batch = 16
 
-    def __init__(self, spec: WhisperAudioSpec) -> None:
+    def __init__(self, spec: WhisperFeaturesSpec) -> None:
         try:
-            from omnifuse.encoders.audio.whisper import build_whisper_encoder
+            from omnifuse.encoders.audio.whisper import build_whisper_encoder, pad_mels
         except ImportError:
             raise OmnifuseError(
-                "the whisper audio encoder is not available in this omnifuse build "
+                "the whisper audio encoder is not available in this omnifuse installation "
                 "(omnifuse.encoders.audio.whisper is missing); use audio: {type: logmel}"
             ) from None
-        self.spec, self.encoder = spec, build_whisper_encoder(spec.name)
+        self.spec, self.pad_mels = spec, pad_mels
+        self.encoder = build_whisper_encoder(spec.weights)
 
     def weights(self):
-        return self.spec.name
+        return self.spec.weights
 
     def encode(self, items, form):
+        mels, lengths = self.pad_mels([self.encoder.preprocess(_waveform(i)) for i in items])
         with torch.no_grad():
-            tokens = self.encoder([load_audio_16k(i) for i in items])
-        return tokens if form == "tokens" else tokens.mean(1)
+            frames, counts = self.encoder(mels, lengths)  # [B, T, D], real frames per clip
+        real = [f[:n] for f, n in zip(frames, counts.tolist(), strict=True)]
+        if form == "pooled":
+            return torch.stack([f.mean(0) for f in real])
+        return torch.stack([F.adaptive_avg_pool1d(f.T.unsqueeze(0), self.spec.tokens)[0].T for f in real])
 
 
 EXTRACTORS: dict[type, Callable[[Any], Extractor]] = {
@@ -232,7 +233,7 @@ EXTRACTORS: dict[type, Callable[[Any], Extractor]] = {
     PixelsSpec: _PixelsExtractor,
     MiniLMSpec: _MiniLMExtractor,
     LogMelSpec: _LogMelExtractor,
-    WhisperAudioSpec: _WhisperExtractor,
+    WhisperFeaturesSpec: _WhisperExtractor,
 }
 
 
@@ -323,8 +324,10 @@ def _weights_of(spec) -> Any:
         from omnifuse.encoders.text.minilm import weights_identity
 
         return weights_identity(spec.name)
-    if isinstance(spec, HFVisionSpec | WhisperAudioSpec):
+    if isinstance(spec, HFVisionSpec):
         return spec.name
+    if isinstance(spec, WhisperFeaturesSpec):
+        return spec.weights
     return None
 
 

@@ -26,12 +26,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from omnifuse.atomic import atomic_write_text  # noqa: E402
 from omnifuse.eval.metrics import classification_scores  # noqa: E402
 from omnifuse.eval.stats import bootstrap_ci  # noqa: E402
 from omnifuse.models.classifier import FusionClassifier  # noqa: E402
 from omnifuse.recipe.schema import ClassifierRecipe  # noqa: E402
 from omnifuse.rundir import RunDir  # noqa: E402
-from omnifuse.training.checkpoint import atomic_write_text  # noqa: E402
 from omnifuse.training.classifier import FeatureSplit, accuracy  # noqa: E402
 
 ROBUSTNESS_SEED = 1234

@@ -452,11 +452,13 @@ class LogMelSpec(Spec):
     tokens: int = Field(16, ge=1, description="time segments in the token form")
 
 
-class WhisperAudioSpec(Spec):
-    """The Whisper encoder (omnifuse.encoders.audio.whisper), mean-pooled or as frame tokens."""
+class WhisperFeaturesSpec(Spec):
+    """The Whisper encoder over each clip's real length (omnifuse.encoders.audio.whisper): its frames
+    mean-pooled, or averaged into ``tokens`` time segments."""
 
     type: Literal["whisper"]
-    name: str = Field("whisper-base", description="packaged name, Hugging Face id or folder")
+    weights: str = Field("whisper-base", description="packaged asset name, Hugging Face id or folder")
+    tokens: int = Field(16, ge=1, description="time segments in the token form")
 
 
 FeatureEncoderSpec = Annotated[
@@ -466,7 +468,7 @@ FeatureEncoderSpec = Annotated[
     | PixelsSpec
     | MiniLMSpec
     | LogMelSpec
-    | WhisperAudioSpec,
+    | WhisperFeaturesSpec,
     Field(discriminator="type"),
 ]
 
@@ -478,7 +480,7 @@ INPUT_KINDS: dict[type, str] = {
     PixelsSpec: "image",
     MiniLMSpec: "text",
     LogMelSpec: "audio",
-    WhisperAudioSpec: "audio",
+    WhisperFeaturesSpec: "audio",
 }
 
 

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from omnifuse import __version__
+from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.encoders.features import Normalizer, extract_features
@@ -43,7 +44,6 @@ from omnifuse.progress import progress_bar
 from omnifuse.recipe.schema import ClassifierRecipe
 from omnifuse.rundir import RunDir
 from omnifuse.training.checkpoint import (
-    atomic_write_text,
     load_checkpoint,
     recover_dir,
     save_checkpoint,
@@ -212,7 +212,7 @@ def predict(
 
 
 def accuracy(model: FusionClassifier, split: FeatureSplit, present: torch.Tensor | None = None) -> float:
-    return (predict(model, split.features, present).argmax(-1) == split.labels).float().mean().item()
+    return (predict(model, split.features, present).argmax(-1) == split.labels).double().mean().item()
 
 
 def train_classifier(
