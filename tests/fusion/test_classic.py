@@ -130,3 +130,20 @@ def test_late_averaging_cannot_solve_xor(fusion):
         model_spec({"type": fusion, "dim": 16}, dropout=0.0), {"audio": (2,), "image": (2,)}, 2
     )
     assert fit(model, x, y) < 0.6
+
+
+def test_with_a_holdout_the_combiner_learns_only_from_held_out_samples():
+    torch.manual_seed(0)
+    shapes = {"audio": (3,), "image": (3,)}
+    model = build_classifier(model_spec({"type": "late_stacking", "dim": 4}), shapes, 2)
+    assert model.has_combiner()
+    assert not build_classifier(model_spec({"type": "late_average", "dim": 4}), shapes, 2).has_combiner()
+    x, y = inputs(shapes, b=6), torch.tensor([0, 1, 0, 1, 0, 1])
+    for held, trains_voters, trains_meta in ((torch.zeros(6, dtype=torch.bool), True, False),
+                                             (torch.ones(6, dtype=torch.bool), False, True)):  # fmt: skip
+        model.zero_grad()
+        model.loss(x, y, holdout=held)[0].backward()
+        voter_grad = model.projections["audio"][0].weight.grad
+        assert (voter_grad is not None and voter_grad.abs().sum() > 0) == trains_voters
+        meta_grad = model.fusion.meta.weight.grad
+        assert (meta_grad is not None and meta_grad.abs().sum() > 0) == trains_meta

@@ -76,20 +76,35 @@ class FusionClassifier(nn.Module):
         return self.forward_parts(features, present)[0]
 
     def loss(
-        self, features: dict[str, torch.Tensor], labels: torch.Tensor, present: torch.Tensor | None = None
+        self,
+        features: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        present: torch.Tensor | None = None,
+        holdout: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits): cross-entropy of the fused prediction; with decision-level fusion plus the mean
-        cross-entropy of every voter on the samples where its modality is present."""
-        logits, votes = self.forward_parts(features, present)
-        loss = F.cross_entropy(logits, labels)
-        if self.decision:
-            p = self._present(features, present)
-            per_voter = [
-                (F.cross_entropy(v, labels, reduction="none") * p[:, m]).sum() / p[:, m].sum().clamp(min=1)
-                for m, v in enumerate(votes)
-            ]
-            loss = loss + torch.stack(per_voter).mean()
-        return loss, logits
+        """(loss, logits), the loss a mean of per-sample losses (as DP-SGD needs).
+
+        Feature level: cross-entropy of the prediction. Decision level: each sample's loss is the mean
+        cross-entropy of its present modalities' voters plus that of the combined prediction; with
+        ``holdout`` (``[B]`` bool), the held-out samples train only the combiner, on detached votes, and
+        the others only the voters — stacking's rule that the combiner learns from predictions the voters
+        were not trained on (voters fit their training samples almost perfectly, so weights learned there
+        say little about new data)."""
+        p = self._present(features, present)
+        h = [self.projections[m](features[m]) for m in self.modalities]
+        if not self.decision:
+            logits = self.head(self.fusion(h, p))
+            return F.cross_entropy(logits, labels), logits
+        logits = self.head(self.fusion([v.detach() for v in h] if holdout is not None else h, p))
+        fused = F.cross_entropy(logits, labels, reduction="none")
+        voters = torch.stack([F.cross_entropy(v, labels, reduction="none") for v in h], dim=1)  # [B, M]
+        voters = (voters * p).sum(1) / p.sum(1).clamp(min=1)
+        per_sample = fused + voters if holdout is None else torch.where(holdout, fused, voters)
+        return per_sample.mean(), logits
+
+    def has_combiner(self) -> bool:
+        """Decision-level fusion with trainable combination weights (learned weights, stacking)."""
+        return self.decision and any(p.requires_grad for p in self.fusion.parameters())
 
 
 # ------------------------------------------------------------------ builder

@@ -668,6 +668,14 @@ class ClassifierTrainSpec(Spec):
     modality_dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="drop each whole modality of a sample with this probability"
     )
+    combiner_holdout: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="decision-level fusion with a trained combiner (late_weighted, late_stacking): the seeded "
+        "fraction of training samples that trains the combiner on the voters' predictions, the rest trains "
+        "the voters; 0 = both on every sample",
+    )
 
 
 class PrivacySpec(Spec):

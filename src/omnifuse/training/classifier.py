@@ -57,11 +57,13 @@ NORMALIZATION = "normalization.safetensors"
 
 @dataclass
 class FeatureSplit:
-    """Normalised features of one split: ``features[m]`` is ``[N, ...]``; ``labels`` are class indices."""
+    """Normalised features of one split: ``features[m]`` is ``[N, ...]``; ``labels`` are class indices;
+    ``holdout`` marks the training samples kept for a decision-level combiner."""
 
     samples: list[Sample]
     features: dict[str, torch.Tensor]
     labels: torch.Tensor
+    holdout: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -184,10 +186,23 @@ class Private:
 
 
 # ------------------------------------------------------------------ training
+def combiner_holdout(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """``[n]`` bool: a seeded ``fraction`` of the training samples, kept for the combiner."""
+    g = torch.Generator().manual_seed(seed + 7717)
+    flags = torch.zeros(n, dtype=torch.bool)
+    flags[torch.randperm(n, generator=g)[: round(fraction * n)]] = True
+    return flags
+
+
+def _dataset(split: FeatureSplit, modalities: list[str]) -> TensorDataset:
+    holdout = split.holdout if split.holdout is not None else torch.zeros(len(split), dtype=torch.bool)
+    return TensorDataset(*(split.features[m] for m in modalities), holdout, split.labels)
+
+
 def _batches(
     split: FeatureSplit, modalities: list[str], batch_size: int, seed: int, epoch: int
 ) -> DataLoader:
-    data = TensorDataset(*(split.features[m] for m in modalities), split.labels)
+    data = _dataset(split, modalities)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # order is a function of (seed, epoch)
     return DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
 
@@ -251,6 +266,8 @@ def train_classifier(
     atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
 
     model = build_classifier(recipe.model, shapes, len(classes))
+    if model.has_combiner() and recipe.train.combiner_holdout > 0:
+        train.holdout = combiner_holdout(len(train), recipe.train.combiner_holdout, recipe.seed)
     if recipe.privacy is not None:
         model = check_private_compatible(model, recipe.model.fusion.type)
     trainer = _Trainer(recipe, run, model, train, evaluation, console, progress)
@@ -279,7 +296,7 @@ class _Trainer:
         from opacus import PrivacyEngine
 
         p, t = self.recipe.privacy, self.recipe.train
-        data = TensorDataset(*(self.train.features[m] for m in self.modalities), self.train.labels)
+        data = _dataset(self.train, self.modalities)
         loader = DataLoader(data, batch_size=min(t.batch_size, len(data)))
         with warnings.catch_warnings():  # Opacus' note on its non-cryptographic RNG: the docs say it
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -318,7 +335,7 @@ class _Trainer:
         return _batches(self.train, self.modalities, self.recipe.train.batch_size, self.recipe.seed, epoch)
 
     def _step(self, *batch: torch.Tensor) -> tuple[float, int]:
-        *xs, y = batch
+        *xs, holdout, y = batch
         if y.numel() == 0:  # an empty Poisson batch: nothing to learn, but the step still counts for privacy
             self.private.engine.accountant.step(
                 noise_multiplier=self.optimizer.noise_multiplier, sample_rate=1 / len(self.dp_loader)
@@ -326,7 +343,8 @@ class _Trainer:
             return 0.0, 0
         present = modality_dropout_mask(len(y), len(self.modalities), self.recipe.train.modality_dropout)
         feats = apply_presence(dict(zip(self.modalities, xs, strict=True)), self.modalities, present)
-        loss, logits = self.model.loss(feats, y, present)
+        holdout = holdout if self.train.holdout is not None else None
+        loss, logits = self.model.loss(feats, y, present, holdout)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
