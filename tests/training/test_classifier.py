@@ -77,7 +77,7 @@ def toy_recipe(tmp_path, **changes) -> dict:
     return raw
 
 
-def test_training_writes_a_complete_run_directory(tmp_path):
+def test_training_writes_a_complete_run_directory(tmp_path, capsys):
     recipe = parse_recipe(toy_recipe(tmp_path))
     run = tmp_path / "run"
     res = train_classifier(recipe, run, progress=False)
@@ -100,6 +100,12 @@ def test_training_writes_a_complete_run_directory(tmp_path):
     assert all(set(row) == {"audio", "image", "all"} for row in rob["noise"].values())
     assert rob["clean"] == pytest.approx(result["accuracy"])
     assert "## Robustness" in (run / "report.md").read_text()
+    # Verbs for language-model runs refuse a classifier run clearly.
+    from omnifuse.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", str(run), "--no-progress"]) == 2
+    assert "has no language model to load" in capsys.readouterr().err
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
