@@ -13,6 +13,15 @@ POOLED = ["concat", "attention", "gated", "tensor", "low_rank_tensor", "late_ave
           "late_stacking"]  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is much faster than two fighting over a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def model_spec(fusion: dict, encoders=None, **extra) -> ClassifierModelSpec:
     encoders = encoders or {"image": {"type": "mobilenet_v2"}, "audio": {"type": "logmel"}}
     return ClassifierModelSpec.model_validate({"encoders": encoders, "fusion": fusion, **extra})
