@@ -289,3 +289,13 @@ def test_a_sweep_compares_classifier_variants_and_plots_accuracy_against_epsilon
     assert "ε spent (target)" in report and "∞ (no DP)" in report and "audio missing" in report
     assert (tmp_path / "out" / "accuracy_vs_epsilon.png").read_bytes()[:4] == b"\x89PNG"
     assert [s.variant for s in rows] == ["concat", "late", "dp"] and rows[2].target_epsilon == 4.0
+
+
+def test_a_cold_feature_cache_trains_the_same_model_as_a_warm_one(tmp_path):
+    raw = toy_recipe(tmp_path)
+    raw["model"]["encoders"]["image"] = {"type": "mobilenet_v2", "weights": None, "image_size": 32}
+    recipe = parse_recipe(raw)
+    train_classifier(recipe, tmp_path / "cold", progress=False)  # builds the encoder: random init drawn
+    train_classifier(recipe, tmp_path / "warm", progress=False)  # features from the cache
+    a, b = load_file(tmp_path / "cold" / "model.safetensors"), load_file(tmp_path / "warm" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -288,7 +288,13 @@ def extract_features(
         if path.is_file():
             with safe_open(str(path), "pt") as f:
                 return f.get_tensor("features")
-    extractor = extractor or EXTRACTORS[type(encoder_spec)](encoder_spec)
+    if extractor is None:
+        # Building an encoder draws initial weights: from a fixed seed, on a forked RNG, so that a cache miss
+        # leaves the caller's random state (and so its training) as a cache hit would, and an encoder
+        # without pretrained weights (weights: null) gives the same features every time.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            extractor = EXTRACTORS[type(encoder_spec)](encoder_spec)
     # Many samples share an input (one image, many questions; templated questions): encode each once.
     index: dict[str, int] = {}
     unique, where = [], []
