@@ -115,7 +115,8 @@ def plot_curves(metrics_file: Path, path: Path) -> bool:
     ax2.plot(epochs, [100 * r["train_accuracy"] for r in records], color="tab:orange", label="train accuracy")
     ax2.plot(epochs, [100 * r["eval_accuracy"] for r in records], color="tab:green", label="eval accuracy")
     ax2.set_ylabel("accuracy (%)")
-    fig.legend(loc="center right", fontsize=8)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right", fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     return True
