@@ -297,5 +297,8 @@ def test_a_cold_feature_cache_trains_the_same_model_as_a_warm_one(tmp_path):
     recipe = parse_recipe(raw)
     train_classifier(recipe, tmp_path / "cold", progress=False)  # builds the encoder: random init drawn
     train_classifier(recipe, tmp_path / "warm", progress=False)  # features from the cache
-    a, b = load_file(tmp_path / "cold" / "model.safetensors"), load_file(tmp_path / "warm" / "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "cold" / "model.safetensors"),
+        load_file(tmp_path / "warm" / "model.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
