@@ -109,10 +109,6 @@ class Extractor:
 
     batch = 64
 
-    def weights(self) -> Any:
-        """What identifies the weights (for the cache key); None for weight-free extractors."""
-        return None
-
     def encode(self, items: Sequence[Any], form: str) -> torch.Tensor:
         raise NotImplementedError
 
@@ -122,15 +118,6 @@ class _CNNExtractor(Extractor):
         from omnifuse.models.builders import build_encoder
 
         self.spec, self.encoder = spec, build_encoder(spec).eval()
-
-    def weights(self) -> Any:
-        from omnifuse.assets import resolve_weights
-
-        weights = getattr(self.spec, "weights", None)
-        if weights is None:
-            return None if isinstance(self.spec, MobileNetV2Spec | EfficientNetLite0Spec) else self.spec.name
-        path = resolve_weights(weights)
-        return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
 
     def encode(self, items, form):
         pixels = torch.stack([self.encoder.preprocess(_open_image(i)) for i in items])
@@ -161,11 +148,6 @@ class _MiniLMExtractor(Extractor):
         from omnifuse.encoders.text.minilm import build_minilm
 
         self.spec, self.encoder = spec, build_minilm(spec.name, spec.max_length)
-
-    def weights(self):
-        from omnifuse.encoders.text.minilm import weights_identity
-
-        return weights_identity(self.spec.name)
 
     def encode(self, items, form):
         return self.encoder.tokens(items) if form == "tokens" else self.encoder.pooled(items)
@@ -212,9 +194,6 @@ class _WhisperExtractor(Extractor):
             ) from None
         self.spec, self.pad_mels = spec, pad_mels
         self.encoder = build_whisper_encoder(spec.weights)
-
-    def weights(self):
-        return self.spec.weights
 
     def encode(self, items, form):
         mels, lengths = self.pad_mels([self.encoder.preprocess(_waveform(i)) for i in items])
@@ -283,8 +262,10 @@ def extract_features(
     items = [sample_input(s, kind) for s in samples]
     path = None
     if cache:
-        ext_weights = extractor.weights() if extractor is not None else _weights_of(encoder_spec)
-        path = features_cache_dir() / f"{cache_key(encoder_spec, form, ext_weights, items)}.safetensors"
+        path = (
+            features_cache_dir()
+            / f"{cache_key(encoder_spec, form, _weights_of(encoder_spec), items)}.safetensors"
+        )
         if path.is_file():
             with safe_open(str(path), "pt") as f:
                 return f.get_tensor("features")
@@ -317,24 +298,34 @@ def extract_features(
     return features
 
 
+def _file_weights(spec: MobileNetV2Spec | EfficientNetLite0Spec) -> Any:
+    if spec.weights is None:
+        return None  # random initial weights: drawn from a fixed seed (see extract_features)
+    from omnifuse.assets import resolve_weights
+
+    path = resolve_weights(spec.weights)
+    return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
+
+
+def _minilm_weights(spec: MiniLMSpec) -> Any:
+    from omnifuse.encoders.text.minilm import weights_identity
+
+    return weights_identity(spec.name)
+
+
+# spec class → what identifies its weights in a cache key, found without building the encoder (a cache hit
+# should not load a model); pixels and log-mel have none.
+WEIGHTS_IDENTITY: dict[type, Callable[[Any], Any]] = {
+    MobileNetV2Spec: _file_weights,
+    EfficientNetLite0Spec: _file_weights,
+    HFVisionSpec: lambda s: s.name,
+    MiniLMSpec: _minilm_weights,
+    WhisperFeaturesSpec: lambda s: s.weights,
+}
+
+
 def _weights_of(spec) -> Any:
-    """The weights identity without building the encoder (a cache hit should not load a model)."""
-    if isinstance(spec, MobileNetV2Spec | EfficientNetLite0Spec):
-        if spec.weights is None:
-            return None
-        from omnifuse.assets import resolve_weights
-
-        path = resolve_weights(spec.weights)
-        return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
-    if isinstance(spec, MiniLMSpec):
-        from omnifuse.encoders.text.minilm import weights_identity
-
-        return weights_identity(spec.name)
-    if isinstance(spec, HFVisionSpec):
-        return spec.name
-    if isinstance(spec, WhisperFeaturesSpec):
-        return spec.weights
-    return None
+    return WEIGHTS_IDENTITY[type(spec)](spec) if type(spec) in WEIGHTS_IDENTITY else None
 
 
 # ------------------------------------------------------------------ normalisation
