@@ -6,6 +6,7 @@ data and scored on its eval data. It reads the same cached features as ``omnifus
 on first use), so it is the baseline the fusion heads are compared with in docs/classic.md.
 
     python benchmarks/classic_unimodal.py recipes/classic/av-digits.yaml
+    python benchmarks/classic_unimodal.py recipes/classic/easy-vqa-cls.yaml --set data.train_limit=10000
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--C", type=float, default=0.1, help="inverse L2 regularisation strength")
+    parser.add_argument("--set", action="append", default=[], help="recipe override dotted.key=value")
     args = parser.parse_args()
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, args.set)
     if not isinstance(recipe, ClassifierRecipe):
         raise SystemExit(f"{args.recipe} is not a classifier recipe (task: classify)")
     train, evaluation = split_samples(recipe)
