@@ -23,7 +23,7 @@ def test_av_digits_slice_trains_and_reports(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     # Weights from the prepared asset cache; this slice's features in a folder of its own.
     monkeypatch.setattr(features, "features_cache_dir", lambda: tmp_path / "features")
-    files = export_av_digits(tmp_path / "avd", progress=False, limit=150)
+    files = export_av_digits(tmp_path / "avd", progress=False, limit=400)
     common = [f"data.train={files['train']}", f"data.eval={files['test']}", "train.epochs=30"]
     accuracies = {}
     for name, extra in {
@@ -38,7 +38,6 @@ def test_av_digits_slice_trains_and_reports(tmp_path, monkeypatch):
         assert main([*args, *(x for s in [*common, *extra] for x in ("--set", s))]) == 0
         accuracies[name] = json.loads((tmp_path / name / "eval.json").read_text())["accuracy"]
     torch.set_num_threads(threads)
-    print(accuracies)
     assert accuracies["fused"] > max(accuracies["image"], accuracies["audio"]), accuracies
     assert yaml.safe_load((tmp_path / "fused" / "recipe.yaml").read_text())["task"] == "classify"
     assert (tmp_path / "fused" / "robustness.json").is_file()
