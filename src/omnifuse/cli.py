@@ -58,9 +58,17 @@ def _peak_rss_gb() -> float:
 @app.command()
 def validate(recipe: Path, set_: Overrides = None) -> None:
     """Check a recipe file: keys, types, component names, stages."""
-    from omnifuse.recipe import load_recipe
+    from omnifuse.recipe import ClassifierRecipe, load_recipe
 
     r = load_recipe(recipe, set_ or [])
+    if isinstance(r, ClassifierRecipe):
+        mods = ", ".join(f"{m} ({s.type})" for m, s in sorted(r.model.encoders.items()))
+        dp = f"; DP-SGD at ε {r.privacy.target_epsilon}" if r.privacy else ""
+        out.print(
+            f"{recipe}: valid classifier recipe {r.name!r}; {r.model.fusion.type} fusion of {escape(mods)}, "
+            f"{r.train.epochs} epochs{dp}"
+        )
+        return
     stages = ", ".join(
         f"{s.name} ({s.steps or s.epochs} {'steps' if s.steps else 'epochs'})" for s in r.stages
     )
@@ -80,17 +88,52 @@ def train(
     ] = False,
     progress: Progress = True,
 ) -> None:
-    """Train a recipe through all its stages into a run directory."""
-    from omnifuse.recipe import load_recipe
+    """Train a recipe through all its stages into a run directory (a classifier recipe: extract or load
+    the cached features, train the fusion head, evaluate it)."""
+    from omnifuse.recipe import ClassifierRecipe, load_recipe
+    from omnifuse.training.classifier import train_classifier
     from omnifuse.training.loop import train as run_training
 
     r = load_recipe(recipe, set_ or [])
     run_dir = out_dir or Path("runs") / r.name
+    if isinstance(r, ClassifierRecipe):
+        res = train_classifier(r, run_dir, resume=resume, console=err, progress=progress)
+        _print_classifier(run_dir)
+        return
     res = run_training(r, run_dir, resume=resume, console=err, progress=progress, tensorboard=tensorboard)
     out.print(
         f"trained {r.name} in {res.seconds:.1f} s ({res.steps} steps, final loss {res.final_loss or float('nan'):.4f}); "
         f"run directory: {run_dir}  peak memory {_peak_rss_gb():.2f} GB"
     )
+
+
+def _print_classifier(run_dir: Path) -> None:
+    result = json.loads((run_dir / "eval.json").read_text())
+    lo, hi = result["accuracy_ci95"]
+    line = (
+        f"{result['fusion']} fusion: accuracy {_score(result['accuracy'], (lo, hi))}, macro F1 "
+        f"{result['macro_f1']:.3f} on {result['n']} samples; {result['trainable_params']:,} trainable parameters"
+    )
+    if "privacy" in result:
+        p = result["privacy"]
+        line += f"; DP-SGD spent ε = {p['epsilon']:.2f} (target {p['target_epsilon']}, δ = {p['delta']:g})"
+    out.print(line)
+    rob_file = run_dir / "robustness.json"
+    if rob_file.is_file():
+        rob = json.loads(rob_file.read_text())
+        table = Table(title="robustness (accuracy)")
+        table.add_column("condition")
+        table.add_column("accuracy", justify="right")
+        table.add_row("clean", f"{100 * rob['clean']:.1f} %")
+        for m, v in rob["missing"].items():
+            table.add_row(
+                f"{m} missing (zeroed / dropped)", f"{100 * v['zeroed']:.1f} / {100 * v['dropped']:.1f} %"
+            )
+        for std, row in rob["noise"].items():
+            for target, acc in row.items():
+                table.add_row(f"noise σ={std} on {target}", f"{100 * acc:.1f} %")
+        out.print(table)
+    out.print(f"run directory: {run_dir}  report: {run_dir / 'report.md'}")
 
 
 @app.command("eval")
@@ -442,6 +485,7 @@ def sweep(
     progress: Progress = True,
 ) -> None:
     """Train and evaluate recipe variants on the same data and seeds; compare them (mean ± 95 % CI)."""
+    from omnifuse.recipe import ClassifierRecipe
     from omnifuse.sweep import check_budget, load_sweep, run_sweep, write_report
 
     sw = load_sweep(sweep_file, set_ or [])
@@ -451,7 +495,11 @@ def sweep(
     for col in ("variant", "stages", "training samples"):
         table.add_column(col)
     for v in sw.variants:
-        table.add_row(v.name, " → ".join(s.name for s in v.recipe.stages), f"{counts[v.name]:,}")
+        if isinstance(v.recipe, ClassifierRecipe):
+            what = f"{v.recipe.train.epochs} epochs"
+        else:
+            what = " → ".join(s.name for s in v.recipe.stages)
+        table.add_row(v.name, what, f"{counts[v.name]:,}")
     err.print(table)
     if plan:
         return
@@ -459,17 +507,19 @@ def sweep(
     command = " ".join(["omnifuse sweep", str(sweep_file), *(f"--set {x}" for x in set_ or [])])
     rows = write_report(folder, sw.spec.name, records, command)
     result = Table(title=f"sweep {sw.spec.name} (mean ± 95 % CI over {len(sw.spec.seeds)} seeds)")
-    for col in ("variant", "accuracy", "trainable", "image tokens", "train s", "latency ms"):
+    classifier = all(r.classifier for r in rows)
+    cols = ["variant", "accuracy", "trainable", "train s"]
+    cols += ["macro F1", "ε"] if classifier else ["image tokens", "latency ms"]
+    for col in cols:
         result.add_column(col, justify="right" if col != "variant" else "left")
     for r in rows:
-        result.add_row(
-            r.variant,
-            f"{100 * r.accuracy:.1f} ± {100 * r.ci:.1f} %",
-            f"{r.trainable_params:,}",
-            str(r.image_tokens),
-            f"{r.train_seconds:.0f}",
-            f"{r.latency_ms:.0f}",
-        )
+        cells = [r.variant, f"{100 * r.accuracy:.1f} ± {100 * r.ci:.1f} %", f"{r.trainable_params:,}"]
+        cells.append(f"{r.train_seconds:.1f}" if classifier else f"{r.train_seconds:.0f}")
+        if classifier:
+            cells += [f"{r.macro_f1:.3f}", "—" if r.epsilon is None else f"{r.epsilon:.2f}"]
+        else:
+            cells += [str(r.image_tokens), f"{r.latency_ms:.0f}"]
+        result.add_row(*cells)
     out.print(result)
     out.print(f"report: {folder / 'report.md'}")
 
@@ -637,6 +687,21 @@ def data_spoken_easy_vqa(
     for split, path in files.items():
         out.print(f"{split}: {path}")
     out.print(f"ready ({time.perf_counter() - t0:.1f} s); voices in {out_dir / MARKER}")
+
+
+@data_app.command("av-digits")
+def data_av_digits(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder to write train.jsonl, test.jsonl, images/ and audio/")
+    ],
+    progress: Progress = True,
+) -> None:
+    """Make av-digits (1347/450 digit images + spoken digits, held-out test voices) in the native format."""
+    from omnifuse.data.av_digits import export_av_digits
+
+    files = export_av_digits(out_dir, progress=progress)
+    for split, path in files.items():
+        out.print(f"{split}: {path}")
 
 
 @data_app.command("convert")
