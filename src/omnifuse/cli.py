@@ -553,6 +553,21 @@ def data_easy_vqa(
         out.print(f"{split}: {path}")
 
 
+@data_app.command("av-digits")
+def data_av_digits(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder to write train.jsonl, test.jsonl, images/ and audio/")
+    ],
+    progress: Progress = True,
+) -> None:
+    """Make av-digits (1347/450 digit images + spoken digits, held-out test voices) in the native format."""
+    from omnifuse.data.av_digits import export_av_digits
+
+    files = export_av_digits(out_dir, progress=progress)
+    for split, path in files.items():
+        out.print(f"{split}: {path}")
+
+
 @data_app.command("convert")
 def data_convert(
     kind: Annotated[str, typer.Argument(help="source format: llava or sharegpt")],

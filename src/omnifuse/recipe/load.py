@@ -1,4 +1,5 @@
-"""Load a recipe: YAML → dotted overrides → validated, immutable :class:`Recipe`."""
+"""Load a recipe: YAML → dotted overrides → validated, immutable recipe of the kind its ``task`` names
+(absent: a multimodal LLM :class:`Recipe`; ``classify``: a :class:`ClassifierRecipe`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from omnifuse.errors import OmnifuseError
-from omnifuse.recipe.schema import Recipe
+from omnifuse.recipe.schema import RECIPE_KINDS, Recipe, Spec
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -66,19 +67,28 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
-def parse_recipe(raw: Any, source: str = "recipe", overrides: Sequence[str] = ()) -> Recipe:
+def parse_recipe(raw: Any, source: str = "recipe", overrides: Sequence[str] = ()) -> Spec:
     if not isinstance(raw, dict):
         raise OmnifuseError(
             f"{source}: a recipe must be a YAML mapping (key: value), got {type(raw).__name__}"
         )
     raw = apply_overrides(raw, overrides)
+    task = raw.get("task", "generate")
+    if task not in RECIPE_KINDS:
+        raise OmnifuseError(
+            f"{source} is not a valid recipe:\n  task: unknown task {task!r}; use one of "
+            f"{', '.join(RECIPE_KINDS)} (absent = generate)"
+        )
+    kind = RECIPE_KINDS[task]
+    if kind is Recipe:  # the LLM recipe has no task field: `task: generate` is its default spelled out
+        raw = {k: v for k, v in raw.items() if k != "task"}
     try:
-        return Recipe.model_validate(raw)
+        return kind.model_validate(raw)
     except ValidationError as err:
         raise OmnifuseError(_format_errors(source, err)) from None
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise OmnifuseError(
@@ -91,6 +101,6 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     return parse_recipe(raw, str(path), overrides)
 
 
-def dump_recipe(recipe: Recipe) -> str:
+def dump_recipe(recipe: Spec) -> str:
     """The fully resolved recipe (defaults filled in) as YAML: what a run directory keeps."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -355,3 +355,274 @@ class Recipe(Spec):
     def lora_components(self) -> list[str]:
         """Components that any stage trains with LoRA (adapters must exist before loading weights)."""
         return sorted({c for s in self.stages for c, m in s.trainable.items() if m == "lora"})
+
+
+# ================================================================ classifiers (task: classify)
+# Classic multimodal classification on frozen-encoder features (omnifuse.encoders.features,
+# omnifuse.fusion.classic, omnifuse.training.classifier). The inputs of a sample are read from its user
+# turn by input kind: the image part, the audio part, or the text.
+class PixelsSpec(Spec):
+    """Raw grey-level pixels, resized: the 2-D input map that data-level fusion stacks as a channel."""
+
+    type: Literal["pixels"]
+    size: int = Field(32, ge=4, description="side of the square map (rows × columns)")
+
+
+class MiniLMSpec(Spec):
+    """A BERT sentence encoder (MiniLM): mean-pooled, L2-normalised 384-d vectors, or its token states."""
+
+    type: Literal["minilm"]
+    name: str = Field("all-minilm-l6-v2", description="packaged name, Hugging Face id or folder")
+    max_length: int = Field(32, ge=2, description="word pieces kept (token features are padded to it)")
+
+
+class LogMelSpec(Spec):
+    """Log-mel spectrogram (Whisper's feature extractor, no weights): per-band mean and standard deviation
+    over time (pooled), or the spectrogram averaged into ``tokens`` time segments (tokens)."""
+
+    type: Literal["logmel"]
+    n_mels: int = Field(80, ge=8, description="mel bands (80 or 128 for Whisper's filters; any size works)")
+    tokens: int = Field(16, ge=1, description="time segments in the token form")
+
+
+class WhisperAudioSpec(Spec):
+    """The Whisper encoder (omnifuse.encoders.audio.whisper), mean-pooled or as frame tokens."""
+
+    type: Literal["whisper"]
+    name: str = Field("whisper-base", description="packaged name, Hugging Face id or folder")
+
+
+FeatureEncoderSpec = Annotated[
+    MobileNetV2Spec
+    | EfficientNetLite0Spec
+    | HFVisionSpec
+    | PixelsSpec
+    | MiniLMSpec
+    | LogMelSpec
+    | WhisperAudioSpec,
+    Field(discriminator="type"),
+]
+
+# Which input of a sample each encoder reads; the modality names of a classifier are these kinds.
+INPUT_KINDS: dict[type, str] = {
+    MobileNetV2Spec: "image",
+    EfficientNetLite0Spec: "image",
+    HFVisionSpec: "image",
+    PixelsSpec: "image",
+    MiniLMSpec: "text",
+    LogMelSpec: "audio",
+    WhisperAudioSpec: "audio",
+}
+
+
+class _FusionBase(Spec):
+    dim: int = Field(64, ge=1, description="width each modality is projected to")
+
+
+class ConcatFusionSpec(_FusionBase):
+    """Feature level: the projected modality vectors concatenated."""
+
+    type: Literal["concat"]
+
+
+class AttentionFusionSpec(_FusionBase):
+    """Feature level: attention-weighted sum of the projected vectors (over modalities with pooled
+    features; over every token of every modality with token features)."""
+
+    type: Literal["attention"]
+
+
+class GatedFusionSpec(_FusionBase):
+    """Feature level: gated multimodal unit (Arevalo et al. 2017), one gate per modality and dimension."""
+
+    type: Literal["gated"]
+
+
+class TensorFusionSpec(_FusionBase):
+    """Feature level: tensor fusion (Zadeh et al. 2017), the outer product of the [h; 1] vectors."""
+
+    type: Literal["tensor"]
+    dim: int = Field(
+        16, ge=1, description="width each modality is projected to; the product has (dim+1)^M entries"
+    )
+
+
+class LowRankTensorFusionSpec(_FusionBase):
+    """Feature level: low-rank multimodal fusion (Liu et al. 2018), tensor fusion with rank-r factors."""
+
+    type: Literal["low_rank_tensor"]
+    rank: int = Field(4, ge=1)
+    out: int = Field(64, ge=1, description="width of the fused vector")
+
+
+class TransformerFusionSpec(_FusionBase):
+    """Feature level on tokens: every modality's tokens + a modality embedding + a [CLS] token through a
+    small transformer encoder; the [CLS] output is the fused vector."""
+
+    type: Literal["transformer"]
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    ffn_mult: int = Field(2, ge=1)
+
+
+class DataFusionSpec(Spec):
+    """Data level: the modalities' 2-D input maps (pixels rows × columns, log-mel time × bands) stacked as
+    channels of one image, read by a small CNN."""
+
+    type: Literal["data"]
+    channels: int = Field(32, ge=1, description="channels of the CNN's first block (doubled in the second)")
+
+
+class LateAverageSpec(_FusionBase):
+    """Decision level: each modality has its own classifier; their class probabilities are averaged."""
+
+    type: Literal["late_average"]
+
+
+class LateWeightedSpec(_FusionBase):
+    """Decision level: a learned weight per modality (softmax) for the average of probabilities."""
+
+    type: Literal["late_weighted"]
+
+
+class LateStackingSpec(_FusionBase):
+    """Decision level: a meta-classifier over the per-modality logits (stacking)."""
+
+    type: Literal["late_stacking"]
+
+
+ClassicFusionSpec = Annotated[
+    ConcatFusionSpec
+    | AttentionFusionSpec
+    | GatedFusionSpec
+    | TensorFusionSpec
+    | LowRankTensorFusionSpec
+    | TransformerFusionSpec
+    | DataFusionSpec
+    | LateAverageSpec
+    | LateWeightedSpec
+    | LateStackingSpec,
+    Field(discriminator="type"),
+]
+
+# What each fusion reads: pooled vectors, token sequences, or either (attention).
+FUSION_FEATURES: dict[type, tuple[str, ...]] = {
+    ConcatFusionSpec: ("pooled",),
+    AttentionFusionSpec: ("pooled", "tokens"),
+    GatedFusionSpec: ("pooled",),
+    TensorFusionSpec: ("pooled",),
+    LowRankTensorFusionSpec: ("pooled",),
+    TransformerFusionSpec: ("tokens",),
+    DataFusionSpec: ("tokens",),
+    LateAverageSpec: ("pooled",),
+    LateWeightedSpec: ("pooled",),
+    LateStackingSpec: ("pooled",),
+}
+
+Normalization = Literal["standardize", "l2", "none"]
+
+
+class ClassifierModelSpec(Spec):
+    encoders: dict[str, FeatureEncoderSpec] = Field(
+        description="modality (image, audio or text) → frozen encoder whose features are cached"
+    )
+    normalize: dict[str, Normalization] = Field(
+        default_factory=dict,
+        description="modality → standardize (train-split mean/std, the default), l2 or none",
+    )
+    features: Literal["auto", "pooled", "tokens"] = Field(
+        "auto", description="pooled vectors or token sequences; auto = what the fusion reads"
+    )
+    fusion: ClassicFusionSpec
+    hidden: int = Field(128, ge=0, description="hidden width of the classification head; 0 = linear head")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClassifierModelSpec:
+        if not self.encoders:
+            raise ValueError("model.encoders is empty: declare e.g. image: {type: mobilenet_v2}")
+        for modality, enc in self.encoders.items():
+            kind = INPUT_KINDS[type(enc)]
+            if modality != kind:
+                raise ValueError(
+                    f"model.encoders.{modality}: a classifier's modalities are named by the input they read "
+                    f"(image, audio, text); the {enc.type} encoder reads the {kind}, so name it {kind}"
+                )
+        extra = sorted(set(self.normalize) - set(self.encoders))
+        if extra:
+            raise ValueError(f"model.normalize: {extra} have no encoder (encoders: {sorted(self.encoders)})")
+        allowed = FUSION_FEATURES[type(self.fusion)]
+        if self.features != "auto" and self.features not in allowed:
+            raise ValueError(
+                f"model.features: fusion {self.fusion.type} reads {' or '.join(allowed)} features, not "
+                f"{self.features}; set model.features: {allowed[0]} (or auto)"
+            )
+        if isinstance(self.fusion, DataFusionSpec):
+            learned = [m for m, e in self.encoders.items() if not isinstance(e, PixelsSpec | LogMelSpec)]
+            if learned:
+                raise ValueError(
+                    f"model.fusion: data-level fusion stacks aligned raw input maps, but {learned} use learned "
+                    "encoders; use image: {type: pixels} and audio: {type: logmel} (same size), or a "
+                    "feature-level fusion"
+                )
+        return self
+
+    def feature_form(self) -> str:
+        """``pooled`` or ``tokens``: what is extracted for this model."""
+        return FUSION_FEATURES[type(self.fusion)][0] if self.features == "auto" else self.features
+
+    def normalization(self, modality: str) -> str:
+        return self.normalize.get(modality, "standardize")
+
+
+class ClassifierDataSpec(Spec):
+    train: str = Field(description="JSONL file or built-in data set, e.g. av-digits:train")
+    eval: str = Field(description="held-out data, e.g. av-digits:test")
+    train_limit: int | None = Field(None, ge=1, description="seeded subset of the training data; null = all")
+    eval_limit: int | None = Field(None, ge=1, description="seeded subset of the eval data; null = all")
+    eval_seed: int = 0
+
+
+class ClassifierTrainSpec(Spec):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1, description="expected batch size (Poisson-sampled with privacy)")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    modality_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="drop each whole modality of a sample with this probability"
+    )
+
+
+class PrivacySpec(Spec):
+    """Differentially private training (DP-SGD with Opacus) of the trainable head."""
+
+    target_epsilon: float = Field(gt=0, description="privacy budget ε spent by the end of training")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm")
+
+
+class RobustnessSpec(Spec):
+    missing: bool = Field(True, description="evaluate with each modality missing (zeroed and dropped)")
+    noise_std: tuple[float, ...] = Field(
+        (0.5, 1.0, 2.0), description="Gaussian noise std added to the normalised features of each modality"
+    )
+
+
+class ClassifierEvalSpec(Spec):
+    batch_size: int = Field(256, ge=1)
+    robustness: RobustnessSpec | None = RobustnessSpec()
+
+
+class ClassifierRecipe(Spec):
+    task: Literal["classify"]
+    name: str
+    seed: int = 0
+    model: ClassifierModelSpec
+    data: ClassifierDataSpec
+    train: ClassifierTrainSpec = ClassifierTrainSpec()
+    privacy: PrivacySpec | None = None
+    eval: ClassifierEvalSpec = ClassifierEvalSpec()
+
+
+# `task:` at the top of a recipe → its class (absent = generate, the multimodal LLM recipe).
+RECIPE_KINDS: dict[str, type[Spec]] = {"generate": Recipe, "classify": ClassifierRecipe}

@@ -84,10 +84,17 @@ def state_of(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
 def save_weights(
     model: nn.Module, names: list[str], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
+    save_tensors_atomic(state_of(model, names), path, metadata)
+
+
+def save_tensors_atomic(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """A safetensors file written beside its place and renamed over it (readers never see half a file)."""
     tmp = _temp_beside(path)
     mode = tmp.stat().st_mode & 0o777  # the process's normal permissions (umask applied)
     try:
-        save_file(state_of(model, names), str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=metadata)
         os.chmod(tmp, mode)  # safetensors writes its files 0600
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,355 @@
+"""Frozen-encoder features of samples, cached on disk, and their per-modality normalisation.
+
+Classic fusion and alignment train small heads on features of frozen encoders; encoding is then the
+only expensive step, so it is done once per (encoder, inputs) and kept in
+``cache_dir()/features/<key>.safetensors``. The key is a SHA-256 of the encoder spec, the identity of its
+weights (file paths, sizes and modification times), :data:`PREPROCESS_VERSION`, the feature form (pooled
+or tokens), and the ordered identities of the inputs (file path + size + modification time, or the text
+itself): changing any of them — retouching an image, another subset, other weights — computes anew.
+Files are written to a temporary sibling and renamed, so a crash never leaves a half-written entry.
+
+Which input an encoder reads is its kind (``INPUT_KINDS``): the sample's image part, its audio part, or the
+text of its user turn (the question). Exactly one image / audio part per sample is expected.
+
+Forms: ``pooled`` → ``[N, D]``; ``tokens`` → ``[N, P, D]`` (grid tokens of a CNN, word-piece states of a
+BERT, time segments × mel bands of a spectrogram, pixel rows × columns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+
+from omnifuse.data.sample import Sample
+from omnifuse.errors import OmnifuseError
+from omnifuse.progress import progress_bar
+from omnifuse.recipe.schema import (
+    INPUT_KINDS,
+    EfficientNetLite0Spec,
+    HFVisionSpec,
+    LogMelSpec,
+    MiniLMSpec,
+    MobileNetV2Spec,
+    PixelsSpec,
+    WhisperAudioSpec,
+)
+from omnifuse.training.checkpoint import save_tensors_atomic
+
+PREPROCESS_VERSION = 1  # bump when an extractor's preprocessing changes, to invalidate cached features
+FORMS = ("pooled", "tokens")
+AUDIO_RATE = 16_000
+
+
+# ------------------------------------------------------------------ reading a sample's input
+def _one(items: list, kind: str, sample: Sample) -> Any:
+    if len(items) != 1:
+        raise OmnifuseError(
+            f"sample {sample.id!r} has {len(items)} {kind} part(s); a classifier's {kind} encoder reads exactly "
+            f"one {kind} per sample. Give every sample one {kind}, or remove the {kind} encoder from the recipe."
+        )
+    return items[0]
+
+
+def _question(sample: Sample) -> str:
+    text = "\n".join(m.text() for m in sample.prompt() if m.role == "user").strip()
+    if not text:
+        raise OmnifuseError(
+            f"sample {sample.id!r} has no text in its user turn, but the recipe has a text encoder; add the "
+            "question text or remove the text encoder"
+        )
+    return text
+
+
+def sample_input(sample: Sample, kind: str) -> Any:
+    """The input an encoder of ``kind`` reads from ``sample``: an image / audio source, or the question text."""
+    if kind == "image":
+        return _one(sample.images(), "image", sample)
+    if kind == "audio":
+        return _one(sample.audios(), "audio", sample)
+    return _question(sample)
+
+
+def _identity(item: Any) -> Any:
+    if isinstance(item, Path):
+        st = item.stat()
+        return [str(item.resolve()), st.st_size, st.st_mtime_ns]
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Image.Image):
+        return hashlib.sha256(item.tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(item).tobytes()).hexdigest()  # a decoded waveform
+
+
+def _open_image(item: Path | Image.Image) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item
+    with Image.open(item) as im:
+        im.load()
+        return im
+
+
+def load_audio_16k(item: Path | np.ndarray) -> np.ndarray:
+    """A clip (file path, or a waveform already at 16 kHz) → mono float32 at 16 kHz."""
+    from omnifuse.data.av_digits import read_wav_16k
+
+    if isinstance(item, np.ndarray):
+        return item.astype(np.float32)
+    return read_wav_16k(item)
+
+
+# ------------------------------------------------------------------ extractors
+class Extractor:
+    """One frozen encoder as a feature extractor; subclasses set ``batch`` and implement ``encode``."""
+
+    batch = 64
+
+    def weights(self) -> Any:
+        """What identifies the weights (for the cache key); None for weight-free extractors."""
+        return None
+
+    def encode(self, items: Sequence[Any], form: str) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _CNNExtractor(Extractor):
+    def __init__(self, spec: MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec) -> None:
+        from omnifuse.models.builders import build_encoder
+
+        self.spec, self.encoder = spec, build_encoder(spec).eval()
+
+    def weights(self) -> Any:
+        from omnifuse.assets import resolve_weights
+
+        weights = getattr(self.spec, "weights", None)
+        if weights is None:
+            return None if isinstance(self.spec, MobileNetV2Spec | EfficientNetLite0Spec) else self.spec.name
+        path = resolve_weights(weights)
+        return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
+
+    def encode(self, items, form):
+        pixels = torch.stack([self.encoder.preprocess(_open_image(i)) for i in items])
+        with torch.no_grad():
+            tokens = self.encoder(pixels)  # [B, P, D]
+        return tokens if form == "tokens" else tokens.mean(1)
+
+
+class _PixelsExtractor(Extractor):
+    batch = 512
+
+    def __init__(self, spec: PixelsSpec) -> None:
+        self.size = spec.size
+
+    def encode(self, items, form):
+        maps = [
+            np.asarray(_open_image(i).convert("L").resize((self.size, self.size), Image.BILINEAR), np.float32)
+            for i in items
+        ]
+        out = torch.from_numpy(np.stack(maps) / 255.0)  # [B, rows, cols]
+        return out if form == "tokens" else out.flatten(1)
+
+
+class _MiniLMExtractor(Extractor):
+    batch = 128
+
+    def __init__(self, spec: MiniLMSpec) -> None:
+        from omnifuse.encoders.text.minilm import build_minilm
+
+        self.spec, self.encoder = spec, build_minilm(spec.name, spec.max_length)
+
+    def weights(self):
+        from omnifuse.encoders.text.minilm import weights_identity
+
+        return weights_identity(self.spec.name)
+
+    def encode(self, items, form):
+        return self.encoder.tokens(items) if form == "tokens" else self.encoder.pooled(items)
+
+
+class _LogMelExtractor(Extractor):
+    batch = 256
+
+    def __init__(self, spec: LogMelSpec) -> None:
+        from transformers import WhisperFeatureExtractor
+
+        self.spec = spec
+        self.fe = WhisperFeatureExtractor(feature_size=spec.n_mels, sampling_rate=AUDIO_RATE)
+
+    def encode(self, items, form):
+        rows = []
+        for item in items:
+            wave = load_audio_16k(item)
+            # Whisper's log-mel (log10, clipped 8 below the clip's maximum, scaled), over the clip only:
+            # padding to Whisper's 30 s would make every statistic mostly silence.
+            mel = self.fe(wave, sampling_rate=AUDIO_RATE, padding=False, return_tensors="np").input_features[
+                0
+            ]
+            mel = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))  # [n_mels, frames]
+            if form == "tokens":
+                rows.append(
+                    F.adaptive_avg_pool1d(mel.unsqueeze(0), self.spec.tokens)[0].T
+                )  # [tokens, n_mels]
+            else:
+                rows.append(torch.cat([mel.mean(1), mel.std(1)]))
+        return torch.stack(rows)
+
+
+class _WhisperExtractor(Extractor):
+    batch = 16
+
+    def __init__(self, spec: WhisperAudioSpec) -> None:
+        try:
+            from omnifuse.encoders.audio.whisper import build_whisper_encoder
+        except ImportError:
+            raise OmnifuseError(
+                "the whisper audio encoder is not available in this omnifuse build "
+                "(omnifuse.encoders.audio.whisper is missing); use audio: {type: logmel}"
+            ) from None
+        self.spec, self.encoder = spec, build_whisper_encoder(spec.name)
+
+    def weights(self):
+        return self.spec.name
+
+    def encode(self, items, form):
+        with torch.no_grad():
+            tokens = self.encoder([load_audio_16k(i) for i in items])
+        return tokens if form == "tokens" else tokens.mean(1)
+
+
+EXTRACTORS: dict[type, Callable[[Any], Extractor]] = {
+    MobileNetV2Spec: _CNNExtractor,
+    EfficientNetLite0Spec: _CNNExtractor,
+    HFVisionSpec: _CNNExtractor,
+    PixelsSpec: _PixelsExtractor,
+    MiniLMSpec: _MiniLMExtractor,
+    LogMelSpec: _LogMelExtractor,
+    WhisperAudioSpec: _WhisperExtractor,
+}
+
+
+# ------------------------------------------------------------------ extraction with a cache
+def features_cache_dir() -> Path:
+    from omnifuse.assets import cache_dir
+
+    return cache_dir() / "features"
+
+
+def cache_key(spec, form: str, weights: Any, items: Sequence[Any]) -> str:
+    h = hashlib.sha256()
+    head = {
+        "spec": spec.model_dump(mode="json"),
+        "form": form,
+        "weights": weights,
+        "version": PREPROCESS_VERSION,
+    }
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for item in items:
+        h.update(json.dumps(_identity(item)).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def extract_features(
+    samples: Sequence[Sample],
+    modality: str,
+    encoder_spec,
+    *,
+    form: str = "pooled",
+    cache: bool = True,
+    progress: bool = True,
+    extractor: Extractor | None = None,
+) -> torch.Tensor:
+    """Features of ``samples`` under a frozen encoder: ``[N, D]`` (pooled) or ``[N, P, D]`` (tokens).
+
+    ``modality`` must be the encoder's input kind (image, audio or text). Cached on disk unless
+    ``cache=False``; ``extractor`` may inject an already built extractor (tests, repeated calls)."""
+    kind = INPUT_KINDS[type(encoder_spec)]
+    if modality != kind:
+        raise OmnifuseError(f"the {encoder_spec.type} encoder reads the {kind}, not the {modality}")
+    if form not in FORMS:
+        raise OmnifuseError(f"feature form must be one of {', '.join(FORMS)}, got {form!r}")
+    if not samples:
+        raise OmnifuseError("no samples to extract features from")
+    items = [sample_input(s, kind) for s in samples]
+    path = None
+    if cache:
+        ext_weights = extractor.weights() if extractor is not None else _weights_of(encoder_spec)
+        path = features_cache_dir() / f"{cache_key(encoder_spec, form, ext_weights, items)}.safetensors"
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                return f.get_tensor("features")
+    extractor = extractor or EXTRACTORS[type(encoder_spec)](encoder_spec)
+    chunks = []
+    with progress_bar(f"{modality} features ({encoder_spec.type})", len(items), enabled=progress) as bar:
+        for start in range(0, len(items), extractor.batch):
+            chunk = items[start : start + extractor.batch]
+            chunks.append(extractor.encode(chunk, form).float())
+            bar.advance(len(chunk))
+    features = torch.cat(chunks).contiguous()
+    if path is not None:
+        meta = {"spec": json.dumps(encoder_spec.model_dump(mode="json")), "form": form, "n": str(len(items))}
+        save_tensors_atomic({"features": features}, path, meta)
+    return features
+
+
+def _weights_of(spec) -> Any:
+    """The weights identity without building the encoder (a cache hit should not load a model)."""
+    if isinstance(spec, MobileNetV2Spec | EfficientNetLite0Spec):
+        if spec.weights is None:
+            return None
+        from omnifuse.assets import resolve_weights
+
+        path = resolve_weights(spec.weights)
+        return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
+    if isinstance(spec, MiniLMSpec):
+        from omnifuse.encoders.text.minilm import weights_identity
+
+        return weights_identity(spec.name)
+    if isinstance(spec, HFVisionSpec | WhisperAudioSpec):
+        return spec.name
+    return None
+
+
+# ------------------------------------------------------------------ normalisation
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-modality normalisation: ``standardize`` with training-split statistics per channel (the last
+    axis; over samples and tokens), ``l2`` per vector / token, or ``none``."""
+
+    mode: str
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+    @classmethod
+    def fit(cls, mode: str, train: torch.Tensor) -> Normalizer:
+        if mode != "standardize":
+            return cls(mode)
+        flat = train.reshape(-1, train.shape[-1])
+        return cls(mode, flat.mean(0), flat.std(0).clamp(min=1e-6))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "standardize":
+            return (x - self.mean) / self.std
+        if self.mode == "l2":
+            return F.normalize(x, dim=-1)
+        return x
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        if self.mean is None:
+            return {}
+        return {f"{prefix}.mean": self.mean.contiguous(), f"{prefix}.std": self.std.contiguous()}
+
+    @classmethod
+    def from_tensors(cls, mode: str, tensors: dict[str, torch.Tensor], prefix: str) -> Normalizer:
+        if mode != "standardize":
+            return cls(mode)
+        return cls(mode, tensors[f"{prefix}.mean"], tensors[f"{prefix}.std"])

@@ -1,0 +1,102 @@
+"""Feature extraction: forms and shapes, the disk cache and its key, normalisation, input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
+from omnifuse.encoders import features
+from omnifuse.encoders.features import Normalizer, extract_features
+from omnifuse.errors import OmnifuseError
+from omnifuse.recipe.schema import LogMelSpec, MiniLMSpec, PixelsSpec
+
+
+def make_samples(folder, n=3, audio=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        image = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(image)
+        parts = [ImagePart(image), TextPart(f"question {i}?")]
+        if audio:
+            wav = folder / f"{i}.wav"
+            sf.write(wav, rng.normal(0, 0.1, 8000 + 800 * i).astype(np.float32), 16000)
+            parts.insert(1, AudioPart(wav))
+        msgs = (Message("user", tuple(parts)), Message("assistant", (TextPart(str(i % 2)),)))
+        out.append(Sample(f"s{i}", msgs))
+    return out
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNIFUSE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "features"
+
+
+def test_pixels_and_logmel_forms(tmp_path, cache):
+    samples = make_samples(tmp_path / "d")
+    px = PixelsSpec(type="pixels", size=8)
+    assert extract_features(samples, "image", px, form="tokens", progress=False).shape == (3, 8, 8)
+    assert extract_features(samples, "image", px, progress=False).shape == (3, 64)
+    mel = LogMelSpec(type="logmel", n_mels=16, tokens=5)
+    assert extract_features(samples, "audio", mel, progress=False).shape == (3, 32)  # mean + std per band
+    assert extract_features(samples, "audio", mel, form="tokens", progress=False).shape == (3, 5, 16)
+
+
+def test_the_cache_is_hit_and_keyed_by_spec_inputs_and_file_changes(tmp_path, cache, monkeypatch):
+    samples = make_samples(tmp_path / "d")
+    spec = PixelsSpec(type="pixels", size=8)
+    first = extract_features(samples, "image", spec, progress=False)
+    assert len(list(cache.glob("*.safetensors"))) == 1
+
+    calls = []
+    real = features._PixelsExtractor.encode
+    monkeypatch.setattr(
+        features._PixelsExtractor, "encode", lambda self, i, f: calls.append(1) or real(self, i, f)
+    )
+    assert torch.equal(extract_features(samples, "image", spec, progress=False), first)
+    assert calls == []  # served from the cache
+    extract_features(samples[:2], "image", spec, progress=False)  # other inputs
+    extract_features(samples, "image", PixelsSpec(type="pixels", size=4), progress=False)  # other spec
+    Image.new("L", (12, 12), 255).save(samples[0].images()[0])  # an input file changes
+    changed = extract_features(samples, "image", spec, progress=False)
+    assert len(calls) == 3 and len(list(cache.glob("*.safetensors"))) == 4
+    assert not torch.equal(changed[0], first[0]) and torch.equal(changed[1:], first[1:])
+    assert not list(cache.glob(".*"))  # no temporary files left
+
+
+def test_minilm_is_unit_norm_and_separates_sentences(tmp_path, cache):
+    from omnifuse.assets import get_asset, is_installed
+
+    if not is_installed(get_asset("all-minilm-l6-v2")):
+        pytest.skip("needs the packaged MiniLM")
+    samples = make_samples(tmp_path / "d", audio=False)
+    spec = MiniLMSpec(type="minilm", max_length=8)
+    pooled = extract_features(samples, "text", spec, progress=False)
+    assert pooled.shape == (3, 384) and torch.allclose(pooled.norm(dim=-1), torch.ones(3), atol=1e-5)
+    tokens = extract_features(samples, "text", spec, form="tokens", progress=False)
+    assert tokens.shape == (3, 8, 384) and tokens[:, -1].abs().sum() == 0  # padding positions zeroed
+
+
+def test_missing_inputs_and_wrong_modality_are_clear_errors(tmp_path, cache):
+    samples = make_samples(tmp_path / "d", audio=False)
+    with pytest.raises(OmnifuseError, match="has 0 audio part"):
+        extract_features(samples, "audio", LogMelSpec(type="logmel"), progress=False)
+    with pytest.raises(OmnifuseError, match="reads the image, not the audio"):
+        extract_features(samples, "audio", PixelsSpec(type="pixels"), progress=False)
+
+
+def test_normalizers():
+    x = torch.randn(50, 4, 3) * 5 + 2
+    z = Normalizer.fit("standardize", x)(x)
+    assert torch.allclose(z.reshape(-1, 3).mean(0), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(z.reshape(-1, 3).std(0), torch.ones(3), atol=1e-4)
+    assert torch.allclose(Normalizer.fit("l2", x)(x).norm(dim=-1), torch.ones(50, 4), atol=1e-5)
+    n = Normalizer.fit("standardize", x)
+    again = Normalizer.from_tensors("standardize", n.tensors("image"), "image")
+    assert torch.equal(again(x), n(x))
