@@ -58,9 +58,15 @@ def _peak_rss_gb() -> float:
 @app.command()
 def validate(recipe: Path, set_: Overrides = None) -> None:
     """Check a recipe file: keys, types, component names, stages."""
-    from omnifuse.recipe import load_recipe
+    from omnifuse.recipe import AlignRecipe, load_recipe
 
     r = load_recipe(recipe, set_ or [])
+    if isinstance(r, AlignRecipe):
+        modalities = " ↔ ".join(f"{m} ({e.type})" for m, e in r.model.encoders.items())
+        out.print(
+            f"{recipe}: valid alignment recipe {r.name!r}; method {r.method.type}, {escape(modalities)}"
+        )
+        return
     stages = ", ".join(
         f"{s.name} ({s.steps or s.epochs} {'steps' if s.steps else 'epochs'})" for s in r.stages
     )
@@ -81,11 +87,19 @@ def train(
     progress: Progress = True,
 ) -> None:
     """Train a recipe through all its stages into a run directory."""
-    from omnifuse.recipe import load_recipe
+    from omnifuse.recipe import AlignRecipe, load_recipe
     from omnifuse.training.loop import train as run_training
 
     r = load_recipe(recipe, set_ or [])
     run_dir = out_dir or Path("runs") / r.name
+    if isinstance(r, AlignRecipe):
+        from omnifuse.alignment.run import headline, train_align
+
+        result = train_align(r, run_dir, progress=progress, resume=resume)
+        out.print(
+            f"trained {r.name} ({r.method.type}) in {result.seconds:.1f} s: {headline(result.evaluation)}; run directory: {run_dir}"
+        )
+        return
     res = run_training(r, run_dir, resume=resume, console=err, progress=progress, tensorboard=tensorboard)
     out.print(
         f"trained {r.name} in {res.seconds:.1f} s ({res.steps} steps, final loss {res.final_loss or float('nan'):.4f}); "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnifuse.alignment.cca import DeepCCA, canonical_correlations, fit_cca, total_correlation
+from omnifuse.alignment.cca import DeepCCA, LinearCCA, canonical_correlations, total_correlation
 from omnifuse.alignment.heads import mlp
 from omnifuse.alignment.retrieval import cosine_similarity, cross_modal_retrieval
 from omnifuse.alignment.train import fit
@@ -14,29 +14,43 @@ from omnifuse.errors import OmnifuseError
 
 
 def _planted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two 20-d views sharing a 2-d latent (plus independent noise dimensions), mixed by random rotations."""
+    """Two 20-d views sharing a 2-d latent (plus independent noise dimensions), rotated at random.
+    The latent has 3× the noise's scale, so that a 10-component PCA keeps it."""
     rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, 2))
+    z = 3 * rng.normal(size=(n, 2))
     mix = np.random.default_rng(123)
-    ra, rb = mix.normal(size=(20, 20)), mix.normal(size=(20, 20))
-    a = np.hstack([z + 0.05 * rng.normal(size=(n, 2)), rng.normal(size=(n, 18))]) @ ra
-    b = np.hstack([z + 0.05 * rng.normal(size=(n, 2)), rng.normal(size=(n, 18))]) @ rb
+    ra, rb = (np.linalg.qr(mix.normal(size=(20, 20)))[0] for _ in range(2))  # random rotations
+    a = np.hstack([z + 0.15 * rng.normal(size=(n, 2)), rng.normal(size=(n, 18))]) @ ra
+    b = np.hstack([z + 0.15 * rng.normal(size=(n, 2)), rng.normal(size=(n, 18))]) @ rb
     return a, b
 
 
 def test_cca_recovers_a_planted_correlated_subspace():
     a, b = _planted(2000, seed=0)
-    cca = fit_cca(a, b, n_components=3)
     a_test, b_test = _planted(500, seed=1)
-    corr = canonical_correlations(*cca.transform(a_test, b_test))
-    assert corr[0] > 0.95 and corr[1] > 0.95
-    assert abs(corr[2]) < 0.3  # nothing else is shared
+    for pca in (None, 10):
+        cca = LinearCCA.fit(a, b, n_components=3, pca=pca)
+        corr = canonical_correlations(*cca.transform(a_test, b_test))
+        assert corr[0] > 0.95 and corr[1] > 0.95
+        assert abs(corr[2]) < 0.3  # nothing else is shared
+
+
+def test_pca_drops_empty_directions():
+    """A side with 4 distinct rows has rank 3 after centring: PCA keeps 3 components, not the 10 asked."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 20))
+    b = rng.normal(size=(4, 12))[rng.integers(0, 4, 200)]
+    cca = LinearCCA.fit(a, b, n_components=2, pca=10)
+    assert cca.pca_a.n_components_ == 10 and cca.pca_b.n_components_ == 3
+    assert set(cca.tensors()) >= {"cca.x_rotations", "pca_b.components", "pca_b.mean"}
+    with pytest.raises(OmnifuseError, match="between 1 and 3 .*after PCA"):
+        LinearCCA.fit(a, b, n_components=4, pca=10)
 
 
 def test_cca_refuses_too_many_components():
     a, b = _planted(50, seed=0)
     with pytest.raises(OmnifuseError, match="choose between 1 and 20"):
-        fit_cca(a, b[:, :20], n_components=21)
+        LinearCCA.fit(a, b[:, :20], n_components=21)
 
 
 def test_total_correlation_of_identical_views_is_the_dimension():
@@ -70,7 +84,7 @@ def test_deep_cca_increases_correlation_and_beats_chance():
         ta, tb = model.net_a(a_test), model.net_b(b_test)
     after = total_correlation(ta, tb).item()
     assert after > before + 0.3 and after > 1.6  # of at most 2
-    cca = fit_cca(ha.numpy(), hb.numpy(), n_components=2)
+    cca = LinearCCA.fit(ha.numpy(), hb.numpy(), n_components=2)
     ua, ub = cca.transform(ta.numpy(), tb.numpy())
     r10 = cross_modal_retrieval(cosine_similarity(ua, ub))["a_to_b"].recall[10]
     assert r10 > 5 * 10 / 200  # chance is k/n

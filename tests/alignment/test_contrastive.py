@@ -16,7 +16,12 @@ from omnifuse.alignment.contrastive import (
     siglip_loss,
 )
 from omnifuse.alignment.heads import mlp
-from omnifuse.alignment.retrieval import cosine_similarity, cross_modal_retrieval
+from omnifuse.alignment.retrieval import (
+    chance_recall,
+    cosine_similarity,
+    cross_modal_retrieval,
+    distinct_items,
+)
 from omnifuse.alignment.train import fit
 from omnifuse.errors import OmnifuseError
 
@@ -112,8 +117,24 @@ def test_dual_encoder_learns_a_linear_relation_to_recall_1(criterion):
 def test_retrieval_counts_every_item_with_the_key_as_positive():
     sim = np.array([[0.1, 0.9, 0.0], [0.2, 0.1, 0.8], [0.0, 0.5, 0.9]])
     by_pair = cross_modal_retrieval(sim, ks=(1,))
-    by_key = cross_modal_retrieval(sim, keys=["x", "x", "y"], ks=(1,))
+    by_key = cross_modal_retrieval(sim, ["x", "x", "y"], ["x", "x", "y"], ks=(1,))
     assert by_pair["a_to_b"].recall[1] == pytest.approx(1 / 3)  # only row 2 has its own pair on top
     assert by_key["a_to_b"].recall[1] == pytest.approx(2 / 3)  # row 0's top (item 1) shares key x
-    with pytest.raises(OmnifuseError, match="2 keys for 3 pairs"):
-        cross_modal_retrieval(sim, keys=["x", "y"])
+    with pytest.raises(OmnifuseError, match="one key per item"):
+        cross_modal_retrieval(sim, ["x", "y"], ["x", "y", "z"])
+
+
+def test_retrieval_against_a_gallery_of_distinct_items():
+    # Three images, two distinct captions; image 2's caption is ranked second.
+    sim = np.array([[0.9, 0.1], [0.8, 0.3], [0.7, 0.2]])
+    res = cross_modal_retrieval(sim, ["x", "x", "y"], ["x", "y"], ks=(1, 2), names=("image", "text"))
+    assert res["image_to_text"].recall == {1: pytest.approx(2 / 3), 2: 1.0}
+    assert res["text_to_image"].recall[1] == 0.0 + 0.5  # x finds image 0; y's best image is 1 (x)
+    assert chance_recall(["x", "x", "y"], ["x", "y"], (1, 2)) == {"R@1": pytest.approx(0.5), "R@2": 1.0}
+    # 2 positives among 4 items, top 1: 1/2; top 2: 1 − C(2,2)/C(4,2) = 5/6
+    assert chance_recall(["p"], ["p", "p", "q", "r"], (1, 2)) == pytest.approx({"R@1": 0.5, "R@2": 5 / 6})
+
+
+def test_distinct_items_collapses_identical_rows_with_the_same_key():
+    feats = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    assert distinct_items(feats, ["x", "x", "y", "z"]) == [0, 2, 3]

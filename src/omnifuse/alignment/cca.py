@@ -13,9 +13,12 @@ outputs (the paper's final step) gives the canonical variates.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from sklearn.cross_decomposition import CCA
+from sklearn.decomposition import PCA
 from torch import nn
 
 from omnifuse.errors import OmnifuseError
@@ -29,16 +32,57 @@ def canonical_correlations(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (u * v).sum(axis=0) / np.where(denom > 0, denom, 1.0)
 
 
-def fit_cca(a: np.ndarray, b: np.ndarray, n_components: int, max_iter: int = 1000) -> CCA:
-    """scikit-learn's CCA fitted on paired rows of ``a`` and ``b``. ``n_components`` cannot exceed the
-    smaller feature dimension (nor the number of samples)."""
-    limit = min(a.shape[1], b.shape[1], a.shape[0])
-    if not 1 <= n_components <= limit:
-        raise OmnifuseError(
-            f"CCA with {n_components} components: choose between 1 and {limit} (the smaller feature "
-            f"dimension of {a.shape[1]} and {b.shape[1]}, at most the {a.shape[0]} samples)"
-        )
-    return CCA(n_components=n_components, max_iter=max_iter).fit(np.asarray(a), np.asarray(b))
+def fit_pca(x: np.ndarray, max_dim: int) -> PCA:
+    """scikit-learn's PCA with at most ``max_dim`` components and none of (numerically) zero variance: the
+    text side of easy-vqa captions has 24 distinct rows, so rank 23, and CCA's per-column scaling would blow
+    rounding noise in the empty directions up to unit variance."""
+    pca = PCA(n_components=min(max_dim, *x.shape)).fit(x)
+    keep = int((pca.explained_variance_ratio_ > 1e-6).sum())
+    return pca if keep == pca.n_components_ else PCA(n_components=keep).fit(x)
+
+
+@dataclass
+class LinearCCA:
+    """scikit-learn's CCA, optionally on PCA-reduced inputs (fewer dimensions than samples by far: CCA
+    in 1280 dimensions overfits, and scikit-learn's iterative CCA slows down with the width)."""
+
+    cca: CCA
+    pca_a: PCA | None = None
+    pca_b: PCA | None = None
+
+    @classmethod
+    def fit(
+        cls, a: np.ndarray, b: np.ndarray, n_components: int, pca: int | None = None, max_iter: int = 1000
+    ) -> LinearCCA:
+        pca_a = fit_pca(a, pca) if pca is not None else None
+        pca_b = fit_pca(b, pca) if pca is not None else None
+        ra = pca_a.transform(a) if pca_a is not None else np.asarray(a)
+        rb = pca_b.transform(b) if pca_b is not None else np.asarray(b)
+        limit = min(ra.shape[1], rb.shape[1], ra.shape[0])
+        if not 1 <= n_components <= limit:
+            raise OmnifuseError(
+                f"CCA with {n_components} components: choose between 1 and {limit} (the smaller feature "
+                f"dimension of {ra.shape[1]} and {rb.shape[1]}{' after PCA' if pca is not None else ''}, "
+                f"at most the {ra.shape[0]} samples)"
+            )
+        return cls(CCA(n_components=n_components, max_iter=max_iter).fit(ra, rb), pca_a, pca_b)
+
+    def transform(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical variates of ``a`` and ``b`` (any numbers of rows)."""
+        ra = self.pca_a.transform(a) if self.pca_a is not None else np.asarray(a)
+        rb = self.pca_b.transform(b) if self.pca_b is not None else np.asarray(b)
+        return self.cca.transform(ra, rb)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """What ``transform`` uses, as arrays (to store without pickle)."""
+        out = {f"cca.{n.strip('_')}": np.asarray(getattr(self.cca, n)) for n in _CCA_ARRAYS}
+        for side, pca in (("a", self.pca_a), ("b", self.pca_b)):
+            if pca is not None:
+                out[f"pca_{side}.mean"], out[f"pca_{side}.components"] = pca.mean_, pca.components_
+        return out
+
+
+_CCA_ARRAYS = ("_x_mean", "_x_std", "_y_mean", "_y_std", "x_rotations_", "y_rotations_")
 
 
 def _inv_sqrt(cov: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:

@@ -27,21 +27,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from scipy.stats import hypergeom
 
-from omnifuse.alignment.cca import DeepCCA, canonical_correlations, fit_cca, total_correlation
+from omnifuse.alignment.cca import DeepCCA, LinearCCA, canonical_correlations, total_correlation
 from omnifuse.alignment.contrastive import ClipCriterion, DualEncoder, SigLipCriterion
 from omnifuse.alignment.cycle import CycleAutoencoder
 from omnifuse.alignment.devise import DeViSE, zero_shot
 from omnifuse.alignment.heads import mlp
-from omnifuse.alignment.retrieval import cosine_similarity, cross_modal_retrieval
+from omnifuse.alignment.retrieval import (
+    chance_recall,
+    cosine_similarity,
+    cross_modal_retrieval,
+    distinct_items,
+)
 from omnifuse.alignment.train import fit
 from omnifuse.data.sample import Message, Sample, TextPart, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.encoders.features import Normalizer, extract_features
 from omnifuse.errors import OmnifuseError
-from omnifuse.eval.report import plot_loss
 from omnifuse.recipe.schema import (
     INPUT_KINDS,
     AlignRecipe,
@@ -78,7 +80,9 @@ def _text_sample(sample_id: str, text: str) -> Sample:
     return Sample(sample_id, (Message("user", (TextPart(text),)),))
 
 
-def _features(samples: Sequence[Sample], modality: str, spec, text_source: str, progress: bool) -> torch.Tensor:
+def _features(
+    samples: Sequence[Sample], modality: str, spec, text_source: str, progress: bool
+) -> torch.Tensor:
     if INPUT_KINDS[type(spec)] != "text" or text_source == "question":
         return extract_features(samples, modality, spec, progress=progress)
     # The answers (captions, class names) repeat: encode each distinct one once.
@@ -117,29 +121,46 @@ def paired_features(
 
 
 # ------------------------------------------------------------------ evaluation helpers
-def chance_recall(keys: Sequence[str], ks: Sequence[int] = KS) -> dict[str, float]:
-    """Expected R@k of a random ranking: a query with p positives among n items finds none in the top k
-    with the hypergeometric probability C(n−p, k)/C(n, k); averaged over the queries."""
-    n = len(keys)
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    p = np.array([counts[k] for k in keys])
-    return {f"R@{k}": float(np.mean(1.0 - hypergeom.pmf(0, n, p, min(k, n)))) for k in ks}
+@dataclass(frozen=True)
+class Gallery:
+    """The eval items of each side for retrieval, identical items (the same caption many times) collapsed."""
+
+    a: torch.Tensor
+    keys_a: list[str]
+    b: torch.Tensor
+    keys_b: list[str]
+
+    @classmethod
+    def of(cls, pairs: Pairs) -> Gallery:
+        ia, ib = distinct_items(pairs.a, pairs.keys), distinct_items(pairs.b, pairs.keys)
+        return cls(pairs.a[ia], [pairs.keys[i] for i in ia], pairs.b[ib], [pairs.keys[i] for i in ib])
 
 
-def _retrieval(sim_ab: np.ndarray, pairs: Pairs, names: list[str], sim_ba: np.ndarray | None = None) -> dict:
-    res = cross_modal_retrieval(sim_ab, pairs.keys, sim_ba, KS, names=(names[0], names[1]))
-    chance = chance_recall(pairs.keys)
+# (A items, B items) → similarity [n_a, n_b] for A→B queries and [n_b, n_a] for B→A (None: the transpose)
+Similarity = Callable[[torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray | None]]
+
+
+def _retrieve(similarity: Similarity, g: Gallery, names: list[str], ks: Sequence[int] = KS) -> dict:
+    with torch.no_grad():
+        sim_ab, sim_ba = similarity(g.a, g.b)
+    return cross_modal_retrieval(sim_ab, g.keys_a, g.keys_b, sim_ba, ks, names=(names[0], names[1]))
+
+
+def _retrieval_eval(similarity: Similarity, g: Gallery, names: list[str]) -> dict:
+    res = _retrieve(similarity, g, names)
+    a_to_b, b_to_a = res
     return {
         "retrieval": {d: r.summary() for d, r in res.items()},
-        "chance": {d: chance for d in res},
+        "gallery": {names[0]: len(g.keys_a), names[1]: len(g.keys_b)},
+        "chance": {
+            a_to_b: chance_recall(g.keys_a, g.keys_b, KS),
+            b_to_a: chance_recall(g.keys_b, g.keys_a, KS),
+        },
     }
 
 
-def _mean_r1(sim: np.ndarray, pairs: Pairs, names: list[str], sim_ba: np.ndarray | None = None) -> float:
-    res = cross_modal_retrieval(sim, pairs.keys, sim_ba, (1,), names=(names[0], names[1]))
-    return float(np.mean([r.recall[1] for r in res.values()]))
+def _mean_r1(similarity: Similarity, g: Gallery, names: list[str]) -> float:
+    return float(np.mean([r.recall[1] for r in _retrieve(similarity, g, names, (1,)).values()]))
 
 
 @dataclass
@@ -154,6 +175,7 @@ class Context:
     recipe: AlignRecipe
     train: Pairs
     eval: Pairs
+    gallery: Gallery
     names: list[str]
     progress: bool
 
@@ -165,7 +187,7 @@ class Context:
         def on_epoch(epoch: int, value: float) -> None:
             with torch.no_grad():
                 model.eval()
-                history.append({"stage": self.recipe.method.type, "epoch": epoch + 1, "loss": value, **monitor()})
+                history.append({"epoch": epoch + 1, "loss": value, **monitor()})
 
         fit(
             model,
@@ -187,12 +209,18 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def _cca_tensors(cca) -> dict[str, torch.Tensor]:
-    """What ``CCA.transform`` uses, as tensors (no pickle): (x − mean) / std @ rotations, for each side."""
-    return {
-        f"cca.{name.strip('_')}": torch.as_tensor(np.asarray(getattr(cca, name)), dtype=torch.float32).contiguous()
-        for name in ("_x_mean", "_x_std", "_y_mean", "_y_std", "x_rotations_", "y_rotations_")
-    }
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v, dtype=torch.float32).contiguous() for k, v in arrays.items()}
+
+
+def _cca_similarity(cca: LinearCCA) -> Similarity:
+    """Cosine similarity of the canonical variates."""
+
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, None]:
+        ua, ub = cca.transform(np.asarray(a), np.asarray(b))
+        return cosine_similarity(ua, ub), None
+
+    return similarity
 
 
 # ------------------------------------------------------------------ the methods
@@ -209,33 +237,35 @@ def _dual_encoder(ctx: Context) -> MethodResult:
         criterion,
     )
 
-    def similarity(pairs: Pairs) -> np.ndarray:
-        return (model.embed_a(pairs.a) @ model.embed_b(pairs.b).t()).numpy()
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, None]:
+        return (model.embed_a(a) @ model.embed_b(b).t()).numpy(), None
 
     def loss(batch):
         a, b, ids = batch
         return model(a, b, ids[:, None] == ids[None, :])
 
     def monitor() -> dict:
-        return {"eval_mean_R@1": _mean_r1(similarity(ctx.eval), ctx.eval, ctx.names), **criterion.extra_metrics()}
+        return {
+            "eval_mean_R@1": _mean_r1(similarity, ctx.gallery, ctx.names),
+            **criterion.extra_metrics(),
+        }
 
     history = ctx.fit(model, loss, (ctx.train.a, ctx.train.b, ctx.train.key_ids()), monitor)
-    with torch.no_grad():
-        evaluation = _retrieval(similarity(ctx.eval), ctx.eval, ctx.names)
+    evaluation = _retrieval_eval(similarity, ctx.gallery, ctx.names)
     evaluation["learned"] = criterion.extra_metrics()
     return MethodResult(_state(model), evaluation, history)
 
 
 def _cca(ctx: Context) -> MethodResult:
     spec: CCAMethodSpec = ctx.recipe.method
-    cca = fit_cca(ctx.train.a.numpy(), ctx.train.b.numpy(), spec.components, spec.max_iter)
+    cca = LinearCCA.fit(ctx.train.a.numpy(), ctx.train.b.numpy(), spec.components, spec.pca, spec.max_iter)
     ua, ub = cca.transform(ctx.eval.a.numpy(), ctx.eval.b.numpy())
-    evaluation = _retrieval(cosine_similarity(ua, ub), ctx.eval, ctx.names)
+    evaluation = _retrieval_eval(_cca_similarity(cca), ctx.gallery, ctx.names)
     evaluation["canonical_correlations"] = {
         "train": canonical_correlations(*cca.transform(ctx.train.a.numpy(), ctx.train.b.numpy())).tolist(),
         "eval": canonical_correlations(ua, ub).tolist(),
     }
-    return MethodResult(_cca_tensors(cca), evaluation)
+    return MethodResult(_tensors(cca.tensors()), evaluation)
 
 
 def _dcca(ctx: Context) -> MethodResult:
@@ -256,14 +286,15 @@ def _dcca(ctx: Context) -> MethodResult:
         ha, hb = model.net_a(ctx.train.a).numpy(), model.net_b(ctx.train.b).numpy()
         ea, eb = model.net_a(ctx.eval.a).numpy(), model.net_b(ctx.eval.b).numpy()
     # The paper's last step: a linear CCA on the networks' outputs gives the canonical variates.
-    cca = fit_cca(ha, hb, spec.dim)
+    cca = LinearCCA.fit(ha, hb, spec.dim)
     ua, ub = cca.transform(ea, eb)
-    evaluation = _retrieval(cosine_similarity(ua, ub), ctx.eval, ctx.names)
+    nets = _cca_similarity(cca)
+    evaluation = _retrieval_eval(lambda a, b: nets(model.net_a(a), model.net_b(b)), ctx.gallery, ctx.names)
     evaluation["canonical_correlations"] = {
         "train": canonical_correlations(*cca.transform(ha, hb)).tolist(),
         "eval": canonical_correlations(ua, ub).tolist(),
     }
-    return MethodResult(_state(model) | _cca_tensors(cca), evaluation)
+    return MethodResult(_state(model) | _tensors(cca.tensors()), evaluation, history)
 
 
 def _cycle(ctx: Context) -> MethodResult:
@@ -278,25 +309,26 @@ def _cycle(ctx: Context) -> MethodResult:
         spec.cycle_weight,
     )
 
-    def similarities(pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
-        return cosine_similarity(model.a_to_b(pairs.a), pairs.b), cosine_similarity(model.b_to_a(pairs.b), pairs.a)
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """A translation compared with the other modality's items, in that modality's space."""
+        return cosine_similarity(model.a_to_b(a), b), cosine_similarity(model.b_to_a(b), a)
 
     def monitor() -> dict:
-        sim_ab, sim_ba = similarities(ctx.eval)
         parts = model.losses(ctx.eval.a, ctx.eval.b).parts()
-        return {f"eval_{k}": v for k, v in parts.items()} | {
-            "eval_mean_R@1": _mean_r1(sim_ab, ctx.eval, ctx.names, sim_ba)
+        return {"eval_mean_R@1": _mean_r1(similarity, ctx.gallery, ctx.names)} | {
+            f"eval_{k}": v for k, v in parts.items()
         }
 
     history = ctx.fit(model, lambda batch: model(*batch), (ctx.train.a, ctx.train.b), monitor)
+    evaluation = _retrieval_eval(similarity, ctx.gallery, ctx.names)
     with torch.no_grad():
-        sim_ab, sim_ba = similarities(ctx.eval)
-        evaluation = _retrieval(sim_ab, ctx.eval, ctx.names, sim_ba)
         a, b = ctx.eval.a, ctx.eval.b
         # Mean squared error relative to the target's variance: 0 = perfect, 1 = as good as predicting the mean.
         evaluation["translation_relative_mse"] = {
-            f"{ctx.names[0]}_to_{ctx.names[1]}": ((model.a_to_b(a) - b) ** 2).mean().item() / b.var(0).mean().item(),
-            f"{ctx.names[1]}_to_{ctx.names[0]}": ((model.b_to_a(b) - a) ** 2).mean().item() / a.var(0).mean().item(),
+            f"{ctx.names[0]}_to_{ctx.names[1]}": ((model.a_to_b(a) - b) ** 2).mean().item()
+            / b.var(0).mean().item(),
+            f"{ctx.names[1]}_to_{ctx.names[0]}": ((model.b_to_a(b) - a) ** 2).mean().item()
+            / a.var(0).mean().item(),
         }
         evaluation["eval_losses"] = model.losses(a, b).parts()
     return MethodResult(_state(model), evaluation, history)
@@ -316,7 +348,9 @@ def _devise(ctx: Context) -> MethodResult:
         )
     missing = [c for c in spec.heldout if c not in ctx.eval.keys]
     if missing:
-        raise OmnifuseError(f"method.heldout: {missing} have no sample in data.eval, so they cannot be evaluated")
+        raise OmnifuseError(
+            f"method.heldout: {missing} have no sample in data.eval, so they cannot be evaluated"
+        )
     embedding: dict[str, torch.Tensor] = {}
     for pairs in (ctx.train, ctx.eval):
         for i, k in enumerate(pairs.keys):
@@ -328,7 +362,9 @@ def _devise(ctx: Context) -> MethodResult:
     keep = [i for i, k in enumerate(ctx.train.keys) if k in seen_index]
     x = source(ctx.train)[keep]
     y = torch.tensor([seen_index[ctx.train.keys[i]] for i in keep])
-    model = DeViSE(mlp(x.shape[1], class_emb.shape[1], spec.hidden), class_emb[[classes.index(c) for c in seen]])
+    model = DeViSE(
+        mlp(x.shape[1], class_emb.shape[1], spec.hidden), class_emb[[classes.index(c) for c in seen]]
+    )
     eval_x = source(ctx.eval)
     held_rows = [i for i, k in enumerate(ctx.eval.keys) if k in spec.heldout]
     held_labels = [classes.index(ctx.eval.keys[i]) for i in held_rows]
@@ -373,13 +409,47 @@ class AlignResult:
     run_dir: Path
 
 
+def plot_history(history: list[dict], out: Path) -> None:
+    """Training loss per epoch and the held-out measure logged beside it (second axis). Linear axes: deep
+    CCA's loss is negative."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(epochs, [h["loss"] for h in history], label="training loss", linewidth=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    held = next((k for k in history[0] if k.startswith("eval_")), None)
+    if held is not None:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [h[held] for h in history], "o-", color="black", markersize=3, label=held)
+        ax2.set_ylabel(held.replace("_", " "))
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def _report(recipe: AlignRecipe, evaluation: dict, has_plot: bool) -> str:
-    lines = [f"# {recipe.name}", "", f"Alignment with **{recipe.method.type}** of "
-             f"{' and '.join(f'{m} ({s.type})' for m, s in recipe.model.encoders.items())}; "
-             f"train {recipe.data.train}, eval {recipe.data.eval} ({evaluation['n_eval_pairs']} pairs, "
-             f"{evaluation['n_eval_keys']} distinct keys).", ""]
+    lines = [
+        f"# {recipe.name}",
+        "",
+        f"Alignment with **{recipe.method.type}** of "
+        f"{' and '.join(f'{m} ({s.type})' for m, s in recipe.model.encoders.items())}; "
+        f"train {recipe.data.train}, eval {recipe.data.eval} ({evaluation['n_eval_pairs']} pairs, "
+        f"{evaluation['n_eval_keys']} distinct keys).",
+        "",
+    ]
     if "retrieval" in evaluation:
-        lines += ["| direction | R@1 | R@5 | R@10 | median rank | chance R@1 | chance R@10 |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| direction | R@1 | R@5 | R@10 | median rank | chance R@1 | chance R@10 |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for d, r in evaluation["retrieval"].items():
             c = evaluation["chance"][d]
             lines.append(
@@ -389,11 +459,19 @@ def _report(recipe: AlignRecipe, evaluation: dict, has_plot: bool) -> str:
         lines.append("")
     if "canonical_correlations" in evaluation:
         corr = evaluation["canonical_correlations"]["eval"]
-        lines += [f"Canonical correlations on the eval pairs (first 5): {', '.join(f'{c:.3f}' for c in corr[:5])}; "
-                  f"sum {sum(corr):.2f}.", ""]
+        lines += [
+            f"Canonical correlations on the eval pairs (first 5): {', '.join(f'{c:.3f}' for c in corr[:5])}; "
+            f"sum {sum(corr):.2f}.",
+            "",
+        ]
     if "translation_relative_mse" in evaluation:
-        lines += ["Translation error (MSE / target variance): " + ", ".join(
-            f"{d.replace('_', ' ')} {v:.3f}" for d, v in evaluation["translation_relative_mse"].items()), ""]
+        lines += [
+            "Translation error (MSE / target variance): "
+            + ", ".join(
+                f"{d.replace('_', ' ')} {v:.3f}" for d, v in evaluation["translation_relative_mse"].items()
+            ),
+            "",
+        ]
     if "zero_shot" in evaluation:
         z = evaluation["zero_shot"]
         lines += [
@@ -413,18 +491,20 @@ def _report(recipe: AlignRecipe, evaluation: dict, has_plot: bool) -> str:
 
 
 def train_align(
-    recipe: AlignRecipe, out: Path, *, console: Console | None = None, progress: bool = True, resume: bool = False
+    recipe: AlignRecipe, out: Path, *, progress: bool = True, resume: bool = False
 ) -> AlignResult:
     """Train an alignment recipe into the run directory ``out`` (a fresh one: alignment runs take
     seconds on cached features, so there is nothing to resume)."""
     if resume:
-        raise OmnifuseError("alignment runs train in seconds on cached features and cannot be resumed; drop --resume")
+        raise OmnifuseError(
+            "alignment runs train in seconds on cached features and cannot be resumed; drop --resume"
+        )
     start = time.perf_counter()
     run = RunDir(Path(out))
     prepare_run_dir(run, recipe, resume=False)
     seed_everything(recipe.seed)
     train, evl, norms, names = paired_features(recipe, progress)
-    ctx = Context(recipe, train, evl, names, progress)
+    ctx = Context(recipe, train, evl, Gallery.of(evl), names, progress)
     result = METHODS[type(recipe.method)](ctx)
     evaluation = {
         "method": recipe.method.type,
@@ -440,18 +520,20 @@ def train_align(
     save_tensors_atomic(weights, run.weights_file, {"method": recipe.method.type})
     atomic_write_text(run.metrics_file, "".join(json.dumps(h) + "\n" for h in result.history))
     atomic_write_text(run.path / "eval.json", json.dumps(evaluation, indent=2))
-    has_plot = bool(result.history) and plot_loss(run.metrics_file, run.path / "loss.png")
+    has_plot = bool(result.history)
+    if has_plot:
+        plot_history(result.history, run.path / "loss.png")
     atomic_write_text(run.path / "report.md", _report(recipe, evaluation, has_plot))
-    if console is not None:
-        console.print(f"[bold]{recipe.name}[/]: {_headline(evaluation)}")
     return AlignResult(evaluation, time.perf_counter() - start, run.path)
 
 
-def _headline(evaluation: dict) -> str:
+def headline(evaluation: dict) -> str:
     if "zero_shot" in evaluation:
         z = evaluation["zero_shot"]
-        return (f"zero-shot accuracy {100 * z['zero_shot_accuracy_all']:.1f} % among all classes, "
-                f"{100 * z['zero_shot_accuracy_heldout_only']:.1f} % among held-out ones")
+        return (
+            f"zero-shot accuracy {100 * z['zero_shot_accuracy_all']:.1f} % among all classes, "
+            f"{100 * z['zero_shot_accuracy_heldout_only']:.1f} % among held-out ones"
+        )
     return "  ".join(
         f"{d.replace('_', ' ')} R@1/5/10 {100 * r['R@1']:.1f}/{100 * r['R@5']:.1f}/{100 * r['R@10']:.1f}"
         for d, r in evaluation["retrieval"].items()
