@@ -36,9 +36,9 @@ def fit_pca(x: np.ndarray, max_dim: int) -> PCA:
     """scikit-learn's PCA with at most ``max_dim`` components and none of (numerically) zero variance: the
     text side of easy-vqa captions has 24 distinct rows, so rank 23, and CCA's per-column scaling would blow
     rounding noise in the empty directions up to unit variance."""
-    pca = PCA(n_components=min(max_dim, *x.shape)).fit(x)
+    pca = PCA(n_components=min(max_dim, *x.shape), svd_solver="full").fit(x)  # exact, so deterministic
     keep = int((pca.explained_variance_ratio_ > 1e-6).sum())
-    return pca if keep == pca.n_components_ else PCA(n_components=keep).fit(x)
+    return pca if keep == pca.n_components_ else PCA(n_components=keep, svd_solver="full").fit(x)
 
 
 @dataclass

@@ -337,9 +337,9 @@ def _cycle(ctx: Context) -> MethodResult:
 def _devise(ctx: Context) -> MethodResult:
     spec: DeViSEMethodSpec = ctx.recipe.method
     names = ctx.names
-    image_first = INPUT_KINDS[type(ctx.recipe.model.encoders[names[1]])] == "text"
-    source = (lambda p: p.a) if image_first else (lambda p: p.b)
-    target = (lambda p: p.b) if image_first else (lambda p: p.a)
+    text_is_b = INPUT_KINDS[type(ctx.recipe.model.encoders[names[1]])] == "text"
+    source = (lambda p: p.a) if text_is_b else (lambda p: p.b)  # the features mapped into the text space
+    target = (lambda p: p.b) if text_is_b else (lambda p: p.a)  # the class-name embeddings
     classes = sorted(set(ctx.train.keys) | set(ctx.eval.keys))
     unknown = [c for c in spec.heldout if c not in classes]
     if unknown:
