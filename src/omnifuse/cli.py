@@ -95,6 +95,10 @@ def train(
     if isinstance(r, AlignRecipe):
         from omnifuse.alignment.run import headline, train_align
 
+        if tensorboard:
+            raise OmnifuseError(
+                "--tensorboard is for LLM recipes; an alignment run logs its epochs to metrics.jsonl"
+            )
         result = train_align(r, run_dir, progress=progress, resume=resume)
         out.print(
             f"trained {r.name} ({r.method.type}) in {result.seconds:.1f} s: {headline(result.evaluation)}; run directory: {run_dir}"

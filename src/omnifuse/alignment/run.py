@@ -502,8 +502,10 @@ def train_align(
     start = time.perf_counter()
     run = RunDir(Path(out))
     prepare_run_dir(run, recipe, resume=False)
-    seed_everything(recipe.seed)
     train, evl, norms, names = paired_features(recipe, progress)
+    # Seeded after the features: building an encoder on a cache miss draws random numbers, which must
+    # not change the heads' initialisation.
+    seed_everything(recipe.seed)
     ctx = Context(recipe, train, evl, Gallery.of(evl), names, progress)
     result = METHODS[type(recipe.method)](ctx)
     evaluation = {
