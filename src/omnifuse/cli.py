@@ -58,7 +58,7 @@ def _peak_rss_gb() -> float:
 @app.command()
 def validate(recipe: Path, set_: Overrides = None) -> None:
     """Check a recipe file: keys, types, component names, stages."""
-    from omnifuse.recipe import ClassifierRecipe, load_recipe
+    from omnifuse.recipe import AlignRecipe, ClassifierRecipe, load_recipe
 
     r = load_recipe(recipe, set_ or [])
     if isinstance(r, ClassifierRecipe):
@@ -67,6 +67,12 @@ def validate(recipe: Path, set_: Overrides = None) -> None:
         out.print(
             f"{recipe}: valid classifier recipe {r.name!r}; {r.model.fusion.type} fusion of {escape(mods)}, "
             f"{r.train.epochs} epochs{dp}"
+        )
+        return
+    if isinstance(r, AlignRecipe):
+        modalities = " ↔ ".join(f"{m} ({e.type})" for m, e in r.model.encoders.items())
+        out.print(
+            f"{recipe}: valid alignment recipe {r.name!r}; method {r.method.type}, {escape(modalities)}"
         )
         return
     stages = ", ".join(
@@ -89,8 +95,9 @@ def train(
     progress: Progress = True,
 ) -> None:
     """Train a recipe through all its stages into a run directory (a classifier recipe: extract or load
-    the cached features, train the fusion head, evaluate it)."""
-    from omnifuse.recipe import ClassifierRecipe, load_recipe
+    the cached features, train the fusion head, evaluate it; an alignment recipe: fit the method on cached
+    features and evaluate retrieval or zero-shot accuracy)."""
+    from omnifuse.recipe import AlignRecipe, ClassifierRecipe, load_recipe
     from omnifuse.training.classifier import train_classifier
     from omnifuse.training.loop import train as run_training
 
@@ -99,6 +106,19 @@ def train(
     if isinstance(r, ClassifierRecipe):
         res = train_classifier(r, run_dir, resume=resume, console=err, progress=progress)
         _print_classifier(run_dir)
+        return
+    if isinstance(r, AlignRecipe):
+        from omnifuse.alignment.run import headline, train_align
+
+        if tensorboard:
+            raise OmnifuseError(
+                "--tensorboard is for LLM recipes; an alignment run logs its epochs to metrics.jsonl"
+            )
+        result = train_align(r, run_dir, progress=progress, resume=resume)
+        out.print(
+            f"trained {r.name} ({r.method.type}) in {result.seconds:.1f} s: {headline(result.evaluation)}; "
+            f"run directory: {run_dir}"
+        )
         return
     res = run_training(r, run_dir, resume=resume, console=err, progress=progress, tensorboard=tensorboard)
     out.print(

@@ -1,4 +1,12 @@
 from omnifuse.recipe.load import dump_recipe, load_recipe, parse_recipe
-from omnifuse.recipe.schema import ClassifierRecipe, Recipe, StageSpec
+from omnifuse.recipe.schema import AlignRecipe, ClassifierRecipe, Recipe, StageSpec
 
-__all__ = ["ClassifierRecipe", "Recipe", "StageSpec", "dump_recipe", "load_recipe", "parse_recipe"]
+__all__ = [
+    "AlignRecipe",
+    "ClassifierRecipe",
+    "Recipe",
+    "StageSpec",
+    "dump_recipe",
+    "load_recipe",
+    "parse_recipe",
+]

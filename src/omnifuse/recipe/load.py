@@ -1,5 +1,6 @@
 """Load a recipe: YAML → dotted overrides → validated, immutable recipe of the kind its ``task`` names
-(absent: a multimodal LLM :class:`Recipe`; ``classify``: a :class:`ClassifierRecipe`)."""
+(absent: a multimodal LLM :class:`Recipe`; ``classify``: a :class:`ClassifierRecipe`; ``align``: an
+:class:`AlignRecipe`)."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from omnifuse.alignment.contrastive import clip_loss
 from omnifuse.connectors.qformer import QFormerConnector
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
@@ -63,10 +64,7 @@ def itc_loss(
     """Symmetric InfoNCE. ``image_feats`` [B, Q, E] and ``text_feats`` [B, E], both L2-normalised;
     image i vs text j scores max_q <query_q(i), text(j)> / temp. Returns (loss, sim_i2t [B, B])."""
     sim_i2t = torch.einsum("iqe,je->ijq", image_feats, text_feats).max(dim=-1).values / temp
-    targets = same.float() / same.float().sum(dim=1, keepdim=True)
-    loss_i2t = -(F.log_softmax(sim_i2t, dim=1) * targets).sum(dim=1).mean()
-    loss_t2i = -(F.log_softmax(sim_i2t.t(), dim=1) * targets).sum(dim=1).mean()
-    return (loss_i2t + loss_t2i) / 2, sim_i2t
+    return clip_loss(sim_i2t, same), sim_i2t
 
 
 def sample_hard_negatives(
