@@ -40,6 +40,7 @@ from omnifuse.alignment.retrieval import (
     distinct_items,
 )
 from omnifuse.alignment.train import fit
+from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Message, Sample, TextPart, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.encoders.features import Normalizer, extract_features
@@ -55,7 +56,7 @@ from omnifuse.recipe.schema import (
     SigLipMethodSpec,
 )
 from omnifuse.rundir import RunDir
-from omnifuse.training.checkpoint import atomic_write_text, save_tensors_atomic
+from omnifuse.training.checkpoint import save_tensors_atomic
 from omnifuse.training.loop import prepare_run_dir, seed_everything
 
 KS = (1, 5, 10)
