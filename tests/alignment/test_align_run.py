@@ -113,6 +113,8 @@ def test_every_method_writes_a_run_and_beats_chance(method, av_set, tmp_path):
         assert metrics[-1]["loss"] < metrics[0]["loss"]
     if method["type"] == "cycle":
         assert all(0 < v < 1 for v in evaluation["translation_relative_mse"].values())
+        # The key-means oracle: within-class spread over total spread, also below 1.
+        assert all(0 < v < 1 for v in evaluation["translation_relative_mse_key_means"].values())
 
 
 def test_cli_trains_an_align_recipe_and_refuses_an_existing_run(av_set, tmp_path, capsys):

@@ -321,17 +321,34 @@ def _cycle(ctx: Context) -> MethodResult:
 
     history = ctx.fit(model, lambda batch: model(*batch), (ctx.train.a, ctx.train.b), monitor)
     evaluation = _retrieval_eval(similarity, ctx.gallery, ctx.names)
+    a, b, keys = ctx.eval.a, ctx.eval.b, ctx.eval.keys
+    a_to_b, b_to_a = f"{ctx.names[0]}_to_{ctx.names[1]}", f"{ctx.names[1]}_to_{ctx.names[0]}"
     with torch.no_grad():
-        a, b = ctx.eval.a, ctx.eval.b
         # Mean squared error relative to the target's variance: 0 = perfect, 1 = as good as predicting the mean.
         evaluation["translation_relative_mse"] = {
-            f"{ctx.names[0]}_to_{ctx.names[1]}": ((model.a_to_b(a) - b) ** 2).mean().item()
-            / b.var(0).mean().item(),
-            f"{ctx.names[1]}_to_{ctx.names[0]}": ((model.b_to_a(b) - a) ** 2).mean().item()
-            / a.var(0).mean().item(),
+            a_to_b: _relative_mse(model.a_to_b(a), b),
+            b_to_a: _relative_mse(model.b_to_a(b), a),
+        }
+        # The same for an oracle that predicts the mean of the target's key (class): within a key the pairing
+        # carries no information, so this is about the best a translation can do on such data.
+        evaluation["translation_relative_mse_key_means"] = {
+            a_to_b: _relative_mse(_key_means(b, keys), b),
+            b_to_a: _relative_mse(_key_means(a, keys), a),
         }
         evaluation["eval_losses"] = model.losses(a, b).parts()
     return MethodResult(_state(model), evaluation, history)
+
+
+def _relative_mse(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    return ((prediction - target) ** 2).mean().item() / target.var(0).mean().item()
+
+
+def _key_means(x: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    """Each row replaced by the mean of the rows with its key."""
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    index = torch.tensor([ids[k] for k in keys])
+    sums = torch.zeros(len(ids), x.shape[1]).index_add_(0, index, x)
+    return (sums / torch.bincount(index, minlength=len(ids))[:, None])[index]
 
 
 def _devise(ctx: Context) -> MethodResult:
@@ -465,10 +482,12 @@ def _report(recipe: AlignRecipe, evaluation: dict, has_plot: bool) -> str:
             "",
         ]
     if "translation_relative_mse" in evaluation:
+        oracle = evaluation["translation_relative_mse_key_means"]
         lines += [
-            "Translation error (MSE / target variance): "
+            "Translation error (MSE / target variance; predicting the mean of the target's key in brackets): "
             + ", ".join(
-                f"{d.replace('_', ' ')} {v:.3f}" for d, v in evaluation["translation_relative_mse"].items()
+                f"{d.replace('_', ' ')} {v:.3f} ({oracle[d]:.3f})"
+                for d, v in evaluation["translation_relative_mse"].items()
             ),
             "",
         ]
