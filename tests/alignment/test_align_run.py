@@ -168,9 +168,7 @@ def test_devise_needs_held_out_classes_that_exist(av_set, tmp_path):
     raw = recipe_dict({"type": "devise", "heldout": ["7"]}, *av_set, epochs=2)
     raw["model"] = {"encoders": {"image": {"type": "pixels", "size": 12}, "text": {"type": "minilm"}},
                     "normalize": {"text": "none"}}  # fmt: skip
-    with pytest.raises(
-        OmnifuseError, match=r"\['7'\] are not classes of the data; the classes \(answers\) are: 0, 1, 2, 3"
-    ):
+    with pytest.raises(OmnifuseError, match=r"\['7'\] have no sample in data.eval.*there are: 0, 1, 2, 3"):
         train_align(parse_recipe(raw), tmp_path / "bad", progress=False)
     raw["method"]["heldout"] = ["3"]
     result = train_align(parse_recipe(raw), tmp_path / "run", progress=False)
@@ -178,4 +176,5 @@ def test_devise_needs_held_out_classes_that_exist(av_set, tmp_path):
     assert z["n"] == 8 and z["chance_all"] == 0.25 and z["chance_heldout_only"] == 1.0
     assert z["zero_shot_accuracy_heldout_only"] == 1.0  # one candidate
     assert result.evaluation["seen_classes"]["n"] == 24
+    assert result.evaluation["n_train_pairs"] == 72  # the 24 training pairs of class 3 left out
     assert "Zero-shot on 8 eval samples" in (tmp_path / "run" / "report.md").read_text()

@@ -96,9 +96,11 @@ def _features(
 
 
 def paired_features(
-    recipe: AlignRecipe, progress: bool = True
+    recipe: AlignRecipe, progress: bool = True, exclude_train: frozenset[str] = frozenset()
 ) -> tuple[Pairs, Pairs, dict[str, Normalizer], list[str]]:
-    """Train and eval pairs (normalised with train statistics), the normalisers, the modality names."""
+    """Train and eval pairs (normalised with train statistics), the normalisers, the modality names.
+    Training pairs whose key is in ``exclude_train`` are left out, before the statistics are taken
+    (DeViSE's held-out classes must stay unseen)."""
     model = recipe.model
     names = list(model.encoders)
     splits = {}
@@ -111,7 +113,11 @@ def paired_features(
         if len(samples) < 2:
             raise OmnifuseError(f"data.{split} ({ref}) has {len(samples)} samples; alignment needs pairs")
         feats = {m: _features(samples, m, model.encoders[m], model.text, progress) for m in names}
-        splits[split] = (feats, [s.answer() for s in samples])
+        keys = [s.answer() for s in samples]
+        if split == "train" and exclude_train:  # after extraction, so the cached features stay shared
+            keep = [i for i, k in enumerate(keys) if k not in exclude_train]
+            feats, keys = {m: f[keep] for m, f in feats.items()}, [keys[i] for i in keep]
+        splits[split] = (feats, keys)
     norms = {m: Normalizer.fit(model.normalization(m), splits["train"][0][m]) for m in names}
     train, evl = (
         Pairs(norms[names[0]](f[names[0]]), norms[names[1]](f[names[1]]), keys)
@@ -357,17 +363,13 @@ def _devise(ctx: Context) -> MethodResult:
     text_is_b = INPUT_KINDS[type(ctx.recipe.model.encoders[names[1]])] == "text"
     source = (lambda p: p.a) if text_is_b else (lambda p: p.b)  # the features mapped into the text space
     target = (lambda p: p.b) if text_is_b else (lambda p: p.a)  # the class-name embeddings
-    classes = sorted(set(ctx.train.keys) | set(ctx.eval.keys))
-    unknown = [c for c in spec.heldout if c not in classes]
-    if unknown:
-        raise OmnifuseError(
-            f"method.heldout: {unknown} are not classes of the data; the classes (answers) are: {', '.join(classes)}"
-        )
     missing = [c for c in spec.heldout if c not in ctx.eval.keys]
     if missing:
         raise OmnifuseError(
-            f"method.heldout: {missing} have no sample in data.eval, so they cannot be evaluated"
+            f"method.heldout: {missing} have no sample in data.eval, so they cannot be evaluated; the classes "
+            f"(answers) there are: {', '.join(sorted(set(ctx.eval.keys)))}"
         )
+    classes = sorted(set(ctx.train.keys) | set(ctx.eval.keys))
     embedding: dict[str, torch.Tensor] = {}
     for pairs in (ctx.train, ctx.eval):
         for i, k in enumerate(pairs.keys):
@@ -376,9 +378,8 @@ def _devise(ctx: Context) -> MethodResult:
     heldout = [classes.index(c) for c in spec.heldout]
     seen = [c for c in classes if c not in spec.heldout]
     seen_index = {c: i for i, c in enumerate(seen)}
-    keep = [i for i, k in enumerate(ctx.train.keys) if k in seen_index]
-    x = source(ctx.train)[keep]
-    y = torch.tensor([seen_index[ctx.train.keys[i]] for i in keep])
+    x = source(ctx.train)  # held-out classes were left out of the training pairs (paired_features)
+    y = torch.tensor([seen_index[k] for k in ctx.train.keys])
     model = DeViSE(
         mlp(x.shape[1], class_emb.shape[1], spec.hidden), class_emb[[classes.index(c) for c in seen]]
     )
@@ -521,7 +522,8 @@ def train_align(
     start = time.perf_counter()
     run = RunDir(Path(out))
     prepare_run_dir(run, recipe, resume=False)
-    train, evl, norms, names = paired_features(recipe, progress)
+    heldout = recipe.method.heldout if isinstance(recipe.method, DeViSEMethodSpec) else ()
+    train, evl, norms, names = paired_features(recipe, progress, frozenset(heldout))
     # Seeded after the features: building an encoder on a cache miss draws random numbers, which must
     # not change the heads' initialisation.
     seed_everything(recipe.seed)
