@@ -230,13 +230,17 @@ def _cca_similarity(cca: LinearCCA) -> Similarity:
 
 
 # ------------------------------------------------------------------ the methods
-def _dual_encoder(ctx: Context) -> MethodResult:
-    spec = ctx.recipe.method
-    criterion = (
-        ClipCriterion(spec.init_temperature)
-        if isinstance(spec, ClipMethodSpec)
-        else SigLipCriterion(math.log(spec.init_t), spec.init_bias)
-    )
+def _clip(ctx: Context) -> MethodResult:
+    return _dual_encoder(ctx, ClipCriterion(ctx.recipe.method.init_temperature))
+
+
+def _siglip(ctx: Context) -> MethodResult:
+    spec: SigLipMethodSpec = ctx.recipe.method
+    return _dual_encoder(ctx, SigLipCriterion(math.log(spec.init_t), spec.init_bias))
+
+
+def _dual_encoder(ctx: Context, criterion: ClipCriterion | SigLipCriterion) -> MethodResult:
+    spec: ClipMethodSpec | SigLipMethodSpec = ctx.recipe.method
     model = DualEncoder(
         mlp(ctx.train.a.shape[1], spec.dim, spec.hidden, dropout=spec.dropout),
         mlp(ctx.train.b.shape[1], spec.dim, spec.hidden, dropout=spec.dropout),
@@ -410,8 +414,8 @@ def _devise(ctx: Context) -> MethodResult:
 
 
 METHODS: dict[type, Callable[[Context], MethodResult]] = {
-    ClipMethodSpec: _dual_encoder,
-    SigLipMethodSpec: _dual_encoder,
+    ClipMethodSpec: _clip,
+    SigLipMethodSpec: _siglip,
     CCAMethodSpec: _cca,
     DeepCCAMethodSpec: _dcca,
     DeViSEMethodSpec: _devise,
