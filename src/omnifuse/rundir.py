@@ -76,6 +76,11 @@ def load_model(run: RunDir, progress: bool = True, parts: dict | None = None):
 
     run.require_trained()
     recipe = run.recipe()
+    if not isinstance(recipe, Recipe):
+        raise OmnifuseError(
+            f"{run.path} is a run of a {type(recipe).__name__} (task: {recipe.task}), which has no language model "
+            "to load or chat with; its scores are in eval.json and report.md, written by `omnifuse train`"
+        )
     model, processor = build_model(recipe.model, progress=progress, **(parts or {}))
     prepare_lora(model, recipe.lora_components(), recipe.lora)
     load_weights(model, run.weights_file)

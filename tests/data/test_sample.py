@@ -8,11 +8,13 @@ import re
 import string
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omnifuse.data.sample import (
+    AudioPart,
     ImagePart,
     Message,
     Sample,
@@ -211,6 +213,35 @@ def test_round_trip_write_load(data_dir: Path) -> None:
     assert [p.name for p in data_dir.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_audio_parts_round_trip_and_missing_clips_are_reported(data_dir: Path) -> None:
+    (data_dir / "audio").mkdir()
+    clip = data_dir / "audio" / "q.wav"
+    clip.write_bytes(b"not opened at load time")
+    spoken = Sample(
+        "s",
+        (
+            Message("user", (ImagePart(data_dir / "img" / "a.png"), AudioPart(clip))),
+            Message("assistant", (TextPart("red"),)),
+        ),
+        {"transcript": "what color is it?"},
+    )
+    path = write_jsonl([spoken], data_dir / "spoken.jsonl")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert raw["messages"][0]["content"][1] == {"type": "audio", "audio": "audio/q.wav"}
+    (loaded,) = load_jsonl(path)
+    assert loaded == spoken and loaded.audios() == [clip] and loaded.images() == [data_dir / "img" / "a.png"]
+    clip.unlink()
+    with pytest.raises(OmnifuseError, match=r"1 missing media file\(s\):\n  spoken.jsonl line 1: .*q.wav"):
+        load_jsonl(path)
+    with pytest.raises(ValueError, match="exactly one of a path or a waveform"):
+        AudioPart()
+    decoded = Sample(
+        "d", (Message("user", (AudioPart(waveform=np.zeros(16)),)), Message("assistant", (TextPart("x"),)))
+    )
+    with pytest.raises(ValueError, match="decoded audio, which has no JSON form"):
+        decoded.to_json()
+
+
 def test_relative_paths_resolve_against_the_file_folder(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,7 +270,7 @@ def test_all_malformed_lines_reported_together(data_dir: Path) -> None:
             {"id": "bad-role", "messages": [{"role": "bot", "content": "x"}]},
             "",
             "[1, 2]",
-            _with(_line("bad-part"), ("messages", 0, "content", 0, "type"), "audio"),
+            _with(_line("bad-part"), ("messages", 0, "content", 0, "type"), "video"),
             _line("ok2"),
             _with(_line(), ("id",), True),
         ],
@@ -251,7 +282,7 @@ def test_all_malformed_lines_reported_together(data_dir: Path) -> None:
     assert "train.jsonl line 2: invalid JSON" in message
     assert "train.jsonl line 3: messages[0].role: 'bot' is not a role" in message
     assert "train.jsonl line 5: expected a JSON object, got a list" in message
-    assert "train.jsonl line 6: messages[0].content[0].type: unknown part type 'audio'" in message
+    assert "train.jsonl line 6: messages[0].content[0].type: unknown part type 'video'" in message
     assert "train.jsonl line 8: id: must be a string or an integer" in message
     assert "line 1:" not in message and "line 7:" not in message
 
@@ -276,7 +307,7 @@ def test_missing_images_all_reported(data_dir: Path) -> None:
     lines = [_line("ok")] + [_line(f"m{i}", image=f"img/missing{i}.png") for i in range(12)]
     path = _write_lines(data_dir / "d.jsonl", lines)
     message = str(pytest.raises(OmnifuseError, load_jsonl, path).value)
-    assert "12 missing image(s)" in message
+    assert "12 missing media file(s)" in message
     assert f"d.jsonl line 2: {data_dir / 'img' / 'missing0.png'}" in message
     assert "d.jsonl line 11:" in message and "line 12:" not in message
     assert "... and 2 more" in message
@@ -287,7 +318,7 @@ def test_missing_images_all_reported(data_dir: Path) -> None:
 def test_malformed_and_missing_reported_in_one_error(data_dir: Path) -> None:
     path = _write_lines(data_dir / "d.jsonl", ["oops", _line("m", image="img/nope.png")])
     message = str(pytest.raises(OmnifuseError, load_jsonl, path).value)
-    assert "1 malformed line(s)" in message and "1 missing image(s)" in message
+    assert "1 malformed line(s)" in message and "1 missing media file(s)" in message
     assert "d.jsonl line 1: invalid JSON" in message and "d.jsonl line 2: " in message
 
 

@@ -100,3 +100,50 @@ def test_normalizers():
     n = Normalizer.fit("standardize", x)
     again = Normalizer.from_tensors("standardize", n.tensors("image"), "image")
     assert torch.equal(again(x), n(x))
+
+
+def test_shared_inputs_are_encoded_once(tmp_path, cache, monkeypatch):
+    samples = make_samples(tmp_path / "d")
+    shared = [Sample(f"q{i}", (Message("user", (s.messages[0].parts[0], TextPart("?"))), s.messages[1]))
+              for i, s in enumerate(samples * 3)]  # fmt: skip
+    seen = []
+    real = features._PixelsExtractor.encode
+    monkeypatch.setattr(
+        features._PixelsExtractor, "encode", lambda self, i, f: seen.extend(i) or real(self, i, f)
+    )
+    out = extract_features(shared, "image", PixelsSpec(type="pixels", size=4), progress=False, cache=False)
+    assert len(seen) == 3 and out.shape == (9, 16)
+    assert torch.equal(out[:3], out[3:6]) and torch.equal(out[:3], out[6:])
+    assert not torch.equal(out[0], out[1])
+
+
+def test_whisper_features_pool_the_real_frames(tmp_path, cache):
+    whisper = pytest.importorskip("omnifuse.encoders.audio.whisper")
+    from transformers import WhisperConfig
+
+    from omnifuse.recipe.schema import WhisperFeaturesSpec
+
+    config = WhisperConfig(num_mel_bins=80, d_model=16, encoder_layers=1, encoder_attention_heads=2,
+                           decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=32,
+                           decoder_ffn_dim=32, max_source_positions=1500)  # fmt: skip
+    ext = features._WhisperExtractor.__new__(features._WhisperExtractor)
+    ext.spec, ext.pad_mels = WhisperFeaturesSpec(type="whisper", tokens=3), whisper.pad_mels
+    ext.encoder = whisper.random_whisper_encoder(config).eval()
+    samples = make_samples(tmp_path / "d")  # clips of 0.50, 0.55 and 0.60 s
+    pooled = extract_features(samples, "audio", ext.spec, progress=False, extractor=ext, cache=False)
+    tokens = extract_features(
+        samples, "audio", ext.spec, form="tokens", progress=False, extractor=ext, cache=False
+    )
+    assert pooled.shape == (3, 16) and tokens.shape == (3, 3, 16)
+    alone = extract_features(samples[2:], "audio", ext.spec, progress=False, extractor=ext, cache=False)
+    assert torch.allclose(alone[0], pooled[2], atol=1e-5)  # padding in a batch changes nothing
+
+
+def test_whisper_without_its_module_is_a_clear_error(monkeypatch):
+    import sys
+
+    from omnifuse.recipe.schema import WhisperFeaturesSpec
+
+    monkeypatch.setitem(sys.modules, "omnifuse.encoders.audio.whisper", None)
+    with pytest.raises(OmnifuseError, match="whisper audio encoder is not available"):
+        features._WhisperExtractor(WhisperFeaturesSpec(type="whisper"))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ class ColourEngine:
     """Looks at the image: answers the colour nearest to the image's mean, 'none' without an image."""
 
     model = None
+    processor = SimpleNamespace(speech_to_text=None)  # hears nothing: no ASR cascade
 
     def generate(self, prompts, cfg):
         out = []

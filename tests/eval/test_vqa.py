@@ -5,6 +5,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
@@ -42,6 +43,8 @@ def test_exact_match_is_not_substring_match():
 
 class FakeEngine:
     """Answers 'red' to everything; with the image removed it answers 'no'."""
+
+    processor = SimpleNamespace(speech_to_text=None)  # no ASR cascade
 
     def generate(self, prompts, cfg):
         return ["red" if p.images() else "no" for p in prompts]

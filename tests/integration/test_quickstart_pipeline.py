@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+from omnifuse.audio.tts import espeak_available
 from omnifuse.cli import main
 from omnifuse.data.sample import load_jsonl
 from omnifuse.data.sources import resolve_data_path
@@ -73,6 +76,17 @@ def test_train_eval_chat_through_the_cli(tmp_path, capsys):
     image = load_jsonl(resolve_data_path("easy-vqa:test"))[0].images()[0]
     assert main(["chat", str(run), "--image", str(image), "what color is the shape?"]) == 0
     assert capsys.readouterr().out.strip()
+    if espeak_available():  # the answer spoken into a wav file
+        spoken = tmp_path / "answer.wav"
+        assert (
+            main(["chat", str(run), "--image", str(image), "what shape is it?", "--speak", str(spoken)]) == 0
+        )
+        assert spoken.read_bytes().startswith(b"RIFF") and "spoken answer written" in capsys.readouterr().err
+    # a typed-question model asked with a clip says it cannot hear
+    clip = tmp_path / "q.wav"
+    sf.write(clip, 0.3 * np.sin(np.arange(16000) / 5), 16000)
+    assert main(["chat", str(run), "--image", str(image), "--audio", str(clip)]) == 2
+    assert "cannot hear" in capsys.readouterr().err
     # Bad input on the real model: a data file with a malformed line, a non-image file.
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a"}\nnot json\n')

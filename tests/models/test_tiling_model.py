@@ -65,7 +65,7 @@ def test_each_view_scatters_its_own_features(built):
     batch = proc.collate([proc.encode(ask(i, im, "red")) for i, im in enumerate(images())])
     assert batch.media_counts["image"] == [5, 5, 5, 1]  # global + 2×2 tiles; the small image: global only
     pid = model.placeholder_ids["image"]
-    features = model.encode("image", batch.media["image"])
+    features, _ = model.encode("image", batch.media["image"])
     assert features.shape[:2] == (16, 4)
     per_sample = (batch.input_ids == pid).sum(dim=1).tolist()
     assert per_sample == [n * features.shape[1] for n in batch.media_counts["image"]]

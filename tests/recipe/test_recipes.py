@@ -67,6 +67,37 @@ def base() -> dict:
             lambda r: r["model"]["connectors"].update(audio={"type": "mlp"}),
             ["every encoder needs a connector"],
         ),
+        (  # an audio encoder needs the frame-stacking connector, and only audio parts reach it
+            lambda r: (
+                r["model"]["encoders"].update(audio={"type": "whisper"}),
+                r["model"]["connectors"].update(audio={"type": "mlp"}),
+            ),
+            ["model.connectors.audio", "{type: stack, factor: 8}"],
+        ),
+        (
+            lambda r: (
+                r["model"]["encoders"].update(speech={"type": "whisper"}),
+                r["model"]["connectors"].update(speech={"type": "stack"}),
+            ),
+            ["model.encoders.speech", "audio parts go to encoders.audio"],
+        ),
+        (
+            lambda r: r["model"]["connectors"].update(image={"type": "stack"}),
+            ["the stack connector is for audio"],
+        ),
+        (
+            lambda r: (
+                r["model"].update(asr={"name": "whisper-base"}),
+                r["model"]["encoders"].update(audio={"type": "whisper"}),
+                r["model"]["connectors"].update(audio={"type": "stack"}),
+            ),
+            ["model.asr and model.encoders.audio are both set"],
+        ),
+        (
+            lambda r: r["model"].update(asr={"name": "whisper-base", "max_seconds": 60}),
+            ["model.asr.max_seconds"],
+        ),
+        (lambda r: r["stages"][0].update(objective="distil"), ["'generative', 'qformer' or 'distill'"]),
     ],
 )
 def test_bad_recipes_name_the_key(change, expected):

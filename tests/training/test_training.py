@@ -131,7 +131,8 @@ def test_atomic_writes_keep_normal_permissions_and_leave_no_temp_files(tmp_path)
 
     import torch
 
-    from omnifuse.training.checkpoint import atomic_write_text, save_weights
+    from omnifuse.atomic import atomic_write_text
+    from omnifuse.training.checkpoint import save_weights
 
     umask = os.umask(0o022)
     try:

@@ -40,6 +40,7 @@ from omnifuse.alignment.retrieval import (
     distinct_items,
 )
 from omnifuse.alignment.train import fit
+from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Message, Sample, TextPart, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.encoders.features import Normalizer, extract_features
@@ -55,7 +56,7 @@ from omnifuse.recipe.schema import (
     SigLipMethodSpec,
 )
 from omnifuse.rundir import RunDir
-from omnifuse.training.checkpoint import atomic_write_text, save_tensors_atomic
+from omnifuse.training.checkpoint import save_tensors_atomic
 from omnifuse.training.loop import prepare_run_dir, seed_everything
 
 KS = (1, 5, 10)
@@ -528,8 +529,7 @@ def train_align(
     prepare_run_dir(run, recipe, resume=False)
     heldout = recipe.method.heldout if isinstance(recipe.method, DeViSEMethodSpec) else ()
     train, evl, norms, names = paired_features(recipe, progress, frozenset(heldout))
-    # Seeded after the features: building an encoder on a cache miss draws random numbers, which must
-    # not change the heads' initialisation.
+    # Seeded right before the method's own random numbers (initialisation, shuffling).
     seed_everything(recipe.seed)
     ctx = Context(recipe, train, evl, Gallery.of(evl), names, progress)
     result = METHODS[type(recipe.method)](ctx)

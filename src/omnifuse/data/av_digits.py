@@ -15,7 +15,6 @@ settings it was made with (like :mod:`omnifuse.data.easy_vqa`).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -25,10 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from PIL import Image
-from scipy.signal import resample_poly
 
+from omnifuse.audio.io import SAMPLE_RATE, load_audio, save_wav
 from omnifuse.audio.tts import synthesize
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, write_jsonl
 from omnifuse.errors import OmnifuseError
@@ -37,7 +35,6 @@ from omnifuse.progress import progress_bar
 SPLITS = ("train", "test")
 MARKER = ".complete"
 FORMAT_VERSION = 1  # bump when the exported layout or sample shape changes, to force a rebuild
-SAMPLE_RATE = 16_000
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Test voices are disjoint from training voices: the audio classifier must generalise across speakers.
 TRAIN_VOICES = (
@@ -67,27 +64,13 @@ class AVDigitsConfig:
     format: int = FORMAT_VERSION
 
 
-def read_wav_16k(source: Path | bytes) -> np.ndarray:
-    """An audio file (path or bytes) → mono float32 at 16 kHz (soundfile + scipy's polyphase resampler).
-
-    Kept minimal on purpose: omnifuse.audio.io.load_audio is the general loader once it exists."""
-    wave, rate = sf.read(
-        io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32", always_2d=True
-    )
-    wave = wave.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        g = np.gcd(int(rate), SAMPLE_RATE)
-        wave = resample_poly(wave, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
-    return wave
-
-
 def _clip_bank(voices: tuple[str, ...], bar) -> dict[tuple[int, str, int], np.ndarray]:
     """Every digit word in every voice and speed, spoken once (espeak-ng is deterministic)."""
     bank = {}
     for digit, word in enumerate(WORDS):
         for voice in voices:
             for speed in SPEEDS:
-                wave = read_wav_16k(synthesize(word, voice=voice, speed_wpm=speed))
+                wave = load_audio(synthesize(word, voice=voice, speed_wpm=speed), normalize=False)
                 nonzero = np.flatnonzero(np.abs(wave) > 1e-3)  # espeak pads with silence: trim it
                 bank[digit, voice, speed] = wave[nonzero[0] : nonzero[-1] + 1] if nonzero.size else wave
                 bar.advance()
@@ -145,9 +128,7 @@ def _build(root: Path, cfg: AVDigitsConfig, limit: int | None, progress: bool) -
                 image = root / "images" / split / f"{i}.png"
                 audio = root / "audio" / split / f"{i}.wav"
                 _noisy_image(digits.images[i], cfg, rng).save(image)
-                sf.write(
-                    audio, _noisy_clip(banks[split][label, voice, speed], cfg, rng), SAMPLE_RATE, "PCM_16"
-                )
+                save_wav(audio, _noisy_clip(banks[split][label, voice, speed], cfg, rng))
                 messages = (
                     Message("user", (ImagePart(image), AudioPart(audio), TextPart("Which digit is this?"))),
                     Message("assistant", (TextPart(str(label)),)),

@@ -205,6 +205,22 @@ def _portable_path(path: Path, base: Path | None) -> str:
     return absolute.as_posix()
 
 
+def with_transcript(sample: Sample) -> Sample:
+    """The sample with its spoken parts replaced by the transcript in ``meta.transcript``: the typed
+    question (what a distillation teacher reads, and the text reference of a spoken data set)."""
+    transcript = sample.meta.get("transcript")
+    if not isinstance(transcript, str) or not transcript:
+        raise OmnifuseError(
+            f"sample {sample.id}: the spoken question's text is not in meta.transcript; add it to the data "
+            "(omnifuse data spoken-easy-vqa writes it)"
+        )
+    messages = tuple(
+        Message(m.role, tuple(TextPart(transcript) if isinstance(p, AudioPart) else p for p in m.parts))
+        for m in sample.messages
+    )
+    return Sample(sample.id, messages, sample.meta)
+
+
 # --------------------------------------------------------------------------- parsing
 
 

@@ -10,12 +10,14 @@ from omnifuse.data.av_digits import ensure_av_digits
 from omnifuse.data.captions import ensure_easy_vqa_captions
 from omnifuse.data.easy_vqa import ensure_easy_vqa
 from omnifuse.data.sample import Sample, load_jsonl
+from omnifuse.data.spoken_easy_vqa import ensure_spoken_easy_vqa
 from omnifuse.errors import OmnifuseError
 
 # name → function(cache_root) returning {split: jsonl path}; exported once into the cache.
 BUILTIN: dict[str, Callable[[Path], dict[str, Path]]] = {
     "easy-vqa": ensure_easy_vqa,
     "easy-vqa-captions": ensure_easy_vqa_captions,  # image–caption pairs for Q-Former stage 1
+    "spoken-easy-vqa": ensure_spoken_easy_vqa,  # the questions as speech (espeak-ng), held-out test voices
     "av-digits": ensure_av_digits,  # digit images + spoken digits (classic fusion, alignment)
 }
 

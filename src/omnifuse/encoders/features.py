@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 
+from omnifuse.audio.io import SAMPLE_RATE, load_audio
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
@@ -41,13 +42,12 @@ from omnifuse.recipe.schema import (
     MiniLMSpec,
     MobileNetV2Spec,
     PixelsSpec,
-    WhisperAudioSpec,
+    WhisperFeaturesSpec,
 )
 from omnifuse.training.checkpoint import save_tensors_atomic
 
-PREPROCESS_VERSION = 1  # bump when an extractor's preprocessing changes, to invalidate cached features
+PREPROCESS_VERSION = 2  # bump when an extractor's preprocessing changes, to invalidate cached features
 FORMS = ("pooled", "tokens")
-AUDIO_RATE = 16_000
 
 
 # ------------------------------------------------------------------ reading a sample's input
@@ -98,13 +98,9 @@ def _open_image(item: Path | Image.Image) -> Image.Image:
         return im
 
 
-def load_audio_16k(item: Path | np.ndarray) -> np.ndarray:
-    """A clip (file path, or a waveform already at 16 kHz) → mono float32 at 16 kHz."""
-    from omnifuse.data.av_digits import read_wav_16k
-
-    if isinstance(item, np.ndarray):
-        return item.astype(np.float32)
-    return read_wav_16k(item)
+def _waveform(item: Path | np.ndarray) -> np.ndarray:
+    """A clip path → 16 kHz mono at the common loudness (load_audio); a decoded waveform as it is."""
+    return item if isinstance(item, np.ndarray) else load_audio(item)
 
 
 # ------------------------------------------------------------------ extractors
@@ -112,10 +108,6 @@ class Extractor:
     """One frozen encoder as a feature extractor; subclasses set ``batch`` and implement ``encode``."""
 
     batch = 64
-
-    def weights(self) -> Any:
-        """What identifies the weights (for the cache key); None for weight-free extractors."""
-        return None
 
     def encode(self, items: Sequence[Any], form: str) -> torch.Tensor:
         raise NotImplementedError
@@ -126,15 +118,6 @@ class _CNNExtractor(Extractor):
         from omnifuse.models.builders import build_encoder
 
         self.spec, self.encoder = spec, build_encoder(spec).eval()
-
-    def weights(self) -> Any:
-        from omnifuse.assets import resolve_weights
-
-        weights = getattr(self.spec, "weights", None)
-        if weights is None:
-            return None if isinstance(self.spec, MobileNetV2Spec | EfficientNetLite0Spec) else self.spec.name
-        path = resolve_weights(weights)
-        return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
 
     def encode(self, items, form):
         pixels = torch.stack([self.encoder.preprocess(_open_image(i)) for i in items])
@@ -166,11 +149,6 @@ class _MiniLMExtractor(Extractor):
 
         self.spec, self.encoder = spec, build_minilm(spec.name, spec.max_length)
 
-    def weights(self):
-        from omnifuse.encoders.text.minilm import weights_identity
-
-        return weights_identity(self.spec.name)
-
     def encode(self, items, form):
         return self.encoder.tokens(items) if form == "tokens" else self.encoder.pooled(items)
 
@@ -182,15 +160,15 @@ class _LogMelExtractor(Extractor):
         from transformers import WhisperFeatureExtractor
 
         self.spec = spec
-        self.fe = WhisperFeatureExtractor(feature_size=spec.n_mels, sampling_rate=AUDIO_RATE)
+        self.fe = WhisperFeatureExtractor(feature_size=spec.n_mels, sampling_rate=SAMPLE_RATE)
 
     def encode(self, items, form):
         rows = []
         for item in items:
-            wave = load_audio_16k(item)
+            wave = _waveform(item)
             # Whisper's log-mel (log10, clipped 8 below the clip's maximum, scaled), over the clip only:
             # padding to Whisper's 30 s would make every statistic mostly silence.
-            mel = self.fe(wave, sampling_rate=AUDIO_RATE, padding=False, return_tensors="np").input_features[
+            mel = self.fe(wave, sampling_rate=SAMPLE_RATE, padding=False, return_tensors="np").input_features[
                 0
             ]
             mel = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))  # [n_mels, frames]
@@ -206,23 +184,25 @@ class _LogMelExtractor(Extractor):
 class _WhisperExtractor(Extractor):
     batch = 16
 
-    def __init__(self, spec: WhisperAudioSpec) -> None:
+    def __init__(self, spec: WhisperFeaturesSpec) -> None:
         try:
-            from omnifuse.encoders.audio.whisper import build_whisper_encoder
+            from omnifuse.encoders.audio.whisper import build_whisper_encoder, pad_mels
         except ImportError:
             raise OmnifuseError(
-                "the whisper audio encoder is not available in this omnifuse build "
+                "the whisper audio encoder is not available in this omnifuse installation "
                 "(omnifuse.encoders.audio.whisper is missing); use audio: {type: logmel}"
             ) from None
-        self.spec, self.encoder = spec, build_whisper_encoder(spec.name)
-
-    def weights(self):
-        return self.spec.name
+        self.spec, self.pad_mels = spec, pad_mels
+        self.encoder = build_whisper_encoder(spec.weights)
 
     def encode(self, items, form):
+        mels, lengths = self.pad_mels([self.encoder.preprocess(_waveform(i)) for i in items])
         with torch.no_grad():
-            tokens = self.encoder([load_audio_16k(i) for i in items])
-        return tokens if form == "tokens" else tokens.mean(1)
+            frames, counts = self.encoder(mels, lengths)  # [B, T, D], real frames per clip
+        real = [f[:n] for f, n in zip(frames, counts.tolist(), strict=True)]
+        if form == "pooled":
+            return torch.stack([f.mean(0) for f in real])
+        return torch.stack([F.adaptive_avg_pool1d(f.T.unsqueeze(0), self.spec.tokens)[0].T for f in real])
 
 
 EXTRACTORS: dict[type, Callable[[Any], Extractor]] = {
@@ -232,7 +212,7 @@ EXTRACTORS: dict[type, Callable[[Any], Extractor]] = {
     PixelsSpec: _PixelsExtractor,
     MiniLMSpec: _MiniLMExtractor,
     LogMelSpec: _LogMelExtractor,
-    WhisperAudioSpec: _WhisperExtractor,
+    WhisperFeaturesSpec: _WhisperExtractor,
 }
 
 
@@ -282,41 +262,70 @@ def extract_features(
     items = [sample_input(s, kind) for s in samples]
     path = None
     if cache:
-        ext_weights = extractor.weights() if extractor is not None else _weights_of(encoder_spec)
-        path = features_cache_dir() / f"{cache_key(encoder_spec, form, ext_weights, items)}.safetensors"
+        path = (
+            features_cache_dir()
+            / f"{cache_key(encoder_spec, form, _weights_of(encoder_spec), items)}.safetensors"
+        )
         if path.is_file():
             with safe_open(str(path), "pt") as f:
                 return f.get_tensor("features")
-    extractor = extractor or EXTRACTORS[type(encoder_spec)](encoder_spec)
+    if extractor is None:
+        # Building an encoder draws initial weights: from a fixed seed, on a forked RNG, so that a cache miss
+        # leaves the caller's random state (and so its training) as a cache hit would, and an encoder
+        # without pretrained weights (weights: null) gives the same features every time.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            extractor = EXTRACTORS[type(encoder_spec)](encoder_spec)
+    # Many samples share an input (one image, many questions; templated questions): encode each once.
+    index: dict[str, int] = {}
+    unique, where = [], []
+    for item in items:
+        key = json.dumps(_identity(item))
+        if key not in index:
+            index[key] = len(unique)
+            unique.append(item)
+        where.append(index[key])
     chunks = []
-    with progress_bar(f"{modality} features ({encoder_spec.type})", len(items), enabled=progress) as bar:
-        for start in range(0, len(items), extractor.batch):
-            chunk = items[start : start + extractor.batch]
+    with progress_bar(f"{modality} features ({encoder_spec.type})", len(unique), enabled=progress) as bar:
+        for start in range(0, len(unique), extractor.batch):
+            chunk = unique[start : start + extractor.batch]
             chunks.append(extractor.encode(chunk, form).float())
             bar.advance(len(chunk))
-    features = torch.cat(chunks).contiguous()
+    features = torch.cat(chunks)[torch.tensor(where)].contiguous()
     if path is not None:
         meta = {"spec": json.dumps(encoder_spec.model_dump(mode="json")), "form": form, "n": str(len(items))}
         save_tensors_atomic({"features": features}, path, meta)
     return features
 
 
+def _file_weights(spec: MobileNetV2Spec | EfficientNetLite0Spec) -> Any:
+    if spec.weights is None:
+        return None  # random initial weights: drawn from a fixed seed (see extract_features)
+    from omnifuse.assets import resolve_weights
+
+    path = resolve_weights(spec.weights)
+    return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
+
+
+def _minilm_weights(spec: MiniLMSpec) -> Any:
+    from omnifuse.encoders.text.minilm import weights_identity
+
+    return weights_identity(spec.name)
+
+
+# spec class → what identifies its weights in a cache key, found without building the encoder (a cache hit
+# should not load a model); pixels and log-mel have none.
+WEIGHTS_IDENTITY: dict[type, Callable[[Any], Any]] = {
+    MobileNetV2Spec: _file_weights,
+    EfficientNetLite0Spec: _file_weights,
+    HFVisionSpec: lambda s: s.name,
+    MiniLMSpec: _minilm_weights,
+    WhisperFeaturesSpec: lambda s: s.weights,
+}
+
+
 def _weights_of(spec) -> Any:
-    """The weights identity without building the encoder (a cache hit should not load a model)."""
-    if isinstance(spec, MobileNetV2Spec | EfficientNetLite0Spec):
-        if spec.weights is None:
-            return None
-        from omnifuse.assets import resolve_weights
-
-        path = resolve_weights(spec.weights)
-        return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
-    if isinstance(spec, MiniLMSpec):
-        from omnifuse.encoders.text.minilm import weights_identity
-
-        return weights_identity(spec.name)
-    if isinstance(spec, HFVisionSpec | WhisperAudioSpec):
-        return spec.name
-    return None
+    return WEIGHTS_IDENTITY[type(spec)](spec) if type(spec) in WEIGHTS_IDENTITY else None
 
 
 # ------------------------------------------------------------------ normalisation

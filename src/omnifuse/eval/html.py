@@ -20,13 +20,13 @@ import jinja2
 from PIL import Image
 
 from omnifuse import __version__
+from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Sample
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.report import plot_loss
 from omnifuse.processing.processor import load_image
 from omnifuse.rundir import RunDir
-from omnifuse.training.checkpoint import atomic_write_text
 from omnifuse.training.stages import select_parameters
 
 REPORT = "report.html"

@@ -10,6 +10,7 @@ the aggregate the literature reports.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -361,6 +362,21 @@ class WERResult:
         }
 
 
+@functools.cache
+def _english_normalizer():
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer({})  # no British → American spelling table: it ships with hub files only
+
+
+def normalize_transcript(text: str) -> str:
+    """Whisper's English text normaliser (transformers' ``EnglishTextNormalizer``), the usual one for
+    Whisper WER: lower case, punctuation and hyphens to spaces, ``Mr.`` → ``mister``, number words →
+    digits, contractions expanded. Apply it to references and hypotheses alike before
+    :func:`word_error_rate`."""
+    return _english_normalizer()(text)
+
+
 def wer_from_stats(stats: np.ndarray) -> float:
     s = np.asarray(stats, dtype=float).sum(axis=0)
     return float(s[0] / s[1])
@@ -370,7 +386,7 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> WER
     """WER with jiwer (word-level Levenshtein alignment): per utterance, and over the corpus as total
     errors / total reference words (not the mean of the per-utterance rates, which overweights short
     utterances). Text is compared as given, split on whitespace: normalise case and punctuation first
-    if the references do not."""
+    (:func:`normalize_transcript`) if the references do not."""
     import jiwer
 
     if len(references) != len(hypotheses):

@@ -11,11 +11,11 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from omnifuse.atomic import atomic_write_text  # noqa: E402
 from omnifuse.data.sample import Sample  # noqa: E402
 from omnifuse.eval.probes import ProbeRow  # noqa: E402
 from omnifuse.eval.vqa import VQAResult  # noqa: E402
 from omnifuse.rundir import RunDir  # noqa: E402
-from omnifuse.training.checkpoint import atomic_write_text  # noqa: E402
 
 
 def plot_loss(metrics_file: Path, out: Path) -> bool:

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import select_subset
 from omnifuse.data.sources import load_data, resolve_data_path
 from omnifuse.errors import OmnifuseError
@@ -25,7 +26,6 @@ from omnifuse.eval.vqa import VQAResult, evaluate_vqa
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir, load_model
 from omnifuse.serve.engine import Engine, GenerationConfig
-from omnifuse.training.checkpoint import atomic_write_text
 
 ROBUSTNESS = "robustness.json"
 

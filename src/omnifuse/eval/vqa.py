@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from omnifuse.data.sample import ImagePart, Sample
-from omnifuse.eval.metrics import exact_match, normalize_answer, vqa_score
+from omnifuse.eval.metrics import (
+    exact_match,
+    normalize_answer,
+    normalize_transcript,
+    vqa_score,
+    word_error_rate,
+)
 from omnifuse.eval.stats import bootstrap_ci
 from omnifuse.progress import progress_bar
 from omnifuse.serve.engine import Engine, GenerationConfig
@@ -59,12 +65,34 @@ class VQAResult:
     per_type: dict[str, dict]  # type -> {"accuracy", "n", "ci95": [low, high]}
     predictions: list[dict]
     ci95: tuple[float, float] | None = None  # 95 % bootstrap interval of the accuracy over questions
+    asr: dict | None = None  # an ASR cascade: word error rate of what it heard against meta.transcript
 
     def summary(self) -> dict:
         out = {"accuracy": self.accuracy, "n": self.n}
         if self.ci95 is not None:
             out["ci95"] = list(self.ci95)
+        if self.asr is not None:
+            out["asr"] = self.asr
         return out | {"per_type": self.per_type}
+
+
+def cascade_wer(samples: Sequence[Sample], predictions: Sequence[dict]) -> dict | None:
+    """Corpus WER (Whisper's English normaliser on both sides) of the transcripts an ASR cascade heard,
+    against the samples' ``meta.transcript``; None when there is nothing to compare."""
+    pairs = [
+        (s.meta["transcript"], p["heard"])
+        for s, p in zip(samples, predictions, strict=True)
+        if "heard" in p
+        and isinstance(s.meta.get("transcript"), str)
+        and normalize_transcript(s.meta["transcript"])
+    ]
+    if not pairs:
+        return None
+    result = word_error_rate(
+        [normalize_transcript(r) for r, _ in pairs], [normalize_transcript(h) for _, h in pairs]
+    )
+    exact = sum(normalize_transcript(r) == normalize_transcript(h) for r, h in pairs)
+    return {"wer": result.wer, "exact": exact / len(pairs), "n": len(pairs)}
 
 
 def evaluate_vqa(
@@ -83,6 +111,9 @@ def evaluate_vqa(
     over questions, overall and per question type.
     """
     predictions: list[dict] = []
+    asr = engine.processor.speech_to_text  # an ASR cascade: transcribe all clips up front, in batches
+    if asr is not None:
+        asr.prefetch(samples, progress=progress)
     with progress_bar(label, len(samples), enabled=progress) as bar:
         for start in range(0, len(samples), batch_size):
             chunk = list(samples[start : start + batch_size])
@@ -101,6 +132,8 @@ def evaluate_vqa(
                 }
                 if len(refs) > 1:
                     record["answers"] = refs
+                if asr is not None and s.audios():
+                    record["heard"] = " ".join(asr(clip, s.id) for clip in s.audios())
                 predictions.append(record)
             bar.advance(len(chunk))
     by_type: dict[str, list[float]] = defaultdict(list)
@@ -113,4 +146,5 @@ def evaluate_vqa(
     n = len(predictions)
     scores = [p["score"] for p in predictions]
     acc = sum(scores) / n if n else 0.0
-    return VQAResult(acc, n, per_type, predictions, accuracy_ci(scores) if n else None)
+    wer = cascade_wer(samples, predictions) if asr is not None else None
+    return VQAResult(acc, n, per_type, predictions, accuracy_ci(scores) if n else None, wer)

@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from omnifuse.atomic import atomic_write_text  # noqa: E402
 from omnifuse.explain.attribution import Explanation  # noqa: E402
 from omnifuse.explain.lens import LensResult  # noqa: E402
-from omnifuse.training.checkpoint import atomic_write_text  # noqa: E402
 
 ATTENTION_PNG = "attention.png"
 GRADIENT_PNG = "gradient.png"

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from omnifuse.audio.asr import Transcriber
 from omnifuse.connectors import (
     LinearConnector,
     MLPConnector,
@@ -18,15 +19,19 @@ from omnifuse.connectors import (
     PoolConnector,
 )
 from omnifuse.connectors.qformer import build_qformer
+from omnifuse.connectors.stack import StackConnector
+from omnifuse.encoders.audio.whisper import build_whisper_encoder
 from omnifuse.encoders.multi import MultiEncoder
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
 from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import CrossAttentionFusion
+from omnifuse.fusion.late import SpeechToText
 from omnifuse.llm import hidden_size, load_llm, vocab_size
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import MediaSlot, Processor, Tiling
+from omnifuse.processing.processor import load_clip
 from omnifuse.recipe.schema import (
     CrossAttentionFusionSpec,
     EarlyFusionSpec,
@@ -41,7 +46,9 @@ from omnifuse.recipe.schema import (
     PixelShuffleConnectorSpec,
     PoolConnectorSpec,
     QFormerConnectorSpec,
+    StackConnectorSpec,
     TilingSpec,
+    WhisperEncoderSpec,
 )
 
 ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
@@ -51,6 +58,7 @@ ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     ),
     HFVisionSpec: lambda s: build_hf_vision(s.name, layer=s.layer, drop_cls=s.drop_cls),
     MultiEncoderSpec: lambda s: MultiEncoder([build_encoder(e) for e in s.encoders], s.combine),
+    WhisperEncoderSpec: lambda s: build_whisper_encoder(s.weights),
 }
 
 
@@ -80,6 +88,7 @@ CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
         projector=s.projector,
         hidden=s.hidden,
     ),
+    StackConnectorSpec: lambda s, i, o: StackConnector(i, o, factor=s.factor, hidden=s.hidden),
 }
 
 
@@ -134,13 +143,28 @@ def build_model(
     placeholder_ids = {m: base + k for k, m in enumerate(sorted(spec.encoders))}
     fusion = FUSION_BUILDERS[type(spec.fusion)](spec.fusion, llm, d_llm)
     model = MultimodalLM(encoders, connectors, llm, placeholder_ids, fusion)
-    slots = {
-        m: MediaSlot(
-            encoders[m].preprocess,
-            model.tokens_per_item(m),
-            placeholder_ids[m],
-            build_tiling(spec.tiling.get(m), encoders[m], m),
-        )
-        for m in spec.encoders
-    }
-    return model, Processor(tokenizer, slots, spec.llm.system_prompt)
+    slots = {m: _media_slot(model, m, spec) for m in spec.encoders}
+    speech_to_text = None
+    if spec.asr is not None:
+        asr = spec.asr
+        transcriber = Transcriber.load(asr.name)
+        speech_to_text = SpeechToText(transcriber, batch_size=asr.batch_size, max_seconds=asr.max_seconds)
+    return model, Processor(tokenizer, slots, spec.llm.system_prompt, speech_to_text)
+
+
+def _media_slot(model: MultimodalLM, modality: str, spec: ModelSpec) -> MediaSlot:
+    """How the processor feeds one modality: images at a fixed token count (per view with tiling), audio
+    clips loaded as 16 kHz waveforms with a token count that follows each clip's length."""
+    encoder, enc_spec = model.encoders[modality], spec.encoders[modality]
+    placeholder_id = model.placeholder_ids[modality]
+    if not isinstance(enc_spec, WhisperEncoderSpec):
+        tiling = build_tiling(spec.tiling.get(modality), encoder, modality)
+        return MediaSlot(encoder.preprocess, model.tokens_per_item(modality), placeholder_id, tiling)
+    max_seconds = enc_spec.max_seconds
+    return MediaSlot(
+        encoder.preprocess,
+        model.tokens_per_item(modality),
+        placeholder_id,
+        load=lambda source, sample_id: load_clip(source, sample_id, max_seconds),
+        tokens_for=lambda features: model.tokens_per_item(modality, features.shape[-1]),
+    )

@@ -53,9 +53,12 @@ class MultimodalLM(nn.Module):
         self.placeholder_ids = dict(placeholder_ids)
         self.fusion = fusion  # None = early fusion
 
-    def media_tokens_per_item(self, modality: str) -> int:
-        """How many feature tokens the connector makes of one item (image) of this modality."""
-        return self.connectors[modality].num_output_tokens(self.encoders[modality].num_tokens())
+    def media_tokens_per_item(self, modality: str, length: int | None = None) -> int:
+        """How many feature tokens the connector makes of one item (image) of this modality; for
+        variable-length media (audio) of an item of ``length`` frames (default: the longest allowed)."""
+        encoder = self.encoders[modality]
+        n = encoder.num_tokens() if length is None else encoder.num_tokens(length)
+        return self.connectors[modality].num_output_tokens(n)
 
     def media_grid(self, modality: str) -> tuple[int, int] | None:
         """(rows, cols) when the connector's tokens for one item are a row-major grid over the encoder's
@@ -71,19 +74,26 @@ class MultimodalLM(nn.Module):
             return None
         return grid
 
-    def tokens_per_item(self, modality: str) -> int:
+    def tokens_per_item(self, modality: str, length: int | None = None) -> int:
         """How many placeholder tokens one item of this modality becomes in the text: the connector's
         token count with early fusion, none with cross-attention (the media never enter the text)."""
-        return 0 if self.fusion is not None else self.media_tokens_per_item(modality)
+        return 0 if self.fusion is not None else self.media_tokens_per_item(modality, length)
 
-    def encode(self, modality: str, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self, modality: str, pixel_values: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Connector outputs ``[N, T, D]`` of a modality's items, and for variable-length media (audio,
+        ``lengths`` = each item's real length along the padded last axis) each item's token count.
+        Variable-length encoders and connectors take and return ``(features, lengths)``."""
         encoder = self.encoders[modality]
         # A frozen encoder needs no autograd graph (saves memory and time), unless the caller asks for
         # gradients with respect to the pixels themselves (attribution, omnifuse.explain).
         trains = any(p.requires_grad for p in encoder.parameters()) or pixel_values.requires_grad
         with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
-            features = encoder(pixel_values)
-        return self.connectors[modality](features)
+            features = encoder(pixel_values) if lengths is None else encoder(pixel_values, lengths)
+        if lengths is None:
+            return self.connectors[modality](features), None
+        return self.connectors[modality](*features)
 
     def embed(
         self,
@@ -91,23 +101,30 @@ class MultimodalLM(nn.Module):
         media: Mapping[str, torch.Tensor],
         media_counts: Mapping[str, Sequence[int]],
         sample_ids: Sequence[str] | None = None,
+        media_lengths: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Token embeddings with each modality's placeholders replaced by its connector outputs (early
         fusion; :meth:`fuse` covers both fusions)."""
         is_ph = placeholder_mask(input_ids, list(self.placeholder_ids.values()))
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_ph, 0))
+        media_lengths = media_lengths or {}
         for modality, pid in self.placeholder_ids.items():
             pixels = media.get(modality)
             counts = media_counts.get(modality) or [0] * input_ids.shape[0]
+            lengths = None
             if pixels is None or pixels.shape[0] == 0:
-                features = embeds.new_zeros(0, self.tokens_per_item(modality), embeds.shape[-1])
+                features = embeds.new_zeros(0, 0, embeds.shape[-1])
             else:
-                features = self.encode(modality, pixels)
-            embeds = scatter_features(embeds, input_ids, pid, features, counts, sample_ids)
+                features, lengths = self.encode(modality, pixels, media_lengths.get(modality))
+            embeds = scatter_features(embeds, input_ids, pid, features, counts, sample_ids, lengths)
         return embeds
 
     def media_sequence(
-        self, media: Mapping[str, torch.Tensor], media_counts: Mapping[str, Sequence[int]], batch_size: int
+        self,
+        media: Mapping[str, torch.Tensor],
+        media_counts: Mapping[str, Sequence[int]],
+        batch_size: int,
+        media_lengths: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Each sample's connector outputs, all its items (modalities in model order, items in text order)
         concatenated and padded: ``[B, M, D]`` features and a ``[B, M]`` mask; (None, None) without media."""
@@ -122,10 +139,12 @@ class MultimodalLM(nn.Module):
                     f"{modality}: media_counts {counts} do not account for the {pixels.shape[0]} item(s) of a "
                     f"batch of {batch_size}; build batches with omnifuse's Processor.collate"
                 )
-            features = self.encode(modality, pixels)
-            for b, items in enumerate(features.split(counts)):
-                if items.shape[0]:
-                    rows[b].append(items.reshape(-1, items.shape[-1]))
+            features, lengths = self.encode(modality, pixels, (media_lengths or {}).get(modality))
+            per_item = [features.shape[1]] * features.shape[0] if lengths is None else lengths.tolist()
+            start = 0
+            for b, n_items in enumerate(counts):
+                rows[b].extend(features[i, : per_item[i]] for i in range(start, start + n_items))
+                start += n_items
         if not any(rows):
             return None, None
         seqs = [torch.cat(r) if r else features.new_zeros(0, features.shape[-1]) for r in rows]
@@ -141,16 +160,17 @@ class MultimodalLM(nn.Module):
         media: Mapping[str, torch.Tensor],
         media_counts: Mapping[str, Sequence[int]],
         sample_ids: Sequence[str] | None = None,
+        media_lengths: Mapping[str, torch.Tensor] | None = None,
     ) -> Iterator[torch.Tensor]:
         """``with model.fuse(...) as embeds: model.llm(inputs_embeds=embeds, ...)`` — the one way to feed
         a batch to the LLM. Early fusion: the embeddings carry the media. Cross-attention: plain token
         embeddings, and the media stay bound to the gated blocks until the ``with`` ends (a generation
         loop keeps them bound across all its decoding steps)."""
         if self.fusion is None:
-            yield self.embed(input_ids, media, media_counts, sample_ids)
+            yield self.embed(input_ids, media, media_counts, sample_ids, media_lengths)
             return
         embeds = self.llm.get_input_embeddings()(input_ids)
-        features, mask = self.media_sequence(media, media_counts, input_ids.shape[0])
+        features, mask = self.media_sequence(media, media_counts, input_ids.shape[0], media_lengths)
         if features is None:
             features = embeds.new_zeros(input_ids.shape[0], 0, embeds.shape[-1])
             mask = torch.zeros(input_ids.shape[0], 0, dtype=torch.bool, device=embeds.device)
@@ -165,16 +185,17 @@ class MultimodalLM(nn.Module):
         media_counts: Mapping[str, Sequence[int]],
         labels: torch.Tensor | None = None,
         sample_ids: Sequence[str] | None = None,
+        media_lengths: Mapping[str, torch.Tensor] | None = None,
     ) -> LMOutput:
         if labels is None:
-            with self.fuse(input_ids, media, media_counts, sample_ids) as embeds:
+            with self.fuse(input_ids, media, media_counts, sample_ids, media_lengths) as embeds:
                 out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
             return LMOutput(None, out.logits, 0)
         # Logits only where a label is predicted: the LM head over a 49k vocabulary would otherwise
         # cost about a quarter of a small LLM's forward pass on prompt tokens that carry no loss.
         targets = labels[:, 1:]
         keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        with self.fuse(input_ids, media, media_counts, sample_ids) as embeds:
+        with self.fuse(input_ids, media, media_counts, sample_ids, media_lengths) as embeds:
             out = self.llm(
                 inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
             )

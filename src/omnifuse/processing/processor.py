@@ -16,18 +16,26 @@ Three things happen here and nowhere else:
 With tiling (``MediaSlot.tiling``, see :mod:`omnifuse.processing.tiling`) an image becomes several
 views: each view is one preprocessed tensor and ``tokens_per_item`` placeholders, preceded by its
 position marker text (tokenised on its own, never labelled). To the model every view is one item.
+
+Audio clips have their own length: the slot's ``tokens_for`` says how many placeholders a preprocessed
+clip becomes (the encoder runs over the real length only), ``collate`` pads the clips of a batch to the
+longest and records each one's length in ``Batch.media_lengths``. With an ASR cascade (``speech_to_text``)
+and no audio encoder, a clip becomes its transcript instead: plain text in the user turn (late fusion).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.multimodal import IGNORE_INDEX
 from omnifuse.processing.tiling import Tiling
@@ -48,14 +56,50 @@ BASE_TEMPLATE = (
 )
 
 
+def load_image(path, sample_id: str) -> Image.Image:
+    """Open an image file as RGB, or raise an error naming the file and the sample."""
+    if isinstance(path, Image.Image):
+        return path.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise OmnifuseError(
+            f"sample {sample_id}: image file {path} does not exist; fix the path in the data file"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise OmnifuseError(
+            f"sample {sample_id}: {path} is not a readable image ({exc}); replace the file or drop the sample"
+        ) from None
+
+
+def load_clip(source, sample_id: str, max_seconds: float | None = 30.0) -> np.ndarray:
+    """A clip file (or a waveform already decoded) as 16 kHz mono float32, or an error naming the sample."""
+    from omnifuse.audio.io import load_audio
+
+    if isinstance(source, np.ndarray):  # decoded by load_audio already (a request, the chat)
+        return source
+    try:
+        return load_audio(source, max_seconds=max_seconds)
+    except OmnifuseError as exc:
+        raise OmnifuseError(f"sample {sample_id}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class MediaSlot:
-    """What the processor needs to know about one modality of the model."""
+    """What the processor needs to know about one modality of the model.
 
-    transform: Callable[[Image.Image], torch.Tensor]
-    tokens_per_item: int  # per view: an image is one view, or several with tiling
+    ``load(source, sample_id)`` opens a media item (an image file → PIL image, a clip → waveform);
+    ``transform`` is the encoder's preprocessing. Fixed-size media make ``tokens_per_item`` placeholders
+    per item (per view with tiling); variable-length media (audio) give ``tokens_for(preprocessed)``
+    instead and are padded along their last axis when batched."""
+
+    transform: Callable[[Any], torch.Tensor]
+    tokens_per_item: int
     placeholder_id: int
     tiling: Tiling | None = None
+    load: Callable[[Any, str], Any] = load_image
+    tokens_for: Callable[[torch.Tensor], int] | None = None
 
 
 @dataclass
@@ -74,6 +118,8 @@ class Batch:
     media: dict[str, torch.Tensor]
     media_counts: dict[str, list[int]]
     sample_ids: list[str]
+    # Variable-length modalities only: each item's real length along the padded last axis of media[m].
+    media_lengths: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def model_inputs(self) -> dict:
         return {
@@ -83,24 +129,8 @@ class Batch:
             "media_counts": self.media_counts,
             "labels": self.labels,
             "sample_ids": self.sample_ids,
+            "media_lengths": self.media_lengths,
         }
-
-
-def load_image(path, sample_id: str) -> Image.Image:
-    """Open an image file as RGB, or raise an error naming the file and the sample."""
-    if isinstance(path, Image.Image):
-        return path.convert("RGB")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise OmnifuseError(
-            f"sample {sample_id}: image file {path} does not exist; fix the path in the data file"
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise OmnifuseError(
-            f"sample {sample_id}: {path} is not a readable image ({exc}); replace the file or drop the sample"
-        ) from None
 
 
 class Processor:
@@ -109,6 +139,7 @@ class Processor:
         tokenizer: PreTrainedTokenizerBase,
         media: Mapping[str, MediaSlot],
         system_prompt: str | None = None,
+        speech_to_text: Callable[[Any, str], str] | None = None,
     ) -> None:
         if not tokenizer.is_fast:
             raise OmnifuseError(
@@ -117,6 +148,8 @@ class Processor:
         self.tokenizer = tokenizer
         self.media = dict(media)
         self.system_prompt = system_prompt
+        # ASR cascade: (clip, sample id) → transcript, used for audio parts when there is no audio slot.
+        self.speech_to_text = speech_to_text
         self.template = tokenizer.chat_template or BASE_TEMPLATE
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -152,7 +185,7 @@ class Processor:
         )
 
     def _as_template_messages(
-        self, messages: Sequence[Message]
+        self, messages: Sequence[Message], sample_id: str = "?"
     ) -> tuple[list[dict], list[tuple[str, object]]]:
         out, items = [], []
         if self.system_prompt is not None and (not messages or messages[0].role != "system"):
@@ -165,16 +198,21 @@ class Processor:
                 elif isinstance(part, ImagePart):
                     text.append(MEDIA_MARKER)
                     items.append(("image", part.source))
+                elif isinstance(part, AudioPart) and "audio" not in self.media and self.speech_to_text:
+                    text.append(self.speech_to_text(part.source, sample_id))
+                elif isinstance(part, AudioPart):
+                    text.append(MEDIA_MARKER)
+                    items.append(("audio", part.source))
                 else:  # pragma: no cover - parse_sample admits only the types above
                     raise OmnifuseError(f"unsupported message part {part!r}")
             out.append({"role": msg.role, "content": "".join(text)})
         return out, items
 
     def render(
-        self, messages: Sequence[Message], add_generation_prompt: bool
+        self, messages: Sequence[Message], add_generation_prompt: bool, sample_id: str = "?"
     ) -> tuple[str, list[tuple[int, int]], list]:
         """Rendered text, character spans of the assistant answers to learn, and the media items in order."""
-        tmsgs, items = self._as_template_messages(messages)
+        tmsgs, items = self._as_template_messages(messages, sample_id)
         text = self._render(tmsgs, add_generation_prompt)
         spans = []
         for i, m in enumerate(tmsgs):
@@ -194,7 +232,7 @@ class Processor:
     # ------------------------------------------------------------ encoding
     def encode(self, sample: Sample, for_generation: bool = False) -> Encoded:
         messages = sample.prompt() if for_generation else sample.messages
-        text, spans, items = self.render(messages, add_generation_prompt=for_generation)
+        text, spans, items = self.render(messages, add_generation_prompt=for_generation, sample_id=sample.id)
         pieces = text.split(MEDIA_MARKER)
         if len(pieces) - 1 != len(items):
             raise OmnifuseError(
@@ -217,19 +255,22 @@ class Processor:
                 modality, ref = items[k]
                 slot = self.media.get(modality)
                 if slot is None:
+                    hint = " or ASR cascade (model.asr)" if modality == "audio" else ""
                     raise OmnifuseError(
-                        f"sample {sample.id} has an {modality} but this model has no {modality} encoder "
+                        f"sample {sample.id} has an {modality} but this model has no {modality} encoder{hint} "
                         f"(it has: {', '.join(self.media) or 'none'})"
                     )
-                image = load_image(ref, sample.id)
-                views = slot.tiling.views(image) if slot.tiling is not None else [("", image)]
+                item = slot.load(ref, sample.id)
+                views = slot.tiling.views(item) if slot.tiling is not None else [("", item)]
                 for marker, view in views:
                     marker_ids = self._marker_ids(marker)
                     ids.extend(marker_ids)
                     labels.extend([IGNORE_INDEX] * len(marker_ids))
-                    media.setdefault(modality, []).append(slot.transform(view))
-                    ids.extend([slot.placeholder_id] * slot.tokens_per_item)
-                    labels.extend([IGNORE_INDEX] * slot.tokens_per_item)
+                    tensor = slot.transform(view)
+                    media.setdefault(modality, []).append(tensor)
+                    n = slot.tokens_for(tensor) if slot.tokens_for is not None else slot.tokens_per_item
+                    ids.extend([slot.placeholder_id] * n)
+                    labels.extend([IGNORE_INDEX] * n)
                 offset += len(MEDIA_MARKER)
         if not for_generation and all(lab == IGNORE_INDEX for lab in labels):
             raise OmnifuseError(
@@ -251,11 +292,19 @@ class Processor:
             ids[b, sl] = torch.tensor(e.input_ids)
             labels[b, sl] = torch.tensor(e.labels)
             mask[b, sl] = 1
-        media, counts = {}, {}
-        for modality in self.media:
+        media, counts, lengths = {}, {}, {}
+        for modality, slot in self.media.items():
             items = [t for e in encoded for t in e.media.get(modality, [])]
             counts[modality] = [len(e.media.get(modality, [])) for e in encoded]
-            if items:
+            if not items:
+                continue
+            if slot.tokens_for is None:
                 media[modality] = torch.stack(items)
+                continue
+            # Variable length: pad the last axis with zeros to the longest item, and keep the lengths.
+            lengths[modality] = torch.tensor([t.shape[-1] for t in items])
+            longest = int(lengths[modality].max())
+            media[modality] = torch.stack([F.pad(t, (0, longest - t.shape[-1])) for t in items])
         has_labels = bool((labels != IGNORE_INDEX).any())
-        return Batch(ids, mask, labels if has_labels else None, media, counts, [e.sample_id for e in encoded])
+        ids_list = [e.sample_id for e in encoded]
+        return Batch(ids, mask, labels if has_labels else None, media, counts, ids_list, lengths)

@@ -58,9 +58,21 @@ class MultiEncoderSpec(Spec):
     )
 
 
+class WhisperEncoderSpec(Spec):
+    """Whisper's encoder over the real length of each clip (no 30 s padding), 50 frames per second."""
+
+    type: Literal["whisper"]
+    weights: str = Field("whisper-base", description="packaged asset name, Hugging Face id or folder")
+    max_seconds: float = Field(
+        30.0, gt=0, le=30.0, description="longer clips are refused with an error (Whisper's window is 30 s)"
+    )
+
+
 EncoderSpec = Annotated[
-    MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec | MultiEncoderSpec, Field(discriminator="type")
+    MobileNetV2Spec | EfficientNetLite0Spec | HFVisionSpec | MultiEncoderSpec | WhisperEncoderSpec,
+    Field(discriminator="type"),
 ]
+AUDIO_ENCODERS = (WhisperEncoderSpec,)  # variable-length encoders: their connector is `stack`
 
 
 class TilingSpec(Spec):
@@ -133,13 +145,25 @@ class QFormerConnectorSpec(Spec):
     hidden: int | None = Field(None, ge=1)
 
 
+class StackConnectorSpec(Spec):
+    """Ultravox: stack ``factor`` consecutive audio frames into one token, then RMSNorm → linear → SwiGLU →
+    linear → RMSNorm into the LLM's width (omnifuse.connectors.stack)."""
+
+    type: Literal["stack"]
+    factor: int = Field(
+        8, ge=1, description="frames per token (Whisper's 50 Hz / 8 = 6.25 tokens per second)"
+    )
+    hidden: int | None = Field(None, ge=1, description="SwiGLU width; null = the LLM's hidden size")
+
+
 ConnectorSpec = Annotated[
     LinearConnectorSpec
     | MLPConnectorSpec
     | PoolConnectorSpec
     | PerceiverConnectorSpec
     | PixelShuffleConnectorSpec
-    | QFormerConnectorSpec,
+    | QFormerConnectorSpec
+    | StackConnectorSpec,
     Field(discriminator="type"),
 ]
 
@@ -169,14 +193,52 @@ class LLMSpec(Spec):
     )
 
 
+class ASRSpec(Spec):
+    """An ASR cascade (late fusion): spoken parts become their transcript, read by the LLM as text."""
+
+    name: str = Field("whisper-base", description="Whisper: packaged asset name, Hugging Face id or folder")
+    batch_size: int = Field(16, ge=1, description="clips transcribed together when a data set is prepared")
+    max_seconds: float = Field(30.0, gt=0, le=30.0, description="longer clips are refused with an error")
+
+
 class ModelSpec(Spec):
-    encoders: dict[str, EncoderSpec] = Field(description="modality name → encoder (e.g. image)")
+    encoders: dict[str, EncoderSpec] = Field(description="modality name → encoder (e.g. image, audio)")
     connectors: dict[str, ConnectorSpec] = Field(description="modality name → connector")
     fusion: FusionSpec = EarlyFusionSpec()
     llm: LLMSpec = LLMSpec()
     tiling: dict[str, TilingSpec] = Field(
         default_factory=dict, description="modality name → high-resolution tiling; absent = off"
     )
+    asr: ASRSpec | None = Field(
+        None, description="ASR cascade for spoken input (instead of an audio encoder); null = none"
+    )
+
+    @model_validator(mode="after")
+    def _audio(self) -> ModelSpec:
+        for modality, enc in self.encoders.items():
+            audio_encoder = isinstance(enc, AUDIO_ENCODERS)
+            if audio_encoder != (modality == "audio"):
+                what = "an audio encoder" if audio_encoder else f"a {enc.type} encoder"
+                raise ValueError(
+                    f"model.encoders.{modality}: {what} cannot read the {modality!r} parts of a sample; audio "
+                    "parts go to encoders.audio (type whisper), images to an image encoder"
+                )
+            stacks = isinstance(self.connectors.get(modality), StackConnectorSpec)
+            if audio_encoder != stacks and modality in self.connectors:
+                raise ValueError(
+                    f"model.connectors.{modality}: "
+                    + (
+                        "an audio encoder needs the frame-stacking connector; set {type: stack, factor: 8}"
+                        if audio_encoder
+                        else "the stack connector is for audio frames; use e.g. {type: mlp} for images"
+                    )
+                )
+        if self.asr is not None and "audio" in self.encoders:
+            raise ValueError(
+                "model.asr and model.encoders.audio are both set: spoken input reaches the LLM either as a "
+                "transcript (asr, the cascade) or as embeddings (encoders.audio); remove one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _same_modalities(self) -> ModelSpec:
@@ -259,11 +321,16 @@ class StageSpec(Spec):
         None, description="meta key (e.g. question_type) whose values are drawn equally often in this stage"
     )
     save_every: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
-    objective: Literal["generative", "qformer"] = Field(
+    objective: Literal["generative", "qformer", "distill"] = Field(
         "generative",
         description="generative = next-token loss through the LLM; qformer = BLIP-2 stage 1 (ITC + ITM + ITG "
-        "on image-caption pairs, Q-Former alone, no LLM)",
+        "on image-caption pairs, Q-Former alone, no LLM); distill = the model hearing the question learns to "
+        "match the same model reading its transcript (meta.transcript), plus the next-token loss",
     )
+    distill_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="distill: loss = w·T²·KL(text ‖ audio) + (1 − w)·next-token loss"
+    )
+    distill_temperature: float = Field(1.0, gt=0, description="distill: softmax temperature T")
 
     @model_validator(mode="after")
     def _check(self) -> StageSpec:
@@ -385,11 +452,13 @@ class LogMelSpec(Spec):
     tokens: int = Field(16, ge=1, description="time segments in the token form")
 
 
-class WhisperAudioSpec(Spec):
-    """The Whisper encoder (omnifuse.encoders.audio.whisper), mean-pooled or as frame tokens."""
+class WhisperFeaturesSpec(Spec):
+    """The Whisper encoder over each clip's real length (omnifuse.encoders.audio.whisper): its frames
+    mean-pooled, or averaged into ``tokens`` time segments."""
 
     type: Literal["whisper"]
-    name: str = Field("whisper-base", description="packaged name, Hugging Face id or folder")
+    weights: str = Field("whisper-base", description="packaged asset name, Hugging Face id or folder")
+    tokens: int = Field(16, ge=1, description="time segments in the token form")
 
 
 FeatureEncoderSpec = Annotated[
@@ -399,7 +468,7 @@ FeatureEncoderSpec = Annotated[
     | PixelsSpec
     | MiniLMSpec
     | LogMelSpec
-    | WhisperAudioSpec,
+    | WhisperFeaturesSpec,
     Field(discriminator="type"),
 ]
 
@@ -411,7 +480,7 @@ INPUT_KINDS: dict[type, str] = {
     PixelsSpec: "image",
     MiniLMSpec: "text",
     LogMelSpec: "audio",
-    WhisperAudioSpec: "audio",
+    WhisperFeaturesSpec: "audio",
 }
 
 
@@ -463,6 +532,14 @@ class TransformerFusionSpec(_FusionBase):
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     ffn_mult: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerFusionSpec:
+        if self.dim % self.heads:
+            raise ValueError(
+                f"dim {self.dim} is not divisible by heads {self.heads}; choose a multiple of heads"
+            )
+        return self
 
 
 class DataFusionSpec(Spec):
@@ -590,6 +667,14 @@ class ClassifierTrainSpec(Spec):
     weight_decay: float = Field(1e-4, ge=0)
     modality_dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="drop each whole modality of a sample with this probability"
+    )
+    combiner_holdout: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="decision-level fusion with a trained combiner (late_weighted, late_stacking): the seeded "
+        "fraction of training samples that trains the combiner on the voters' predictions, the rest trains "
+        "the voters; 0 = both on every sample",
     )
 
 

@@ -72,7 +72,9 @@ class Engine:
             raise ValueError(f"{len(encoded)} prompts but {len(cfgs)} generation configs")
         batch = self.processor.collate(list(encoded), padding_side="left")
         # Cross-attention fusion reads the media in every decoding step: they stay bound for the whole loop.
-        with self.model.fuse(batch.input_ids, batch.media, batch.media_counts, batch.sample_ids) as embeds:
+        with self.model.fuse(
+            batch.input_ids, batch.media, batch.media_counts, batch.sample_ids, batch.media_lengths
+        ) as embeds:
             yield from self._decode(batch, embeds, cfgs, use_cache, cancelled)
 
     def _decode(

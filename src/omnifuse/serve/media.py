@@ -19,7 +19,10 @@ import warnings
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from omnifuse.errors import OmnifuseError
 
 
 class MediaError(ValueError):
@@ -49,6 +52,19 @@ def _b64decode(data: str, what: str, limit: int) -> bytes:
     if not raw:
         raise MediaError(f"{what} is empty")
     return raw
+
+
+def load_audio_data(
+    data: str, limits: MediaLimits, max_seconds: float, what: str = "the audio"
+) -> np.ndarray:
+    """Base64 wav/mp3 bytes → 16 kHz mono waveform, refusing oversized, unreadable, silent and too long clips."""
+    from omnifuse.audio.io import load_audio
+
+    raw = _b64decode(data, what, limits.max_bytes)
+    try:
+        return load_audio(raw, max_seconds=max_seconds)
+    except OmnifuseError as exc:
+        raise MediaError(f"{what}: {str(exc).replace('the data', 'the clip', 1)}") from None
 
 
 def decode_image(raw: bytes, limits: MediaLimits, what: str = "the image") -> Image.Image:

@@ -28,15 +28,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omnifuse.audio.tts import espeak_available, synthesize
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.processing import Encoded
 from omnifuse.serve import protocol as P
 from omnifuse.serve.engine import Engine, GenerationConfig
-from omnifuse.serve.media import MediaError, MediaLimits, load_image_url
+from omnifuse.serve.media import MediaError, MediaLimits, load_audio_data, load_image_url
 from omnifuse.serve.scheduler import Delta, Done, Failed, Job, QueueFull, Scheduler, ShuttingDown
 
 log = logging.getLogger("omnifuse.serve")
+MAX_AUDIO_SECONDS = 30.0  # a spoken question longer than Whisper's window is refused (400)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,8 @@ class ChatService:
             engine, settings.max_batch_size, settings.max_queue, settings.batch_wait_ms / 1000
         )
         self.modalities = set(engine.processor.media)
+        if engine.processor.speech_to_text is not None:
+            self.modalities.add("audio")  # heard through the ASR cascade
 
     # ------------------------------------------------------------ request → prompt
     def _content(self, content, at: str, role: str, n_images: list[int]) -> tuple:
@@ -121,13 +124,23 @@ class ChatService:
             if isinstance(part, P.TextContent):
                 parts.append(TextPart(part.text))
             elif isinstance(part, P.AudioContent):
-                raise P.APIError(
-                    400,
-                    f"{where}: this model has no audio input (its inputs: text"
-                    f"{', ' + ', '.join(sorted(self.modalities)) if self.modalities else ''}); "
-                    "send the question as text",
-                    param=where,
-                )
+                if "audio" not in self.modalities:
+                    raise P.APIError(
+                        400,
+                        f"{where}: this model has no audio input (its inputs: text"
+                        f"{', ' + ', '.join(sorted(self.modalities)) if self.modalities else ''}); "
+                        "send the question as text",
+                        param=where,
+                    )
+                if role != "user":
+                    raise P.APIError(400, f"{where}: audio is only allowed in user messages", param=where)
+                try:
+                    wave = load_audio_data(
+                        part.input_audio.data, self.settings.media, MAX_AUDIO_SECONDS, f"the audio at {where}"
+                    )
+                except MediaError as exc:
+                    raise P.APIError(exc.status, str(exc), param=f"{where}.input_audio.data") from None
+                parts.append(AudioPart(waveform=wave))
             else:
                 if role != "user":
                     raise P.APIError(400, f"{where}: images are only allowed in user messages", param=where)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from omnifuse.training.checkpoint import atomic_write_text
+from omnifuse.atomic import atomic_write_text
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -39,17 +39,34 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
 
 @dataclass(frozen=True)
 class VariantSummary:
+    """One variant over its seeds. LLM runs fill the token and latency fields; classifier runs the
+    macro F1, the ε spent under DP-SGD (mean over seeds) and the accuracy with each modality dropped."""
+
     variant: str
     seeds: int
     accuracy: float
     ci: float
     accuracies: list[float]
     trainable_params: int
-    image_tokens: int
-    text_tokens_per_image: int
+    image_tokens: int | None
+    text_tokens_per_image: int | None
     training_samples: int
     train_seconds: float
-    latency_ms: float
+    latency_ms: float | None
+    train_seconds_ci: float = 0.0
+    macro_f1: float | None = None
+    epsilon: float | None = None
+    target_epsilon: float | None = None
+    missing: dict[str, float] | None = None
+
+    @property
+    def classifier(self) -> bool:
+        return self.latency_ms is None
+
+
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def summarize(records: Sequence[dict]) -> list[VariantSummary]:
@@ -60,6 +77,11 @@ def summarize(records: Sequence[dict]) -> list[VariantSummary]:
     for name, rows in by_variant.items():
         acc = [r["accuracy"] for r in rows]
         mean, ci = mean_ci(acc)
+        first = rows[0]
+        llm = "latency_s" in first
+        missing = None
+        if first.get("missing"):
+            missing = {m: statistics.fmean(r["missing"][m] for r in rows) for m in first["missing"]}
         out.append(
             VariantSummary(
                 variant=name,
@@ -67,12 +89,17 @@ def summarize(records: Sequence[dict]) -> list[VariantSummary]:
                 accuracy=mean,
                 ci=ci,
                 accuracies=acc,
-                trainable_params=rows[0]["trainable_params"],
-                image_tokens=sum(rows[0]["image_tokens"].values()),
-                text_tokens_per_image=sum(rows[0]["text_tokens_per_image"].values()),
-                training_samples=rows[0]["training_samples"],
+                trainable_params=first["trainable_params"],
+                image_tokens=sum(first["image_tokens"].values()) if llm else None,
+                text_tokens_per_image=sum(first["text_tokens_per_image"].values()) if llm else None,
+                training_samples=first["training_samples"],
                 train_seconds=statistics.fmean(r["train_seconds"] for r in rows),
-                latency_ms=1000 * statistics.median(r["latency_s"] for r in rows),
+                latency_ms=1000 * statistics.median(r["latency_s"] for r in rows) if llm else None,
+                train_seconds_ci=mean_ci([r["train_seconds"] for r in rows])[1],
+                macro_f1=_mean_of(rows, "macro_f1"),
+                epsilon=_mean_of(rows, "epsilon"),
+                target_epsilon=first.get("target_epsilon"),
+                missing=missing,
             )
         )
     return out
@@ -84,7 +111,34 @@ HEADER = (
 )
 
 
+def classifier_table(rows: Sequence[VariantSummary]) -> str:
+    """Classifier sweeps: accuracy, macro F1, size, training time, ε (with privacy), and the accuracy with
+    each modality dropped (late fusion drops its vote; see omnifuse.eval.classifier)."""
+    modalities = sorted({m for s in rows for m in (s.missing or {})})
+    private = any(s.target_epsilon is not None for s in rows)
+    head = ["variant", "accuracy (mean ± 95 % CI)", "per seed", "macro F1", "trainable params", "train time"]
+    head += ["ε spent (target)"] if private else []
+    head += [f"{m} missing" for m in modalities]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in rows:
+        cells = [
+            s.variant,
+            f"{100 * s.accuracy:.1f} ± {100 * s.ci:.1f} %",
+            ", ".join(f"{100 * a:.1f}" for a in s.accuracies),
+            f"{s.macro_f1:.3f}" if s.macro_f1 is not None else "—",
+            f"{s.trainable_params:,}",
+            f"{s.train_seconds:.1f} ± {s.train_seconds_ci:.1f} s",
+        ]
+        if private:
+            cells.append(f"{s.epsilon:.2f} ({s.target_epsilon:g})" if s.epsilon is not None else "∞ (no DP)")
+        cells += [f"{100 * s.missing[m]:.1f} %" if s.missing and m in s.missing else "—" for m in modalities]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: Sequence[VariantSummary]) -> str:
+    if rows and all(s.classifier for s in rows):
+        return classifier_table(rows)
     lines = [HEADER, "|" + "---|" * 8]
     for s in rows:
         seeds = ", ".join(f"{100 * a:.1f}" for a in s.accuracies)
@@ -120,6 +174,50 @@ def _plot(rows: Sequence[VariantSummary], x_of, xlabel: str, path: Path, log_x: 
     tmp.replace(path)
 
 
+def _plot_epsilon(rows: Sequence[VariantSummary], path: Path) -> bool:
+    """Accuracy against the privacy budget ε (log axis); runs without DP at the right end, marked ∞."""
+    private = sorted((s for s in rows if s.target_epsilon is not None), key=lambda s: s.target_epsilon)
+    if not private:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    xs = [s.target_epsilon for s in private]
+    ax.errorbar(xs, [100 * s.accuracy for s in private], yerr=[100 * s.ci for s in private], fmt="o-",
+                capsize=4, label="DP-SGD")  # fmt: skip
+    ticks, labels = list(xs), [f"{x:g}" for x in xs]
+    for s in rows:
+        if s.target_epsilon is None:
+            x_inf = 2 * max(xs)
+            ax.errorbar(
+                [x_inf],
+                [100 * s.accuracy],
+                yerr=[100 * s.ci],
+                fmt="s",
+                capsize=4,
+                label=f"{s.variant} (no DP)",
+            )
+            ticks.append(x_inf)
+            labels.append("∞")
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, labels)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("privacy budget ε (target; δ fixed)")
+    ax.set_ylabel("accuracy (%), mean ± 95 % CI over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
 def paired_table(records: Sequence[dict], rows: Sequence[VariantSummary]) -> str:
     if len(rows) < 2:
         return ""
@@ -145,21 +243,33 @@ def write_report(out: Path, name: str, records: Sequence[dict], command: str) ->
     rows = summarize(records)
     _plot(rows, lambda s: s.trainable_params, "trainable parameters", out / "accuracy_vs_params.png", True)
     _plot(rows, lambda s: s.train_seconds, "training time per run (s)", out / "accuracy_vs_time.png", False)
+    epsilon_plot = _plot_epsilon(rows, out / "accuracy_vs_epsilon.png")
     summary = {"sweep": name, "variants": [asdict(s) for s in rows]}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     seeds = sorted({r["seed"] for r in records})
+    if rows and all(s.classifier for s in rows):
+        explained = (
+            "Classifier runs on cached frozen-encoder features: trainable parameters are the fusion head's, "
+            "train time is the head's training (the features are extracted once and shared by all variants). "
+            "Missing columns: accuracy with that modality dropped at test time (mean over seeds)."
+        )
+    else:
+        explained = (
+            "Trainable parameters are those training changed (what `model.safetensors` holds). Image tokens: "
+            "tokens the connector makes per image (of which in the LLM's text, in brackets: 0 for "
+            "cross-attention). Latency: median time to answer one question alone (batch 1, greedy)."
+        )
     text = (
         f"# Sweep `{name}`\n\n"
         f"Command: `{command}`\n\n"
         f"Seeds {seeds}; every variant trained and evaluated once per seed on the same data. The interval is "
         "the Student-t 95 % confidence interval of the mean over seeds (seed-to-seed variation: data order and "
-        "initialisation). Trainable parameters are those training changed (what `model.safetensors` holds). "
-        "Image tokens: tokens the connector makes per image (of which in the LLM's text, in brackets: 0 for "
-        "cross-attention). Latency: median time to answer one question alone (batch 1, greedy).\n\n"
+        f"initialisation). {explained}\n\n"
         f"{markdown_table(rows)}\n\n"
         f"{paired_table(records, rows)}"
         "![accuracy vs trainable parameters](accuracy_vs_params.png)\n"
         "![accuracy vs training time](accuracy_vs_time.png)\n"
+        + ("![accuracy vs privacy budget](accuracy_vs_epsilon.png)\n" if epsilon_plot else "")
     )
     atomic_write_text(out / "report.md", text)
     return rows

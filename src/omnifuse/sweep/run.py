@@ -1,5 +1,9 @@
 """Run a sweep: every variant × seed trained and evaluated into ``OUT/<variant>/seed-<s>``.
 
+Multimodal LLM recipes are trained, evaluated (VQA accuracy) and timed (latency per answer); classifier
+recipes (``task: classify``) are trained on their cached features and record accuracy, macro F1, ε under
+DP-SGD and the missing-modality accuracies. The runner is chosen by the recipe's class (``RUNNERS``).
+
 A finished run (its result line in ``results.jsonl`` and the same resolved recipe) is skipped when the
 sweep runs again; a run that was interrupted resumes from its checkpoint. ``results.jsonl`` is
 rewritten atomically after each run, so a crash loses at most the run in progress.
@@ -19,23 +23,27 @@ import yaml
 from rich.console import Console
 from safetensors import safe_open
 
+from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.eval.vqa import VQAResult
-from omnifuse.recipe import Recipe, dump_recipe, parse_recipe
+from omnifuse.recipe import ClassifierRecipe, Recipe, dump_recipe, parse_recipe
 from omnifuse.rundir import RunDir, load_model
 from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.sweep.spec import Sweep
-from omnifuse.training.checkpoint import atomic_write_text
 from omnifuse.training.loop import stage_steps, train
 
 RESULTS = "results.jsonl"
 
 
-def training_samples(recipe: Recipe) -> int:
-    """Samples a recipe trains on in total: steps × batch size × accumulation, summed over stages."""
+def training_samples(recipe: Recipe | ClassifierRecipe) -> int:
+    """Samples a recipe trains on in total: steps × batch size × accumulation, summed over stages (a
+    classifier: epochs × training samples)."""
+    if isinstance(recipe, ClassifierRecipe):
+        n = len(load_data(recipe.data.train))
+        return recipe.train.epochs * min(n, recipe.data.train_limit or n)
     sizes: dict[str, int] = {}
     total = 0
     for stage in recipe.stages:
@@ -141,40 +149,82 @@ def run_sweep(
                 )
             # The same recipe without a checkpoint or result yet (killed before its first save).
             shutil.rmtree(run.path)
-        parts = parts_factory() if parts_factory else None
-        trained = train(recipe, run.path, resume=resume, console=console, progress=progress, parts=parts)
-        loaded = load_model(run, progress=progress, parts=parts_factory() if parts_factory else None)
-        _, model, processor = loaded
-        outcome = evaluate_run(run, blind=False, progress=progress, loaded=loaded)
-        result: VQAResult = outcome.result
-        timed = select_subset(
-            load_data(recipe.data.eval), sweep.spec.eval.latency_samples, recipe.data.eval_seed
-        )
-        g = recipe.generation
-        latency = _latency(Engine(model, processor), timed, GenerationConfig(g.max_new_tokens))
+        runner = RUNNERS[type(recipe)]
         record = {
             "variant": variant.name,
             "seed": seed,
-            "accuracy": result.accuracy,
-            "n_eval": result.n,
-            "per_type": {t: v["accuracy"] for t, v in result.per_type.items()},
-            "trainable_params": _saved_parameters(run),
-            "image_tokens": {m: model.media_tokens_per_item(m) for m in recipe.model.encoders},
-            "text_tokens_per_image": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
+            **runner(recipe, run, resume, console, progress, parts_factory, sweep),
             "training_samples": samples_per_variant[variant.name],
             # Summed over the logged steps, so a resumed run counts the steps of every attempt.
             "train_seconds": round(_step_seconds(run), 2),
-            "wall_seconds_last_attempt": round(trained.seconds, 2),
             "resumed": resume,
-            "eval_seconds": round(outcome.seconds, 2),
-            "latency_s": round(latency, 4),
             "recipe": dump_recipe(recipe),
         }
         results.append(record)
         atomic_write_text(out / RESULTS, "".join(json.dumps(r) + "\n" for r in results))
-        del model, loaded
     order = {(v.name, s): i for i, (v, s) in enumerate(jobs)}
     return sorted(
         (r for r in results if (r["variant"], r["seed"]) in order),
         key=lambda r: order[r["variant"], r["seed"]],
     )
+
+
+def _run_generative(
+    recipe: Recipe, run: RunDir, resume: bool, console: Console, progress: bool, parts_factory, sweep: Sweep
+) -> dict:
+    """Train, evaluate (VQA exact match) and time one multimodal LLM run."""
+    parts = parts_factory() if parts_factory else None
+    trained = train(recipe, run.path, resume=resume, console=console, progress=progress, parts=parts)
+    loaded = load_model(run, progress=progress, parts=parts_factory() if parts_factory else None)
+    _, model, processor = loaded
+    outcome = evaluate_run(run, blind=False, progress=progress, loaded=loaded)
+    result: VQAResult = outcome.result
+    timed = select_subset(load_data(recipe.data.eval), sweep.spec.eval.latency_samples, recipe.data.eval_seed)
+    g = recipe.generation
+    latency = _latency(Engine(model, processor), timed, GenerationConfig(g.max_new_tokens))
+    return {
+        "accuracy": result.accuracy,
+        "n_eval": result.n,
+        "per_type": {t: v["accuracy"] for t, v in result.per_type.items()},
+        "trainable_params": _saved_parameters(run),
+        "image_tokens": {m: model.media_tokens_per_item(m) for m in recipe.model.encoders},
+        "text_tokens_per_image": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
+        "wall_seconds_last_attempt": round(trained.seconds, 2),
+        "eval_seconds": round(outcome.seconds, 2),
+        "latency_s": round(latency, 4),
+    }
+
+
+def _run_classifier(
+    recipe: ClassifierRecipe,
+    run: RunDir,
+    resume: bool,
+    console: Console,
+    progress: bool,
+    parts_factory,
+    sweep,
+) -> dict:
+    """Train and evaluate one fusion classifier on its cached features (no latency: a head answers in
+    microseconds; the encoders' cost is the same for every fusion)."""
+    from omnifuse.training.classifier import train_classifier
+
+    trained = train_classifier(recipe, run.path, resume=resume, console=console, progress=progress)
+    result = json.loads((run.path / "eval.json").read_text())
+    record = {
+        "accuracy": result["accuracy"],
+        "n_eval": result["n"],
+        "macro_f1": result["macro_f1"],
+        "trainable_params": result["trainable_params"],
+        "wall_seconds_last_attempt": round(trained.seconds, 2),
+    }
+    if "privacy" in result:
+        record["epsilon"] = result["privacy"]["epsilon"]
+        record["target_epsilon"] = result["privacy"]["target_epsilon"]
+    rob = run.path / "robustness.json"
+    if rob.is_file():
+        record["missing"] = {m: v["dropped"] for m, v in json.loads(rob.read_text())["missing"].items()}
+    return record
+
+
+# recipe class → what one sweep run does
+RUNNERS: dict[type, Callable[..., dict]] = {Recipe: _run_generative, ClassifierRecipe: _run_classifier}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from omnifuse.atomic import temp_beside
 from omnifuse.errors import OmnifuseError
 
 
@@ -52,30 +52,6 @@ def recover_dir(final: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _temp_beside(path: Path) -> Path:
-    """A new, empty temporary file next to ``path`` (same file system, so os.replace is atomic), created
-    with the process's normal permissions — tempfile.mkstemp's 0600 would leave reports and weights
-    unreadable to anyone else once the temporary file is renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            tmp.open("x").close()
-            return tmp
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def state_of(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     return {n: params[n].detach().contiguous().clone() for n in names}
@@ -91,7 +67,7 @@ def save_tensors_atomic(
     tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
     """A safetensors file written beside its place and renamed over it (readers never see half a file)."""
-    tmp = _temp_beside(path)
+    tmp = temp_beside(path)
     mode = tmp.stat().st_mode & 0o777  # the process's normal permissions (umask applied)
     try:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from omnifuse import __version__
+from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
@@ -33,20 +34,20 @@ from omnifuse.recipe.schema import StageSpec
 from omnifuse.rundir import RunDir
 from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.checkpoint import (
-    atomic_write_text,
     load_checkpoint,
     recover_dir,
     save_checkpoint,
     save_weights,
 )
-from omnifuse.training.objectives import StepOutput, generative_step
+from omnifuse.training.objectives import StepOutput, distill_step, generative_step
 from omnifuse.training.qformer_pretrain import qformer_step
 from omnifuse.training.stages import apply_stage, changed_parameters, prepare_lora
 
 # StageSpec.objective → what one micro-batch computes (see training/objectives.py).
-OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample]], StepOutput]] = {
+OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample], StageSpec], StepOutput]] = {
     "generative": generative_step,
     "qformer": qformer_step,
+    "distill": distill_step,
 }
 
 
@@ -233,7 +234,7 @@ class Trainer:
                 parts: dict[str, float] = {}
                 for a in range(stage.grad_accum):
                     first = (step * stage.grad_accum + a) * micro
-                    out = objective(model, proc, [samples[order(first + i)] for i in range(micro)])
+                    out = objective(model, proc, [samples[order(first + i)] for i in range(micro)], stage)
                     (out.loss / stage.grad_accum).backward()
                     total_loss += out.loss.item() / stage.grad_accum
                     for key, value in out.parts.items():
@@ -265,7 +266,7 @@ class Trainer:
                     "time": round(time.time(), 3),
                 }
                 every = self.recipe.eval.every
-                if every and stage.objective == "generative" and (step % every == 0 or step == steps):
+                if every and stage.objective != "qformer" and (step % every == 0 or step == steps):
                     record |= self.evaluate_now()
                     bar.log(
                         f"{stage.name} step {step}/{steps}: eval accuracy {100 * record['eval_accuracy']:.1f} % "

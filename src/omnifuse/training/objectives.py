@@ -1,8 +1,8 @@
 """What one micro-batch of a stage computes: the stage's ``objective`` picks a step function.
 
-A step function takes the model, the processor and the micro-batch's samples and returns the loss to
-back-propagate, its named parts (logged to metrics.jsonl beside the loss) and a token count for the
-throughput figure. The table of objectives lives in ``training.loop``.
+A step function takes the model, the processor, the micro-batch's samples and the stage, and returns
+the loss to back-propagate, its named parts (logged to metrics.jsonl beside the loss) and a token count
+for the throughput figure. The table of objectives lives in ``training.loop``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn import functional as F
 
-from omnifuse.data.sample import Sample
-from omnifuse.models.multimodal import MultimodalLM
+from omnifuse.data.sample import Sample, with_transcript
+from omnifuse.errors import OmnifuseError
+from omnifuse.models.multimodal import IGNORE_INDEX, MultimodalLM
 from omnifuse.processing import Processor
+from omnifuse.recipe.schema import StageSpec
 
 
 @dataclass
@@ -24,8 +27,49 @@ class StepOutput:
     num_tokens: int = 0
 
 
-def generative_step(model: MultimodalLM, processor: Processor, samples: Sequence[Sample]) -> StepOutput:
+def generative_step(
+    model: MultimodalLM, processor: Processor, samples: Sequence[Sample], stage: StageSpec
+) -> StepOutput:
     """Next-token loss on the assistant turns, through the LLM (every stage before Q-Former existed)."""
     batch = processor.collate([processor.encode(s) for s in samples])
     out = model(**batch.model_inputs())
     return StepOutput(out.loss, {}, int(batch.attention_mask.sum()))
+
+
+def _answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[n, V]`` and targets ``[n]`` at the predicted answer tokens, rows in order."""
+    targets = labels[:, 1:]
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+    kept = targets[:, keep]
+    where = kept != IGNORE_INDEX
+    return logits[where], kept[where]
+
+
+def distill_step(
+    model: MultimodalLM, processor: Processor, samples: Sequence[Sample], stage: StageSpec
+) -> StepOutput:
+    """Knowledge distillation across modalities (Ultravox): the model hearing the question is pulled
+    towards the answer distribution of the same model reading the transcript (the teacher runs without
+    gradients), ``w·T²·KL(teacher ‖ student) + (1 − w)·next-token loss`` over the answer tokens."""
+    heard = processor.collate([processor.encode(s) for s in samples])
+    read = processor.collate([processor.encode(with_transcript(s)) for s in samples])
+    with torch.no_grad():
+        teacher = model(**read.model_inputs())
+    student = model(**heard.model_inputs())
+    s_logits, s_targets = _answer_logits(student.logits, heard.labels)
+    t_logits, t_targets = _answer_logits(teacher.logits, read.labels)
+    if not torch.equal(s_targets, t_targets):
+        raise OmnifuseError(
+            "distill: the answers tokenise differently with the clip and with its transcript; check that "
+            "meta.transcript holds only the question"
+        )
+    temp, w = stage.distill_temperature, stage.distill_weight
+    kd = F.kl_div(
+        F.log_softmax(s_logits.float() / temp, dim=-1),
+        F.log_softmax(t_logits.float() / temp, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    ) * (temp**2)
+    loss = w * kd + (1 - w) * student.loss
+    parts = {"kd": round(kd.item(), 6), "ce": round(student.loss.item(), 6)}
+    return StepOutput(loss, parts, int(heard.attention_mask.sum()))

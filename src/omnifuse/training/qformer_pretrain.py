@@ -33,6 +33,7 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.models.multimodal import IGNORE_INDEX, MultimodalLM
 from omnifuse.processing import Processor
 from omnifuse.processing.processor import load_image
+from omnifuse.recipe.schema import StageSpec
 from omnifuse.training.objectives import StepOutput
 
 
@@ -140,7 +141,9 @@ def qformer_modality(model: MultimodalLM) -> str:
     return names[0]
 
 
-def qformer_step(model: MultimodalLM, processor: Processor, samples: Sequence[Sample]) -> StepOutput:
+def qformer_step(
+    model: MultimodalLM, processor: Processor, samples: Sequence[Sample], stage: StageSpec | None = None
+) -> StepOutput:
     """One micro-batch of stage 1: each sample is one image (user turn) and its caption (answer)."""
     modality = qformer_modality(model)
     transform = processor.media[modality].transform

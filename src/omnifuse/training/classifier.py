@@ -1,0 +1,402 @@
+"""Training a classic fusion classifier on cached frozen-encoder features.
+
+The frozen encoders run once (features are cached, :mod:`omnifuse.encoders.features`); the classifier is
+then trained in seconds: AdamW on shuffled mini-batches (a seeded order per epoch), optional modality
+dropout, and optionally DP-SGD with Opacus. Every epoch logs one line to ``metrics.jsonl`` and writes an
+atomic checkpoint (weights, optimizer state, RNG, privacy accountant), so an interrupted run continues
+from its last finished epoch with ``--resume``.
+
+Run directory (beside the usual ``recipe.yaml``, ``run.json``, ``model.safetensors``, ``checkpoint/``,
+``metrics.jsonl``): ``normalization.safetensors`` (train-split statistics of ``standardize``), ``eval.json``,
+``robustness.json``, ``confusion.png``, ``curves.png`` and ``report.md`` (see
+:mod:`omnifuse.eval.classifier`).
+
+Differential privacy: ``privacy: {target_epsilon, delta, max_grad_norm}`` makes the optimizer DP-SGD's
+(per-sample gradients clipped to ``max_grad_norm``, Gaussian noise calibrated by Opacus so that the
+whole training spends ``target_epsilon`` at ``delta``; batches by Poisson sampling with expected size
+``batch_size``). Only the classifier trains; the encoders are pretrained on other data and frozen, and
+the normalisation statistics are computed from the training set without noise — the reported ε covers the
+classifier's weights, not those statistics (use ``normalize: l2`` or ``none`` where that matters).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from omnifuse import __version__
+from omnifuse.atomic import atomic_write_text
+from omnifuse.data.sample import Sample, select_subset
+from omnifuse.data.sources import load_data
+from omnifuse.encoders.features import Normalizer, extract_features
+from omnifuse.errors import OmnifuseError
+from omnifuse.models.classifier import FusionClassifier, build_classifier
+from omnifuse.progress import progress_bar
+from omnifuse.recipe.schema import ClassifierRecipe
+from omnifuse.rundir import RunDir
+from omnifuse.training.checkpoint import (
+    load_checkpoint,
+    recover_dir,
+    save_checkpoint,
+    save_tensors_atomic,
+    save_weights,
+)
+from omnifuse.training.loop import TrainResult, prepare_run_dir, seed_everything
+
+NORMALIZATION = "normalization.safetensors"
+
+
+@dataclass
+class FeatureSplit:
+    """Normalised features of one split: ``features[m]`` is ``[N, ...]``; ``labels`` are class indices;
+    ``holdout`` marks the training samples kept for a decision-level combiner."""
+
+    samples: list[Sample]
+    features: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    holdout: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+# ------------------------------------------------------------------ features and labels
+def split_samples(recipe: ClassifierRecipe) -> tuple[list[Sample], list[Sample]]:
+    d = recipe.data
+    train = select_subset(load_data(d.train), d.train_limit, recipe.seed)
+    evaluation = select_subset(load_data(d.eval), d.eval_limit, d.eval_seed)
+    return train, evaluation
+
+
+def class_names(samples: list[Sample]) -> list[str]:
+    """The classes: the sorted set of training answers (stored in run.json)."""
+    return sorted({s.answer().strip() for s in samples})
+
+
+def label_indices(samples: list[Sample], classes: list[str], what: str) -> torch.Tensor:
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({s.answer().strip() for s in samples} - set(index))
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise OmnifuseError(
+            f"the {what} data has answers that no training sample has ({shown}{' …' if len(unknown) > 5 else ''}); "
+            "a classifier predicts only the training answers. Use eval data whose answers occur in training."
+        )
+    return torch.tensor([index[s.answer().strip()] for s in samples])
+
+
+def raw_features(recipe: ClassifierRecipe, samples: list[Sample], progress: bool) -> dict[str, torch.Tensor]:
+    form = recipe.model.feature_form()
+    return {
+        m: extract_features(samples, m, spec, form=form, progress=progress)
+        for m, spec in sorted(recipe.model.encoders.items())
+    }
+
+
+def fit_normalizers(recipe: ClassifierRecipe, train: dict[str, torch.Tensor]) -> dict[str, Normalizer]:
+    return {m: Normalizer.fit(recipe.model.normalization(m), x) for m, x in train.items()}
+
+
+def save_normalizers(path: Path, normalizers: dict[str, Normalizer]) -> None:
+    tensors = {k: v for m, n in normalizers.items() for k, v in n.tensors(m).items()}
+    save_tensors_atomic(tensors, path, {"modes": json.dumps({m: n.mode for m, n in normalizers.items()})})
+
+
+def load_normalizers(run: RunDir, recipe: ClassifierRecipe) -> dict[str, Normalizer]:
+    tensors = load_file(str(run.path / NORMALIZATION))
+    return {
+        m: Normalizer.from_tensors(recipe.model.normalization(m), tensors, m) for m in recipe.model.encoders
+    }
+
+
+def make_split(
+    samples: list[Sample],
+    raw: dict[str, torch.Tensor],
+    norms: dict[str, Normalizer],
+    classes: list[str],
+    what: str,
+) -> FeatureSplit:
+    return FeatureSplit(
+        samples, {m: norms[m](x) for m, x in raw.items()}, label_indices(samples, classes, what)
+    )
+
+
+# ------------------------------------------------------------------ modality dropout
+def modality_dropout_mask(batch: int, modalities: int, p: float, generator=None) -> torch.Tensor:
+    """``[B, M]`` presence mask: each modality of each sample dropped with probability ``p``, but never all
+    of a sample's modalities (then one, drawn uniformly, is kept)."""
+    if p <= 0 or modalities < 2:
+        return torch.ones(batch, modalities)
+    present = (torch.rand(batch, modalities, generator=generator) >= p).float()
+    none = present.sum(1) == 0
+    if none.any():
+        keep = torch.randint(modalities, (int(none.sum()),), generator=generator)
+        present[none.nonzero().squeeze(1), keep] = 1.0
+    return present
+
+
+def apply_presence(features: dict[str, torch.Tensor], modalities: list[str], present: torch.Tensor) -> dict:
+    """Missing modalities' features zeroed (the training mean under ``standardize``)."""
+    out = {}
+    for k, m in enumerate(modalities):
+        x = features[m]
+        out[m] = x * present[:, k].reshape((-1,) + (1,) * (x.dim() - 1))
+    return out
+
+
+# ------------------------------------------------------------------ privacy
+def check_private_compatible(model: nn.Module, fusion: str) -> nn.Module:
+    """Opacus' fixes (MultiheadAttention → DPMultiheadAttention, BatchNorm → GroupNorm), then a check that
+    every trainable layer can give per-sample gradients; an error names the layers that cannot."""
+    from opacus.grad_sample import GradSampleModule
+    from opacus.validators import ModuleValidator
+
+    model = ModuleValidator.fix(model)
+    problems = [str(e) for e in ModuleValidator.validate(model, strict=False)]
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own and list(module.buffers(recurse=False)) and type(module) not in GradSampleModule.GRAD_SAMPLERS:
+            problems.append(
+                f"{name or 'the model'} ({type(module).__name__}) has trainable weights and buffers"
+            )
+    if problems:
+        raise OmnifuseError(
+            f"privacy: the {fusion} fusion head cannot be trained with DP-SGD (Opacus): {'; '.join(problems)}. "
+            "Remove privacy from the recipe or choose another fusion."
+        )
+    return model
+
+
+@dataclass
+class Private:
+    engine: object
+    delta: float
+
+    def epsilon(self) -> float:
+        return float(self.engine.get_epsilon(self.delta))
+
+
+# ------------------------------------------------------------------ training
+def combiner_holdout(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """``[n]`` bool: a seeded ``fraction`` of the training samples, kept for the combiner."""
+    g = torch.Generator().manual_seed(seed + 7717)
+    flags = torch.zeros(n, dtype=torch.bool)
+    flags[torch.randperm(n, generator=g)[: round(fraction * n)]] = True
+    return flags
+
+
+def _dataset(split: FeatureSplit, modalities: list[str]) -> TensorDataset:
+    holdout = split.holdout if split.holdout is not None else torch.zeros(len(split), dtype=torch.bool)
+    return TensorDataset(*(split.features[m] for m in modalities), holdout, split.labels)
+
+
+def _batches(
+    split: FeatureSplit, modalities: list[str], batch_size: int, seed: int, epoch: int
+) -> DataLoader:
+    data = _dataset(split, modalities)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # order is a function of (seed, epoch)
+    return DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
+
+
+@torch.no_grad()
+def predict(
+    model: FusionClassifier,
+    features: dict[str, torch.Tensor],
+    present: torch.Tensor | None = None,
+    batch: int = 1024,
+) -> torch.Tensor:
+    """Class logits ``[N, C]`` in eval mode (training mode is restored)."""
+    was = model.training
+    model.eval()
+    n = next(iter(features.values())).shape[0]
+    out = []
+    for s in range(0, n, batch):
+        chunk = {m: x[s : s + batch] for m, x in features.items()}
+        out.append(model(chunk, None if present is None else present[s : s + batch]))
+    model.train(was)
+    return torch.cat(out)
+
+
+def accuracy(model: FusionClassifier, split: FeatureSplit, present: torch.Tensor | None = None) -> float:
+    return (predict(model, split.features, present).argmax(-1) == split.labels).double().mean().item()
+
+
+def train_classifier(
+    recipe: ClassifierRecipe,
+    out: Path,
+    resume: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Extract (or load cached) features, train the fusion classifier into ``out``, evaluate it there."""
+    from omnifuse.eval.classifier import evaluate_classifier
+
+    console = console or Console(stderr=True)
+    run = RunDir(Path(out))
+    prepare_run_dir(run, recipe, resume)
+    seed_everything(recipe.seed)
+    start = time.perf_counter()
+    train_samples, eval_samples = split_samples(recipe)
+    classes = class_names(train_samples)
+    raw_train = raw_features(recipe, train_samples, progress)
+    raw_eval = raw_features(recipe, eval_samples, progress)
+    norms = fit_normalizers(recipe, raw_train)
+    save_normalizers(run.path / NORMALIZATION, norms)
+    train = make_split(train_samples, raw_train, norms, classes, "training")
+    evaluation = make_split(eval_samples, raw_eval, norms, classes, "eval")
+    shapes = {m: tuple(x.shape[1:]) for m, x in train.features.items()}
+    meta = {
+        "omnifuse": __version__,
+        "task": "classify",
+        "classes": classes,
+        "feature_shapes": {m: list(s) for m, s in shapes.items()},
+        "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
+        "n_train": len(train),
+        "n_eval": len(evaluation),
+    }
+    atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
+
+    model = build_classifier(recipe.model, shapes, len(classes))
+    if model.has_combiner() and recipe.train.combiner_holdout > 0:
+        train.holdout = combiner_holdout(len(train), recipe.train.combiner_holdout, recipe.seed)
+    if recipe.privacy is not None:
+        model = check_private_compatible(model, recipe.model.fusion.type)
+    trainer = _Trainer(recipe, run, model, train, evaluation, console, progress)
+    trainer.fit(resume)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
+    evaluate_classifier(run, recipe, model, evaluation, classes, trainer.epsilon(), progress=progress)
+    return TrainResult(run, time.perf_counter() - start, trainer.steps, trainer.last_loss)
+
+
+class _Trainer:
+    def __init__(self, recipe, run, model, train, evaluation, console, progress) -> None:
+        self.recipe, self.run, self.model = recipe, run, model
+        self.train, self.evaluation = train, evaluation
+        self.console, self.progress = console, progress
+        self.modalities = model.modalities
+        self.steps, self.last_loss = 0, None
+        t = recipe.train
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.private: Private | None = None
+        self.dp_loader = None
+        if recipe.privacy is not None:
+            self._make_private()
+
+    def _make_private(self) -> None:
+        from opacus import PrivacyEngine
+
+        p, t = self.recipe.privacy, self.recipe.train
+        data = _dataset(self.train, self.modalities)
+        loader = DataLoader(data, batch_size=min(t.batch_size, len(data)))
+        with warnings.catch_warnings():  # Opacus' note on its non-cryptographic RNG: the docs say it
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant="rdp")
+            self.wrapped, self.optimizer, self.dp_loader = engine.make_private_with_epsilon(
+                module=self.model,
+                optimizer=self.optimizer,
+                data_loader=loader,
+                target_epsilon=p.target_epsilon,
+                target_delta=p.delta,
+                epochs=t.epochs,
+                max_grad_norm=p.max_grad_norm,
+            )
+        self.private = Private(engine, p.delta)
+        self.console.print(
+            f"DP-SGD: noise multiplier {self.optimizer.noise_multiplier:.3f}, clipping norm {p.max_grad_norm}, "
+            f"sample rate {1 / len(self.dp_loader):.4f}, target ε {p.target_epsilon} at δ {p.delta}"
+        )
+
+    def epsilon(self) -> float | None:
+        return None if self.private is None else self.private.epsilon()
+
+    def _resume(self) -> int:
+        recover_dir(self.run.checkpoint)
+        if not (self.run.checkpoint / "state.json").is_file():
+            return 0
+        state = load_checkpoint(self.run.checkpoint, self.model, self.optimizer)
+        if self.private is not None:
+            self.private.engine.accountant.history = [tuple(h) for h in state["accountant"]]
+        self.console.print(f"resuming at epoch {state['epoch']}/{self.recipe.train.epochs}")
+        return state["epoch"]
+
+    def _loader(self, epoch: int):
+        if self.dp_loader is not None:
+            return self.dp_loader  # Poisson sampling, drawn from the (checkpointed) global RNG
+        return _batches(self.train, self.modalities, self.recipe.train.batch_size, self.recipe.seed, epoch)
+
+    def _step(self, *batch: torch.Tensor) -> tuple[float, int]:
+        *xs, holdout, y = batch
+        if y.numel() == 0:  # an empty Poisson batch: nothing to learn, but the step still counts for privacy
+            self.private.engine.accountant.step(
+                noise_multiplier=self.optimizer.noise_multiplier, sample_rate=1 / len(self.dp_loader)
+            )
+            return 0.0, 0
+        present = modality_dropout_mask(len(y), len(self.modalities), self.recipe.train.modality_dropout)
+        feats = apply_presence(dict(zip(self.modalities, xs, strict=True)), self.modalities, present)
+        holdout = holdout if self.train.holdout is not None else None
+        loss, logits = self.model.loss(feats, y, present, holdout)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        return loss.item() * len(y), int((logits.argmax(-1) == y).sum())
+
+    def fit(self, resume: bool) -> None:
+        t = self.recipe.train
+        first = self._resume() if resume else 0
+        _truncate_epochs(self.run.metrics_file, first)
+        self.model.train()
+        with (
+            warnings.catch_warnings(),  # Opacus' hooks on layers whose inputs need no gradient: harmless
+            progress_bar("train classifier", t.epochs, enabled=self.progress, completed=first) as bar,
+        ):
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for epoch in range(first, t.epochs):
+                t0 = time.perf_counter()
+                total, correct, n = 0.0, 0, 0
+                for batch in self._loader(epoch):
+                    loss_sum, right = self._step(*batch)
+                    total, correct, n = total + loss_sum, correct + right, n + len(batch[-1])
+                self.last_loss = total / max(1, n)
+                record = {
+                    "epoch": epoch + 1,
+                    "loss": round(self.last_loss, 6),
+                    "train_accuracy": round(correct / max(1, n), 6),
+                    "eval_accuracy": round(accuracy(self.model, self.evaluation), 6),
+                    "seconds": round(time.perf_counter() - t0, 4),
+                    "time": round(time.time(), 3),
+                }
+                if self.private is not None:
+                    record["epsilon"] = round(self.private.epsilon(), 6)
+                with self.run.metrics_file.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+                progress_state = {"epoch": epoch + 1}
+                if self.private is not None:
+                    progress_state["accountant"] = [list(h) for h in self.private.engine.accountant.history]
+                save_checkpoint(self.run.checkpoint, self.model, names, self.optimizer, progress_state)
+                bar.advance(loss=self.last_loss, eval_acc=record["eval_accuracy"])
+
+
+def _truncate_epochs(path: Path, first: int) -> None:
+    """Keep the metric lines of the epochs before ``first`` (a resumed run recomputes the rest)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= first:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):  # the line a killed process was writing
+            continue
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
