@@ -78,6 +78,7 @@ def recipe_dict(method: dict, train: Path, test: Path, **train_args) -> dict:
 
 METHODS = [
     {"type": "clip", "dim": 16, "hidden": 32},
+    {"type": "clip", "dim": 16, "hidden": 32, "positives": "pair"},
     {"type": "siglip", "dim": 16, "hidden": 32},
     {"type": "cca", "components": 3, "pca": 16},
     {"type": "dcca", "dim": 3, "hidden": 32},
@@ -85,7 +86,9 @@ METHODS = [
 ]
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: m["type"])
+@pytest.mark.parametrize(
+    "method", METHODS, ids=lambda m: "-".join(str(v) for k, v in m.items() if k in ("type", "positives"))
+)
 def test_every_method_writes_a_run_and_beats_chance(method, av_set, tmp_path):
     recipe = parse_recipe(recipe_dict(method, *av_set))
     result = train_align(recipe, tmp_path / "run", progress=False)

@@ -13,7 +13,7 @@ the recipe's method → a run directory.
 The pairs are the samples of the data: modality A and B are read from each sample by the encoders' input
 kinds (the text encoder reads the answer — a caption — or the question, ``model.text``). A sample's
 answer is also its *key*: pairs with the same key mean the same thing, so in retrieval every item with
-the query's key counts as right, and contrastive losses treat them as positives.
+the query's key counts as right, and contrastive losses treat them as positives (``method.positives: key``).
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def _dual_encoder(ctx: Context, criterion: ClipCriterion | SigLipCriterion) -> M
 
     def loss(batch):
         a, b, ids = batch
-        return model(a, b, ids[:, None] == ids[None, :])
+        return model(a, b, ids[:, None] == ids[None, :] if spec.positives == "key" else None)
 
     def monitor() -> dict:
         return {
