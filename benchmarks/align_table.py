@@ -64,28 +64,24 @@ def _plain(values: list[float]) -> str:
 
 def extras_table(runs: dict[str, list[dict]]) -> str:
     """Held-out canonical correlations (CCA, deep CCA) and translation errors (cycle autoencoder)."""
-    rows = ["| recipe | seeds | measure on the eval pairs | value |", "|---|---|---|---|"]
+    rows = ["| recipe | seeds | measure | value |", "|---|---|---|---|"]
     for name, evals in runs.items():
         if "canonical_correlations" in evals[0]:
-            corr = [e["canonical_correlations"]["eval"] for e in evals]
-            for k in range(3):
+            # Components are ordered by their training correlation; on the eval pairs each is measured again.
+            for split in ("train", "eval"):
+                corr = [e["canonical_correlations"][split] for e in evals]
                 rows.append(
-                    f"| {name} | {len(evals)} | canonical correlation {k + 1} | {_plain([c[k] for c in corr])} |"
+                    f"| {name} | {len(evals)} | canonical correlations on the {split} pairs: first; sum of "
+                    f"{len(corr[0])} | {_plain([c[0] for c in corr])}; {_plain([sum(c) for c in corr])} |"
                 )
-            rows.append(
-                f"| {name} | {len(evals)} | sum of {len(corr[0])} | {_plain([sum(c) for c in corr])} |"
-            )
         if "translation_relative_mse" in evals[0]:
             for direction in evals[0]["translation_relative_mse"]:
                 values = [e["translation_relative_mse"][direction] for e in evals]
+                oracle = evals[0]["translation_relative_mse_key_means"][direction]
                 rows.append(
-                    f"| {name} | {len(evals)} | {direction.replace('_', ' ')}: MSE / variance | {_plain(values)} |"
+                    f"| {name} | {len(evals)} | {direction.replace('_', ' ')} translation, MSE / variance "
+                    f"(predicting the mean of the target's key) | {_plain(values)} ({oracle:.2f}) |"
                 )
-                oracle = evals[0].get("translation_relative_mse_key_means", {}).get(direction)
-                if oracle is not None:
-                    rows.append(
-                        f"| {name} | – | {direction.replace('_', ' ')}: predicting the key's mean | {oracle:.2f} |"
-                    )
     return "\n".join(rows)
 
 
