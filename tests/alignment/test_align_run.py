@@ -78,6 +78,7 @@ def recipe_dict(method: dict, train: Path, test: Path, **train_args) -> dict:
 
 METHODS = [
     {"type": "clip", "dim": 16, "hidden": 32},
+    {"type": "clip", "dim": 16, "hidden": 32, "positives": "pair"},
     {"type": "siglip", "dim": 16, "hidden": 32},
     {"type": "cca", "components": 3, "pca": 16},
     {"type": "dcca", "dim": 3, "hidden": 32},
@@ -85,7 +86,9 @@ METHODS = [
 ]
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: m["type"])
+@pytest.mark.parametrize(
+    "method", METHODS, ids=lambda m: "-".join(str(v) for k, v in m.items() if k in ("type", "positives"))
+)
 def test_every_method_writes_a_run_and_beats_chance(method, av_set, tmp_path):
     recipe = parse_recipe(recipe_dict(method, *av_set))
     result = train_align(recipe, tmp_path / "run", progress=False)
@@ -113,6 +116,8 @@ def test_every_method_writes_a_run_and_beats_chance(method, av_set, tmp_path):
         assert metrics[-1]["loss"] < metrics[0]["loss"]
     if method["type"] == "cycle":
         assert all(0 < v < 1 for v in evaluation["translation_relative_mse"].values())
+        # The key-means oracle: within-class spread over total spread, also below 1.
+        assert all(0 < v < 1 for v in evaluation["translation_relative_mse_key_means"].values())
 
 
 def test_cli_trains_an_align_recipe_and_refuses_an_existing_run(av_set, tmp_path, capsys):
@@ -166,9 +171,7 @@ def test_devise_needs_held_out_classes_that_exist(av_set, tmp_path):
     raw = recipe_dict({"type": "devise", "heldout": ["7"]}, *av_set, epochs=2)
     raw["model"] = {"encoders": {"image": {"type": "pixels", "size": 12}, "text": {"type": "minilm"}},
                     "normalize": {"text": "none"}}  # fmt: skip
-    with pytest.raises(
-        OmnifuseError, match=r"\['7'\] are not classes of the data; the classes \(answers\) are: 0, 1, 2, 3"
-    ):
+    with pytest.raises(OmnifuseError, match=r"\['7'\] have no sample in data.eval.*there are: 0, 1, 2, 3"):
         train_align(parse_recipe(raw), tmp_path / "bad", progress=False)
     raw["method"]["heldout"] = ["3"]
     result = train_align(parse_recipe(raw), tmp_path / "run", progress=False)
@@ -176,4 +179,5 @@ def test_devise_needs_held_out_classes_that_exist(av_set, tmp_path):
     assert z["n"] == 8 and z["chance_all"] == 0.25 and z["chance_heldout_only"] == 1.0
     assert z["zero_shot_accuracy_heldout_only"] == 1.0  # one candidate
     assert result.evaluation["seen_classes"]["n"] == 24
+    assert result.evaluation["n_train_pairs"] == 72  # the 24 training pairs of class 3 left out
     assert "Zero-shot on 8 eval samples" in (tmp_path / "run" / "report.md").read_text()

@@ -13,7 +13,7 @@ the recipe's method → a run directory.
 The pairs are the samples of the data: modality A and B are read from each sample by the encoders' input
 kinds (the text encoder reads the answer — a caption — or the question, ``model.text``). A sample's
 answer is also its *key*: pairs with the same key mean the same thing, so in retrieval every item with
-the query's key counts as right, and contrastive losses treat them as positives.
+the query's key counts as right, and contrastive losses treat them as positives (``method.positives: key``).
 """
 
 from __future__ import annotations
@@ -97,9 +97,11 @@ def _features(
 
 
 def paired_features(
-    recipe: AlignRecipe, progress: bool = True
+    recipe: AlignRecipe, progress: bool = True, exclude_train: frozenset[str] = frozenset()
 ) -> tuple[Pairs, Pairs, dict[str, Normalizer], list[str]]:
-    """Train and eval pairs (normalised with train statistics), the normalisers, the modality names."""
+    """Train and eval pairs (normalised with train statistics), the normalisers, the modality names.
+    Training pairs whose key is in ``exclude_train`` are left out, before the statistics are taken
+    (DeViSE's held-out classes must stay unseen)."""
     model = recipe.model
     names = list(model.encoders)
     splits = {}
@@ -112,7 +114,11 @@ def paired_features(
         if len(samples) < 2:
             raise OmnifuseError(f"data.{split} ({ref}) has {len(samples)} samples; alignment needs pairs")
         feats = {m: _features(samples, m, model.encoders[m], model.text, progress) for m in names}
-        splits[split] = (feats, [s.answer() for s in samples])
+        keys = [s.answer() for s in samples]
+        if split == "train" and exclude_train:  # after extraction, so the cached features stay shared
+            keep = [i for i, k in enumerate(keys) if k not in exclude_train]
+            feats, keys = {m: f[keep] for m, f in feats.items()}, [keys[i] for i in keep]
+        splits[split] = (feats, keys)
     norms = {m: Normalizer.fit(model.normalization(m), splits["train"][0][m]) for m in names}
     train, evl = (
         Pairs(norms[names[0]](f[names[0]]), norms[names[1]](f[names[1]]), keys)
@@ -225,13 +231,17 @@ def _cca_similarity(cca: LinearCCA) -> Similarity:
 
 
 # ------------------------------------------------------------------ the methods
-def _dual_encoder(ctx: Context) -> MethodResult:
-    spec = ctx.recipe.method
-    criterion = (
-        ClipCriterion(spec.init_temperature)
-        if isinstance(spec, ClipMethodSpec)
-        else SigLipCriterion(math.log(spec.init_t), spec.init_bias)
-    )
+def _clip(ctx: Context) -> MethodResult:
+    return _dual_encoder(ctx, ClipCriterion(ctx.recipe.method.init_temperature))
+
+
+def _siglip(ctx: Context) -> MethodResult:
+    spec: SigLipMethodSpec = ctx.recipe.method
+    return _dual_encoder(ctx, SigLipCriterion(math.log(spec.init_t), spec.init_bias))
+
+
+def _dual_encoder(ctx: Context, criterion: ClipCriterion | SigLipCriterion) -> MethodResult:
+    spec: ClipMethodSpec | SigLipMethodSpec = ctx.recipe.method
     model = DualEncoder(
         mlp(ctx.train.a.shape[1], spec.dim, spec.hidden, dropout=spec.dropout),
         mlp(ctx.train.b.shape[1], spec.dim, spec.hidden, dropout=spec.dropout),
@@ -243,7 +253,7 @@ def _dual_encoder(ctx: Context) -> MethodResult:
 
     def loss(batch):
         a, b, ids = batch
-        return model(a, b, ids[:, None] == ids[None, :])
+        return model(a, b, ids[:, None] == ids[None, :] if spec.positives == "key" else None)
 
     def monitor() -> dict:
         return {
@@ -322,17 +332,34 @@ def _cycle(ctx: Context) -> MethodResult:
 
     history = ctx.fit(model, lambda batch: model(*batch), (ctx.train.a, ctx.train.b), monitor)
     evaluation = _retrieval_eval(similarity, ctx.gallery, ctx.names)
+    a, b, keys = ctx.eval.a, ctx.eval.b, ctx.eval.keys
+    a_to_b, b_to_a = f"{ctx.names[0]}_to_{ctx.names[1]}", f"{ctx.names[1]}_to_{ctx.names[0]}"
     with torch.no_grad():
-        a, b = ctx.eval.a, ctx.eval.b
         # Mean squared error relative to the target's variance: 0 = perfect, 1 = as good as predicting the mean.
         evaluation["translation_relative_mse"] = {
-            f"{ctx.names[0]}_to_{ctx.names[1]}": ((model.a_to_b(a) - b) ** 2).mean().item()
-            / b.var(0).mean().item(),
-            f"{ctx.names[1]}_to_{ctx.names[0]}": ((model.b_to_a(b) - a) ** 2).mean().item()
-            / a.var(0).mean().item(),
+            a_to_b: _relative_mse(model.a_to_b(a), b),
+            b_to_a: _relative_mse(model.b_to_a(b), a),
+        }
+        # The same for an oracle that predicts the mean of the target's key (class): within a key the pairing
+        # carries no information, so this is about the best a translation can do on such data.
+        evaluation["translation_relative_mse_key_means"] = {
+            a_to_b: _relative_mse(_key_means(b, keys), b),
+            b_to_a: _relative_mse(_key_means(a, keys), a),
         }
         evaluation["eval_losses"] = model.losses(a, b).parts()
     return MethodResult(_state(model), evaluation, history)
+
+
+def _relative_mse(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    return ((prediction - target) ** 2).mean().item() / target.var(0).mean().item()
+
+
+def _key_means(x: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    """Each row replaced by the mean of the rows with its key."""
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    index = torch.tensor([ids[k] for k in keys])
+    sums = torch.zeros(len(ids), x.shape[1]).index_add_(0, index, x)
+    return (sums / torch.bincount(index, minlength=len(ids))[:, None])[index]
 
 
 def _devise(ctx: Context) -> MethodResult:
@@ -341,17 +368,13 @@ def _devise(ctx: Context) -> MethodResult:
     text_is_b = INPUT_KINDS[type(ctx.recipe.model.encoders[names[1]])] == "text"
     source = (lambda p: p.a) if text_is_b else (lambda p: p.b)  # the features mapped into the text space
     target = (lambda p: p.b) if text_is_b else (lambda p: p.a)  # the class-name embeddings
-    classes = sorted(set(ctx.train.keys) | set(ctx.eval.keys))
-    unknown = [c for c in spec.heldout if c not in classes]
-    if unknown:
-        raise OmnifuseError(
-            f"method.heldout: {unknown} are not classes of the data; the classes (answers) are: {', '.join(classes)}"
-        )
     missing = [c for c in spec.heldout if c not in ctx.eval.keys]
     if missing:
         raise OmnifuseError(
-            f"method.heldout: {missing} have no sample in data.eval, so they cannot be evaluated"
+            f"method.heldout: {missing} have no sample in data.eval, so they cannot be evaluated; the classes "
+            f"(answers) there are: {', '.join(sorted(set(ctx.eval.keys)))}"
         )
+    classes = sorted(set(ctx.train.keys) | set(ctx.eval.keys))
     embedding: dict[str, torch.Tensor] = {}
     for pairs in (ctx.train, ctx.eval):
         for i, k in enumerate(pairs.keys):
@@ -360,9 +383,8 @@ def _devise(ctx: Context) -> MethodResult:
     heldout = [classes.index(c) for c in spec.heldout]
     seen = [c for c in classes if c not in spec.heldout]
     seen_index = {c: i for i, c in enumerate(seen)}
-    keep = [i for i, k in enumerate(ctx.train.keys) if k in seen_index]
-    x = source(ctx.train)[keep]
-    y = torch.tensor([seen_index[ctx.train.keys[i]] for i in keep])
+    x = source(ctx.train)  # held-out classes were left out of the training pairs (paired_features)
+    y = torch.tensor([seen_index[k] for k in ctx.train.keys])
     model = DeViSE(
         mlp(x.shape[1], class_emb.shape[1], spec.hidden), class_emb[[classes.index(c) for c in seen]]
     )
@@ -393,8 +415,8 @@ def _devise(ctx: Context) -> MethodResult:
 
 
 METHODS: dict[type, Callable[[Context], MethodResult]] = {
-    ClipMethodSpec: _dual_encoder,
-    SigLipMethodSpec: _dual_encoder,
+    ClipMethodSpec: _clip,
+    SigLipMethodSpec: _siglip,
     CCAMethodSpec: _cca,
     DeepCCAMethodSpec: _dcca,
     DeViSEMethodSpec: _devise,
@@ -466,10 +488,12 @@ def _report(recipe: AlignRecipe, evaluation: dict, has_plot: bool) -> str:
             "",
         ]
     if "translation_relative_mse" in evaluation:
+        oracle = evaluation["translation_relative_mse_key_means"]
         lines += [
-            "Translation error (MSE / target variance): "
+            "Translation error (MSE / target variance; predicting the mean of the target's key in brackets): "
             + ", ".join(
-                f"{d.replace('_', ' ')} {v:.3f}" for d, v in evaluation["translation_relative_mse"].items()
+                f"{d.replace('_', ' ')} {v:.3f} ({oracle[d]:.3f})"
+                for d, v in evaluation["translation_relative_mse"].items()
             ),
             "",
         ]
@@ -503,9 +527,9 @@ def train_align(
     start = time.perf_counter()
     run = RunDir(Path(out))
     prepare_run_dir(run, recipe, resume=False)
-    train, evl, norms, names = paired_features(recipe, progress)
-    # Seeded after the features: building an encoder on a cache miss draws random numbers, which must
-    # not change the heads' initialisation.
+    heldout = recipe.method.heldout if isinstance(recipe.method, DeViSEMethodSpec) else ()
+    train, evl, norms, names = paired_features(recipe, progress, frozenset(heldout))
+    # Seeded right before the method's own random numbers (initialisation, shuffling).
     seed_everything(recipe.seed)
     ctx = Context(recipe, train, evl, Gallery.of(evl), names, progress)
     result = METHODS[type(recipe.method)](ctx)

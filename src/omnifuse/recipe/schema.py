@@ -717,6 +717,11 @@ class _ProjectionMethodSpec(Spec):
         512, ge=1, description="hidden width of the 2-layer projection heads; null = linear"
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    positives: Literal["key", "pair"] = Field(
+        "key",
+        description="key: batch items with the same key (answer) are positives of each other; pair: only an "
+        "item's own pair, as in the papers (equal keys then count as negatives)",
+    )
 
 
 class ClipMethodSpec(_ProjectionMethodSpec):
