@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -15,7 +16,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -816,18 +816,21 @@ def quickstart(
 # ------------------------------------------------------------------ entry point
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # omnifuse draws its own bars for long work (`--progress/--no-progress`); transformers' bar for loading
+    # local weights is noise beside them and would ignore --no-progress. Read when transformers is imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
     try:
         result = app(args=args, prog_name="omnifuse", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.ClickException as exc:
+    except typer.TyperException as exc:  # a usage error: unknown option, missing argument, bad value
         exc.show()
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted; a training run continues with `omnifuse train RECIPE --out RUN --resume`")
         return 130
     except OmnifuseError as exc:

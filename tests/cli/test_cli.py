@@ -60,8 +60,18 @@ def test_debug_shows_traceback(tmp_path, capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_unknown_verb(capsys):
-    assert main(["frobnicate"]) != 0
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["frobnicate"], "No such command"),
+        (["eval", "--limt", "3", "runs/x"], "No such option: --limt"),
+        (["train"], "Missing argument"),
+        (["eval", "runs/x", "--limit", "many"], "Invalid value for '--limit'"),
+    ],
+)
+def test_usage_errors_are_usage_errors_not_bugs(argv, says, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 2 and says in err and "internal error" not in err
 
 
 def test_serve_refuses_a_missing_run_and_a_busy_port(tmp_path, capsys):
@@ -75,3 +85,19 @@ def test_serve_refuses_a_missing_run_and_a_busy_port(tmp_path, capsys):
         port = busy.getsockname()[1]
         code, _, err = run(["serve", str(tmp_path / "nope"), "--port", str(port)], capsys)
     assert code == 2 and f"127.0.0.1:{port}" in err and "--port" in err
+
+
+def test_transformers_bars_are_off_under_the_cli():
+    # The weight-loading bar of transformers ignored --no-progress; the CLI turns the library's bars off
+    # before transformers is imported (a user can still set HF_HUB_DISABLE_PROGRESS_BARS=0).
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from omnifuse.cli import main; main(['--help']); "
+        "from transformers.utils import logging; print(logging.is_progress_bar_enabled())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"
