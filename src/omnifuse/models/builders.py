@@ -163,7 +163,7 @@ def _media_slot(model: MultimodalLM, modality: str, spec: ModelSpec) -> MediaSlo
     max_seconds = enc_spec.max_seconds
     return MediaSlot(
         encoder.preprocess,
-        model.tokens_per_item(modality),
+        None,  # each clip's own count: tokens_for
         placeholder_id,
         load=lambda source, sample_id: load_clip(source, sample_id, max_seconds),
         tokens_for=lambda features: model.tokens_per_item(modality, features.shape[-1]),

@@ -91,15 +91,19 @@ class MediaSlot:
 
     ``load(source, sample_id)`` opens a media item (an image file → PIL image, a clip → waveform);
     ``transform`` is the encoder's preprocessing. Fixed-size media make ``tokens_per_item`` placeholders
-    per item (per view with tiling); variable-length media (audio) give ``tokens_for(preprocessed)``
-    instead and are padded along their last axis when batched."""
+    per item (per view with tiling); variable-length media (audio) set ``tokens_per_item=None`` and give
+    ``tokens_for(preprocessed)`` instead, and are padded along their last axis when batched."""
 
     transform: Callable[[Any], torch.Tensor]
-    tokens_per_item: int
+    tokens_per_item: int | None
     placeholder_id: int
     tiling: Tiling | None = None
     load: Callable[[Any, str], Any] = load_image
     tokens_for: Callable[[torch.Tensor], int] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tokens_per_item is None) == (self.tokens_for is None):
+            raise ValueError("a media slot has either a fixed tokens_per_item or a tokens_for function")
 
 
 @dataclass
@@ -268,7 +272,7 @@ class Processor:
                     labels.extend([IGNORE_INDEX] * len(marker_ids))
                     tensor = slot.transform(view)
                     media.setdefault(modality, []).append(tensor)
-                    n = slot.tokens_for(tensor) if slot.tokens_for is not None else slot.tokens_per_item
+                    n = slot.tokens_per_item if slot.tokens_for is None else slot.tokens_for(tensor)
                     ids.extend([slot.placeholder_id] * n)
                     labels.extend([IGNORE_INDEX] * n)
                 offset += len(MEDIA_MARKER)
