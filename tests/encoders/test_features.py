@@ -102,6 +102,21 @@ def test_normalizers():
     assert torch.equal(again(x), n(x))
 
 
+def test_standardize_floors_the_deviation_of_a_dead_channel():
+    # Channel 0 is constant in training (a dead ReLU channel), channel 1 barely moves; a held-out sample
+    # that activates them a little must not become an input of 10^5.
+    train = torch.randn(200, 6)
+    train[:, 0] = 0.0
+    train[:, 1] = 1e-7 * torch.randn(200)
+    n = Normalizer.fit("standardize", train)
+    typical = float(train.std(0).median())
+    assert torch.allclose(n.std[:2], torch.full((2,), Normalizer.STD_FLOOR * typical))
+    held_out = torch.zeros(1, 6)
+    held_out[0, :2] = 0.5 * typical  # half a typical deviation → 5, not 0.5 / 1e-7
+    assert torch.allclose(n(held_out)[0, :2], torch.full((2,), 0.5 / Normalizer.STD_FLOOR), rtol=1e-3)
+    assert torch.allclose(n.std[2:], train[:, 2:].std(0))  # the others are standardised as usual
+
+
 def test_shared_inputs_are_encoded_once(tmp_path, cache, monkeypatch):
     samples = make_samples(tmp_path / "d")
     shared = [Sample(f"q{i}", (Message("user", (s.messages[0].parts[0], TextPart("?"))), s.messages[1]))

@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -332,7 +332,15 @@ def _weights_of(spec) -> Any:
 @dataclass(frozen=True)
 class Normalizer:
     """Per-modality normalisation: ``standardize`` with training-split statistics per channel (the last
-    axis; over samples and tokens), ``l2`` per vector / token, or ``none``."""
+    axis; over samples and tokens), ``l2`` per vector / token, or ``none``.
+
+    A channel's standard deviation is floored at a tenth of the median channel's (``STD_FLOOR``):
+    frozen CNN features have channels that are (nearly) constant on a training set — dead ReLU channels
+    on av-digits' small digits, or many channels among 96 images — and dividing a held-out sample's
+    small activation there by a ~0 deviation gave inputs of 10⁵. Floored, such a channel keeps the
+    scale of a typical one; every other channel is standardised as usual."""
+
+    STD_FLOOR: ClassVar[float] = 0.1
 
     mode: str
     mean: torch.Tensor | None = None
@@ -343,7 +351,9 @@ class Normalizer:
         if mode != "standardize":
             return cls(mode)
         flat = train.reshape(-1, train.shape[-1])
-        return cls(mode, flat.mean(0), flat.std(0).clamp(min=1e-6))
+        std = flat.std(0) if flat.shape[0] > 1 else torch.zeros(flat.shape[-1])
+        floor = max(cls.STD_FLOOR * float(std.median()), 1e-6)
+        return cls(mode, flat.mean(0), std.clamp(min=floor))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "standardize":
