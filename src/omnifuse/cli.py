@@ -689,7 +689,8 @@ def data_spoken_easy_vqa(
     """Export easy-vqa with the questions spoken by espeak-ng (16 kHz wav), test split in held-out voices."""
     from omnifuse.assets import cache_dir
     from omnifuse.data.easy_vqa import ensure_easy_vqa
-    from omnifuse.data.spoken_easy_vqa import MARKER, export_spoken_easy_vqa
+    from omnifuse.data.export import MARKER
+    from omnifuse.data.spoken_easy_vqa import export_spoken_easy_vqa
 
     t0 = time.perf_counter()
     files = export_spoken_easy_vqa(

@@ -10,16 +10,11 @@ fused accuracies), which is what makes the set useful for comparing fusion metho
 Samples use the native format: the user turn holds an image part and an audio part, the assistant
 turn the digit as text, so the same files serve a classifier and a multimodal LLM. The export is done
 once into a temporary sibling folder and renamed into place, with a ``.complete`` marker holding the
-settings it was made with (like :mod:`omnifuse.data.easy_vqa`).
+settings it was made with (:mod:`omnifuse.data.export`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,12 +23,11 @@ from PIL import Image
 
 from omnifuse.audio.io import SAMPLE_RATE, load_audio, save_wav
 from omnifuse.audio.tts import synthesize
+from omnifuse.data.export import is_complete, write_export
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, write_jsonl
-from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
 
 SPLITS = ("train", "test")
-MARKER = ".complete"
 FORMAT_VERSION = 1  # bump when the exported layout or sample shape changes, to force a rebuild
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Test voices are disjoint from training voices: the audio classifier must generalise across speakers.
@@ -142,14 +136,6 @@ def _manifest(cfg: AVDigitsConfig, limit: int | None) -> dict:
     return {**asdict(cfg), "limit": limit}
 
 
-def _is_complete(out_dir: Path, manifest: dict) -> bool:
-    try:
-        found = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return found == manifest and all((out_dir / f"{s}.jsonl").is_file() for s in SPLITS)
-
-
 def export_av_digits(
     out_dir: Path | str,
     config: AVDigitsConfig | None = None,
@@ -163,33 +149,10 @@ def export_av_digits(
     out_dir = Path(out_dir)
     files = {s: out_dir / f"{s}.jsonl" for s in SPLITS}
     manifest = _manifest(cfg, limit)
-    if _is_complete(out_dir, manifest):
-        return files
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    except OSError as exc:
-        raise OmnifuseError(f"cannot create the av-digits folder next to {out_dir} ({exc}).") from None
-    try:
-        _build(tmp, cfg, limit, progress)
-        (tmp / MARKER).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        if out_dir.exists():
-            os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not _is_complete(out_dir, manifest):  # a concurrent exporter that finished first wins
-                raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise OmnifuseError(
-            f"exporting av-digits into {out_dir} failed ({exc}); check free disk space and write permission."
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not is_complete(out_dir, manifest, files.values()):
+        write_export(
+            out_dir, manifest, files.values(), lambda tmp: _build(tmp, cfg, limit, progress), "av-digits"
+        )
     return files
 
 

@@ -9,11 +9,7 @@ leaves a half-written data set that looks complete.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +23,11 @@ from easy_vqa import (
 )
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from omnifuse.data.export import is_complete, write_export
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, write_jsonl
 from omnifuse.errors import OmnifuseError
 
 SPLITS = ("train", "test")
-MARKER = ".complete"
 FORMAT_VERSION = 1  # bump when the exported layout or sample shape changes, to force a rebuild
 YES_NO = frozenset({"yes", "no"})
 SHAPES = frozenset({"circle", "rectangle", "triangle"})
@@ -85,14 +81,6 @@ def _manifest(splits: dict[str, _Split], limit_images: int | None) -> dict[str, 
     }
 
 
-def _is_complete(out_dir: Path, manifest: dict[str, Any]) -> bool:
-    try:
-        found = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return found == manifest and all((out_dir / f"{s}.jsonl").is_file() for s in SPLITS)
-
-
 def _build(root: Path, splits: dict[str, _Split], progress: bool) -> None:
     types = _question_types()
     total = sum(len(s.images) for s in splits.values())
@@ -128,20 +116,6 @@ def _build(root: Path, splits: dict[str, _Split], progress: bool) -> None:
             write_jsonl(samples, root / f"{split.name}.jsonl")
 
 
-def _install(tmp: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Swap the finished folder into place; a concurrent exporter that finished first wins."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if not _is_complete(out_dir, manifest):
-            raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_easy_vqa(
     out_dir: Path | str, progress: bool = True, limit_images: int | None = None
 ) -> dict[str, Path]:
@@ -157,26 +131,8 @@ def export_easy_vqa(
     files = {s: out_dir / f"{s}.jsonl" for s in SPLITS}
     splits = {s: _plan(s, limit_images) for s in SPLITS}
     manifest = _manifest(splits, limit_images)
-    if _is_complete(out_dir, manifest):
-        return files
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    except OSError as exc:
-        raise OmnifuseError(
-            f"cannot create the easy-vqa folder next to {out_dir} ({exc}); check the path and permissions."
-        ) from None
-    try:
-        _build(tmp, splits, progress)
-        (tmp / MARKER).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
-        _install(tmp, out_dir, manifest)
-    except OSError as exc:
-        raise OmnifuseError(
-            f"exporting easy-vqa into {out_dir} failed ({exc}); check free disk space and write permission, then rerun."
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not is_complete(out_dir, manifest, files.values()):
+        write_export(out_dir, manifest, files.values(), lambda tmp: _build(tmp, splits, progress), "easy-vqa")
     return files
 
 

@@ -16,18 +16,17 @@ does not match (other sizes, voices or seed, or a changed easy-vqa export).
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from omnifuse.audio.io import SAMPLE_RATE, load_audio, save_wav
 from omnifuse.audio.tts import INSTALL_HINT, espeak_available, synthesize
 from omnifuse.data.easy_vqa import ensure_easy_vqa
+from omnifuse.data.export import is_complete, write_export
 from omnifuse.data.sample import (
     AudioPart,
     ImagePart,
@@ -41,11 +40,9 @@ from omnifuse.data.sample import (
 )
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
-from omnifuse.training.checkpoint import atomic_dir, commit_dir
 
 SPLITS = ("train", "test")
 TYPED = "-typed"  # <split>-typed.jsonl: the same samples with the question typed (the text reference)
-MARKER = ".complete"
 FORMAT_VERSION = 2  # bump when the exported layout or sample shape changes, to force a rebuild
 # Language + speaker variant (`espeak-ng --voices=en`, `espeak-ng --voices=variant`). The test voices'
 # variants (f1, m2, f3, m7) never occur in training.
@@ -144,14 +141,6 @@ def _files(out_dir: Path) -> dict[str, Path]:
     return {f"{s}{typed}": out_dir / f"{s}{typed}.jsonl" for s in SPLITS for typed in ("", TYPED)}
 
 
-def _is_complete(out_dir: Path, manifest: dict[str, Any]) -> bool:
-    try:
-        found = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return found == manifest and all(p.is_file() for p in _files(out_dir).values())
-
-
 def export_spoken_easy_vqa(
     out_dir: Path | str,
     easy_vqa_files: dict[str, Path],
@@ -187,7 +176,7 @@ def export_spoken_easy_vqa(
         "voices": {s: list(voice_sets[s]) for s in SPLITS},
         "source": {s: _digest(Path(easy_vqa_files[s])) for s in SPLITS},
     }
-    if _is_complete(out_dir, manifest):
+    if is_complete(out_dir, manifest, files.values()):
         return files
     if not espeak_available():
         raise OmnifuseError(
@@ -195,24 +184,13 @@ def export_spoken_easy_vqa(
         )
     _check_voices(voice_sets)
     sources = {s: select_subset(load_jsonl(easy_vqa_files[s]), limits[s], seed) for s in SPLITS}
-    try:
-        tmp = atomic_dir(out_dir)
-    except OSError as exc:
-        raise OmnifuseError(
-            f"cannot create the spoken-easy-vqa folder next to {out_dir} ({exc}); check the path and permissions."
-        ) from None
-    try:
-        _build(tmp, sources, voice_sets, seed, progress)
-        (tmp / MARKER).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
-        commit_dir(tmp, out_dir)
-    except OSError as exc:
-        raise OmnifuseError(
-            f"exporting spoken-easy-vqa into {out_dir} failed ({exc}); check free disk space and write "
-            "permission, then rerun."
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_export(
+        out_dir,
+        manifest,
+        files.values(),
+        lambda tmp: _build(tmp, sources, voice_sets, seed, progress),
+        "spoken-easy-vqa",
+    )
     return files
 
 

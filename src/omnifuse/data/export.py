@@ -1,0 +1,71 @@
+"""Writing a data set folder so that an interrupted export never looks finished.
+
+Every exporter (easy-vqa, spoken-easy-vqa, av-digits) builds into a temporary sibling folder, writes a
+``.complete`` marker holding its manifest (what it was made from), and renames the folder into place. A
+later call with the same manifest returns at once; any change of the manifest rebuilds the set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from omnifuse.errors import OmnifuseError
+
+MARKER = ".complete"
+
+
+def is_complete(out_dir: Path, manifest: dict[str, Any], files: Iterable[Path]) -> bool:
+    """Whether ``out_dir`` holds a finished export of ``manifest`` with all of ``files``."""
+    try:
+        found = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return found == manifest and all(Path(f).is_file() for f in files)
+
+
+def write_export(
+    out_dir: Path,
+    manifest: dict[str, Any],
+    files: Iterable[Path],
+    build: Callable[[Path], None],
+    what: str,
+) -> None:
+    """``build(tmp)`` writes the data set into a temporary folder beside ``out_dir``; with the marker
+    written, it replaces ``out_dir``. A concurrent exporter that finished first wins. File-system errors
+    become an error naming ``what`` and the folder."""
+    files = list(files)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    except OSError as exc:
+        raise OmnifuseError(
+            f"cannot create the {what} folder next to {out_dir} ({exc}); check the path and permissions."
+        ) from None
+    try:
+        build(tmp)
+        (tmp / MARKER).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only
+        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        if out_dir.exists():
+            os.rename(out_dir, old)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if not is_complete(out_dir, manifest, files):
+                raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise OmnifuseError(
+            f"exporting {what} into {out_dir} failed ({exc}); check free disk space and write permission, "
+            "then rerun."
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
