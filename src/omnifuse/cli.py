@@ -55,30 +55,70 @@ def _peak_rss_gb() -> float:
 
 
 # ------------------------------------------------------------------ recipes and training
-@app.command()
-def validate(recipe: Path, set_: Overrides = None) -> None:
-    """Check a recipe file: keys, types, component names, stages."""
-    from omnifuse.recipe import AlignRecipe, ClassifierRecipe, load_recipe
-
-    r = load_recipe(recipe, set_ or [])
-    if isinstance(r, ClassifierRecipe):
-        mods = ", ".join(f"{m} ({s.type})" for m, s in sorted(r.model.encoders.items()))
-        dp = f"; DP-SGD at ε {r.privacy.target_epsilon}" if r.privacy else ""
-        out.print(
-            f"{recipe}: valid classifier recipe {r.name!r}; {r.model.fusion.type} fusion of {escape(mods)}, "
-            f"{r.train.epochs} epochs{dp}"
-        )
-        return
-    if isinstance(r, AlignRecipe):
-        modalities = " ↔ ".join(f"{m} ({e.type})" for m, e in r.model.encoders.items())
-        out.print(
-            f"{recipe}: valid alignment recipe {r.name!r}; method {r.method.type}, {escape(modalities)}"
-        )
-        return
+def _describe_generate(r) -> str:
     stages = ", ".join(
         f"{s.name} ({s.steps or s.epochs} {'steps' if s.steps else 'epochs'})" for s in r.stages
     )
-    out.print(f"{recipe}: valid recipe {r.name!r}; stages: {escape(stages)}")
+    return f"valid recipe {r.name!r}; stages: {stages}"
+
+
+def _describe_classifier(r) -> str:
+    mods = ", ".join(f"{m} ({s.type})" for m, s in sorted(r.model.encoders.items()))
+    dp = f"; DP-SGD at ε {r.privacy.target_epsilon}" if r.privacy else ""
+    return f"valid classifier recipe {r.name!r}; {r.model.fusion.type} fusion of {mods}, {r.train.epochs} epochs{dp}"
+
+
+def _describe_align(r) -> str:
+    modalities = " ↔ ".join(f"{m} ({e.type})" for m, e in r.model.encoders.items())
+    return f"valid alignment recipe {r.name!r}; method {r.method.type}, {modalities}"
+
+
+def _train_generate(r, run_dir: Path, resume: bool, progress: bool, tensorboard: bool) -> None:
+    from omnifuse.training.loop import train as run_training
+
+    res = run_training(r, run_dir, resume=resume, console=err, progress=progress, tensorboard=tensorboard)
+    out.print(
+        f"trained {r.name} in {res.seconds:.1f} s ({res.steps} steps, final loss {res.final_loss or float('nan'):.4f}); "
+        f"run directory: {run_dir}  peak memory {_peak_rss_gb():.2f} GB"
+    )
+
+
+def _train_classifier(r, run_dir: Path, resume: bool, progress: bool, tensorboard: bool) -> None:
+    from omnifuse.training.classifier import train_classifier
+
+    train_classifier(r, run_dir, resume=resume, console=err, progress=progress)
+    _print_classifier(run_dir)
+
+
+def _train_align(r, run_dir: Path, resume: bool, progress: bool, tensorboard: bool) -> None:
+    from omnifuse.alignment.run import headline, train_align
+
+    result = train_align(r, run_dir, progress=progress, resume=resume)
+    out.print(
+        f"trained {r.name} ({r.method.type}) in {result.seconds:.1f} s: {headline(result.evaluation)}; "
+        f"run directory: {run_dir}"
+    )
+
+
+def _recipe_kinds() -> dict[type, tuple]:
+    """Each recipe class → (its line for `validate`, its trainer for `train`)."""
+    from omnifuse.recipe import AlignRecipe, ClassifierRecipe, Recipe
+
+    return {
+        Recipe: (_describe_generate, _train_generate),
+        ClassifierRecipe: (_describe_classifier, _train_classifier),
+        AlignRecipe: (_describe_align, _train_align),
+    }
+
+
+@app.command()
+def validate(recipe: Path, set_: Overrides = None) -> None:
+    """Check a recipe file: keys, types, component names, stages."""
+    from omnifuse.recipe import load_recipe
+
+    r = load_recipe(recipe, set_ or [])
+    describe, _ = _recipe_kinds()[type(r)]
+    out.print(f"{recipe}: {escape(describe(r))}")
 
 
 @app.command()
@@ -90,41 +130,23 @@ def train(
     set_: Overrides = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     tensorboard: Annotated[
-        bool, typer.Option(help="also log to RUN/tensorboard (needs tensorboard)")
+        bool, typer.Option(help="also log to RUN/tensorboard (needs tensorboard; LLM recipes)")
     ] = False,
     progress: Progress = True,
 ) -> None:
     """Train a recipe through all its stages into a run directory (a classifier recipe: extract or load
     the cached features, train the fusion head, evaluate it; an alignment recipe: fit the method on cached
     features and evaluate retrieval or zero-shot accuracy)."""
-    from omnifuse.recipe import AlignRecipe, ClassifierRecipe, load_recipe
-    from omnifuse.training.classifier import train_classifier
-    from omnifuse.training.loop import train as run_training
+    from omnifuse.recipe import Recipe, load_recipe
 
     r = load_recipe(recipe, set_ or [])
-    run_dir = out_dir or Path("runs") / r.name
-    if isinstance(r, ClassifierRecipe):
-        res = train_classifier(r, run_dir, resume=resume, console=err, progress=progress)
-        _print_classifier(run_dir)
-        return
-    if isinstance(r, AlignRecipe):
-        from omnifuse.alignment.run import headline, train_align
-
-        if tensorboard:
-            raise OmnifuseError(
-                "--tensorboard is for LLM recipes; an alignment run logs its epochs to metrics.jsonl"
-            )
-        result = train_align(r, run_dir, progress=progress, resume=resume)
-        out.print(
-            f"trained {r.name} ({r.method.type}) in {result.seconds:.1f} s: {headline(result.evaluation)}; "
-            f"run directory: {run_dir}"
+    if tensorboard and not isinstance(r, Recipe):
+        raise OmnifuseError(
+            "--tensorboard is for LLM recipes; classifier and alignment runs log their epochs to "
+            "RUN/metrics.jsonl (plotted in RUN/report.md)"
         )
-        return
-    res = run_training(r, run_dir, resume=resume, console=err, progress=progress, tensorboard=tensorboard)
-    out.print(
-        f"trained {r.name} in {res.seconds:.1f} s ({res.steps} steps, final loss {res.final_loss or float('nan'):.4f}); "
-        f"run directory: {run_dir}  peak memory {_peak_rss_gb():.2f} GB"
-    )
+    _, trainer = _recipe_kinds()[type(r)]
+    trainer(r, out_dir or Path("runs") / r.name, resume, progress, tensorboard)
 
 
 def _print_classifier(run_dir: Path) -> None:

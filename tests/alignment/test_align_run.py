@@ -129,6 +129,8 @@ def test_cli_trains_an_align_recipe_and_refuses_an_existing_run(av_set, tmp_path
         in capsys.readouterr().out
     )
     out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out), "--tensorboard"]) == 2
+    assert "--tensorboard is for LLM recipes" in capsys.readouterr().err and not out.exists()
     assert main(["train", str(path), "--out", str(out), "--no-progress", "--set", "train.epochs=2"]) == 0
     assert "image to audio R@1/5/10" in capsys.readouterr().out
     assert main(["train", str(path), "--out", str(out), "--no-progress"]) == 2
