@@ -35,6 +35,17 @@ def test_cca_recovers_a_planted_correlated_subspace():
         assert abs(corr[2]) < 0.3  # nothing else is shared
 
 
+def test_an_unconverged_cca_is_recorded_not_printed():
+    import warnings
+
+    a, b = _planted(300, seed=0)
+    assert LinearCCA.fit(a, b, n_components=3).converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's ConvergenceWarning would fail here
+        cca = LinearCCA.fit(a, b, n_components=3, max_iter=1)
+    assert cca.converged is False
+
+
 def test_pca_drops_empty_directions():
     """A side with 4 distinct rows has rank 3 after centring: PCA keeps 3 components, not the 10 asked."""
     rng = np.random.default_rng(0)

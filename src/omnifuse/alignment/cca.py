@@ -13,12 +13,14 @@ outputs (the paper's final step) gives the canonical variates.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.cross_decomposition import CCA
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from omnifuse.errors import OmnifuseError
@@ -49,6 +51,9 @@ class LinearCCA:
     cca: CCA
     pca_a: PCA | None = None
     pca_b: PCA | None = None
+    # False when scikit-learn's iterative fit stopped at max_iter for some component (its
+    # ConvergenceWarning, recorded instead of printed): slow when canonical correlations are nearly equal.
+    converged: bool = True
 
     @classmethod
     def fit(
@@ -65,7 +70,11 @@ class LinearCCA:
                 f"dimension of {ra.shape[1]} and {rb.shape[1]}{' after PCA' if pca is not None else ''}, "
                 f"at most the {ra.shape[0]} samples)"
             )
-        return cls(CCA(n_components=n_components, max_iter=max_iter).fit(ra, rb), pca_a, pca_b)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            cca = CCA(n_components=n_components, max_iter=max_iter).fit(ra, rb)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        return cls(cca, pca_a, pca_b, converged)
 
     def transform(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Canonical variates of ``a`` and ``b`` (any numbers of rows)."""

@@ -276,6 +276,7 @@ def _cca(ctx: Context) -> MethodResult:
         "train": canonical_correlations(*cca.transform(ctx.train.a.numpy(), ctx.train.b.numpy())).tolist(),
         "eval": canonical_correlations(ua, ub).tolist(),
     }
+    evaluation["cca_converged"] = cca.converged
     return MethodResult(_tensors(cca.tensors()), evaluation)
 
 
@@ -305,6 +306,7 @@ def _dcca(ctx: Context) -> MethodResult:
         "train": canonical_correlations(*cca.transform(ha, hb)).tolist(),
         "eval": canonical_correlations(ua, ub).tolist(),
     }
+    evaluation["cca_converged"] = cca.converged
     return MethodResult(_state(model) | _tensors(cca.tensors()), evaluation, history)
 
 
@@ -561,7 +563,10 @@ def headline(evaluation: dict) -> str:
             f"zero-shot accuracy {100 * z['zero_shot_accuracy_all']:.1f} % among all classes, "
             f"{100 * z['zero_shot_accuracy_heldout_only']:.1f} % among held-out ones"
         )
-    return "  ".join(
+    text = "  ".join(
         f"{d.replace('_', ' ')} R@1/5/10 {100 * r['R@1']:.1f}/{100 * r['R@5']:.1f}/{100 * r['R@10']:.1f}"
         for d, r in evaluation["retrieval"].items()
     )
+    if evaluation.get("cca_converged") is False:
+        text += " (the linear CCA stopped at its iteration limit before converging: cca_converged in eval.json)"
+    return text
