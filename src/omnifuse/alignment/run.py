@@ -568,5 +568,7 @@ def headline(evaluation: dict) -> str:
         for d, r in evaluation["retrieval"].items()
     )
     if evaluation.get("cca_converged") is False:
-        text += " (the linear CCA stopped at its iteration limit before converging: cca_converged in eval.json)"
+        text += (
+            " (the linear CCA stopped at its iteration limit before converging: cca_converged in eval.json)"
+        )
     return text
