@@ -300,6 +300,9 @@ class _Trainer:
         loader = DataLoader(data, batch_size=min(t.batch_size, len(data)))
         with warnings.catch_warnings():  # Opacus' note on its non-cryptographic RNG: the docs say it
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            # Raised while Opacus searches the noise multiplier, by candidates far from the answer: the
+            # multiplier found is the same with RDP orders up to 1024 (checked for ε 0.5–8, batch 64–256).
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             engine = PrivacyEngine(accountant="rdp")
             self.wrapped, self.optimizer, self.dp_loader = engine.make_private_with_epsilon(
                 module=self.model,
