@@ -7,19 +7,30 @@ the attention mask so padding does not shift them.
 
 Every row of a batch carries its own generation settings (the server batches requests that asked for
 different lengths and temperatures), and ``stream`` yields the new tokens step by step so that a
-caller can forward them as they come and cancel rows it no longer needs.
+caller can forward them as they come and cancel rows it no longer needs. With ``prefill_chunk`` the
+prompt goes through the KV cache in chunks of that many columns, with a (token-less) yield after each
+chunk: a caller that interleaves several streams gets control back within one chunk's work, however
+long the prompt. A row whose own token selection fails finishes with reason "error"; the others go on.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from omnifuse.data.sample import Sample
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Encoded, Processor
+
+# Below this temperature a row decodes greedily, as vLLM does: dividing the logits by 1e-300 would
+# overflow to inf and the softmax to NaN.
+SAMPLING_EPS = 1e-5
+# A row's generator takes a 64-bit seed; the signed int64 range (what OpenAI's API and vLLM document)
+# maps one-to-one onto it, while torch would alias -1 and 2**64 - 1 and overflow beyond.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -29,12 +40,30 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int | None = None  # seeds this row's own generator: its tokens do not depend on the batch
 
+    def __post_init__(self) -> None:
+        # Checked here so that no invalid setting ever reaches a batch it could fail.
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be ≥ 0, not {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number ≥ 0, not {self.temperature}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(
+                f"seed must be a 64-bit signed integer ({SEED_MIN} to {SEED_MAX}), not {self.seed}"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < SAMPLING_EPS
+
 
 def _sample_row(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> int:
     probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
     if cfg.top_p < 1.0:
         sorted_p, idx = probs.sort(descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p  # always keeps the most likely token
+        keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p
+        keep[0] = True  # the most likely token always stays (a top_p below float32's least is 0 there)
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p * keep)
     return int(torch.multinomial(probs, 1, generator=generator))
 
@@ -42,21 +71,35 @@ def _sample_row(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Ge
 @dataclass(frozen=True)
 class StepTokens:
     """The tokens one decoding step produced: (row, token) for rows still generating, and the rows
-    that finished at this step with why ("stop": an end-of-turn token, "length": max_new_tokens)."""
+    that finished at this step with why ("stop": an end-of-turn token, "length": max_new_tokens,
+    "cancelled", or "error": then ``errors`` holds the exception). A step with neither is a pause
+    between prefill chunks."""
 
     tokens: list[tuple[int, int]]
     finished: dict[int, str]
+    errors: dict[int, Exception] = field(default_factory=dict)
 
 
 class Engine:
     def __init__(self, model: MultimodalLM, processor: Processor) -> None:
         self.model = model
         self.processor = processor
+        self._max_token_chars: int | None = None
 
     @property
     def context_length(self) -> int | None:
         """The LLM's maximum sequence length (prompt + answer), if its config states one."""
         return getattr(self.model.llm.config, "max_position_embeddings", None)
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token of the vocabulary stands for: a text of more than
+        ``context_length × max_token_chars`` characters cannot fit, whatever the tokenizer makes of it.
+        (A byte-level token's string has one character per byte, at least as many as it decodes to.)"""
+        if self._max_token_chars is None:
+            vocab = self.processor.tokenizer.get_vocab()
+            self._max_token_chars = max(8, max((len(t) for t in vocab), default=0))
+        return self._max_token_chars
 
     @torch.no_grad()
     def stream(
@@ -65,45 +108,88 @@ class Engine:
         cfgs: Sequence[GenerationConfig],
         use_cache: bool = True,
         cancelled: Callable[[int], bool] | None = None,
+        prefill_chunk: int | None = None,
     ) -> Iterator[StepTokens]:
         """Decode encoded prompts step by step, one config per row; rows for which ``cancelled(row)``
-        turns true stop being generated (their finish reason is "cancelled")."""
+        turns true stop being generated (their finish reason is "cancelled"). ``prefill_chunk``: at most
+        this many prompt columns per forward pass (with the cache only), with a pause after each."""
         if len(cfgs) != len(encoded):
             raise ValueError(f"{len(encoded)} prompts but {len(cfgs)} generation configs")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1, not {prefill_chunk}")
         batch = self.processor.collate(list(encoded), padding_side="left")
-        # Cross-attention fusion reads the media in every decoding step: they stay bound for the whole loop.
-        with self.model.fuse(
+        model = self.model
+        with model.fuse(
             batch.input_ids, batch.media, batch.media_counts, batch.sample_ids, batch.media_lengths
         ) as embeds:
-            yield from self._decode(batch, embeds, cfgs, use_cache, cancelled)
+            # Cross-attention fusion reads the media in every forward pass. They are bound again around
+            # each pass, not for the whole loop: a caller may interleave several streams, each with its
+            # own media, and a stream suspended at a yield must not leave its media bound.
+            bound = model.fusion.context.media if model.fusion is not None else None
+
+        def forward(**kwargs):
+            if bound is None:
+                return model.llm(**kwargs)
+            with model.fusion.bind(bound.features, bound.mask):
+                return model.llm(**kwargs)
+
+        yield from self._decode(batch, embeds, forward, cfgs, use_cache, cancelled, prefill_chunk)
+
+    def _prefill(self, forward, embeds, mask, positions, chunk: int | None):
+        """Run the prompt through the LLM and the cache, ``chunk`` columns at a time; yields a pause
+        after every chunk but the last and returns the last chunk's output. Each chunk sees the mask
+        of every column up to its end, so left padding is masked exactly as in one pass."""
+        width = embeds.shape[1]
+        step = chunk or width
+        past = None
+        for start in range(0, width, step):
+            end = min(start + step, width)
+            res = forward(
+                inputs_embeds=embeds[:, start:end],
+                attention_mask=mask[:, :end],
+                position_ids=positions[:, start:end],
+                past_key_values=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            past = res.past_key_values
+            if end < width:
+                yield StepTokens([], {})
+        return res
 
     def _decode(
         self,
         batch,
         embeds: torch.Tensor,
+        forward,
         cfgs: Sequence[GenerationConfig],
         use_cache: bool,
         cancelled: Callable[[int], bool] | None,
+        prefill_chunk: int | None,
     ) -> Iterator[StepTokens]:
-        proc, model = self.processor, self.model
+        proc = self.processor
         mask = batch.attention_mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         generators = [
-            torch.Generator().manual_seed(c.seed) if c.seed is not None and c.temperature > 0 else None
+            torch.Generator().manual_seed(c.seed) if c.seed is not None and not c.greedy else None
             for c in cfgs
         ]
-        stop = set(proc.stop_ids)
-        embed_tokens = model.llm.get_input_embeddings()
+        embed_tokens = self.model.llm.get_input_embeddings()
         n = embeds.shape[0]
         active = [c.max_new_tokens > 0 for c in cfgs]
         produced = [0] * n
-        past = None
-        step_embeds, step_pos = embeds, positions
+        step_embeds, step_pos, past = embeds, positions, None
         if not all(active):
             yield StepTokens([], {i: "length" for i in range(n) if not active[i]})
         while any(active):
-            if use_cache:
-                res = model.llm(
+            if not use_cache:  # the reference path: recompute the whole sequence every step
+                res = forward(
+                    inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos, use_cache=False
+                )
+            elif past is None:
+                res = yield from self._prefill(forward, step_embeds, mask, step_pos, prefill_chunk)
+            else:
+                res = forward(
                     inputs_embeds=step_embeds,
                     attention_mask=mask,
                     position_ids=step_pos,
@@ -111,35 +197,15 @@ class Engine:
                     use_cache=True,
                     logits_to_keep=1,
                 )
+            if use_cache:
                 past = res.past_key_values
-            else:  # the reference path: recompute the whole sequence every step
-                res = model.llm(
-                    inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos, use_cache=False
-                )
-            logits = res.logits[:, -1, :]
-            greedy = logits.argmax(dim=-1).tolist()
-            nxt = [proc.pad_id] * n
-            tokens, finished = [], {}
-            for i in range(n):
-                if not active[i]:
-                    continue
-                if cancelled is not None and cancelled(i):
-                    active[i] = False
-                    finished[i] = "cancelled"
-                    continue
-                cfg = cfgs[i]
-                tok = greedy[i] if cfg.temperature <= 0 else _sample_row(logits[i], cfg, generators[i])
-                nxt[i] = tok
-                if tok in stop:
-                    active[i], finished[i] = False, "stop"
-                    continue
-                tokens.append((i, tok))
-                produced[i] += 1
-                if produced[i] >= cfg.max_new_tokens:
-                    active[i], finished[i] = False, "length"
-            yield StepTokens(tokens, finished)
+            step = self._select(res.logits[:, -1, :], cfgs, generators, active, produced, cancelled)
+            yield step
             if not any(active):
                 break
+            nxt = [proc.pad_id] * n
+            for i, tok in step.tokens:
+                nxt[i] = tok
             new_embed = embed_tokens(torch.tensor(nxt)).unsqueeze(1)
             new_pos = step_pos[:, -1:] + 1
             mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
@@ -149,16 +215,46 @@ class Engine:
                 step_embeds = torch.cat([step_embeds, new_embed], dim=1)
                 step_pos = torch.cat([step_pos, new_pos], dim=1)
 
+    def _select(self, logits, cfgs, generators, active, produced, cancelled) -> StepTokens:
+        """Pick each active row's next token. A row whose selection raises finishes with "error"
+        (its exception in ``errors``): one request's failure must not end the others'. Rows that
+        stopped feed the pad token from then on, which the mask of the live rows never reads."""
+        greedy = logits.argmax(dim=-1).tolist()
+        stop = set(self.processor.stop_ids)
+        tokens, finished, errors = [], {}, {}
+        for i, cfg in enumerate(cfgs):
+            if not active[i]:
+                continue
+            if cancelled is not None and cancelled(i):
+                active[i], finished[i] = False, "cancelled"
+                continue
+            try:
+                tok = greedy[i] if cfg.greedy else _sample_row(logits[i], cfg, generators[i])
+            except Exception as exc:  # reported for this row only, through ``errors``
+                active[i], finished[i], errors[i] = False, "error", exc
+                continue
+            if tok in stop:
+                active[i], finished[i] = False, "stop"
+                continue
+            tokens.append((i, tok))
+            produced[i] += 1
+            if produced[i] >= cfg.max_new_tokens:
+                active[i], finished[i] = False, "length"
+        return StepTokens(tokens, finished, errors)
+
     def generate_ids(
         self,
         prompts: Sequence[Sample],
         cfg: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig(),
         use_cache: bool = True,
+        prefill_chunk: int | None = None,
     ) -> list[list[int]]:
         cfgs = [cfg] * len(prompts) if isinstance(cfg, GenerationConfig) else list(cfg)
         encoded = [self.processor.encode(s, for_generation=True) for s in prompts]
         out: list[list[int]] = [[] for _ in prompts]
-        for step in self.stream(encoded, cfgs, use_cache):
+        for step in self.stream(encoded, cfgs, use_cache, prefill_chunk=prefill_chunk):
+            if step.errors:  # a caller of the whole answer has no way to take a partial batch
+                raise next(iter(step.errors.values()))
             for i, tok in step.tokens:
                 out[i].append(tok)
         return out
@@ -168,8 +264,9 @@ class Engine:
         prompts: Sequence[Sample],
         cfg: GenerationConfig | Sequence[GenerationConfig] = GenerationConfig(),
         use_cache: bool = True,
+        prefill_chunk: int | None = None,
     ) -> list[str]:
-        ids = self.generate_ids(prompts, cfg, use_cache)
+        ids = self.generate_ids(prompts, cfg, use_cache, prefill_chunk)
         return [self.decode(t) for t in ids]
 
     def decode(self, ids: Sequence[int]) -> str:
