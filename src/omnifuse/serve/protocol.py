@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from omnifuse.serve.engine import SEED_MAX, SEED_MIN
+
 
 class APIError(Exception):
     """An error returned to the client as ``{"error": {...}}`` with an HTTP status."""
@@ -102,8 +104,10 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Python's json reads NaN and Infinity: they are refused here, with the field named, before a
+    # request can reach a batch (a NaN temperature would turn every probability of its row into NaN).
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     n: Literal[1] = 1
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -120,11 +124,28 @@ class ChatRequest(BaseModel):
             raise ValueError("stop must be up to 4 non-empty strings")
         return v
 
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int | None) -> int | None:
+        if v is not None and not SEED_MIN <= v <= SEED_MAX:
+            raise ValueError(f"seed must be a 64-bit signed integer, from {SEED_MIN} to {SEED_MAX}")
+        return v
+
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def wants_audio(self) -> bool:
         return "audio" in (self.modalities or [])
+
+    def text_chars(self) -> int:
+        """Characters of text in all messages: known before anything is tokenized."""
+        total = 0
+        for m in self.messages:
+            if isinstance(m.content, str):
+                total += len(m.content)
+            elif m.content is not None:
+                total += sum(len(p.text) for p in m.content if isinstance(p, TextContent))
+        return total
 
 
 def _loc(loc: tuple) -> str:
@@ -149,7 +170,8 @@ def parse_request(body: bytes) -> ChatRequest:
         first = errs[0]
         where = _loc(first["loc"])
         more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
-        raise APIError(400, f"{where}: {first['msg']}{more}", param=where or None) from None
+        msg = first["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
+        raise APIError(400, f"{where}: {msg}{more}", param=where or None) from None
 
 
 # ------------------------------------------------------------------ responses

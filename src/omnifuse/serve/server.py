@@ -15,6 +15,7 @@ import base64
 import hmac
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -50,6 +51,8 @@ class ServerSettings:
     max_batch_size: int = 8
     max_queue: int = 64
     batch_wait_ms: float = 5.0
+    prefill_chunk: int = 512  # prompt tokens per forward pass; longer prompts run in the long lane
+    prefill_budget: int = 4096  # padded prompt tokens per batch
     default_max_tokens: int = 256
     max_tokens_limit: int = 2048
     default_temperature: float = 0.0  # when a request leaves it out: the recipe's generation setting
@@ -106,7 +109,12 @@ class ChatService:
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self.engine, self.settings = engine, settings
         self.scheduler = Scheduler(
-            engine, settings.max_batch_size, settings.max_queue, settings.batch_wait_ms / 1000
+            engine,
+            settings.max_batch_size,
+            settings.max_queue,
+            settings.batch_wait_ms / 1000,
+            settings.prefill_chunk,
+            settings.prefill_budget,
         )
         self.modalities = set(engine.processor.media)
         if engine.processor.speech_to_text is not None:
@@ -179,13 +187,10 @@ class ChatService:
         return Sample(P.new_id(), tuple(messages), {})
 
     def prepare(self, req: P.ChatRequest) -> tuple[Encoded, GenerationConfig]:
-        """Validate media and encode the prompt (runs in a worker thread: decoding costs CPU)."""
-        sample = self.to_sample(req)
-        try:
-            encoded = self.engine.processor.encode(sample, for_generation=True)
-        except OmnifuseError as exc:
-            raise P.APIError(400, str(exc), param="messages") from None
-        s = self.settings
+        """Check the request's bounds, validate media and encode the prompt (runs in a worker thread:
+        decoding costs CPU). The cheap checks come first: the text's length bounds its token count,
+        so an over-long conversation is refused before it costs a tokenizer pass."""
+        s, ctx = self.settings, self.engine.context_length
         wanted = req.max_completion_tokens or req.max_tokens
         if wanted is not None and wanted > s.max_tokens_limit:
             raise P.APIError(
@@ -193,8 +198,21 @@ class ChatService:
                 f"max_tokens is {wanted}, over this server's limit of {s.max_tokens_limit}",
                 param="max_tokens",
             )
+        if ctx is not None and req.text_chars() > ctx * self.engine.max_token_chars:
+            raise P.APIError(
+                400,
+                f"the messages hold {req.text_chars()} characters of text, more than the model's context length "
+                f"of {ctx} tokens can take (a token is at most {self.engine.max_token_chars} characters); "
+                "shorten the conversation",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        sample = self.to_sample(req)
+        try:
+            encoded = self.engine.processor.encode(sample, for_generation=True)
+        except OmnifuseError as exc:
+            raise P.APIError(400, str(exc), param="messages") from None
         n_prompt = len(encoded.input_ids)
-        ctx = self.engine.context_length
         if ctx is not None:
             room = ctx - n_prompt
             if room < 1 or (wanted is not None and wanted > room):
@@ -206,9 +224,19 @@ class ChatService:
                     code="context_length_exceeded",
                 )
         max_new = wanted or min(s.default_max_tokens, ctx - n_prompt if ctx else s.default_max_tokens)
+        return encoded, self.generation(req, max_new)
+
+    def generation(self, req: P.ChatRequest, max_new: int) -> GenerationConfig:
+        s = self.settings
         temperature = s.default_temperature if "temperature" not in req.model_fields_set else req.temperature
         top_p = s.default_top_p if "top_p" not in req.model_fields_set else req.top_p
-        return encoded, GenerationConfig(max_new, temperature, top_p, req.seed)
+        # A sampled request without a seed gets one drawn here: every row is then deterministic, so the
+        # scheduler can run a request again alone (after its batch failed) and get the text it had sent.
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**63)
+        try:
+            return GenerationConfig(max_new, temperature, top_p, seed)
+        except ValueError as exc:  # the protocol checks the same bounds; this is the engine's own check
+            raise P.APIError(400, str(exc)) from None
 
     # ------------------------------------------------------------ running
     async def submit(self, req: P.ChatRequest) -> Job:
@@ -353,7 +381,9 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         authorize(request)
-        req = P.parse_request(await request.body())
+        # Parsed in a worker thread: a body of many megabytes must not hold up the event loop,
+        # which streams every other request's tokens.
+        req = await run_in_threadpool(P.parse_request, await request.body())
         job = await service.submit(req)
         if req.stream:
             return StreamingResponse(
