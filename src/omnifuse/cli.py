@@ -617,7 +617,15 @@ def serve(
     from omnifuse.serve.media import MediaLimits
     from omnifuse.serve.server import ServerSettings, create_app
 
-    _check_port_free(host, port)  # before the model loads: a busy port should fail in a second
+    # Everything the user can get wrong on the command line is checked before the model loads,
+    # which takes a while: a typo should fail in a second, as one paragraph.
+    if not 1 <= port <= 65535:
+        raise OmnifuseError(f"--port {port}: a TCP port is a number from 1 to 65535")
+    levels = tuple(uvicorn.config.LOG_LEVELS)
+    if log_level.lower() not in levels:
+        raise OmnifuseError(f"--log-level {log_level!r}: choose one of {', '.join(levels)}")
+    log_level = log_level.lower()
+    _check_port_free(host, port)  # a busy port or an address that is not this machine's
     recipe, model, processor = load_model(RunDir(run_dir))
     g = recipe.generation
     settings = ServerSettings(
