@@ -70,12 +70,24 @@ def decode_text(raw: bytes, source: str) -> str:
     naming the byte offset."""
     encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), "utf-8")
     try:
-        return raw.decode(encoding)
+        text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
+        if encoding == "utf-8" and 0 in raw:
+            raise _nul_bytes(raw, source) from None
         raise OmnifuseError(
             f"{source} is not {encoding.upper().removesuffix('-SIG')} text ({exc.reason} at byte {exc.start}); "
             "save it as UTF-8"
         ) from None
+    if "\x00" in text:  # valid UTF-8, but no text file holds NUL: UTF-16 without its mark, or binary
+        raise _nul_bytes(raw, source)
+    return text
+
+
+def _nul_bytes(raw: bytes, source: str) -> OmnifuseError:
+    return OmnifuseError(
+        f"{source} holds NUL bytes (from byte {raw.index(0)}): it is UTF-16/32 text without a byte-order "
+        "mark, or not a text file at all; save it as UTF-8"
+    )
 
 
 def read_text(path: Path | str, what: str = "file", limit: int = MAX_TEXT_BYTES) -> str:
@@ -180,19 +192,126 @@ def _is(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def json_fields(value: Any, source: str, fields: dict[str, type]) -> dict:
-    """``value`` checked to be a JSON object holding each of ``fields`` with its type (int, float, str,
-    list, dict); a damaged or hand-edited file fails here with the key named, not deep inside a verb."""
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _describe(schema: Any) -> str:
+    if isinstance(schema, type):
+        names = {
+            dict: "an object",
+            list: "a list",
+            float: "a finite number",
+            int: "an integer",
+            str: "a string",
+        }
+        return names.get(schema, "true or false" if schema is bool else schema.__name__)
+    if isinstance(schema, dict):
+        return "an object"
+    if isinstance(schema, tuple):
+        return " or ".join(_describe(s) for s in schema)
+    if len(schema) > 1:
+        return f"a list of {len(schema)} values"
+    return f"a list of {_describe(schema[0])}"
+
+
+def _child(at: str, key: Any) -> str:
+    return f"{at}[{key}]" if isinstance(key, int) else f"{at}.{key}" if at else str(key)
+
+
+def _mismatch(value: Any, schema: Any, at: str) -> str | None:
+    """Where ``value`` departs from ``schema`` (None when it conforms). A schema is a type (float: a finite
+    number, int: an integer, neither a bool), a tuple of alternatives, ``[item]`` (a list of such items),
+    ``[a, b]`` (a list of exactly these), or ``{key: schema}`` (an object holding those keys; ``"key?"``
+    may be absent, ``"*"`` is every other key's value)."""
+    label = at or "the content"
+    if isinstance(schema, tuple):
+        if any(_mismatch(value, s, at) is None for s in schema):
+            return None
+        return f"{label} is {_shown(value)}, not {_describe(schema)}"
+    if isinstance(schema, type) or not isinstance(value, list | dict):
+        ok = isinstance(schema, type) and _is(value, schema)
+        return None if ok else f"{label} is {_shown(value)}, not {_describe(schema)}"
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return f"{label} is {_shown(value)}, not {_describe(schema)}"
+        if len(schema) > 1 and len(value) != len(schema):
+            return f"{label} holds {len(value)} values, not {len(schema)}"
+        items = schema if len(schema) > 1 else schema * len(value)
+        return next((p for i, v in enumerate(value) if (p := _mismatch(v, items[i], _child(at, i)))), None)
+    if not isinstance(value, dict):
+        return f"{label} is {_shown(value)}, not an object"
+    named = {key.removesuffix("?"): key for key in schema if key != "*"}
+    for name, key in named.items():
+        if name not in value:
+            if key.endswith("?"):
+                continue
+            return f"{_child(at, name)} is missing"
+        if problem := _mismatch(value[name], schema[key], _child(at, name)):
+            return problem
+    if "*" in schema:
+        for name, item in value.items():
+            if name not in named and (problem := _mismatch(item, schema["*"], _child(at, name))):
+                return problem
+    return None
+
+
+def check_json(value: Any, source: str, schema: Any) -> Any:
+    """``value`` (decoded JSON) checked against ``schema`` (see :func:`_mismatch`); a damaged or hand-edited
+    file fails here, naming the file and the first value that is wrong, not deep inside a verb."""
+    if problem := _mismatch(value, schema, ""):
+        raise OmnifuseError(f"{source}: {problem}; the file is damaged")
+    return value
+
+
+def json_fields(value: Any, source: str, fields: dict[str, Any]) -> dict:
+    """``value`` checked to be a JSON object holding each of ``fields`` with its type (int, float — finite —,
+    str, bool, list, dict) or nested schema (see :func:`_mismatch`; ``"key?"`` for an optional key)."""
     if not isinstance(value, dict):
         raise OmnifuseError(f"{source} must hold a JSON object, not {type(value).__name__}")
-    for key, kind in fields.items():
-        if key not in value:
+    for key in fields:
+        if key.removesuffix("?") not in value and not key.endswith("?"):
             raise OmnifuseError(f"{source} has no {key!r}; the file is damaged")
-        if not _is(value[key], kind):
-            raise OmnifuseError(
-                f"{source}: {key!r} is {value[key]!r}, not {kind.__name__}; the file is damaged"
-            )
-    return value
+    return check_json(value, source, fields)
+
+
+def check_safetensors(path: Path | str, what: str = "weights file") -> dict[str, Any]:
+    """The JSON header of a safetensors file, checked without loading a tensor: an empty or truncated
+    file, a text file renamed ``.safetensors`` or a header whose tensors do not fit the file are refused
+    (safetensors itself raises several exception types, some of them not even ``Exception``'s)."""
+    path = Path(path)
+    _require_file(path, what)
+    size = path.stat().st_size
+    hint = "it is damaged, or not a safetensors file; save the weights again with safetensors"
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length < 2 or length > min(size - 8, 100 * 1024**2):
+                raise OmnifuseError(
+                    f"{what} {path} has no safetensors header ({size} bytes{', empty' if size == 0 else ''}); "
+                    + hint
+                )
+            raw = fh.read(length)
+    except OSError as exc:
+        raise OmnifuseError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    header = parse_json(decode_text(raw, f"the header of {what} {path}"), f"the header of {what} {path}")
+    if not isinstance(header, dict):
+        raise OmnifuseError(f"{what} {path} has a header that is no JSON object; {hint}")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is(o, int) for o in offsets)):
+            raise OmnifuseError(f"{what} {path}: the entry of tensor {name!r} is damaged; {hint}")
+        end = max(end, offsets[1])
+    if 8 + length + end > size:
+        raise OmnifuseError(
+            f"{what} {path} is truncated ({size} bytes; its header needs {8 + length + end}); {hint}"
+        )
+    return header
 
 
 # ------------------------------------------------------------------ images
@@ -224,7 +343,7 @@ def open_image(
         raise ImageTooLarge(f"{what} {path} decompresses to too many pixels; resize it") from None
     except UnidentifiedImageError:
         raise OmnifuseError(
-            f"{what} {path} is not an image PIL can read (unknown or corrupt format); use a PNG or JPEG file"
+            f"{what} {path} is not a readable image (unknown or corrupt format); use a PNG or JPEG file"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or broken files
         raise OmnifuseError(f"{what} {path} is not a readable image ({exc}); replace the file") from None
