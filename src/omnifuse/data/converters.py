@@ -8,13 +8,13 @@ Every problem in a file is reported at once, each naming its entry (list index o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, problem_list, write_jsonl
+from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, json_line, problem_list, write_jsonl
 from omnifuse.errors import OmnifuseError
+from omnifuse.untrusted import check_out_file, parse_json, read_text
 
 IMAGE_MARKER = "<image>"
 ROLE_NAMES = {
@@ -27,18 +27,15 @@ ROLE_NAMES = {
 LLAVA_ROLES = ("human", "gpt")
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise OmnifuseError(f"{what} file {path} does not exist; check the path.")
+def _read_json(path: Path, what: str, text: str | None = None) -> Any:
+    """The file as strict JSON: size, encoding (UTF-8, or UTF-16/32 with a byte-order mark), nesting and
+    syntax problems become an OmnifuseError naming the file."""
+    if text is None:
+        text = read_text(path, f"{what} file")
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise OmnifuseError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            f"{what} data is one JSON list of conversation entries."
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise OmnifuseError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+        return parse_json(text, f"{what} file {path}")
+    except OmnifuseError as exc:
+        raise OmnifuseError(f"{exc}; {what} data is one JSON list of conversation entries.") from None
 
 
 def _image_root(src: Path, image_folder: Path | str | None) -> Path:
@@ -212,13 +209,11 @@ def from_sharegpt(path: Path | str, image_folder: Path | str | None = None) -> l
     first turn.
     """
     src = Path(path)
-    if not src.is_file():
-        raise OmnifuseError(f"ShareGPT file {src} does not exist; check the path.")
+    text = read_text(src, "ShareGPT file")
     root = _image_root(src, image_folder)
     entries: list[tuple[str, Any]] = []
-    text = src.read_text(encoding="utf-8-sig")
     if src.suffix != ".jsonl" and text.lstrip().startswith("["):
-        data = _read_json(src, "ShareGPT")
+        data = _read_json(src, "ShareGPT", text)
         entries = [(f"{src.name} entry {i}", e) for i, e in enumerate(data)]
     else:
         bad_lines = []
@@ -226,9 +221,9 @@ def from_sharegpt(path: Path | str, image_folder: Path | str | None = None) -> l
             if not line.strip():
                 continue
             try:
-                entries.append((f"{src.name} line {lineno}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                bad_lines.append(f"{src.name} line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})")
+                entries.append((f"{src.name} line {lineno}", json_line(line, f"{src.name} line {lineno}")))
+            except OmnifuseError as exc:
+                bad_lines.append(str(exc))
         if bad_lines:
             raise OmnifuseError(
                 f"cannot convert {src}: it is neither a JSON list nor valid JSONL; "
@@ -262,6 +257,7 @@ def convert(kind: str, src: Path | str, out: Path | str, image_folder: Path | st
     """
     if kind not in CONVERTERS:
         raise OmnifuseError(f"unknown data format {kind!r}; use one of {', '.join(CONVERTERS)}.")
+    check_out_file(out)  # before the conversion: a bad --out fails at once
     samples = CONVERTERS[kind](src, image_folder)
     write_jsonl(samples, out)
     return len(samples)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from omnifuse.errors import OmnifuseError
+from omnifuse.untrusted import check_out_dir
 
 MARKER = ".complete"
 
@@ -41,6 +42,13 @@ def write_export(
     written, it replaces ``out_dir``. A concurrent exporter that finished first wins. File-system errors
     become an error naming ``what`` and the folder."""
     files = list(files)
+    check_out_dir(out_dir, f"the {what} folder")
+    if out_dir.is_dir() and not (out_dir / MARKER).exists() and any(out_dir.iterdir()):
+        # The export replaces the folder as a whole: a folder of the user's own would be deleted.
+        raise OmnifuseError(
+            f"the {what} folder {out_dir} already holds files and is not an earlier export (no {MARKER} in "
+            "it); nothing was changed. Give a new or empty folder with --out"
+        )
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))

@@ -16,11 +16,12 @@ be moved as a whole. Loading is strict and reports *every* bad line at once: a d
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import random
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -30,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from omnifuse.errors import OmnifuseError
+from omnifuse.untrusted import decode_text, read_bytes
 
 ROLES = ("system", "user", "assistant")
 MAX_LISTED = 10  # problems listed in one error; the rest are counted
@@ -354,6 +356,46 @@ def problem_list(problems: Sequence[str]) -> str:
     return "\n".join(shown)
 
 
+def _decoded_lines(raw: bytes, name: str, source: str) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, text or None, where) per line. UTF-8 is decoded line by line, so that one bad
+    line is reported with the others; a file with a UTF-16/32 byte-order mark is decoded as a whole."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)):  # UTF-32 LE too
+        lines = decode_text(raw, source).split("\n")
+        yield from ((n, line, f"{name} line {n}") for n, line in enumerate(lines, start=1))
+        return
+    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        where = f"{name} line {lineno}"
+        try:
+            line = line_bytes.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            yield (
+                lineno,
+                None,
+                f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start}); save the file as UTF-8",
+            )
+            continue
+        if "\x00" in line:
+            yield lineno, None, f"{where}: holds NUL bytes (UTF-16 without a byte-order mark, or binary data)"
+            continue
+        yield lineno, line, where
+
+
+def json_line(line: str, where: str) -> Any:
+    """One line as strict JSON (no NaN / Infinity), or an OmnifuseError naming ``where``."""
+    try:
+        return json.loads(line, parse_constant=_not_json)
+    except json.JSONDecodeError as exc:
+        raise OmnifuseError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise OmnifuseError(f"{where}: nested too deeply to read (flatten it)") from None
+    except ValueError as exc:  # NaN / Infinity, integer literals over Python's digit limit
+        raise OmnifuseError(f"{where}: invalid JSON ({exc})") from None
+
+
+def _not_json(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number; write a number or null")
+
+
 def load_jsonl(path: Path | str) -> list[Sample]:
     """Load and validate a native JSONL data set, reporting all bad lines and missing media files at once.
 
@@ -361,36 +403,25 @@ def load_jsonl(path: Path | str) -> list[Sample]:
     missing file found mid-training wastes the run.
     """
     path = Path(path)
-    if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise OmnifuseError(
-            f"data file {path} {what}; check the path (relative paths are taken from {Path.cwd()})."
-        )
+    raw = read_bytes(path, "data file")
     base_dir = _normabs(path.parent)
-    name = path.name
     samples: list[Sample] = []
     malformed: list[str] = []
     missing: list[str] = []
     first_line: dict[str, int] = {}
     exists: dict[Path, bool] = {}
     media_parts: dict[str, Part] = {}
-    raw = path.read_bytes()
-    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        where = f"{name} line {lineno}"
-        try:
-            line = line_bytes.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            malformed.append(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
+    for lineno, line, where in _decoded_lines(raw, path.name, f"data file {path}"):
+        if line is None:
+            malformed.append(where)  # the decoding problem, already naming the line
             continue
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            malformed.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+            sample = _parse(json_line(line, where), base_dir, media_parts)
+        except OmnifuseError as exc:
+            malformed.append(str(exc))
             continue
-        try:
-            sample = _parse(obj, base_dir, media_parts)
         except _Invalid as exc:
             malformed.append(f"{where}: {exc}")
             continue
@@ -406,27 +437,29 @@ def load_jsonl(path: Path | str) -> list[Sample]:
             if not exists[media]:
                 missing.append(f"{where}: {media}")
         samples.append(sample)
-
-    sections = []
-    if malformed:
-        sections.append(f"{len(malformed)} malformed line(s):\n{problem_list(malformed)}")
-    if missing:
-        sections.append(f"{len(missing)} missing media file(s):\n{problem_list(missing)}")
-    if sections:
-        hints = []
-        if malformed:
-            hints.append(_FORMAT_HINT)
-        if missing:
-            hints.append(
-                f"Relative media paths are resolved against {base_dir}; fix the paths or add the files."
-            )
-        raise OmnifuseError(f"{path} has " + "\nand ".join(sections) + "\n" + " ".join(hints))
+    _raise_problems(path, base_dir, malformed, missing)
     if not samples:
         raise OmnifuseError(
             f"{path} contains no samples (it is empty or has only blank lines); "
             "point the recipe at a data file with at least one sample."
         )
     return samples
+
+
+def _raise_problems(path: Path, base_dir: Path, malformed: list[str], missing: list[str]) -> None:
+    sections = []
+    if malformed:
+        sections.append(f"{len(malformed)} malformed line(s):\n{problem_list(malformed)}")
+    if missing:
+        sections.append(f"{len(missing)} missing media file(s):\n{problem_list(missing)}")
+    if not sections:
+        return
+    hints = []
+    if malformed:
+        hints.append(_FORMAT_HINT)
+    if missing:
+        hints.append(f"Relative media paths are resolved against {base_dir}; fix the paths or add the files.")
+    raise OmnifuseError(f"{path} has " + "\nand ".join(sections) + "\n" + " ".join(hints))
 
 
 def write_jsonl(samples: Iterable[Sample], path: Path | str) -> Path:
@@ -474,6 +507,9 @@ def select_subset(samples: Sequence[Sample], n: int | None, seed: int) -> list[S
     if n is None or n >= len(samples):
         return list(samples)
     if n < 0:
-        raise OmnifuseError(f"subset size must be at least 0 (or unset for all samples), got {n}.")
+        raise OmnifuseError(
+            f"the subset size (--limit, or data.eval_limit in the recipe) must be at least 0, or unset for all "
+            f"samples; got {n}."
+        )
     keep = sorted(random.Random(seed).sample(range(len(samples)), n))
     return [samples[i] for i in keep]
