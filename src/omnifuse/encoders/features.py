@@ -45,6 +45,7 @@ from omnifuse.recipe.schema import (
     WhisperFeaturesSpec,
 )
 from omnifuse.training.checkpoint import save_tensors_atomic
+from omnifuse.untrusted import open_image
 
 PREPROCESS_VERSION = 2  # bump when an extractor's preprocessing changes, to invalidate cached features
 FORMS = ("pooled", "tokens")
@@ -91,11 +92,8 @@ def _identity(item: Any) -> Any:
 
 
 def _open_image(item: Path | Image.Image) -> Image.Image:
-    if isinstance(item, Image.Image):
-        return item
-    with Image.open(item) as im:
-        im.load()
-        return im
+    """A data set's image as RGB (the pixel limit checked before decoding)."""
+    return item if isinstance(item, Image.Image) else open_image(item, "image file")
 
 
 def _waveform(item: Path | np.ndarray) -> np.ndarray:

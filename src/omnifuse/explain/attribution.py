@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from omnifuse import untrusted
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.explain.lens import LensResult, logit_lens
@@ -38,19 +39,8 @@ MODALITY = "image"
 
 # ---------------------------------------------------------------------- inputs
 def open_image(path: Path | str) -> Image.Image:
-    """The image to explain, as RGB; a missing or unreadable file is an OmnifuseError."""
-    path = Path(path)
-    if not path.exists():
-        raise OmnifuseError(f"image file {path} does not exist; give the path of an image with --image")
-    if path.is_dir():
-        raise OmnifuseError(f"{path} is a folder, not an image file; give the path of an image with --image")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unknown or broken files
-        raise OmnifuseError(
-            f"{path} is not a readable image ({exc}); give a PNG or JPEG file with --image"
-        ) from None
+    """The image to explain, as RGB; a missing, unreadable or oversized file is an OmnifuseError."""
+    return untrusted.open_image(path, "--image")
 
 
 def parse_layers(spec: str | None, num_layers: int) -> list[int]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
@@ -39,6 +39,7 @@ from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.multimodal import IGNORE_INDEX
 from omnifuse.processing.tiling import Tiling
+from omnifuse.untrusted import open_image
 
 # Stand-in for a media item while the template renders; it is split out before tokenisation and
 # never reaches the tokenizer.
@@ -57,20 +58,11 @@ BASE_TEMPLATE = (
 
 
 def load_image(path, sample_id: str) -> Image.Image:
-    """Open an image file as RGB, or raise an error naming the file and the sample."""
+    """Open an image file as RGB, or raise an error naming the file and the sample (a header promising
+    more than ``untrusted.MAX_PIXELS`` pixels is refused before decoding)."""
     if isinstance(path, Image.Image):
         return path.convert("RGB")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise OmnifuseError(
-            f"sample {sample_id}: image file {path} does not exist; fix the path in the data file"
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise OmnifuseError(
-            f"sample {sample_id}: {path} is not a readable image ({exc}); replace the file or drop the sample"
-        ) from None
+    return open_image(path, f"sample {sample_id}: image file")
 
 
 def load_clip(source, sample_id: str, max_seconds: float | None = 30.0) -> np.ndarray:
