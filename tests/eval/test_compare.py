@@ -107,7 +107,8 @@ def test_malformed_and_duplicate_records(tmp_path, capsys):
     assert "appears twice" in capsys.readouterr().err
     (b / "predictions.jsonl").write_text('{"id": "q0"}\n')
     assert main(["compare", str(tmp_path / "a"), str(b)]) == 2
-    assert "predictions.jsonl:1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "predictions.jsonl line 1" in err and "correct is missing" in err
 
 
 def test_partial_credit_scores_are_compared(tmp_path):

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from omnifuse.atomic import atomic_write_text  # noqa: E402
 from omnifuse.eval.metrics import classification_scores  # noqa: E402
+from omnifuse.eval.runfiles import EPOCH, read_records  # noqa: E402
 from omnifuse.eval.stats import bootstrap_ci  # noqa: E402
 from omnifuse.models.classifier import FusionClassifier  # noqa: E402
 from omnifuse.recipe.schema import ClassifierRecipe  # noqa: E402
@@ -99,11 +100,7 @@ def plot_confusion(confusion: np.ndarray, labels: list[str], path: Path) -> None
 
 
 def plot_curves(metrics_file: Path, path: Path) -> bool:
-    records = (
-        [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
-        if metrics_file.is_file()
-        else []
-    )
+    records = read_records(metrics_file, EPOCH, "metrics file") if metrics_file.exists() else []
     if not records:
         return False
     epochs = [r["epoch"] for r in records]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from omnifuse.errors import OmnifuseError
+from omnifuse.eval.runfiles import PAIRED, read_records
 from omnifuse.eval.stats import PairedComparison, paired_comparison
 
 
@@ -19,21 +19,13 @@ def load_predictions(run_dir: Path) -> dict[str, dict]:
     if not path.is_file():
         raise OmnifuseError(f"{run_dir} has no predictions.jsonl: run `omnifuse eval {run_dir}` first")
     records: dict[str, dict] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            key = str(rec["id"])
-            if "score" not in rec:
-                rec["score"] = float(bool(rec["correct"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise OmnifuseError(
-                f"{path}:{lineno}: not a prediction record ({exc}); re-run `omnifuse eval {run_dir}`"
-            ) from None
+    for rec in read_records(path, PAIRED, "predictions file"):
+        key = str(rec["id"])
+        rec.setdefault("score", float(rec["correct"]))
         if key in records:
             raise OmnifuseError(
-                f"{path}: sample id {key!r} appears twice; ids must be unique to pair samples"
+                f"{path}: sample id {key!r} appears twice; ids must be unique to pair samples. "
+                f"Re-run `omnifuse eval {run_dir}`"
             )
         records[key] = rec
     if not records:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +24,20 @@ from omnifuse.data.sample import Sample
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.report import plot_loss
+from omnifuse.eval.runfiles import (
+    EVALUATION,
+    MANIFEST,
+    PREDICTION,
+    ROBUSTNESS,
+    STEP,
+    read_document,
+    read_optional,
+    read_records,
+)
 from omnifuse.processing.processor import load_image
 from omnifuse.rundir import RunDir
 from omnifuse.training.stages import select_parameters
+from omnifuse.untrusted import open_image, read_text
 
 REPORT = "report.html"
 
@@ -35,11 +45,11 @@ REPORT = "report.html"
 def png_data_url(image: Image.Image | Path, max_side: int | None = None) -> str:
     """An image (or a PNG/JPEG file) as a data URL, optionally downscaled to ``max_side`` pixels."""
     if isinstance(image, Path):
-        raw = image.read_bytes()
-        if max_side is None:
+        if max_side is None:  # a PNG this module drew itself (a plot, a heatmap): embedded as it is
+            raw = image.read_bytes()
             kind = "png" if raw[:8] == b"\x89PNG\r\n\x1a\n" else "jpeg"
             return f"data:image/{kind};base64,{base64.b64encode(raw).decode()}"
-        image = Image.open(io.BytesIO(raw))
+        image = open_image(image)
     img = image.convert("RGB")
     if max_side is not None and max(img.size) > max_side:
         img.thumbnail((max_side, max_side))
@@ -87,10 +97,10 @@ def sample_cards(run: RunDir, n: int) -> list[dict[str, Any]]:
     """Up to ``n`` evaluated samples with their images: wrong answers first, then right ones."""
     preds_file = run.path / "predictions.jsonl"
     eval_file = run.path / "eval.json"
-    if not preds_file.is_file() or not eval_file.is_file():
+    if not preds_file.exists() or not eval_file.exists():
         return []
-    preds = [json.loads(line) for line in preds_file.read_text().splitlines() if line.strip()]
-    data = json.loads(eval_file.read_text()).get("data")
+    preds = read_records(preds_file, PREDICTION, "predictions file")
+    data = read_document(eval_file, EVALUATION, "evaluation")["data"]
     try:
         by_id = {s.id: s for s in load_data(data)} if data else {}
     except OmnifuseError:
@@ -102,7 +112,7 @@ def sample_cards(run: RunDir, n: int) -> list[dict[str, Any]]:
     chosen = wrong[:k] + right[: n - k]
     cards = []
     for p in chosen:
-        s = by_id.get(p["id"])
+        s = by_id.get(str(p["id"]))
         if s is None or not s.images():
             continue
         cards.append(
@@ -186,25 +196,19 @@ def write_html_report(
     from omnifuse.rundir import load_model
 
     run.require_trained()
-    recipe, model, processor = loaded or load_model(run, progress=progress)
+    # Every run file is read (and checked) before the model loads: a damaged one fails in a second.
+    evaluation = read_optional(run.path / "eval.json", EVALUATION, "evaluation")
+    robustness = read_optional(run.path / "robustness.json", ROBUSTNESS, "robustness probes file")
+    manifest = read_optional(run.path / "eval_manifest.json", MANIFEST, "evaluation manifest")
+    metrics = read_records(run.metrics_file, STEP, "metrics file") if run.metrics_file.exists() else []
+    recipe_yaml = read_text(run.recipe_file, "run recipe")
     cards = sample_cards(run, samples)
+    recipe, model, processor = loaded or load_model(run, progress=progress)
     heatmaps, no_heatmaps = [], None
     if explained:
         heatmaps, no_heatmaps = explanation_figures(model, processor, cards, explained)
-    evaluation = (
-        json.loads((run.path / "eval.json").read_text()) if (run.path / "eval.json").is_file() else None
-    )
-    robustness_file = run.path / "robustness.json"
-    robustness = json.loads(robustness_file.read_text()) if robustness_file.is_file() else None
-    manifest_file = run.path / "eval_manifest.json"
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
     curve = run.path / "loss.png"
     has_curve = plot_loss(run.metrics_file, curve)
-    metrics = (
-        [json.loads(x) for x in run.metrics_file.read_text().splitlines() if x.strip()]
-        if run.metrics_file.is_file()
-        else []
-    )
     html = (
         _environment()
         .get_template("report.html")
@@ -225,7 +229,7 @@ def write_html_report(
             cards=cards,
             heatmaps=heatmaps,
             no_heatmaps=no_heatmaps,
-            recipe_yaml=run.recipe_file.read_text(),
+            recipe_yaml=recipe_yaml,
         )
     )
     out = run.path / REPORT

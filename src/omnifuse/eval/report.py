@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from omnifuse.atomic import atomic_write_text  # noqa: E402
 from omnifuse.data.sample import Sample  # noqa: E402
+from omnifuse.errors import OmnifuseError  # noqa: E402
 from omnifuse.eval.probes import ProbeRow  # noqa: E402
+from omnifuse.eval.runfiles import STEP, read_records  # noqa: E402
 from omnifuse.eval.vqa import VQAResult  # noqa: E402
+from omnifuse.processing.processor import load_image  # noqa: E402
 from omnifuse.rundir import RunDir  # noqa: E402
+from omnifuse.untrusted import read_text  # noqa: E402
 
 
 def plot_loss(metrics_file: Path, out: Path) -> bool:
-    if not metrics_file.is_file():
+    if not metrics_file.exists():
         return False
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    records = read_records(metrics_file, STEP, "metrics file")
     if not records:
         return False
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -62,8 +64,7 @@ def plot_samples(samples: list[Sample], predictions: list[dict], out: Path, n: i
     for ax in axes.flat:
         ax.axis("off")
     for ax, (s, p) in zip(axes.flat, pairs, strict=False):
-        with Image.open(s.images()[0]) as img:
-            ax.imshow(img.convert("RGB"))
+        ax.imshow(load_image(s.images()[0], s.id))
         question = " ".join(part.text for m in s.prompt() for part in m.parts if hasattr(part, "text"))
         mark = "✓" if p["correct"] else "✗"
         ax.set_title(f"{question}\nanswer: {p['answer']}\npredicted: {p['prediction']} {mark}", fontsize=8)
@@ -137,8 +138,11 @@ def write_report(
     if probes:
         lines += ["## Robustness probes", "", "Same questions, changed inputs (omnifuse.eval.probes).", ""]
         lines += [*_robustness_table(result, probes), ""]
-    if plot_loss(run.metrics_file, run.path / "loss.png"):
-        lines += ["## Training loss", "", "![loss](loss.png)", ""]
+    try:
+        if plot_loss(run.metrics_file, run.path / "loss.png"):
+            lines += ["## Training loss", "", "![loss](loss.png)", ""]
+    except OmnifuseError as exc:  # the scores are what this report is for; a damaged log costs the curve only
+        lines += ["## Training loss", "", f"Not drawn: {exc}", ""]
     if plot_samples(samples, result.predictions, run.path / "samples.png"):
         lines += ["## Sample predictions", "", "![samples](samples.png)", ""]
     wrong = [p for p in result.predictions if not p["correct"]][:10]
@@ -146,7 +150,7 @@ def write_report(
         lines += ["## Some errors", "", "| id | answer | prediction |", "|---|---|---|"]
         lines += [f"| {p['id']} | {p['answer']} | {p['prediction']!r} |" for p in wrong]
         lines.append("")
-    lines += ["## Recipe", "", "```yaml", run.recipe_file.read_text().rstrip(), "```", ""]
+    lines += ["## Recipe", "", "```yaml", read_text(run.recipe_file, "run recipe").rstrip(), "```", ""]
     out = run.path / "report.md"
     atomic_write_text(out, "\n".join(lines))
     return out
