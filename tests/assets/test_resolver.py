@@ -86,6 +86,8 @@ def test_list_assets_rows(tmp_cache):
 # ------------------------------------------------------------------ LLM / text references
 def test_resolve_llm_passes_folders_and_hub_ids_through(tmp_path, monkeypatch):
     monkeypatch.setattr(resolver, "prepare", lambda *a, **k: pytest.fail("nothing to convert"))
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
     assert assets.resolve_llm(str(tmp_path)) == str(tmp_path)
     assert assets.resolve_llm("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
     assert assets.resolve_llm("mobilenet_v2") == "mobilenet_v2"  # packaged, but not an LLM
@@ -121,6 +123,10 @@ def test_resolve_text_model(tmp_path):
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     assert assets.resolve_text_model("sentence-transformers/all-MiniLM-L6-v2") == str(folder)
     assert assets.resolve_text_model("bert-base-uncased") == "bert-base-uncased"
+    with pytest.raises(OmnifuseError, match="is empty"):
+        assets.resolve_text_model(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
     assert assets.resolve_text_model(str(tmp_path)) == str(tmp_path)
 
 

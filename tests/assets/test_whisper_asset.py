@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
 
 from omnifuse import assets
@@ -278,6 +278,10 @@ def test_missing_second_half_names_both_packages(tmp_cache, tmp_path, monkeypatc
 
 def test_resolve_audio_model_passes_other_references_through(tmp_path, monkeypatch):
     monkeypatch.setattr(resolver, "prepare", lambda *a, **k: pytest.fail("nothing to convert"))
+    with pytest.raises(OmnifuseError, match="is empty"):
+        assets.resolve_audio_model(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "whisper"}')
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
     assert assets.resolve_audio_model(str(tmp_path)) == str(tmp_path)
     assert assets.resolve_audio_model("openai/whisper-small") == "openai/whisper-small"
     assert assets.resolve_audio_model("smollm2-135m-instruct") == "smollm2-135m-instruct"  # not audio

@@ -166,5 +166,13 @@ def test_build_clip_dual_tower(tmp_path):
 
 
 def test_unloadable_tower_is_a_user_error(tmp_path):
+    with pytest.raises(OmnifuseError, match="vision tower folder .* is empty"):
+        build_hf_vision(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    (tmp_path / "model.safetensors").write_text("not weights")
+    with pytest.raises(OmnifuseError, match="no safetensors header"):
+        build_hf_vision(str(tmp_path))
+    Dinov2Model(Dinov2Config(**TINY)).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(OmnifuseError, match="could not load the vision tower"):
-        build_hf_vision(str(tmp_path))  # an empty folder: no config.json
+        build_hf_vision(str(tmp_path))

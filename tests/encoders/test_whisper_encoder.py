@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from omnifuse.encoders.audio import WhisperAudioEncoder, build_whisper_encoder, pad_mels
 from omnifuse.encoders.audio.whisper import random_whisper_encoder
@@ -141,8 +142,16 @@ def test_trains_through_the_mask(encoder):
 
 
 def test_unloadable_weights_are_a_user_error(tmp_path):
+    with pytest.raises(OmnifuseError, match="Whisper model folder .* is empty"):
+        build_whisper_encoder(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "whisper", "d_model": "wide"}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(OmnifuseError, match="only pickled weights .* OMNIFUSE_ALLOW_PICKLE=1"):
+        build_whisper_encoder(str(tmp_path))
+    (tmp_path / "pytorch_model.bin").unlink()
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(OmnifuseError, match="could not load the Whisper model .* 'whisper-base'"):
-        build_whisper_encoder(str(tmp_path))  # an empty folder: no config.json
+        build_whisper_encoder(str(tmp_path))
 
 
 # ------------------------------------------------------------------ packaged weights

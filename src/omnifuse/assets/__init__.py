@@ -1,5 +1,13 @@
 """Packaged pretrained assets and the cache they are converted into (see :mod:`omnifuse.assets.resolver`)."""
 
+from omnifuse.assets.folders import (
+    PICKLE_ENV,
+    check_local,
+    check_model_folder,
+    load_pretrained,
+    pickle_allowed,
+    pretrained_kwargs,
+)
 from omnifuse.assets.resolver import (
     ASSETS,
     PackagedAsset,
@@ -22,6 +30,12 @@ from omnifuse.assets.resolver import (
 
 __all__ = [
     "ASSETS",
+    "PICKLE_ENV",
+    "check_local",
+    "check_model_folder",
+    "load_pretrained",
+    "pickle_allowed",
+    "pretrained_kwargs",
     "PackagedAsset",
     "PackagePart",
     "cache_dir",

@@ -27,7 +27,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnifuse.assets.folders import check_local, check_model_folder
 from omnifuse.errors import OmnifuseError
+from omnifuse.untrusted import check_safetensors
 
 CACHE_ENV = "OMNIFUSE_CACHE"
 _STAMP = "omnifuse-asset.json"  # written last into a converted folder: which package/version it came from
@@ -481,9 +483,11 @@ def resolve_llm(name: str, progress: bool = True) -> str:
     An existing local folder is returned as is; a packaged name or alias → its converted folder in the
     cache (converted on first use); anything else is returned unchanged (a Hugging Face id)."""
     if Path(name).expanduser().is_dir():
+        check_model_folder(Path(name).expanduser(), "LLM")
         return name
     asset = get_asset(name)
     if asset is None or asset.kind != "llm":
+        check_local(name, "LLM")
         return name
     return str(prepare(asset, progress=progress))
 
@@ -500,6 +504,7 @@ def resolve_weights(name_or_path: str) -> Path:
                 "once in a trusted session, e.g. `safetensors.torch.save_file(torch.load(path, weights_only=True), "
                 "'weights.safetensors')`, and point the recipe at the new file."
             )
+        check_safetensors(path, "weights file")  # empty, truncated, or a text file named .safetensors
         return path
     asset = get_asset(name_or_path)
     if asset is not None and asset.kind == "vision":
@@ -516,9 +521,11 @@ def resolve_audio_model(name: str, progress: bool = True) -> str:
     as is, a packaged name or alias → its converted folder in the cache (converted on first use), anything
     else unchanged (a Hugging Face id)."""
     if Path(name).expanduser().is_dir():
+        check_model_folder(Path(name).expanduser(), "Whisper model", "WhisperForConditionalGeneration")
         return name
     asset = get_asset(name)
     if asset is None or asset.kind != "audio":
+        check_local(name, "Whisper model")
         return name
     return str(prepare(asset, progress=progress))
 
@@ -526,9 +533,11 @@ def resolve_audio_model(name: str, progress: bool = True) -> str:
 def resolve_text_model(name: str) -> str:
     """A text-encoder reference → a local folder for a packaged name/alias, else ``name`` unchanged."""
     if Path(name).expanduser().is_dir():
+        check_model_folder(Path(name).expanduser(), "text model", "BertModel")
         return name
     asset = get_asset(name)
     if asset is None or asset.kind != "text":
+        check_local(name, "text model")
         return name
     return str(source_path(asset))
 

@@ -36,7 +36,8 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput
 
-from omnifuse.encoders.audio.whisper import WhisperAudioEncoder, load_whisper
+from omnifuse.assets import load_pretrained
+from omnifuse.encoders.audio.whisper import WHISPER_HINT, WhisperAudioEncoder, load_whisper
 from omnifuse.errors import OmnifuseError
 
 PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
@@ -76,7 +77,13 @@ class Transcriber:
     ) -> Transcriber:
         """From a packaged name (``whisper-base``), a local Whisper folder or a hub id."""
         model, feature_extractor = load_whisper(weights, WhisperForConditionalGeneration)
-        tokenizer = WhisperTokenizerFast.from_pretrained(model.name_or_path)
+        tokenizer = load_pretrained(
+            lambda: WhisperTokenizerFast.from_pretrained(model.name_or_path),
+            "Whisper tokenizer",
+            weights,
+            model.name_or_path,
+            WHISPER_HINT,
+        )
         return cls(model, tokenizer, feature_extractor, pad_to_30s, trailing_silence_s)
 
     @property

@@ -27,7 +27,6 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import (
     BertConfig,
-    BertModel,
     Blip2QFormerConfig,
     Blip2QFormerModel,
     PreTrainedTokenizerBase,
@@ -37,7 +36,7 @@ from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 
 from omnifuse.connectors.linear import LinearConnector
 from omnifuse.connectors.mlp import MLPConnector
-from omnifuse.encoders.text.minilm import load_text_model
+from omnifuse.encoders.text.minilm import load_bert, load_text_model
 from omnifuse.errors import OmnifuseError
 
 log = logging.getLogger(__name__)
@@ -360,7 +359,7 @@ def build_qformer(
         hidden=hidden,
     )
     if init == "pretrained":
-        bert = BertModel.from_pretrained(path, dtype=torch.float32)
+        bert = load_bert(path, text_model, "Q-Former")
         report = load_bert_weights(connector, bert.state_dict())
         log.info("Q-Former from %s: %s", text_model, report.summary())
     return connector

@@ -5,22 +5,27 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from omnifuse.assets import resolve_llm
-from omnifuse.errors import OmnifuseError
+from omnifuse.assets import load_pretrained, pretrained_kwargs, resolve_llm
 
 
 def load_llm(name: str, progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a packaged asset name, a local folder or a hub id."""
+    """Load a causal LM and its tokenizer from a packaged asset name, a local folder or a hub id (weights in
+    safetensors only, unless ``OMNIFUSE_ALLOW_PICKLE=1``: see :mod:`omnifuse.assets.folders`)."""
     path = resolve_llm(name, progress=progress)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except OSError as exc:
-        raise OmnifuseError(
-            f"could not load the LLM {name!r} (resolved to {path}): {exc}. Use a packaged name "
-            "(see `omnifuse assets`), a local folder with config.json + safetensors, or a Hugging Face id "
-            "on a machine with hub access."
-        ) from None
+    hint = (
+        "Use a packaged name (see `omnifuse assets`), a local folder with config.json, safetensors weights "
+        "and tokenizer files, or a Hugging Face id on a machine with hub access."
+    )
+    tokenizer = load_pretrained(
+        lambda: AutoTokenizer.from_pretrained(path), "LLM tokenizer", name, path, hint
+    )
+    model = load_pretrained(
+        lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs()),
+        "LLM",
+        name,
+        path,
+        hint,
+    )
     model.eval()
     return model, tokenizer
 

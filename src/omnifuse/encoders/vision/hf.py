@@ -13,12 +13,14 @@ resampling) but is done here with PIL + numpy, so no torchvision-backed processo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 
+from omnifuse.assets import check_local, check_model_folder, load_pretrained, pretrained_kwargs
 from omnifuse.encoders.vision.mobilenet import kept_region, resize_image, to_tensor
 from omnifuse.errors import OmnifuseError
 
@@ -163,15 +165,26 @@ def _processor_dict(name_or_path: str) -> dict:
 def build_hf_vision(name_or_path: str, layer: int = -1, drop_cls: bool = True) -> HFVisionEncoder:
     """Load a vision tower (HF id or local folder) with its preprocessing, in eval mode, fp32.
     For dual-tower checkpoints (CLIP, SigLIP) only the vision tower is kept."""
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-        model = AutoModel.from_pretrained(name_or_path, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise OmnifuseError(
-            f"could not load the vision tower {name_or_path!r}: {exc}. Use a local folder with config.json + "
-            "weights, or a Hugging Face id on a machine with hub access; for offline use, the packaged CNNs "
-            "(type: mobilenet_v2 or efficientnet_lite0) need no download."
-        ) from None
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        check_model_folder(folder, "vision tower", "AutoModel")
+    else:
+        check_local(name_or_path, "vision tower")
+    hint = (
+        "Use a local folder with config.json and safetensors weights, or a Hugging Face id on a machine with "
+        "hub access; for offline use, the packaged CNNs (type: mobilenet_v2 or efficientnet_lite0) need no "
+        "download."
+    )
+    config = load_pretrained(
+        lambda: AutoConfig.from_pretrained(name_or_path), "vision tower", name_or_path, name_or_path, hint
+    )
+    model = load_pretrained(
+        lambda: AutoModel.from_pretrained(name_or_path, dtype=torch.float32, **pretrained_kwargs()),
+        "vision tower",
+        name_or_path,
+        name_or_path,
+        hint,
+    )
     vision = _vision_config(config)
     tower = model
     if vision is not config:  # dual tower: keep only the image side

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from omnifuse.errors import OmnifuseError
+from omnifuse.untrusted import check_safetensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -200,7 +201,14 @@ def load_safetensors_strict(module: nn.Module, path, what: str) -> None:
     (wrong file for this architecture), so it becomes an OmnifuseError naming the first differences."""
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
+    check_safetensors(path, f"{what} weights file")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types (an unknown dtype, a damaged header)
+        raise OmnifuseError(
+            f"{what} weights file {path} is not a readable safetensors file ({type(exc).__name__}: {exc}); "
+            "save the weights again with safetensors"
+        ) from None
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
