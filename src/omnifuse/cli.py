@@ -369,7 +369,7 @@ def chat(
     ] = None,
     voice: Annotated[str, typer.Option(help="espeak-ng voice for --speak")] = "en-us",
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="default: the recipe's generation setting")
+        int | None, typer.Option(min=1, help="default: the recipe's generation setting")
     ] = None,
 ) -> None:
     """Ask a trained model about an image, typed or spoken (one question, or interactive with /image,
@@ -434,16 +434,19 @@ def explain(
         str | None, typer.Option(help="explain this answer's tokens instead of the model's own first token")
     ] = None,
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="length of the greedy answer shown (default: the recipe's setting)")
+        int | None,
+        typer.Option(min=1, help="length of the greedy answer shown (default: the recipe's setting)"),
     ] = None,
 ) -> None:
     """Explain an answer: attention to image regions, gradient × input, with/without image, logit lens."""
     from omnifuse.explain import explain as run_explain
     from omnifuse.explain import open_image, write_explanation
     from omnifuse.rundir import RunDir, load_model
+    from omnifuse.untrusted import check_out_dir
 
     run = RunDir(run_dir).require_trained()  # bad input fails before the model loads
     picture = open_image(image)
+    folder = check_out_dir(out_dir or Path(run_dir) / "explain")
     recipe, model, processor = load_model(run)
     expl = run_explain(
         model,
@@ -454,7 +457,6 @@ def explain(
         layers=layers,
         max_new_tokens=max_new_tokens or recipe.generation.max_new_tokens,
     )
-    folder = out_dir or Path(run_dir) / "explain"
     obj = write_explanation(expl, picture, folder, str(image))
     _print_explanation(expl, obj, folder)
 
@@ -690,8 +692,9 @@ def data_easy_vqa(
 ) -> None:
     """Export easy-vqa (4000/1000 images, 38,575/9,673 questions) to the native JSONL format."""
     from omnifuse.data.easy_vqa import export_easy_vqa
+    from omnifuse.untrusted import check_out_dir
 
-    files = export_easy_vqa(out_dir, progress=progress)
+    files = export_easy_vqa(check_out_dir(out_dir), progress=progress)
     for split, path in files.items():
         out.print(f"{split}: {path}")
 
@@ -721,7 +724,9 @@ def data_spoken_easy_vqa(
     from omnifuse.data.easy_vqa import ensure_easy_vqa
     from omnifuse.data.export import MARKER
     from omnifuse.data.spoken_easy_vqa import export_spoken_easy_vqa
+    from omnifuse.untrusted import check_out_dir
 
+    check_out_dir(out_dir)  # before easy-vqa is unpacked and the questions are spoken
     t0 = time.perf_counter()
     files = export_spoken_easy_vqa(
         out_dir,
@@ -749,8 +754,9 @@ def data_av_digits(
 ) -> None:
     """Make av-digits (1347/450 digit images + spoken digits, held-out test voices) in the native format."""
     from omnifuse.data.av_digits import export_av_digits
+    from omnifuse.untrusted import check_out_dir
 
-    files = export_av_digits(out_dir, progress=progress)
+    files = export_av_digits(check_out_dir(out_dir), progress=progress)
     for split, path in files.items():
         out.print(f"{split}: {path}")
 
@@ -766,8 +772,9 @@ def data_convert(
 ) -> None:
     """Convert LLaVA JSON or ShareGPT data to the native JSONL format."""
     from omnifuse.data.converters import convert
+    from omnifuse.untrusted import check_out_file
 
-    n = convert(kind, src, out_file, images)
+    n = convert(kind, src, check_out_file(out_file), images)
     out.print(f"wrote {n} samples to {out_file}")
 
 
