@@ -7,9 +7,11 @@ instead of building a backlog no client will wait for.
 Two lanes, so that one long prompt cannot stall everyone else. A request whose prompt is longer than
 ``prefill_chunk`` tokens is *long*; a batch holds short or long requests only, at most one batch of
 each kind runs at a time, and the worker interleaves the two step by step, always advancing the one
-that has had less of its time (each gets half while both are busy). The engine prefills in chunks of
-``prefill_chunk`` columns and yields between chunks, so a short request waits at most about one chunk
-of a long prompt's prefill per step of its own, never the whole of it. A batch's prompts cost at most
+that is furthest behind its share of the worker (``long_share`` = 1/4 for the long lane while both are
+busy: like vLLM, which schedules decoding rows before prefill chunks, it favours the many short
+requests; the long lane still always progresses). The engine prefills in chunks of ``prefill_chunk``
+columns and yields between chunks, so a short request waits at most about one chunk of a long prompt's
+prefill per few steps of its own, never the whole of it. A batch's prompts cost at most
 ``prefill_budget`` padded tokens (rows × longest prompt), except a single prompt longer than that,
 which runs alone.
 
@@ -105,7 +107,8 @@ class _Batch:
     jobs: list[Job]
     long: bool
     steps: Iterator[StepTokens] | None = None  # started on its first turn, inside the error guard
-    used: float = 0.0  # worker seconds spent on it: the lane with less goes next
+    share: float = 1.0  # its lane's share of the worker while both lanes are busy
+    used: float = 0.0  # worker seconds spent on it, over its share: the lane with less goes next
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -142,11 +145,15 @@ class Scheduler:
         max_batch_size: int = 8,
         max_queue: int = 64,
         max_wait_s: float = 0.005,
-        prefill_chunk: int = 512,
+        prefill_chunk: int = 256,
         prefill_budget: int = 4096,
+        long_share: float = 0.25,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or prefill_chunk < 1 or prefill_budget < 1:
             raise ValueError("max_batch_size, max_queue, prefill_chunk and prefill_budget must be at least 1")
+        if not 0 < long_share < 1:
+            raise ValueError(f"long_share must be between 0 and 1, not {long_share}")
+        self.long_share = long_share
         self.engine = engine
         self.max_batch_size, self.max_queue, self.max_wait_s = max_batch_size, max_queue, max_wait_s
         self.prefill_chunk, self.prefill_budget = prefill_chunk, prefill_budget
@@ -231,6 +238,8 @@ class Scheduler:
                     busy = {b.long for b in self._active}
                     for long in (False, True):
                         if long not in busy and (batch := self._form(long)) is not None:
+                            batch.share = self.long_share if long else 1 - self.long_share
+                            # It starts level with the running lane: no credit for the time it was idle.
                             batch.used = min((b.used for b in self._active), default=0.0)
                             self._active.append(batch)
                 if self._active:
@@ -249,7 +258,7 @@ class Scheduler:
             except Exception as exc:  # a bug or a bad row must fail its own request, not the server
                 self._recover(batch, exc)
                 over = True
-            batch.used += time.perf_counter() - t0
+            batch.used += (time.perf_counter() - t0) / batch.share
             if over:
                 self._active.remove(batch)
                 self.batches += 1

@@ -51,7 +51,7 @@ class ServerSettings:
     max_batch_size: int = 8
     max_queue: int = 64
     batch_wait_ms: float = 5.0
-    prefill_chunk: int = 512  # prompt tokens per forward pass; longer prompts run in the long lane
+    prefill_chunk: int = 256  # prompt tokens per forward pass; longer prompts run in the long lane
     prefill_budget: int = 4096  # padded prompt tokens per batch
     default_max_tokens: int = 256
     max_tokens_limit: int = 2048
