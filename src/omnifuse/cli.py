@@ -621,8 +621,8 @@ def serve(
 
     # Everything the user can get wrong on the command line is checked before the model loads,
     # which takes a while: a typo should fail in a second, as one paragraph.
-    if not 1 <= port <= 65535:
-        raise OmnifuseError(f"--port {port}: a TCP port is a number from 1 to 65535")
+    if not 0 <= port <= 65535:  # 0: a free port the system picks (uvicorn logs which)
+        raise OmnifuseError(f"--port {port}: a TCP port is a number from 1 to 65535 (or 0 for any free one)")
     levels = tuple(uvicorn.config.LOG_LEVELS)
     if log_level.lower() not in levels:
         raise OmnifuseError(f"--log-level {log_level!r}: choose one of {', '.join(levels)}")
@@ -641,7 +641,8 @@ def serve(
         default_temperature=g.temperature,
         default_top_p=g.top_p,
     )
-    err.print(f"serving {settings.model_name} on http://{host}:{port} (chat page at /, API at /v1)")
+    where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn logs which)"
+    err.print(f"serving {settings.model_name} on {where} (chat page at /, API at /v1)")
     uvicorn.run(
         create_app(Engine(model, processor), settings),
         host=host,

@@ -22,9 +22,9 @@ def no_loading(monkeypatch):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--port", "70000"], "--port 70000: a TCP port is a number from 1 to 65535"),
+        (["--port", "70000"], "--port 70000: a TCP port is a number from 1 to 65535 (or 0 for any free one)"),
         (["--port", "-1"], "--port -1: a TCP port"),
-        (["--port", "0"], "--port 0: a TCP port"),
+        (["--port", "65536"], "--port 65536: a TCP port"),
         (
             ["--log-level", "chatty"],
             "--log-level 'chatty': choose one of critical, error, warning, info, debug",
