@@ -1,7 +1,9 @@
-"""Atomic file writes: a temporary file beside the target, renamed into place (readers never see half a file)."""
+"""Atomic file writes (a temporary file beside the target, renamed into place: readers never see half a
+file) and file hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -33,3 +35,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -77,6 +77,9 @@ def _train_generate(r, run_dir: Path, resume: bool, progress: bool, tensorboard:
     from omnifuse.training.loop import train as run_training
 
     res = run_training(r, run_dir, resume=resume, console=err, progress=progress, tensorboard=tensorboard)
+    if res.already_finished:
+        _say_finished(run_dir)
+        return
     out.print(
         f"trained {r.name} in {res.seconds:.1f} s ({res.steps} steps, final loss {res.final_loss or float('nan'):.4f}); "
         f"run directory: {run_dir}  peak memory {_peak_rss_gb():.2f} GB"
@@ -86,7 +89,9 @@ def _train_generate(r, run_dir: Path, resume: bool, progress: bool, tensorboard:
 def _train_classifier(r, run_dir: Path, resume: bool, progress: bool, tensorboard: bool) -> None:
     from omnifuse.training.classifier import train_classifier
 
-    train_classifier(r, run_dir, resume=resume, console=err, progress=progress)
+    res = train_classifier(r, run_dir, resume=resume, console=err, progress=progress)
+    if res.already_finished:
+        _say_finished(run_dir)
     _print_classifier(run_dir)
 
 
@@ -94,9 +99,20 @@ def _train_align(r, run_dir: Path, resume: bool, progress: bool, tensorboard: bo
     from omnifuse.alignment.run import headline, train_align
 
     result = train_align(r, run_dir, progress=progress, resume=resume)
+    if result.already_finished:
+        _say_finished(run_dir)
+        out.print(f"{r.name} ({r.method.type}): {headline(result.evaluation)}")
+        return
     out.print(
         f"trained {r.name} ({r.method.type}) in {result.seconds:.1f} s: {headline(result.evaluation)}; "
         f"run directory: {run_dir}"
+    )
+
+
+def _say_finished(run_dir: Path) -> None:
+    out.print(
+        f"{run_dir} finished training already; nothing was trained or changed (its weights are intact). "
+        "Evaluate it with `omnifuse eval`, or train again into a new --out"
     )
 
 

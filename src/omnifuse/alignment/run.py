@@ -58,6 +58,7 @@ from omnifuse.recipe.schema import (
 from omnifuse.rundir import RunDir
 from omnifuse.training.checkpoint import save_tensors_atomic
 from omnifuse.training.loop import prepare_run_dir, seed_everything
+from omnifuse.untrusted import read_json
 
 KS = (1, 5, 10)
 
@@ -432,6 +433,7 @@ class AlignResult:
     evaluation: dict
     seconds: float
     run_dir: Path
+    already_finished: bool = False  # --resume of a finished run: nothing was trained or written
 
 
 def plot_history(history: list[dict], out: Path) -> None:
@@ -521,14 +523,23 @@ def train_align(
     recipe: AlignRecipe, out: Path, *, progress: bool = True, resume: bool = False
 ) -> AlignResult:
     """Train an alignment recipe into the run directory ``out`` (a fresh one: alignment runs take
-    seconds on cached features, so there is nothing to resume)."""
+    seconds on cached features, so there is nothing to resume; --resume of a finished run is a no-op)."""
+    start = time.perf_counter()
+    run = RunDir(Path(out))
+    if resume and run.exists() and prepare_run_dir(run, recipe, resume=True):
+        evaluation = read_json(run.path / "eval.json", "evaluation")
+        return AlignResult(evaluation, 0.0, run.path, already_finished=True)
     if resume:
         raise OmnifuseError(
             "alignment runs train in seconds on cached features and cannot be resumed; drop --resume"
         )
-    start = time.perf_counter()
-    run = RunDir(Path(out))
     prepare_run_dir(run, recipe, resume=False)
+    with run.training():
+        evaluation = _fit(recipe, run, progress)
+    return AlignResult(evaluation, time.perf_counter() - start, run.path)
+
+
+def _fit(recipe: AlignRecipe, run: RunDir, progress: bool) -> dict:
     heldout = recipe.method.heldout if isinstance(recipe.method, DeViSEMethodSpec) else ()
     train, evl, norms, names = paired_features(recipe, progress, frozenset(heldout))
     # Seeded right before the method's own random numbers (initialisation, shuffling).
@@ -553,7 +564,7 @@ def train_align(
     if has_plot:
         plot_history(result.history, run.path / "loss.png")
     atomic_write_text(run.path / "report.md", _report(recipe, evaluation, has_plot))
-    return AlignResult(evaluation, time.perf_counter() - start, run.path)
+    return evaluation
 
 
 def headline(evaluation: dict) -> str:

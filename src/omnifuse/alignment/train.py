@@ -53,6 +53,11 @@ def fit(
             for k in range(batches):
                 idx = order[k * size : (k + 1) * size]
                 value = loss(tuple(t[idx] for t in tensors))
+                if not torch.isfinite(value):
+                    raise OmnifuseError(
+                        f"{description} epoch {epoch + 1} batch {k + 1}: the loss is not finite ({value.item()}; "
+                        "training diverged); nothing was saved. Lower train.lr and train again"
+                    )
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 opt.step()

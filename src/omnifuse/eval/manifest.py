@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from omnifuse import __version__
+from omnifuse.atomic import sha256_file
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.processing import Processor
@@ -25,14 +26,6 @@ from omnifuse.serve.engine import GenerationConfig
 
 MANIFEST = "eval_manifest.json"
 FORMAT = 1
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_text(text: str) -> str:

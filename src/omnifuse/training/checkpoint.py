@@ -21,6 +21,7 @@ from torch import nn
 
 from omnifuse.atomic import temp_beside
 from omnifuse.errors import OmnifuseError
+from omnifuse.untrusted import json_fields, read_json
 
 
 def atomic_dir(final: Path) -> Path:
@@ -52,9 +53,27 @@ def recover_dir(final: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def _listed(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def state_of(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named parameters, detached copies; refused when any holds NaN or inf (training diverged), so a
+    run directory never keeps weights that would answer garbage."""
     params = dict(model.named_parameters())
-    return {n: params[n].detach().contiguous().clone() for n in names}
+    state = {n: params[n].detach().contiguous().clone() for n in names}
+    bad = _non_finite(state)
+    if bad:
+        raise OmnifuseError(
+            f"the weights {_listed(bad)} hold NaN or infinite values (training diverged); nothing was saved. "
+            "Lower the learning rate or raise warm-up, then train again"
+        )
+    return state
 
 
 def save_weights(
@@ -78,27 +97,52 @@ def save_tensors_atomic(
         raise
 
 
-def load_weights(model: nn.Module, path: Path) -> list[str]:
-    """Load a partial state dict (the changed parameters) into ``model``; every key must exist."""
+def read_tensors(path: Path, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a missing, empty or damaged file is an OmnifuseError naming it."""
+    if not path.is_file():
+        raise OmnifuseError(f"{what} {path} does not exist; the run directory is incomplete")
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except Exception as exc:  # safetensors raises several types for a damaged file
+        reason = "it is empty" if path.stat().st_size == 0 else f"{type(exc).__name__}: {exc}"
         raise OmnifuseError(
-            f"{path} is not a readable safetensors file ({exc}); the run directory is damaged"
+            f"{what} {path} is not a readable safetensors file ({reason}); the run directory is damaged"
         ) from None
+
+
+def load_weights(model: nn.Module, path: Path, expected: list[str] | None = None) -> list[str]:
+    """Load a partial state dict (the changed parameters) into ``model``. Every key must be a parameter of
+    the model, every one of ``expected`` must be there, shapes must match and values be finite — a file
+    with half its keys or with NaNs would otherwise load and answer."""
+    state = read_tensors(path)
     params = dict(model.named_parameters())
     unknown = [k for k in state if k not in params]
     if unknown:
         raise OmnifuseError(
-            f"{path} holds {len(unknown)} parameters this model does not have (e.g. {unknown[0]}); "
+            f"{path} holds {len(unknown)} parameters this model does not have ({_listed(unknown)}); "
             "it was saved from a different recipe"
         )
+    missing = [k for k in expected or () if k not in state]
+    if missing or not state:
+        raise OmnifuseError(
+            f"{path} lacks {len(missing) or 'all'} of the {len(expected or ())} trained parameters "
+            f"({_listed(missing) or 'it holds none'}); the file is incomplete or damaged. Train again, or resume "
+            "the run so that its last checkpoint rewrites it"
+        )
+    shapes = [
+        f"{k} {tuple(v.shape)} ≠ {tuple(params[k].shape)}"
+        for k, v in state.items()
+        if params[k].shape != v.shape
+    ]
+    if shapes:
+        raise OmnifuseError(
+            f"{path}: shapes differ from the model's ({_listed(shapes)}); it belongs to another recipe"
+        )
+    bad = _non_finite(state)
+    if bad:
+        raise OmnifuseError(f"{path}: {_listed(bad)} hold NaN or infinite values; the weights are unusable")
     with torch.no_grad():
         for k, v in state.items():
-            if params[k].shape != v.shape:
-                raise OmnifuseError(
-                    f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(params[k].shape)}"
-                )
             params[k].copy_(v)
     return list(state)
 
@@ -155,22 +199,59 @@ def save_checkpoint(
     commit_dir(tmp, folder)
 
 
-def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    """Restore weights, RNG and (unless ``optimizer`` is None) optimizer state; returns the progress."""
-    state = json.loads((folder / "state.json").read_text())
-    load_weights(model, folder / "weights.safetensors")
-    set_rng_state(load_file(str(folder / "rng.safetensors")), state["rng"])
+def read_progress(folder: Path, counts: tuple[str, ...] = ("stage", "step")) -> dict | None:
+    """The checkpoint's state.json checked for the fields a resume reads (``counts``: the progress keys
+    that must be non-negative integers); None when there is no checkpoint."""
+    path = folder / "state.json"
+    if not path.exists():
+        return None
+    where = f"{path} (the training checkpoint)"
+    state = json_fields(
+        read_json(path, "checkpoint state"),
+        where,
+        {"progress": dict, "optimizer_scalars": dict, "rng": dict, "weights": list},
+    )
+    progress = state["progress"]
+    if not progress or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in progress.values()
+    ):
+        raise OmnifuseError(
+            f"{where}: progress {progress!r} is damaged (counts expected); the checkpoint cannot be resumed. "
+            "Start the run again into a new --out"
+        )
+    return state
+
+
+def load_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    counts: tuple[str, ...] = ("stage", "step"),
+) -> dict:
+    """Restore weights, RNG and (unless ``optimizer`` is None) optimizer state; returns the progress.
+    A damaged checkpoint is an OmnifuseError naming the file, before anything is changed."""
+    state = read_progress(folder, counts)
+    if state is None:
+        raise OmnifuseError(f"{folder} holds no checkpoint (no state.json); the run cannot be resumed")
+    rng = read_tensors(folder / "rng.safetensors", "checkpoint file")  # read before anything is changed
+    opt_tensors = read_tensors(folder / "optimizer.safetensors", "checkpoint file") if optimizer else {}
+    load_weights(model, folder / "weights.safetensors", expected=[str(n) for n in state["weights"]])
+    try:
+        set_rng_state(rng, state["rng"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OmnifuseError(f"{folder}: the saved random-number state is damaged ({exc})") from None
     if optimizer is None:
         return state["progress"]
     params = dict(model.named_parameters())
-    opt_tensors = load_file(str(folder / "optimizer.safetensors"))
     per_param: dict[str, dict] = {}
-    for key, value in opt_tensors.items():
-        name, field = key.split("::")
-        per_param.setdefault(name, {})[field] = value
-    for key, value in state["optimizer_scalars"].items():
-        name, field = key.split("::")
-        per_param.setdefault(name, {})[field] = value
+    entries = [*opt_tensors.items(), *state["optimizer_scalars"].items()]
+    for key, value in entries:
+        name, sep, slot = key.partition("::")
+        if not sep or name not in params:
+            raise OmnifuseError(
+                f"{folder}: optimizer state {key!r} names no trained parameter; the checkpoint is damaged"
+            )
+        per_param.setdefault(name, {})[slot] = value
     for name, st in per_param.items():
         optimizer.state[params[name]] = st
     return state["progress"]

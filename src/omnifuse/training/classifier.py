@@ -51,6 +51,7 @@ from omnifuse.training.checkpoint import (
     save_weights,
 )
 from omnifuse.training.loop import TrainResult, prepare_run_dir, seed_everything
+from omnifuse.untrusted import read_text
 
 NORMALIZATION = "normalization.safetensors"
 
@@ -242,40 +243,42 @@ def train_classifier(
 
     console = console or Console(stderr=True)
     run = RunDir(Path(out))
-    prepare_run_dir(run, recipe, resume)
-    seed_everything(recipe.seed)
-    start = time.perf_counter()
-    train_samples, eval_samples = split_samples(recipe)
-    classes = class_names(train_samples)
-    raw_train = raw_features(recipe, train_samples, progress)
-    raw_eval = raw_features(recipe, eval_samples, progress)
-    norms = fit_normalizers(recipe, raw_train)
-    save_normalizers(run.path / NORMALIZATION, norms)
-    train = make_split(train_samples, raw_train, norms, classes, "training")
-    evaluation = make_split(eval_samples, raw_eval, norms, classes, "eval")
-    shapes = {m: tuple(x.shape[1:]) for m, x in train.features.items()}
-    meta = {
-        "omnifuse": __version__,
-        "task": "classify",
-        "classes": classes,
-        "feature_shapes": {m: list(s) for m, s in shapes.items()},
-        "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
-        "n_train": len(train),
-        "n_eval": len(evaluation),
-    }
-    atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
+    if prepare_run_dir(run, recipe, resume):
+        return TrainResult(run, 0.0, 0, None, already_finished=True)
+    with run.training():
+        seed_everything(recipe.seed)
+        start = time.perf_counter()
+        train_samples, eval_samples = split_samples(recipe)
+        classes = class_names(train_samples)
+        raw_train = raw_features(recipe, train_samples, progress)
+        raw_eval = raw_features(recipe, eval_samples, progress)
+        norms = fit_normalizers(recipe, raw_train)
+        save_normalizers(run.path / NORMALIZATION, norms)
+        train = make_split(train_samples, raw_train, norms, classes, "training")
+        evaluation = make_split(eval_samples, raw_eval, norms, classes, "eval")
+        shapes = {m: tuple(x.shape[1:]) for m, x in train.features.items()}
+        meta = {
+            "omnifuse": __version__,
+            "task": "classify",
+            "classes": classes,
+            "feature_shapes": {m: list(s) for m, s in shapes.items()},
+            "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
+            "n_train": len(train),
+            "n_eval": len(evaluation),
+        }
+        atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
 
-    model = build_classifier(recipe.model, shapes, len(classes))
-    if model.has_combiner() and recipe.train.combiner_holdout > 0:
-        train.holdout = combiner_holdout(len(train), recipe.train.combiner_holdout, recipe.seed)
-    if recipe.privacy is not None:
-        model = check_private_compatible(model, recipe.model.fusion.type)
-    trainer = _Trainer(recipe, run, model, train, evaluation, console, progress)
-    trainer.fit(resume)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
-    evaluate_classifier(run, recipe, model, evaluation, classes, trainer.epsilon(), progress=progress)
-    return TrainResult(run, time.perf_counter() - start, trainer.steps, trainer.last_loss)
+        model = build_classifier(recipe.model, shapes, len(classes))
+        if model.has_combiner() and recipe.train.combiner_holdout > 0:
+            train.holdout = combiner_holdout(len(train), recipe.train.combiner_holdout, recipe.seed)
+        if recipe.privacy is not None:
+            model = check_private_compatible(model, recipe.model.fusion.type)
+        trainer = _Trainer(recipe, run, model, train, evaluation, console, progress)
+        trainer.fit(resume)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
+        evaluate_classifier(run, recipe, model, evaluation, classes, trainer.epsilon(), progress=progress)
+        return TrainResult(run, time.perf_counter() - start, trainer.steps, trainer.last_loss)
 
 
 class _Trainer:
@@ -326,9 +329,15 @@ class _Trainer:
         recover_dir(self.run.checkpoint)
         if not (self.run.checkpoint / "state.json").is_file():
             return 0
-        state = load_checkpoint(self.run.checkpoint, self.model, self.optimizer)
+        state = load_checkpoint(self.run.checkpoint, self.model, self.optimizer, counts=("epoch",))
         if self.private is not None:
-            self.private.engine.accountant.history = [tuple(h) for h in state["accountant"]]
+            history = state.get("accountant")
+            if not isinstance(history, list) or not all(isinstance(h, list) for h in history):
+                raise OmnifuseError(
+                    f"{self.run.checkpoint}: the privacy accountant's history is damaged, so the ε spent so "
+                    "far is unknown; start the run again into a new --out"
+                )
+            self.private.engine.accountant.history = [tuple(h) for h in history]
         self.console.print(f"resuming at epoch {state['epoch']}/{self.recipe.train.epochs}")
         return state["epoch"]
 
@@ -348,6 +357,11 @@ class _Trainer:
         feats = apply_presence(dict(zip(self.modalities, xs, strict=True)), self.modalities, present)
         holdout = holdout if self.train.holdout is not None else None
         loss, logits = self.model.loss(feats, y, present, holdout)
+        if not torch.isfinite(loss):
+            raise OmnifuseError(
+                f"step {self.steps + 1}: the loss is not finite ({loss.item()}; training diverged); nothing of "
+                "this step was applied or saved. Lower train.lr and train again"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -396,10 +410,10 @@ def _truncate_epochs(path: Path, first: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "metrics file").splitlines():
         try:
             if json.loads(line)["epoch"] <= first:
                 keep.append(line)
-        except (json.JSONDecodeError, KeyError):  # the line a killed process was writing
+        except (json.JSONDecodeError, KeyError, TypeError):  # a line a killed process was writing, or damaged
             continue
     atomic_write_text(path, "".join(k + "\n" for k in keep))

@@ -30,11 +30,12 @@ from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
 from omnifuse.progress import progress_bar
 from omnifuse.recipe import Recipe, dump_recipe
-from omnifuse.recipe.schema import StageSpec
+from omnifuse.recipe.schema import Spec, StageSpec
 from omnifuse.rundir import RunDir
 from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.checkpoint import (
     load_checkpoint,
+    read_progress,
     recover_dir,
     save_checkpoint,
     save_weights,
@@ -42,6 +43,7 @@ from omnifuse.training.checkpoint import (
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step
 from omnifuse.training.qformer_pretrain import qformer_step
 from omnifuse.training.stages import apply_stage, changed_parameters, prepare_lora
+from omnifuse.untrusted import check_out_dir, read_text
 
 # StageSpec.objective → what one micro-batch computes (see training/objectives.py).
 OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample], StageSpec], StepOutput]] = {
@@ -57,6 +59,7 @@ class TrainResult:
     seconds: float
     steps: int
     final_loss: float | None
+    already_finished: bool = False  # --resume of a finished run: nothing was trained or written
 
 
 def seed_everything(seed: int) -> None:
@@ -186,10 +189,14 @@ class Trainer:
         resume_from = None
         if resume:
             recover_dir(run.checkpoint)
-        if resume and (run.checkpoint / "state.json").is_file():
-            resume_from = json.loads((run.checkpoint / "state.json").read_text())["progress"]
-        _truncate_metrics(run.metrics_file, resume_from)
+            state = read_progress(run.checkpoint)
+            resume_from = _checked_progress(state, recipe, run) if state is not None else None
+        _truncate_metrics(run.metrics_file, resume_from, self.console)
         total_steps, last_loss = 0, None
+        if resume_from is not None and resume_from["stage"] == len(recipe.stages):
+            # Killed after the final checkpoint but before model.safetensors: the checkpoint holds the result.
+            load_checkpoint(run.checkpoint, model, None)
+            self.console.print("the final checkpoint is complete: writing the trained weights from it")
         for si, stage in enumerate(recipe.stages):
             if resume_from is not None and si < resume_from["stage"]:
                 continue
@@ -247,6 +254,7 @@ class Trainer:
                     if stage.max_grad_norm
                     else None
                 )
+                _check_finite(stage, step + 1, total_loss, grad_norm, run)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -295,40 +303,77 @@ def _tensorboard_writer(folder: Path):
     return SummaryWriter(str(folder))
 
 
-def _truncate_metrics(path: Path, resume_from: dict | None) -> None:
-    """On resume, drop metric lines logged after the checkpoint (they will be recomputed)."""
+def _check_finite(stage: StageSpec, step: int, loss: float, grad_norm: float | None, run: RunDir) -> None:
+    """Stop before an optimizer step that would write NaN / inf into the weights (the checkpoint and any
+    saved weights stay the last good ones)."""
+    bad = [] if math.isfinite(loss) else [f"loss ({loss})"]
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        bad.append(f"gradient norm ({grad_norm})")
+    if bad:
+        raise OmnifuseError(
+            f"stage {stage.name!r} step {step}: the {' and the '.join(bad)} is not finite (training diverged); "
+            f"nothing of this step was applied or saved. Lower the learning rate (stages.*.lr), add warm-up or "
+            f"gradient clipping (max_grad_norm), then start again; the last checkpoint in {run.checkpoint} "
+            "holds the last good weights"
+        )
+
+
+def _checked_progress(state: dict, recipe: Recipe, run: RunDir) -> dict:
+    """The checkpoint's progress, checked against the recipe (a stage index past the end is damage)."""
+    progress = state["progress"]
+    stage, step = progress.get("stage"), progress.get("step")
+    if stage is None or step is None or stage > len(recipe.stages):
+        raise OmnifuseError(
+            f"{run.checkpoint / 'state.json'}: progress {progress!r} does not fit the recipe's "
+            f"{len(recipe.stages)} stages; the checkpoint is damaged. Start the run again into a new --out"
+        )
+    return {"stage": stage, "step": step}
+
+
+def _truncate_metrics(path: Path, resume_from: dict | None, console: Console | None = None) -> None:
+    """On resume, drop metric lines logged after the checkpoint (they will be recomputed), and any line
+    that is not a step record (the line a killed process was writing, or a damaged one)."""
     if not path.is_file():
         return
     if resume_from is None:
         path.unlink()
         return
-    keep = []
-    for line in path.read_text().splitlines():
+    keep, dropped = [], 0
+    for line in read_text(path, "metrics file").splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:  # the line a killed process was writing
+            at = (int(rec["stage_index"]), int(rec["step"]))
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError):
+            dropped += bool(line.strip())
             continue
-        if (rec["stage_index"], rec["step"]) <= (resume_from["stage"], resume_from["step"]):
+        if at <= (resume_from["stage"], resume_from["step"]):
             keep.append(line)
+    if dropped > 1 and console is not None:  # one partial last line is the normal trace of a kill
+        console.print(f"[yellow]{path}: {dropped} damaged lines dropped[/yellow]")
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
-def prepare_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> None:
-    """Create the run directory, refusing to overwrite an existing run unless resuming it."""
+def prepare_run_dir(run: RunDir, recipe: Spec, resume: bool) -> bool:
+    """Create the run directory, refusing to overwrite an existing run unless resuming it. Returns True
+    when ``resume`` finds the run finished and intact: then nothing is to be done and nothing was written."""
+    check_out_dir(run.path)
     if run.path.exists() and any(run.path.iterdir()) and not resume:
         raise OmnifuseError(
             f"{run.path} already holds files; nothing was changed. Continue that run with --resume, or "
             "choose another directory with --out"
         )
     if resume and run.recipe_file.is_file():
-        saved = run.recipe_file.read_text()
+        saved = read_text(run.recipe_file, "run recipe")
         if saved != dump_recipe(recipe):
             raise OmnifuseError(
                 f"--resume: the recipe differs from the one {run.path} was started with ({run.recipe_file}); "
                 "resume with the same recipe and overrides, or start a new run with --out"
             )
+        if run.intact_finished():
+            return True
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.recipe_file, dump_recipe(recipe))
+    return False
 
 
 def train(
@@ -342,24 +387,28 @@ def train(
 ) -> TrainResult:
     """Build the recipe's model from its pretrained parts and train it through all stages into ``out``.
 
-    ``parts`` may inject ``llm``/``tokenizer``/``encoders`` (tests use tiny random models).
+    ``parts`` may inject ``llm``/``tokenizer``/``encoders`` (tests use tiny random models). Resuming a
+    finished run changes nothing (``already_finished``); a run killed after its final checkpoint gets its
+    weights from that checkpoint.
     """
     run = RunDir(Path(out))
-    prepare_run_dir(run, recipe, resume)
-    seed_everything(recipe.seed)
-    model, processor = build_model(recipe.model, progress=progress, **(parts or {}))
-    prepare_lora(model, recipe.lora_components(), recipe.lora)
-    meta = {
-        "omnifuse": __version__,
-        "base": {
-            "llm": recipe.model.llm.name,
-            "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
-        },
-        "tokens_per_item": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
-    }
-    atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
-    trainer = Trainer(recipe, run, model, processor, console, progress, tensorboard)
-    return trainer.run_stages(resume=resume)
+    if prepare_run_dir(run, recipe, resume):
+        return TrainResult(run, 0.0, 0, None, already_finished=True)
+    with run.training():
+        seed_everything(recipe.seed)
+        model, processor = build_model(recipe.model, progress=progress, **(parts or {}))
+        prepare_lora(model, recipe.lora_components(), recipe.lora)
+        meta = {
+            "omnifuse": __version__,
+            "base": {
+                "llm": recipe.model.llm.name,
+                "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
+            },
+            "tokens_per_item": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
+        }
+        atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
+        trainer = Trainer(recipe, run, model, processor, console, progress, tensorboard)
+        return trainer.run_stages(resume=resume)
 
 
 __all__ = ["TrainResult", "Trainer", "lr_factor", "prepare_run_dir", "sample_order", "train"]
