@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe.schema import RECIPE_KINDS, Recipe, Spec
+from omnifuse.untrusted import parse_yaml, read_yaml
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -40,10 +41,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             raise OmnifuseError(
                 f"override {item!r} is not of the form dotted.key=value (e.g. stages.0.steps=20)"
             )
-        try:
-            value = yaml.safe_load(value_text)
-        except yaml.YAMLError as exc:
-            raise OmnifuseError(f"override {item!r}: the value is not valid YAML ({exc})") from None
+        value = parse_yaml(value_text, f"override {item!r}: the value")
         node: Any = raw
         parts = key.split(".")
         for depth, part in enumerate(parts):
@@ -91,15 +89,11 @@ def parse_recipe(raw: Any, source: str = "recipe", overrides: Sequence[str] = ()
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise OmnifuseError(
             f"recipe file {path} does not exist; pass the path of a YAML recipe (see recipes/)"
         )
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise OmnifuseError(f"{path} is not valid YAML: {exc}") from None
-    return parse_recipe(raw, str(path), overrides)
+    return parse_recipe(read_yaml(path, "recipe"), str(path), overrides)
 
 
 def dump_recipe(recipe: Spec) -> str:

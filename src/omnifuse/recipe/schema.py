@@ -8,13 +8,43 @@ adding a component means adding a spec class here and a builder in ``omnifuse.mo
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import typing
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type accepts true/false (bool itself, Any, or a union / container holding one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    if typing.get_origin(annotation) is Literal:
+        return any(isinstance(v, bool) for v in typing.get_args(annotation))
+    return any(_admits_bool(a) for a in typing.get_args(annotation))
+
+
 class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and inf are refused in every float field: a NaN learning rate trains NaN weights.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        # pydantic's lax mode reads `steps: true` as 1 (and YAML's yes/no/on/off are booleans too).
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
+                    raise ValueError(
+                        f"{key}: must be a number or text, not {str(value).lower()} (a YAML boolean)"
+                    )
+        return data
+
+
+# Random seeds: what numpy's and Python's seeding accept on every platform.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="random seed, 0 … 2**32 − 1")]
+# The modalities a generative model reads: a sample's media parts are image and audio parts.
+MODALITIES = ("image", "audio")
 
 
 # ---------------------------------------------------------------- encoders
@@ -242,6 +272,13 @@ class ModelSpec(Spec):
 
     @model_validator(mode="after")
     def _same_modalities(self) -> ModelSpec:
+        for section in ("encoders", "connectors", "tiling"):
+            for name in getattr(self, section):
+                if name not in MODALITIES:
+                    raise ValueError(
+                        f"model.{section}.{name}: {name!r} is not a modality omnifuse models read; name it after "
+                        f"the sample parts it reads: {' or '.join(MODALITIES)}"
+                    )
         if not self.encoders:
             raise ValueError(
                 "model.encoders is empty: declare at least one encoder, e.g. image: {type: mobilenet_v2}"
@@ -288,12 +325,12 @@ class DataSpec(Spec):
     train: str = Field("easy-vqa:train", description="JSONL file or built-in data set 'easy-vqa:train'")
     eval: str = "easy-vqa:test"
     eval_limit: int | None = Field(1000, ge=1, description="seeded subset of the eval data; null = all")
-    eval_seed: int = 0
+    eval_seed: Seed = 0
 
 
 class LoRASpec(Spec):
     r: int = Field(8, ge=1)
-    alpha: float = 16.0
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling: the update is multiplied by alpha / r")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -306,7 +343,9 @@ class StageSpec(Spec):
     trainable: dict[str, Trainability] = Field(
         default_factory=dict, description="component → mode; unlisted = frozen"
     )
-    lr: dict[str, float] = Field(default_factory=dict, description="component → learning rate")
+    lr: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="component → learning rate (0 only for a frozen component)"
+    )
     steps: int | None = Field(None, ge=1, description="optimizer steps (give steps or epochs)")
     epochs: float | None = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -365,7 +404,7 @@ class EvalSpec(Spec):
 
 class Recipe(Spec):
     name: str
-    seed: int = 0
+    seed: Seed = 0
     model: ModelSpec
     data: DataSpec = DataSpec()
     stages: tuple[StageSpec, ...]
@@ -397,6 +436,11 @@ class Recipe(Spec):
                 if mode != "frozen" and comp not in stage.lr:
                     raise ValueError(
                         f"stages.{i} ({stage.name}): component {comp!r} trains but has no lr; add lr: {{{comp}: 1e-4}}"
+                    )
+                if mode != "frozen" and stage.lr[comp] == 0:
+                    raise ValueError(
+                        f"stages.{i} ({stage.name}): component {comp!r} trains ({mode}) with lr 0, so it would not "
+                        f"change; give it a positive lr, or set trainable.{comp}: frozen"
                     )
         return self
 
@@ -657,7 +701,7 @@ class ClassifierDataSpec(Spec):
     eval: str = Field(description="held-out data, e.g. av-digits:test")
     train_limit: int | None = Field(None, ge=1, description="seeded subset of the training data; null = all")
     eval_limit: int | None = Field(None, ge=1, description="seeded subset of the eval data; null = all")
-    eval_seed: int = 0
+    eval_seed: Seed = 0
 
 
 class ClassifierTrainSpec(Spec):
@@ -701,7 +745,7 @@ class ClassifierEvalSpec(Spec):
 class ClassifierRecipe(Spec):
     task: Literal["classify"]
     name: str
-    seed: int = 0
+    seed: Seed = 0
     model: ClassifierModelSpec
     data: ClassifierDataSpec
     train: ClassifierTrainSpec = ClassifierTrainSpec()
@@ -842,7 +886,7 @@ class AlignTrainSpec(Spec):
 class AlignRecipe(Spec):
     task: Literal["align"]
     name: str
-    seed: int = 0
+    seed: Seed = 0
     method: AlignMethodSpec
     model: AlignModelSpec
     data: ClassifierDataSpec

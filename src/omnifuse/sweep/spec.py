@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe import Recipe, load_recipe
+from omnifuse.untrusted import read_yaml
 
 MIN_SEEDS = 3
 
@@ -145,10 +146,5 @@ def parse_sweep(raw: object, source: str, folder: Path, overrides: list[str] | N
 
 def load_sweep(path: Path, overrides: list[str] | None = None) -> Sweep:
     path = Path(path)
-    if not path.is_file():
-        raise OmnifuseError(f"sweep file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise OmnifuseError(f"{path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path, "sweep file")
     return parse_sweep(raw, str(path), path.resolve().parent, overrides)
