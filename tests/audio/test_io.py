@@ -84,7 +84,7 @@ def test_refusals_name_the_problem(tmp_path: Path) -> None:
         load_audio(empty)
     header_only = tmp_path / "header.wav"
     sf.write(header_only, np.zeros(0, dtype=np.float32), SAMPLE_RATE)
-    with pytest.raises(OmnifuseError, match=r"header\.wav holds no samples \(zero length\)"):
+    with pytest.raises(OmnifuseError, match=r"header\.wav lasts 0 samples .*shorter than 0\.1 s"):
         load_audio(header_only)
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
@@ -95,6 +95,47 @@ def test_refusals_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(OmnifuseError, match=r"lasts 61\.0 s, longer than the limit of 60 s.*max_seconds"):
         load_audio(long)
     assert len(load_audio(long, max_seconds=None)) == 61 * SAMPLE_RATE
+
+
+@pytest.mark.parametrize(
+    "frames, rate, message",
+    [
+        (1, SAMPLE_RATE, r"lasts 1 samples .*shorter than 0\.1 s"),
+        (10, SAMPLE_RATE, r"lasts 10 samples"),
+        (1599, SAMPLE_RATE, r"lasts 1599 samples"),
+        (100, 1, r"sample rate of 1 Hz, outside 8000"),
+        (100, 7, r"sample rate of 7 Hz"),
+        (10**6, 400_000, r"sample rate of 400000 Hz"),
+    ],
+)
+def test_implausible_clips_are_refused(tmp_path: Path, frames: int, rate: int, message: str) -> None:
+    path = tmp_path / "clip.wav"
+    sf.write(path, _sine(rate, seconds=frames / rate), rate)
+    with pytest.raises(OmnifuseError, match=message):
+        load_audio(path)
+
+
+def test_the_shortest_clip_and_telephone_rate_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "clip.wav"
+    sf.write(path, _sine(SAMPLE_RATE, seconds=0.1), SAMPLE_RATE)
+    assert len(load_audio(path)) == 1600
+    sf.write(path, _sine(8000, seconds=1.0), 8000)
+    assert len(load_audio(path)) == SAMPLE_RATE
+
+
+def test_a_truncated_wav_is_refused_and_a_streamed_one_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "clip.wav"
+    sf.write(path, _sine(SAMPLE_RATE, seconds=1.0), SAMPLE_RATE, subtype="PCM_16")
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(OmnifuseError, match=r"cut\.wav is truncated: its header declares 32,000 bytes"):
+        load_audio(cut)
+    # A writer that streams (ffmpeg to a pipe) puts 0xFFFFFFFF where the data size goes: not truncation.
+    streamed = tmp_path / "streamed.wav"
+    data_at = raw.index(b"data") + 4
+    streamed.write_bytes(raw[:data_at] + b"\xff\xff\xff\xff" + raw[data_at + 4 :])
+    assert len(load_audio(streamed)) == SAMPLE_RATE
 
 
 def test_save_wav_is_16_bit_clipped_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

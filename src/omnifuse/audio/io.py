@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,37 @@ SAMPLE_RATE = 16000
 TARGET_RMS_DBFS = -20.0
 PEAK_LIMIT_DBFS = -1.0
 SILENCE_PEAK = 1e-4  # -80 dBFS, about three steps of 16-bit PCM: below it a clip holds no signal
+# Plausible recordings: telephone speech is 8 kHz, studio audio goes to 384 kHz. A header claiming 1 Hz
+# or 7 Hz is damage, and resampling from it would invent a clip of the wrong length.
+MIN_RATE, MAX_RATE = 8000, 384_000
+MIN_SECONDS = 0.1  # shorter than one spoken syllable; Whisper's encoder sees 5 frames of it
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # what streaming writers put in a WAV header before the length is known
+_DATA_CHUNK = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 
 
 def _formats() -> str:
     return ", ".join(sorted(sf.available_formats()))
+
+
+def _check_header(name: str, rate: int, frames: int, info: str) -> None:
+    """Refuse implausible sample rates, clips too short to hold speech, and WAV files cut short (libsndfile
+    reads what is there and notes in its log that the data chunk "should be" smaller than declared)."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise OmnifuseError(
+            f"{name} declares a sample rate of {rate} Hz, outside {MIN_RATE}–{MAX_RATE} Hz; the file is damaged "
+            "or mislabelled: re-export it (e.g. `sox IN -r 16000 OUT.wav`)"
+        )
+    if frames < MIN_SECONDS * rate:
+        raise OmnifuseError(
+            f"{name} lasts {frames} samples ({frames / rate * 1000:.1f} ms), shorter than {MIN_SECONDS:g} s; give "
+            "a clip with speech in it"
+        )
+    m = _DATA_CHUNK.search(info)
+    if m and int(m.group(1)) not in _UNKNOWN_SIZES and int(m.group(2)) < int(m.group(1)):
+        raise OmnifuseError(
+            f"{name} is truncated: its header declares {int(m.group(1)):,} bytes of audio, the file holds "
+            f"{int(m.group(2)):,}; copy or export it again"
+        )
 
 
 def load_audio(
@@ -56,6 +84,7 @@ def load_audio(
     try:
         with sf.SoundFile(handle) as f:
             rate, frames = f.samplerate, f.frames
+            _check_header(name, rate, frames, f.extra_info)
             if max_seconds is not None and frames > max_seconds * rate:
                 raise OmnifuseError(
                     f"{name} lasts {frames / rate:.1f} s, longer than the limit of {max_seconds:g} s; "
