@@ -312,6 +312,7 @@ def main() -> int:
         return 2
 
     port, model = free_port(), "bench"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that `finally` stops the server
     server = start_server(args, port, model)
     url = f"http://127.0.0.1:{port}"
     try:
