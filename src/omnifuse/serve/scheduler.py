@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 import threading
 import time
@@ -129,11 +130,16 @@ def _status(exc: Exception) -> int:
     return 400 if isinstance(exc, OmnifuseError) else 500  # omnifuse's own errors are the user's to fix
 
 
+@functools.cache
+def _malloc_trim():
+    name = ctypes.util.find_library("c")  # runs ldconfig: once
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None  # glibc only
+
+
 def _release_memory() -> None:
     """Give freed heap pages back to the OS after a long prompt: glibc keeps them otherwise, and the
     activations and KV cache of a 7k-token prompt would stay in the server's RSS."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None  # glibc only
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
