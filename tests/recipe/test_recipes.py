@@ -98,6 +98,38 @@ def base() -> dict:
             ["model.asr.max_seconds"],
         ),
         (lambda r: r["stages"][0].update(objective="distil"), ["'generative', 'qformer' or 'distill'"]),
+        # what training would choke on, caught before it starts
+        (
+            lambda r: r["stages"][0]["lr"].update(connectors=-1e-3),
+            ["stages.0.lr.connectors", "greater than or equal to 0"],
+        ),
+        (
+            lambda r: r["stages"][0]["lr"].update(connectors=float("nan")),
+            ["stages.0.lr.connectors", "finite"],
+        ),
+        (
+            lambda r: r["stages"][0]["lr"].update(connectors=float("inf")),
+            ["stages.0.lr.connectors", "finite"],
+        ),
+        (
+            lambda r: r["stages"][0]["lr"].update(connectors=0),
+            ["'connectors' trains (full) with lr 0", "frozen"],
+        ),
+        (lambda r: r.update(seed=2**32), ["seed", "4294967295"]),
+        (lambda r: r.update(seed=-1), ["seed", "0"]),
+        (lambda r: r["data"].update(eval_seed=2**40), ["data.eval_seed"]),
+        (lambda r: r["stages"][0].update(steps=True), ["stages.0", "steps: must be a number", "not true"]),
+        (lambda r: r["stages"][0].update(batch_size=False), ["batch_size: must be a number", "not false"]),
+        (lambda r: r.update(lora={"alpha": -16}), ["lora.alpha", "greater than 0"]),
+        (lambda r: r.update(lora={"r": 0}), ["lora.r"]),
+        (lambda r: r["generation"].update(max_new_tokens=0), ["generation.max_new_tokens"]),
+        (
+            lambda r: (
+                r["model"]["encoders"].update(photo=r["model"]["encoders"].pop("image")),
+                r["model"]["connectors"].update(photo=r["model"]["connectors"].pop("image")),
+            ),
+            ["model.encoders.photo", "'photo' is not a modality", "image or audio"],
+        ),
     ],
 )
 def test_bad_recipes_name_the_key(change, expected):
@@ -137,3 +169,27 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("name: [unclosed")
     with pytest.raises(OmnifuseError, match="not valid YAML"):
         load_recipe(bad)
+
+
+def test_a_key_given_twice_is_refused_not_replaced(tmp_path):
+    text = (Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml").read_text()
+    stages = text[text.index("stages:") :]
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(text + "\n" + stages.split("\nlora:")[0].split("\ngeneration:")[0] + "\n")
+    with pytest.raises(OmnifuseError, match=r"the key 'stages' is given twice \(first on line \d+\)"):
+        load_recipe(twice)
+
+
+def test_a_utf16_recipe_is_read_and_latin1_bytes_are_named(tmp_path):
+    text = (Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml").read_text()
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_bytes(text.encode("utf-16"))  # with its byte-order mark, as Windows editors write it
+    assert load_recipe(utf16) == load_recipe(
+        Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+    )
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes(b"name: caf\xe9\n")  # Latin-1 bytes
+    with pytest.raises(
+        OmnifuseError, match=r"latin1\.yaml is not UTF-8 text .* at byte \d+\); save it as UTF-8"
+    ):
+        load_recipe(latin)
