@@ -20,7 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from omnifuse.errors import OmnifuseError
 
-MAX_TEXT_BYTES = 512 * 1024**2  # a recipe, a run file or a data file larger than this is refused
+MAX_TEXT_BYTES = 512 * 1024**2  # a recipe or a run file larger than this is refused
+MAX_DATA_BYTES = 4 * 1024**3  # a data file over this is refused (JSONL, LLaVA JSON: LLaVA-1.5's mix is 1 GB)
 MAX_DEPTH = 64  # nesting of YAML / JSON containers; real recipes and samples use fewer than 10
 MAX_PIXELS = 40_000_000  # width × height of one image, checked from the header before decoding
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, json_line, problem_list, write_jsonl
 from omnifuse.errors import OmnifuseError
-from omnifuse.untrusted import check_out_file, parse_json, read_text
+from omnifuse.untrusted import MAX_DATA_BYTES, check_out_file, parse_json, read_text
 
 IMAGE_MARKER = "<image>"
 ROLE_NAMES = {
@@ -31,7 +31,7 @@ def _read_json(path: Path, what: str, text: str | None = None) -> Any:
     """The file as strict JSON: size, encoding (UTF-8, or UTF-16/32 with a byte-order mark), nesting and
     syntax problems become an OmnifuseError naming the file."""
     if text is None:
-        text = read_text(path, f"{what} file")
+        text = read_text(path, f"{what} file", MAX_DATA_BYTES)
     try:
         return parse_json(text, f"{what} file {path}")
     except OmnifuseError as exc:
@@ -209,7 +209,7 @@ def from_sharegpt(path: Path | str, image_folder: Path | str | None = None) -> l
     first turn.
     """
     src = Path(path)
-    text = read_text(src, "ShareGPT file")
+    text = read_text(src, "ShareGPT file", MAX_DATA_BYTES)
     root = _image_root(src, image_folder)
     entries: list[tuple[str, Any]] = []
     if src.suffix != ".jsonl" and text.lstrip().startswith("["):

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from omnifuse.errors import OmnifuseError
-from omnifuse.untrusted import decode_text, read_bytes
+from omnifuse.untrusted import MAX_DATA_BYTES, decode_text, read_bytes
 
 ROLES = ("system", "user", "assistant")
 MAX_LISTED = 10  # problems listed in one error; the rest are counted
@@ -403,7 +403,7 @@ def load_jsonl(path: Path | str) -> list[Sample]:
     missing file found mid-training wastes the run.
     """
     path = Path(path)
-    raw = read_bytes(path, "data file")
+    raw = read_bytes(path, "data file", MAX_DATA_BYTES)
     base_dir = _normabs(path.parent)
     samples: list[Sample] = []
     malformed: list[str] = []
