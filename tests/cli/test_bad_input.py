@@ -390,19 +390,8 @@ RESUMES = [
 CASES = [*RECIPES, *TRAIN, *RUNS, *MEDIA, *REPORTS, *COMPARE, *CONVERT, *EXPORTS, *SERVE, *RESUMES]
 
 
-# Case id → what the lead's work will fix (strict xfail: remove the mark when it lands).
-LEAD_PENDING: dict[str, str] = {
-    "lr-bool": "a YAML boolean as a learning rate is accepted as 1.0 (no bools for numbers: lr too)",
-}
-
-
 def _param(case: Case):
-    marks = (
-        [pytest.mark.xfail(strict=True, reason=f"lead: {LEAD_PENDING[case.id]}")]
-        if case.id in LEAD_PENDING
-        else []
-    )
-    return pytest.param(case, id=case.id, marks=marks)
+    return pytest.param(case, id=case.id)
 
 
 def test_the_table_is_large_and_unique():

@@ -371,6 +371,17 @@ class StageSpec(Spec):
     )
     distill_temperature: float = Field(1.0, gt=0, description="distill: softmax temperature T")
 
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_numbers(cls, value):
+        if isinstance(value, dict):
+            for comp, lr in value.items():
+                if isinstance(lr, bool):
+                    raise ValueError(
+                        f"{comp}: a learning rate is a number, not {str(lr).lower()} (a YAML boolean)"
+                    )
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> StageSpec:
         if (self.steps is None) == (self.epochs is None):
