@@ -392,9 +392,12 @@ def chat(
     /audio, /reset, /quit)."""
     from omnifuse.rundir import RunDir, load_model
     from omnifuse.serve.chat import ChatSession
+    from omnifuse.untrusted import open_image
 
     if speak is not None:
         _check_speech_out(speak)
+    if image is not None:  # checked before the model loads: a wrong path fails in milliseconds
+        open_image(image, "image file")
     recipe, model, processor = load_model(RunDir(run_dir))
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
     if image is not None:

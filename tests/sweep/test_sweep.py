@@ -181,3 +181,14 @@ def test_finished_runs_are_matched_as_recipes_not_text(color_data):
     raw["stages"][0]["steps"] = 99
     assert not sweep_run._same_recipe(yaml.safe_dump(raw), recipe)
     assert not sweep_run._same_recipe("{not: [valid", recipe) and not sweep_run._same_recipe(None, recipe)
+
+
+@pytest.mark.parametrize(
+    "line, says",
+    [("[1, 2]", "a JSON list, not an object"), ('{"variant": "mlp", "seed": "0"}', "seed"), ("{", "line 1")],
+)
+def test_a_damaged_results_file_is_named_not_a_crash(tmp_path, line, says):
+    (tmp_path / "results.jsonl").write_text(line + "\n")
+    with pytest.raises(OmnifuseError, match="sweep results") as exc:
+        sweep_run.read_results(tmp_path)
+    assert says in str(exc.value) and "delete the damaged lines" in str(exc.value)

@@ -40,6 +40,8 @@ def _fix(path: Path) -> str:
     name = path.name
     if name == "metrics.jsonl":
         return "delete the damaged lines (or the file: only the report's curves are drawn from it)"
+    if name == "results.jsonl":
+        return "delete the damaged lines: the sweep trains and evaluates their runs again"
     return f"run `omnifuse eval {path.parent}` again to rewrite it"
 
 

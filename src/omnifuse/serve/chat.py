@@ -7,9 +7,9 @@ from pathlib import Path
 
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
-from omnifuse.processing import load_image
 from omnifuse.processing.processor import load_clip
 from omnifuse.serve.engine import Engine, GenerationConfig
+from omnifuse.untrusted import open_image
 
 
 class ChatSession:
@@ -24,7 +24,7 @@ class ChatSession:
 
     def set_image(self, path: Path) -> None:
         """Attach an image to the next question (checked now, so a bad path fails before asking)."""
-        load_image(path, "chat")
+        open_image(path, "image file")
         self.image = Path(path)
 
     def reset(self) -> None:

@@ -27,6 +27,7 @@ from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
+from omnifuse.eval.runfiles import read_records
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.eval.vqa import VQAResult
 from omnifuse.recipe import ClassifierRecipe, Recipe, dump_recipe, parse_recipe
@@ -79,8 +80,8 @@ def _saved_parameters(run: RunDir) -> int:
 
 
 def _step_seconds(run: RunDir) -> float:
-    lines = run.metrics_file.read_text().splitlines()
-    return sum(json.loads(line).get("seconds", 0.0) for line in lines if line.strip())
+    steps = read_records(run.metrics_file, {"seconds?": float}, "training metrics")
+    return sum(step.get("seconds", 0.0) for step in steps)
 
 
 def _latency(engine: Engine, samples, cfg: GenerationConfig) -> float:
@@ -109,7 +110,7 @@ def read_results(out: Path) -> list[dict]:
     path = out / RESULTS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(path, {"variant": str, "seed": int, "recipe?": str}, "sweep results")
 
 
 def run_sweep(
