@@ -22,8 +22,8 @@ from pathlib import Path
 
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.rundir import RunDir, load_model
-from omnifuse.serve.engine import Engine, GenerationConfig
 
 
 def engine_for(run: Path, asr: bool) -> Engine:

@@ -87,10 +87,10 @@ from transformers.utils import logging as hf_logging
 from omnifuse.assets import resolve_llm
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.encoders.vision.hf import from_config
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.models.multimodal import IGNORE_INDEX
 from omnifuse.recipe import parse_recipe
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.stages import apply_stage
 
 LLM_NAME = "smollm2-135m-instruct"

@@ -390,8 +390,8 @@ def chat(
 ) -> None:
     """Ask a trained model about an image, typed or spoken (one question, or interactive with /image,
     /audio, /reset, /quit)."""
+    from omnifuse.generation.chat import ChatSession
     from omnifuse.rundir import RunDir, load_model
-    from omnifuse.serve.chat import ChatSession
     from omnifuse.untrusted import open_image
 
     if speak is not None:
@@ -633,8 +633,8 @@ def serve(
     """Serve a trained model through an OpenAI-compatible API (/v1/chat/completions) and a chat page at /."""
     import uvicorn
 
+    from omnifuse.generation.engine import Engine
     from omnifuse.rundir import RunDir, load_model
-    from omnifuse.serve.engine import Engine
     from omnifuse.serve.media import MediaLimits
     from omnifuse.serve.server import ServerSettings, create_app
 
@@ -809,9 +809,9 @@ def quickstart(
     from omnifuse.assets import prepare_all
     from omnifuse.data.sources import resolve_data_path
     from omnifuse.eval.runner import evaluate_run
+    from omnifuse.generation.chat import ChatSession
     from omnifuse.recipe import load_recipe
     from omnifuse.rundir import RunDir, load_model
-    from omnifuse.serve.chat import ChatSession
     from omnifuse.training.loop import train as run_training
 
     recipe = load_recipe(QUICKSTART, set_ or [])

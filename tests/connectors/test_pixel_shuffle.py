@@ -9,10 +9,10 @@ from torch import nn
 from omnifuse.connectors import PixelShuffleConnector
 from omnifuse.data.sample import load_jsonl
 from omnifuse.errors import OmnifuseError
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
 from omnifuse.rundir import RunDir, load_model
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.loop import train
 from tiny import make_parts, tiny_recipe_dict
 

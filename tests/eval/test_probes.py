@@ -10,8 +10,8 @@ from omnifuse.data.sample import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.probes import blank, derangement, noise, run_probes, shuffled, token_dropout
 from omnifuse.eval.vqa import evaluate_vqa
+from omnifuse.generation.engine import GenerationConfig
 from omnifuse.processing.processor import load_image
-from omnifuse.serve.engine import GenerationConfig
 from tiny import COLORS
 
 

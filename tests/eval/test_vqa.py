@@ -14,9 +14,9 @@ from omnifuse import cli
 from omnifuse.data.sample import load_jsonl
 from omnifuse.eval import runner
 from omnifuse.eval.vqa import evaluate_vqa, exact_match, normalize_answer, reference_answers, without_media
+from omnifuse.generation.engine import GenerationConfig
 from omnifuse.recipe import load_recipe
 from omnifuse.rundir import RunDir
-from omnifuse.serve.engine import GenerationConfig
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 

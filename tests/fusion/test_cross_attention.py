@@ -13,10 +13,10 @@ from omnifuse.data.sample import Message, Sample, TextPart, load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import CrossAttentionFusion, decoder_layers
 from omnifuse.fusion.cross_attention import GatedDecoderLayer
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
 from omnifuse.rundir import RunDir, load_model
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.loop import train
 from tiny import make_llm, make_parts, tiny_recipe_dict
 

@@ -9,9 +9,9 @@ from omnifuse.data.sample import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.vqa import evaluate_vqa
 from omnifuse.fusion.late import SpeechToText
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
-from omnifuse.serve.engine import Engine, GenerationConfig
 from tiny import make_parts, tiny_recipe_dict, write_spoken_dataset
 
 

@@ -15,9 +15,9 @@ from PIL import Image
 
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl
 from omnifuse.data.sources import resolve_data_path
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import load_recipe
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.stages import apply_stage, prepare_lora
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import yaml
 
 from omnifuse.data.sample import load_jsonl
 from omnifuse.errors import OmnifuseError
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
-from omnifuse.serve.engine import Engine, GenerationConfig
 from tiny import make_parts, make_whisper_encoder, tiny_recipe_dict, write_spoken_dataset
 
 

@@ -13,7 +13,6 @@ from omnifuse.fusion import scatter_features
 from omnifuse.models.builders import build_model
 from omnifuse.models.multimodal import IGNORE_INDEX
 from omnifuse.recipe import parse_recipe
-from omnifuse.serve.engine import Engine, GenerationConfig
 from tiny import tiny_recipe_dict
 
 
@@ -85,23 +84,3 @@ def test_image_changes_the_output(built):
     assert torch.equal(a.input_ids, b.input_ids)
     assert not torch.equal(a.media["image"], b.media["image"])
     assert not torch.allclose(model(**a.model_inputs()).logits, model(**b.model_inputs()).logits)
-
-
-def test_cached_and_uncached_generation_agree(built):
-    model, proc, samples = built
-    engine = Engine(model, proc)
-    prompts = samples[:3] + [samples[4]]
-    cfg = GenerationConfig(max_new_tokens=6)
-    cached = engine.generate_ids(prompts, cfg, use_cache=True)
-    uncached = engine.generate_ids(prompts, cfg, use_cache=False)
-    assert cached == uncached
-    assert any(len(t) > 0 for t in cached)
-    # Batched (left-padded) generation equals one-by-one generation.
-    assert [engine.generate_ids([p], cfg)[0] for p in prompts] == cached
-
-
-def test_sampling_is_seeded(built):
-    model, proc, samples = built
-    engine = Engine(model, proc)
-    cfg = GenerationConfig(max_new_tokens=5, temperature=1.0, top_p=0.9, seed=3)
-    assert engine.generate_ids(samples[:2], cfg) == engine.generate_ids(samples[:2], cfg)

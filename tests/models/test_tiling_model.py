@@ -15,9 +15,9 @@ from torch import nn
 
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.loop import train
 from tiny import TinyVisionEncoder, make_parts, tiny_recipe_dict
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import uvicorn
 
+from omnifuse.generation.engine import Engine
 from omnifuse.models.builders import build_model
 from omnifuse.recipe.schema import ModelSpec
-from omnifuse.serve.engine import Engine
 from omnifuse.serve.server import ServerSettings, create_app
 from tiny import make_parts
 

@@ -12,9 +12,9 @@ import soundfile as sf
 
 from omnifuse.data.sample import AudioPart, Message, Sample
 from omnifuse.errors import OmnifuseError
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe.schema import ModelSpec
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.serve.server import ServerSettings
 from serve.conftest import MODEL_SPEC, running_server, tiny_engine
 from tiny import make_parts, make_whisper_encoder
@@ -107,7 +107,7 @@ def test_silence_is_refused(audio_server):
 
 
 def test_chat_takes_a_spoken_question_and_refuses_one_it_cannot_hear(audio_server, tmp_path):
-    from omnifuse.serve.chat import ChatSession
+    from omnifuse.generation.chat import ChatSession
 
     engine = audio_server.service.engine
     recipe = type("R", (), {"generation": GenerationConfig(3), "seed": 0})()

@@ -9,8 +9,8 @@ import threading
 import httpx
 import pytest
 
-from omnifuse.serve import engine as engine_module
-from omnifuse.serve.engine import GenerationConfig
+from omnifuse.generation import engine as engine_module
+from omnifuse.generation.engine import GenerationConfig
 from omnifuse.serve.scheduler import Done, Failed, Job, Scheduler
 from omnifuse.serve.server import ServerSettings
 from serve.conftest import running_server, tiny_engine

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from omnifuse.data.sample import Message, Sample, TextPart
-from omnifuse.serve.engine import GenerationConfig
+from omnifuse.generation.engine import GenerationConfig
 from omnifuse.serve.scheduler import Delta, Done, Failed, Job, QueueFull, Scheduler, _held_back
 from serve.conftest import tiny_engine
 

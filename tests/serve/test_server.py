@@ -15,7 +15,7 @@ from PIL import Image
 
 from omnifuse.audio.tts import espeak_available
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
-from omnifuse.serve.engine import GenerationConfig
+from omnifuse.generation.engine import GenerationConfig
 from omnifuse.serve.server import ServerSettings
 from serve.conftest import running_server
 

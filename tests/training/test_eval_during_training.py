@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from omnifuse.data.sample import select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.eval.vqa import evaluate_vqa
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.recipe import parse_recipe
 from omnifuse.rundir import RunDir, load_model
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training import loop
 from omnifuse.training.loop import train
 from tiny import make_parts, tiny_recipe_dict

@@ -21,8 +21,8 @@ from omnifuse import __version__
 from omnifuse.atomic import sha256_file
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
+from omnifuse.generation.engine import GenerationConfig
 from omnifuse.processing import Processor
-from omnifuse.serve.engine import GenerationConfig
 
 MANIFEST = "eval_manifest.json"
 FORMAT = 1

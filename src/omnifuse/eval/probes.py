@@ -26,9 +26,9 @@ from PIL import Image
 from omnifuse.data.sample import ImagePart, Message, Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa, normalize_answer
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing.processor import load_image
-from omnifuse.serve.engine import Engine, GenerationConfig
 
 Transform = Callable[[Sequence[Sample], int], list[Sample]]
 

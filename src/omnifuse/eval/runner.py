@@ -23,9 +23,9 @@ from omnifuse.eval.manifest import (
 from omnifuse.eval.probes import ProbeRow, run_probes
 from omnifuse.eval.report import write_report
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir, load_model
-from omnifuse.serve.engine import Engine, GenerationConfig
 
 ROBUSTNESS = "robustness.json"
 

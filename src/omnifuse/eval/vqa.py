@@ -22,8 +22,8 @@ from omnifuse.eval.metrics import (
     word_error_rate,
 )
 from omnifuse.eval.stats import bootstrap_ci
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.progress import progress_bar
-from omnifuse.serve.engine import Engine, GenerationConfig
 
 __all__ = [
     "VQAResult",

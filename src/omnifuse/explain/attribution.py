@@ -486,7 +486,7 @@ def explain(
     contributions: bool = True,
 ) -> Explanation:
     """Explain the model's answer to ``question`` about ``image`` (see the module docstring)."""
-    from omnifuse.serve.engine import Engine, GenerationConfig
+    from omnifuse.generation.engine import Engine, GenerationConfig
 
     check_supported(model, processor)
     num_layers = len(decoder_layers(model.llm))

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from omnifuse.serve.engine import SEED_MAX, SEED_MIN
+from omnifuse.generation.engine import SEED_MAX, SEED_MIN
 
 
 class APIError(Exception):

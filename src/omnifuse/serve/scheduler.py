@@ -39,8 +39,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from omnifuse.errors import OmnifuseError
+from omnifuse.generation.engine import Engine, GenerationConfig, StepTokens
 from omnifuse.processing import Encoded
-from omnifuse.serve.engine import Engine, GenerationConfig, StepTokens
 
 log = logging.getLogger("omnifuse.serve")
 

@@ -31,9 +31,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from omnifuse.audio.tts import espeak_available, synthesize
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.processing import Encoded
 from omnifuse.serve import protocol as P
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.serve.media import MediaError, MediaLimits, load_audio_data, load_image_url
 from omnifuse.serve.scheduler import Delta, Done, Failed, Job, QueueFull, Scheduler, ShuttingDown
 

@@ -30,9 +30,9 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.eval.runfiles import read_records
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.eval.vqa import VQAResult
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.recipe import ClassifierRecipe, Recipe, dump_recipe, parse_recipe
 from omnifuse.rundir import RunDir, load_model
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.sweep.spec import Sweep
 from omnifuse.training.loop import stage_steps, train
 

@@ -25,6 +25,7 @@ from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.vqa import evaluate_vqa
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
@@ -32,7 +33,6 @@ from omnifuse.progress import progress_bar
 from omnifuse.recipe import Recipe, dump_recipe
 from omnifuse.recipe.schema import Spec, StageSpec
 from omnifuse.rundir import RunDir
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.training.checkpoint import (
     load_checkpoint,
     read_progress,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
+from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.processing.processor import load_clip
-from omnifuse.serve.engine import Engine, GenerationConfig
 from omnifuse.untrusted import open_image
 
 
