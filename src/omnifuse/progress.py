@@ -48,3 +48,10 @@ def progress_bar(
     with progress:
         task = progress.add_task(description, total=total, completed=completed, info="")
         yield _Bar(progress, task)
+
+
+def peak_rss_gb() -> float:
+    """The most resident memory this process has used so far, in GB (``ru_maxrss`` is KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

@@ -9,8 +9,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from omnifuse import cli
-from omnifuse.cli import app, main
+from omnifuse.cli import app, console, main
 from omnifuse.errors import OmnifuseError
 
 
@@ -28,7 +27,7 @@ def write_run(folder, correct, types=None, ids=None):
 
 @pytest.fixture
 def wide_console(monkeypatch):
-    monkeypatch.setattr(cli, "out", Console(soft_wrap=True, width=220))
+    monkeypatch.setattr(console, "out", Console(soft_wrap=True, width=220))
 
 
 def two_runs(tmp_path):

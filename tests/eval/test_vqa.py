@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from omnifuse import cli
+from omnifuse.cli import console, render
 from omnifuse.data.sample import load_jsonl
 from omnifuse.eval import runner
 from omnifuse.eval.vqa import evaluate_vqa, exact_match, normalize_answer, reference_answers, without_media
@@ -107,7 +107,7 @@ def test_evaluate_run_writes_confidence_intervals(color_data, tmp_path, monkeypa
     assert "95 % CI" in (run.path / "report.md").read_text()
     # the command line shows the interval next to the accuracy
     buffer = io.StringIO()
-    monkeypatch.setattr(cli, "out", Console(file=buffer, width=200))
-    cli._print_scores(outcome)
+    monkeypatch.setattr(console, "out", Console(file=buffer, width=200))
+    render.print_scores(outcome)
     assert f"{100 * saved['accuracy']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]" in buffer.getvalue()
     assert "0.0 % [0.0, 0.0]" in buffer.getvalue()  # the blind column

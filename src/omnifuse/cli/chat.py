@@ -1,0 +1,147 @@
+"""``omnifuse chat`` and ``omnifuse explain``: ask a trained model, and show why it answered so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from omnifuse.cli import console
+from omnifuse.cli.common import app
+from omnifuse.cli.render import print_explanation
+from omnifuse.errors import OmnifuseError
+
+
+def _check_speech_out(path: Path) -> None:
+    """Fail before loading the model when the answer could not be spoken or written."""
+    from omnifuse.audio.tts import INSTALL_HINT, espeak_available
+
+    if not espeak_available():
+        raise OmnifuseError(f"--speak needs espeak-ng, which is not installed; {INSTALL_HINT}")
+    if path.is_dir() or not path.parent.is_dir():
+        raise OmnifuseError(f"--speak {path}: give a wav file path in an existing folder")
+
+
+def _speak(answer: str, path: Path, voice: str) -> None:
+    from omnifuse.atomic import atomic_write_bytes
+    from omnifuse.audio.tts import synthesize
+
+    atomic_write_bytes(path, synthesize(answer, voice=voice))
+    console.err.print(f"spoken answer written to {path}")
+
+
+@app.command()
+def chat(
+    run_dir: Path,
+    question: Annotated[
+        str | None, typer.Argument(help="one question; leave out for an interactive chat")
+    ] = None,
+    image: Annotated[Path | None, typer.Option(help="image file to ask about")] = None,
+    audio: Annotated[
+        Path | None, typer.Option(help="a spoken question (wav/flac/ogg/mp3; models with audio input)")
+    ] = None,
+    speak: Annotated[
+        Path | None, typer.Option(help="also speak the answer into this wav file (espeak-ng)")
+    ] = None,
+    voice: Annotated[str, typer.Option(help="espeak-ng voice for --speak")] = "en-us",
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="default: the recipe's generation setting")
+    ] = None,
+) -> None:
+    """Ask a trained model about an image, typed or spoken (one question, or interactive with /image,
+    /audio, /reset, /quit)."""
+    from omnifuse.generation.chat import ChatSession
+    from omnifuse.rundir import RunDir, load_model
+    from omnifuse.untrusted import open_image
+
+    if speak is not None:
+        _check_speech_out(speak)
+    if image is not None:  # checked before the model loads: a wrong path fails in milliseconds
+        open_image(image, "image file")
+    recipe, model, processor = load_model(RunDir(run_dir))
+    session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
+    if image is not None:
+        session.set_image(image)
+    if question is not None or audio is not None:
+        answer = session.ask(question, audio)
+        console.out.print(escape(answer))
+        if speak is not None:
+            _speak(answer, speak, voice)
+        return
+    _interactive(session, speak, voice)
+
+
+def _interactive(session, speak: Path | None, voice: str) -> None:
+    """The chat loop: questions, /image PATH, /audio PATH, /reset, /quit; a bad path keeps the chat going."""
+    console.err.print(
+        "interactive chat: type a question; /image PATH, /audio PATH (a spoken question), /reset, /quit"
+    )
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        try:
+            if line == "/reset":
+                session.reset()
+            elif line.startswith("/image"):
+                session.set_image(Path(line.removeprefix("/image").strip()))
+                console.err.print("image set")
+            else:
+                spoken = line.startswith("/audio")
+                clip = Path(line.removeprefix("/audio").strip()) if spoken else None
+                answer = session.ask(None if spoken else line, clip)
+                console.out.print(f"model> {escape(answer)}")
+                if speak is not None:
+                    _speak(answer, speak, voice)
+        except OmnifuseError as exc:  # a bad image path must not end the conversation
+            console.err.print(f"[red]error:[/red] {escape(str(exc))}")
+
+
+@app.command()
+def explain(
+    run_dir: Path,
+    question: Annotated[str, typer.Argument(help="the question about the image")],
+    image: Annotated[Path, typer.Option(help="image file to ask about")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="folder for explain.json and the PNGs (default RUN/explain)")
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="LLM layers for the attention map: all (default), lastN, A-B, or a list"),
+    ] = None,
+    answer: Annotated[
+        str | None, typer.Option(help="explain this answer's tokens instead of the model's own first token")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="length of the greedy answer shown (default: the recipe's setting)"),
+    ] = None,
+) -> None:
+    """Explain an answer: attention to image regions, gradient × input, with/without image, logit lens."""
+    from omnifuse.explain import explain as run_explain
+    from omnifuse.explain import open_image, write_explanation
+    from omnifuse.rundir import RunDir, load_model
+    from omnifuse.untrusted import check_out_dir
+
+    run = RunDir(run_dir).require_trained()  # bad input fails before the model loads
+    picture = open_image(image)
+    folder = check_out_dir(out_dir or Path(run_dir) / "explain")
+    recipe, model, processor = load_model(run)
+    expl = run_explain(
+        model,
+        processor,
+        picture,
+        question,
+        answer=answer,
+        layers=layers,
+        max_new_tokens=max_new_tokens or recipe.generation.max_new_tokens,
+    )
+    obj = write_explanation(expl, picture, folder, str(image))
+    print_explanation(expl, obj, folder)

@@ -1,0 +1,93 @@
+"""``omnifuse eval``, ``report`` and ``compare``: score a trained run, write its page, compare two runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from omnifuse.cli import console
+from omnifuse.cli.common import Progress, app
+from omnifuse.cli.render import print_comparison, print_probes, print_reproduction, print_scores
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path,
+    data: Annotated[
+        str | None, typer.Option(help="JSONL file in the native format (default: the recipe's eval data)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="evaluate a seeded subset of this many samples")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    blind: Annotated[
+        bool | None, typer.Option("--blind/--no-blind", help="also run the text-only baseline")
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="re-run an earlier evaluation from its manifest (RUN/eval_manifest.json)"),
+    ] = None,
+    robustness: Annotated[
+        bool,
+        typer.Option(help="also run the robustness probes (blank, noise, shuffled images, token dropout)"),
+    ] = False,
+    progress: Progress = True,
+) -> None:
+    """Evaluate a trained run (exact-match VQA accuracy, per question type, blind baseline)."""
+    from omnifuse.eval.runner import evaluate_run
+    from omnifuse.rundir import RunDir
+
+    outcome = evaluate_run(
+        RunDir(run_dir),
+        data,
+        limit,
+        blind,
+        progress=progress and not as_json,
+        manifest=manifest,
+        robustness=robustness,
+    )
+    if as_json:
+        print(json.dumps(outcome.summary()))
+        return
+    print_scores(outcome)
+    if outcome.probes:
+        print_probes(outcome)
+    if outcome.reproduction is not None:
+        print_reproduction(outcome.reproduction)
+    console.out.print(f"report: {run_dir / 'report.md'}  manifest: {run_dir / 'eval_manifest.json'}")
+
+
+@app.command()
+def report(
+    run_dir: Path,
+    samples: Annotated[int, typer.Option(min=0, help="sample predictions shown with their images")] = 12,
+    explained: Annotated[
+        int, typer.Option("--explain", min=0, help="of those, how many get attention / gradient heatmaps")
+    ] = 4,
+    progress: Progress = True,
+) -> None:
+    """Write RUN/report.html: one self-contained page (recipe, stages, curves, scores, robustness,
+    samples, heatmaps)."""
+    from omnifuse.eval.html import write_html_report
+    from omnifuse.rundir import RunDir
+
+    path = write_html_report(RunDir(run_dir), samples=samples, explained=explained, progress=progress)
+    console.out.print(f"report: {path}")
+
+
+@app.command()
+def compare(
+    run_a: Path,
+    run_b: Path,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Compare two evaluated runs on the same samples: B − A with a 95 % paired bootstrap CI and a
+    paired permutation-test p-value, overall and per question type."""
+    from omnifuse.eval.compare import compare_runs
+
+    c = compare_runs(run_a, run_b)
+    if as_json:
+        print(json.dumps(c.summary()))
+        return
+    print_comparison(c, run_a, run_b)
