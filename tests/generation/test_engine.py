@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl
-from omnifuse.generation.engine import Engine, GenerationConfig
+from omnifuse.generation.engine import Engine, GenerationConfig, generation_config
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
 from tiny import tiny_recipe_dict
@@ -106,3 +106,13 @@ def test_sampling_is_seeded(tiny_parts, color_data):
     engine, samples = early_engine(tiny_parts, color_data), load_jsonl(color_data)
     cfg = GenerationConfig(max_new_tokens=5, temperature=1.0, top_p=0.9, seed=3)
     assert engine.generate_ids(samples[:2], cfg) == engine.generate_ids(samples[:2], cfg)
+
+
+def test_generation_config_is_built_from_the_recipe_in_one_place(color_data):
+    raw = tiny_recipe_dict(color_data)
+    raw["generation"] = {"max_new_tokens": 7, "temperature": 0.5, "top_p": 0.8}
+    raw["seed"] = 11
+    recipe = parse_recipe(raw)
+    assert generation_config(recipe) == GenerationConfig(7, 0.5, 0.8, seed=11)
+    assert generation_config(recipe, max_new_tokens=3) == GenerationConfig(3, 0.5, 0.8, seed=11)
+    assert generation_config(recipe, greedy=True) == GenerationConfig(7)

@@ -23,7 +23,7 @@ from omnifuse.eval.manifest import (
 from omnifuse.eval.probes import ProbeRow, run_probes
 from omnifuse.eval.report import write_report
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa
-from omnifuse.generation.engine import Engine, GenerationConfig
+from omnifuse.generation.engine import Engine, generation_config
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir, load_model
 
@@ -73,12 +73,11 @@ def recipe_settings(
     recipe: Recipe, data: str | None = None, limit: int | None = None, blind: bool | None = None
 ) -> EvalSettings:
     """``data`` defaults to the recipe's eval data, ``limit`` to its eval_limit (seeded subset)."""
-    g = recipe.generation
     return EvalSettings(
         data=data or recipe.data.eval,
         limit=limit if limit is not None else (recipe.data.eval_limit if data is None else None),
         seed=recipe.data.eval_seed,
-        generation=GenerationConfig(g.max_new_tokens, g.temperature, g.top_p, seed=recipe.seed),
+        generation=generation_config(recipe),
         batch_size=recipe.eval.batch_size,
         blind=blind if blind is not None else recipe.eval.blind,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
-from omnifuse.generation.engine import Engine, GenerationConfig
+from omnifuse.generation.engine import Engine, generation_config
 from omnifuse.processing.processor import load_clip
 from omnifuse.untrusted import open_image
 
@@ -15,10 +15,7 @@ from omnifuse.untrusted import open_image
 class ChatSession:
     def __init__(self, model, processor, recipe, max_new_tokens: int | None = None) -> None:
         self.engine = Engine(model, processor)
-        g = recipe.generation
-        self.cfg = GenerationConfig(
-            max_new_tokens or g.max_new_tokens, g.temperature, g.top_p, seed=recipe.seed
-        )
+        self.cfg = generation_config(recipe, max_new_tokens)
         self.image: Path | None = None
         self.history: list[Message] = []
 

@@ -18,12 +18,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from omnifuse.data.sample import Sample
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Encoded, Processor
+
+if TYPE_CHECKING:
+    from omnifuse.recipe import Recipe
 
 # Below this temperature a row decodes greedily, as vLLM does: dividing the logits by 1e-300 would
 # overflow to inf and the softmax to NaN.
@@ -56,6 +60,19 @@ class GenerationConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature < SAMPLING_EPS
+
+
+def generation_config(
+    recipe: Recipe, max_new_tokens: int | None = None, greedy: bool = False
+) -> GenerationConfig:
+    """The one way a recipe's ``generation`` section (and its seed) becomes a GenerationConfig.
+    ``max_new_tokens`` overrides the recipe's; ``greedy`` keeps only the length (no sampling, no seed),
+    as a timing measurement wants."""
+    g = recipe.generation
+    n = max_new_tokens or g.max_new_tokens
+    if greedy:
+        return GenerationConfig(n)
+    return GenerationConfig(n, g.temperature, g.top_p, seed=recipe.seed)
 
 
 def _sample_row(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> int:

@@ -30,7 +30,7 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.eval.runfiles import read_records
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.eval.vqa import VQAResult
-from omnifuse.generation.engine import Engine, GenerationConfig
+from omnifuse.generation.engine import Engine, GenerationConfig, generation_config
 from omnifuse.recipe import ClassifierRecipe, Recipe, dump_recipe, parse_recipe
 from omnifuse.rundir import RunDir, load_model
 from omnifuse.sweep.spec import Sweep
@@ -181,8 +181,7 @@ def _run_generative(
     outcome = evaluate_run(run, blind=False, progress=progress, loaded=loaded)
     result: VQAResult = outcome.result
     timed = select_subset(load_data(recipe.data.eval), sweep.spec.eval.latency_samples, recipe.data.eval_seed)
-    g = recipe.generation
-    latency = _latency(Engine(model, processor), timed, GenerationConfig(g.max_new_tokens))
+    latency = _latency(Engine(model, processor), timed, generation_config(recipe, greedy=True))
     return {
         "accuracy": result.accuracy,
         "n_eval": result.n,
