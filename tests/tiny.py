@@ -89,6 +89,9 @@ class TinyVisionEncoder(nn.Module):
     def token_grid(self) -> tuple[int, int]:
         return self.image_size // 8, self.image_size // 8
 
+    def input_region(self, width: int, height: int) -> tuple[float, float, float, float]:
+        return 0.0, 0.0, float(width), float(height)  # the whole image, resized
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         size = (self.image_size, self.image_size)
         arr = np.asarray(image.convert("RGB").resize(size), dtype=np.float32) / 255.0

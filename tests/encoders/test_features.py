@@ -12,7 +12,7 @@ from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.encoders import features
 from omnifuse.encoders.features import Normalizer, extract_features
 from omnifuse.errors import OmnifuseError
-from omnifuse.recipe.schema import LogMelSpec, MiniLMSpec, PixelsSpec
+from omnifuse.recipe import LogMelSpec, MiniLMSpec, PixelsSpec
 
 
 def make_samples(folder, n=3, audio=True):
@@ -136,7 +136,7 @@ def test_whisper_features_pool_the_real_frames(tmp_path, cache):
     whisper = pytest.importorskip("omnifuse.encoders.audio.whisper")
     from transformers import WhisperConfig
 
-    from omnifuse.recipe.schema import WhisperFeaturesSpec
+    from omnifuse.recipe import WhisperFeaturesSpec
 
     config = WhisperConfig(num_mel_bins=80, d_model=16, encoder_layers=1, encoder_attention_heads=2,
                            decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=32,
@@ -157,7 +157,7 @@ def test_whisper_features_pool_the_real_frames(tmp_path, cache):
 def test_whisper_without_its_module_is_a_clear_error(monkeypatch):
     import sys
 
-    from omnifuse.recipe.schema import WhisperFeaturesSpec
+    from omnifuse.recipe import WhisperFeaturesSpec
 
     monkeypatch.setitem(sys.modules, "omnifuse.encoders.audio.whisper", None)
     with pytest.raises(OmnifuseError, match="whisper audio encoder is not available"):

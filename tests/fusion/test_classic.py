@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omnifuse.models.classifier import build_classifier
-from omnifuse.recipe.schema import ClassifierModelSpec
+from omnifuse.recipe import ClassifierModelSpec
 
 POOLED = ["concat", "attention", "gated", "tensor", "low_rank_tensor", "late_average", "late_weighted",
           "late_stacking"]  # fmt: skip

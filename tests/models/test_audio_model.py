@@ -90,7 +90,7 @@ def test_distill_objective_logs_both_terms(spoken, chatml_tokenizer, tmp_path):
 
     raw = audio_recipe(spoken)
     raw["stages"] = raw["stages"][:1]
-    raw["stages"][0].update(objective="distill", distill_weight=0.5)
+    raw["stages"][0].update(objective={"type": "distill", "weight": 0.5})
     result = train(parse_recipe(raw), tmp_path / "run", progress=False, parts=audio_parts(chatml_tokenizer))
     rows = [yaml.safe_load(x) for x in (result.run.path / "metrics.jsonl").read_text().splitlines()]
     assert all(r["kd"] >= 0 and r["ce"] > 0 for r in rows)
@@ -105,7 +105,7 @@ def test_distill_needs_transcripts(spoken, chatml_tokenizer, tmp_path):
     spoken.write_text(text)
     raw = audio_recipe(spoken)
     raw["stages"] = raw["stages"][:1]
-    raw["stages"][0].update(objective="distill")
+    raw["stages"][0].update(objective={"type": "distill"})
     with pytest.raises(OmnifuseError, match="meta.transcript"):
         train(parse_recipe(raw), tmp_path / "run", progress=False, parts=audio_parts(chatml_tokenizer))
 

@@ -10,7 +10,8 @@ import yaml
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe import dump_recipe, load_recipe, parse_recipe
 
-ROOT = Path(__file__).resolve().parents[2] / "recipes"
+ROOT = Path(__file__).resolve().parents[2] / "src" / "omnifuse" / "recipes"
+QUICKSTART = ROOT / "quickstart.yaml"
 SWEEPS = sorted((ROOT / "sweeps").rglob("*.yaml"))
 RECIPES = sorted(p for p in ROOT.rglob("*.yaml") if p not in SWEEPS)
 
@@ -37,7 +38,7 @@ def test_every_sweep_validates_with_its_budget(path):
 
 
 def base() -> dict:
-    return yaml.safe_load((Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml").read_text())
+    return yaml.safe_load(QUICKSTART.read_text())
 
 
 @pytest.mark.parametrize(
@@ -97,7 +98,18 @@ def base() -> dict:
             lambda r: r["model"].update(asr={"name": "whisper-base", "max_seconds": 60}),
             ["model.asr.max_seconds"],
         ),
-        (lambda r: r["stages"][0].update(objective="distil"), ["'generative', 'qformer' or 'distill'"]),
+        (
+            lambda r: r["stages"][0].update(objective="distil"),
+            ["unknown objective 'distil'", "{type: lm}", "{type: distill}", "{type: qformer}"],
+        ),
+        (
+            lambda r: r["stages"][0].update(objective={"type": "distil"}),
+            ["stages.0.objective", "'lm', 'distill', 'qformer'"],
+        ),
+        (
+            lambda r: r["stages"][0].update(objective={"type": "distill", "weight": 2}),
+            ["stages.0.objective.distill.weight", "less than or equal to 1"],
+        ),
         # what training would choke on, caught before it starts
         (
             lambda r: r["stages"][0]["lr"].update(connectors=-1e-3),
@@ -172,7 +184,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_a_key_given_twice_is_refused_not_replaced(tmp_path):
-    text = (Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml").read_text()
+    text = QUICKSTART.read_text()
     stages = text[text.index("stages:") :]
     twice = tmp_path / "twice.yaml"
     twice.write_text(text + "\n" + stages.split("\nlora:")[0].split("\ngeneration:")[0] + "\n")
@@ -181,15 +193,74 @@ def test_a_key_given_twice_is_refused_not_replaced(tmp_path):
 
 
 def test_a_utf16_recipe_is_read_and_latin1_bytes_are_named(tmp_path):
-    text = (Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml").read_text()
+    text = QUICKSTART.read_text()
     utf16 = tmp_path / "utf16.yaml"
     utf16.write_bytes(text.encode("utf-16"))  # with its byte-order mark, as Windows editors write it
-    assert load_recipe(utf16) == load_recipe(
-        Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
-    )
+    assert load_recipe(utf16) == load_recipe(QUICKSTART)
     latin = tmp_path / "latin1.yaml"
     latin.write_bytes(b"name: caf\xe9\n")  # Latin-1 bytes
     with pytest.raises(
         OmnifuseError, match=r"latin1\.yaml is not UTF-8 text .* at byte \d+\); save it as UTF-8"
     ):
         load_recipe(latin)
+
+
+def test_objectives_are_a_tagged_union_and_the_old_flat_form_is_still_read():
+    from omnifuse.recipe import DistillObjective, LMObjective, QFormerObjective, RecipeDeprecation
+
+    raw = base()
+    raw["stages"][0]["objective"] = {"type": "distill", "temperature": 2.0, "weight": 0.25}
+    new = parse_recipe(raw)
+    assert new.stages[0].objective == DistillObjective(type="distill", temperature=2.0, weight=0.25)
+    assert new.stages[1].objective == LMObjective()
+    # the spelling before the union: a string and flat distill_* keys (every old run directory has them)
+    old = base()
+    old["stages"][0].update(objective="distill", distill_temperature=2.0, distill_weight=0.25)
+    old["stages"][1].update(objective="generative", distill_temperature=1.0, distill_weight=0.5)
+    with pytest.warns(RecipeDeprecation) as caught:
+        assert parse_recipe(old, "old.yaml") == new
+    messages = [str(w.message) for w in caught]
+    assert any("`objective: distill, distill_weight, distill_temperature`" in m for m in messages), messages
+    assert any("write `objective: {type: lm}`" in m for m in messages), messages
+    assert all(w.filename == "old.yaml" for w in caught)  # named after the recipe, not omnifuse's code
+    qformer = QFormerObjective(type="qformer")
+    assert qformer.losses == ("itc", "itm", "itg")
+    with pytest.raises(ValueError, match="names a loss twice"):
+        QFormerObjective(type="qformer", losses=("itc", "itc"))
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("photo", ["'photo' is not a modality", "did you mean 'image'?", "image or audio"]),
+        ("imgae", ["did you mean 'image'?"]),
+        ("video", ["'video' is not a modality", "image or audio"]),
+    ],
+)
+def test_modalities_are_a_closed_vocabulary_with_a_guess(name, expected):
+    raw = base()
+    raw["model"]["encoders"][name] = raw["model"]["encoders"].pop("image")
+    raw["model"]["connectors"][name] = raw["model"]["connectors"].pop("image")
+    with pytest.raises(OmnifuseError) as info:
+        parse_recipe(raw, "bad.yaml")
+    for part in [f"model.encoders.{name}", *expected]:
+        assert part in str(info.value), (part, str(info.value))
+
+
+def test_validate_names_the_allowed_modalities(tmp_path):
+    """`omnifuse validate` on a recipe with modality `photo`: one paragraph naming them, exit non-zero."""
+    import subprocess
+    import sys
+
+    raw = base()
+    raw["model"]["encoders"]["photo"] = raw["model"]["encoders"].pop("image")
+    raw["model"]["connectors"]["photo"] = raw["model"]["connectors"].pop("image")
+    path = tmp_path / "photo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, "-m", "omnifuse", "validate", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "'photo' is not a modality" in out and "image or audio" in out, out
+    assert "Traceback" not in out

@@ -15,7 +15,7 @@ import uvicorn
 
 from omnifuse.generation.engine import Engine
 from omnifuse.models.builders import build_model
-from omnifuse.recipe.schema import ModelSpec
+from omnifuse.recipe import ModelSpec
 from omnifuse.serve.server import ServerSettings, create_app
 from tiny import make_parts
 

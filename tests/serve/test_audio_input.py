@@ -14,7 +14,7 @@ from omnifuse.data.sample import AudioPart, Message, Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
-from omnifuse.recipe.schema import ModelSpec
+from omnifuse.recipe import ModelSpec
 from omnifuse.serve.server import ServerSettings
 from serve.conftest import MODEL_SPEC, running_server, tiny_engine
 from tiny import make_parts, make_whisper_encoder

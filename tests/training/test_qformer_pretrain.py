@@ -149,13 +149,13 @@ def qformer_recipe(tmp_path, color_data):
         "num_queries": 3,
         "max_text_len": 16,
     }
-    raw["stages"][0].update(objective="qformer", data=str(cap_file), lr={"connectors": 2e-3})
+    raw["stages"][0].update(objective={"type": "qformer"}, data=str(cap_file), lr={"connectors": 2e-3})
     return raw
 
 
 def test_stage1_then_stage2_trains_logs_and_resumes_exactly(tmp_path, qformer_recipe, monkeypatch):
     recipe = parse_recipe(qformer_recipe)
-    assert [s.objective for s in recipe.stages] == ["qformer", "generative"]
+    assert [s.objective.type for s in recipe.stages] == ["qformer", "lm"]
     train(recipe, tmp_path / "full", parts=make_parts(), progress=False)
     run = tmp_path / "full"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -195,7 +195,7 @@ def test_qformer_objective_needs_a_qformer_and_leaves_the_llm_alone(qformer_reci
         parse_recipe(qformer_recipe, overrides=["stages.0.trainable.llm=lora", "stages.0.lr.llm=1e-3"])
     plain = tiny_recipe_dict(color_data)
     with pytest.raises(OmnifuseError, match="needs exactly one connector of type qformer"):
-        parse_recipe(plain, overrides=["stages.0.objective=qformer"])
+        parse_recipe(plain, overrides=["stages.0.objective.type=qformer"])
 
 
 def test_qformer_stage_refuses_samples_without_one_image(tmp_path, qformer_recipe):

@@ -47,6 +47,10 @@ class StackConnector(nn.Module):
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return math.ceil(num_input_tokens / self.factor)
 
+    def output_grid(self, input_grid: tuple[int, int] | None) -> None:
+        """Stacked frames in time order: no spatial grid."""
+        return None
+
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Frames past an item's length are padding: zero them so that an item's last stacked token is
         # the same whether it was batched with longer clips or not.

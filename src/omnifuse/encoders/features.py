@@ -8,7 +8,7 @@ or tokens), and the ordered identities of the inputs (file path + size + modific
 itself): changing any of them — retouching an image, another subset, other weights — computes anew.
 Files are written to a temporary sibling and renamed, so a crash never leaves a half-written entry.
 
-Which input an encoder reads is its kind (``INPUT_KINDS``): the sample's image part, its audio part, or the
+Which input an encoder reads is its kind (its spec's ``reads``): the sample's image part, its audio part, or the
 text of its user turn (the question). Exactly one image / audio part per sample is expected.
 
 Forms: ``pooled`` → ``[N, D]``; ``tokens`` → ``[N, P, D]`` (grid tokens of a CNN, word-piece states of a
@@ -34,8 +34,7 @@ from omnifuse.audio.io import SAMPLE_RATE, load_audio
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
-from omnifuse.recipe.schema import (
-    INPUT_KINDS,
+from omnifuse.recipe import (
     EfficientNetLite0Spec,
     HFVisionSpec,
     LogMelSpec,
@@ -250,7 +249,7 @@ def extract_features(
 
     ``modality`` must be the encoder's input kind (image, audio or text). Cached on disk unless
     ``cache=False``; ``extractor`` may inject an already built extractor (tests, repeated calls)."""
-    kind = INPUT_KINDS[type(encoder_spec)]
+    kind = encoder_spec.reads.value
     if modality != kind:
         raise OmnifuseError(f"the {encoder_spec.type} encoder reads the {kind}, not the {modality}")
     if form not in FORMS:
@@ -299,9 +298,9 @@ def extract_features(
 def _file_weights(spec: MobileNetV2Spec | EfficientNetLite0Spec) -> Any:
     if spec.weights is None:
         return None  # random initial weights: drawn from a fixed seed (see extract_features)
-    from omnifuse.assets import resolve_weights
+    from omnifuse.assets import AssetKind, resolve
 
-    path = resolve_weights(spec.weights)
+    path = Path(resolve(spec.weights, AssetKind.VISION))
     return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from omnifuse.components import ImageEncoder
 from omnifuse.errors import OmnifuseError
 
 
@@ -56,10 +57,15 @@ class MultiEncoder(nn.Module):
         else:
             raise OmnifuseError(f"multi encoder: unknown combine {combine!r}; use channel or token")
         # The input side views are prepared at (tiling's default tile size): the largest sub-encoder's.
-        sizes = [getattr(e, "image_size", None) for e in encoders]
+        sizes = [e.image_size if isinstance(e, ImageEncoder) else None for e in encoders]
         self.image_size = None if None in sizes else max(sizes)
         probe = Image.new("RGB", (64, 64))
         self.shapes = [tuple(e.preprocess(probe).shape) for e in encoders]
+
+    def input_region(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The whole image: each sub-encoder keeps its own part of it (crop or not), so no one region
+        stands for all of them."""
+        return 0.0, 0.0, float(width), float(height)
 
     def token_grid(self) -> tuple[int, int] | None:
         """combine: channel keeps one side×side grid; combine: token concatenates several grids (no single one)."""

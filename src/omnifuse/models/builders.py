@@ -11,6 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from omnifuse.audio.asr import Transcriber
+from omnifuse.components import Connector, Encoder, Fusion, ImageEncoder, missing_members
 from omnifuse.connectors import (
     LinearConnector,
     MLPConnector,
@@ -32,10 +33,13 @@ from omnifuse.llm import hidden_size, load_llm, vocab_size
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import MediaSlot, Processor, Tiling
 from omnifuse.processing.processor import load_clip
-from omnifuse.recipe.schema import (
+from omnifuse.recipe import (
+    ConnectorPluginSpec,
     CrossAttentionFusionSpec,
     EarlyFusionSpec,
     EfficientNetLite0Spec,
+    EncoderPluginSpec,
+    FusionPluginSpec,
     HFVisionSpec,
     LinearConnectorSpec,
     MLPConnectorSpec,
@@ -44,6 +48,7 @@ from omnifuse.recipe.schema import (
     MultiEncoderSpec,
     PerceiverConnectorSpec,
     PixelShuffleConnectorSpec,
+    PluginSpec,
     PoolConnectorSpec,
     QFormerConnectorSpec,
     StackConnectorSpec,
@@ -59,6 +64,7 @@ ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     HFVisionSpec: lambda s: build_hf_vision(s.name, layer=s.layer, drop_cls=s.drop_cls),
     MultiEncoderSpec: lambda s: MultiEncoder([build_encoder(e) for e in s.encoders], s.combine),
     WhisperEncoderSpec: lambda s: build_whisper_encoder(s.weights),
+    EncoderPluginSpec: lambda s: s.component()(**s.options()),
 }
 
 
@@ -89,6 +95,7 @@ CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
         hidden=s.hidden,
     ),
     StackConnectorSpec: lambda s, i, o: StackConnector(i, o, factor=s.factor, hidden=s.hidden),
+    ConnectorPluginSpec: lambda s, i, o: s.component()(i, o, **s.options()),
 }
 
 
@@ -98,22 +105,42 @@ FUSION_BUILDERS: dict[type, Callable[..., nn.Module | None]] = {
     CrossAttentionFusionSpec: lambda s, llm, d: CrossAttentionFusion(
         llm, d, every_n=s.every_n, heads=s.heads, ffn_mult=s.ffn_mult
     ),
+    FusionPluginSpec: lambda s, llm, d: s.component()(llm, d, **s.options()),
 }
 
 
+def checked(part: object, protocol: type, spec, what: str) -> object:
+    """``part`` if it has every member of ``protocol``; an error naming the missing ones otherwise (a
+    plugin's class may set data members such as ``output_dim`` only in ``__init__``)."""
+    missing = missing_members(part, protocol)
+    if missing:
+        origin = f"the plugin {spec.type}" if isinstance(spec, PluginSpec) else type(part).__name__
+        raise OmnifuseError(
+            f"{what}: {origin} built a {type(part).__name__} that lacks {', '.join(missing)} of the "
+            f"{protocol.__name__} contract (omnifuse.components; see docs/extending.md)"
+        )
+    return part
+
+
 def build_encoder(spec) -> nn.Module:
-    return ENCODER_BUILDERS[type(spec)](spec)
+    return checked(ENCODER_BUILDERS[type(spec)](spec), Encoder, spec, "encoder")
 
 
 def build_connector(spec, in_dim: int, out_dim: int) -> nn.Module:
-    return CONNECTOR_BUILDERS[type(spec)](spec, in_dim, out_dim)
+    return checked(CONNECTOR_BUILDERS[type(spec)](spec, in_dim, out_dim), Connector, spec, "connector")
+
+
+def build_fusion(spec, llm: PreTrainedModel, d_llm: int) -> nn.Module | None:
+    fusion = FUSION_BUILDERS[type(spec)](spec, llm, d_llm)
+    return None if fusion is None else checked(fusion, Fusion, spec, "fusion")
 
 
 def build_tiling(spec: TilingSpec | None, encoder: nn.Module, modality: str) -> Tiling | None:
     """The processor's tiling for one modality; ``tile_size: null`` takes the encoder's input size."""
     if spec is None:
         return None
-    size = spec.tile_size if spec.tile_size is not None else getattr(encoder, "image_size", None)
+    default = encoder.image_size if isinstance(encoder, ImageEncoder) else None
+    size = spec.tile_size if spec.tile_size is not None else default
     if size is None:
         raise OmnifuseError(
             f"model.tiling.{modality}.tile_size is null, but the {modality} encoder "
@@ -141,7 +168,7 @@ def build_model(
     # Placeholder ids sit just past the vocabulary (see omnifuse.fusion.early).
     base = max(vocab_size(llm), len(tokenizer))
     placeholder_ids = {m: base + k for k, m in enumerate(sorted(spec.encoders))}
-    fusion = FUSION_BUILDERS[type(spec.fusion)](spec.fusion, llm, d_llm)
+    fusion = build_fusion(spec.fusion, llm, d_llm)
     model = MultimodalLM(encoders, connectors, llm, placeholder_ids, fusion)
     slots = {m: _media_slot(model, m, spec) for m in spec.encoders}
     speech_to_text = None

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnifuse.components import ClassicFusion
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion.classic import (
     AttentionFusion,
@@ -33,7 +34,7 @@ from omnifuse.fusion.classic import (
     TensorFusion,
     TransformerFusion,
 )
-from omnifuse.recipe.schema import (
+from omnifuse.recipe import (
     AttentionFusionSpec,
     ClassifierModelSpec,
     ConcatFusionSpec,
@@ -51,12 +52,12 @@ from omnifuse.recipe.schema import (
 class FusionClassifier(nn.Module):
     """``head(fusion([projections[m](x_m) for m in modalities], present))`` → class logits."""
 
-    def __init__(self, projections: dict[str, nn.Module], fusion: nn.Module, head: nn.Module) -> None:
+    def __init__(self, projections: dict[str, nn.Module], fusion: ClassicFusion, head: nn.Module) -> None:
         super().__init__()
         self.modalities = sorted(projections)
         self.projections = nn.ModuleDict(projections)
         self.fusion, self.head = fusion, head
-        self.decision = getattr(fusion, "decision", False)
+        self.decision = fusion.decision
 
     def _present(self, features: dict[str, torch.Tensor], present: torch.Tensor | None) -> torch.Tensor:
         if present is None:
@@ -180,9 +181,5 @@ def build_classifier(
     modalities = sorted(spec.encoders)
     ordered = [tuple(shapes[m]) for m in modalities]
     fusion, projections = FUSION_BUILDERS[type(spec.fusion)](spec.fusion, ordered, spec, num_classes)
-    head = (
-        nn.Identity()
-        if getattr(fusion, "decision", False)
-        else _mlp(fusion.out_dim, spec.hidden, num_classes, spec.dropout)
-    )
+    head = nn.Identity() if fusion.decision else _mlp(fusion.out_dim, spec.hidden, num_classes, spec.dropout)
     return FusionClassifier(dict(zip(modalities, projections, strict=True)), fusion, head)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,15 @@ import yaml
 from pydantic import ValidationError
 
 from omnifuse.errors import OmnifuseError
-from omnifuse.recipe.schema import RECIPE_KINDS, Recipe, Spec
+from omnifuse.recipe.align import AlignRecipe
+from omnifuse.recipe.classify import ClassifierRecipe
+from omnifuse.recipe.generate import Recipe
+from omnifuse.recipe.schema import Spec
+from omnifuse.recipe.stages import RecipeDeprecation
 from omnifuse.untrusted import parse_yaml, read_yaml
+
+# `task:` at the top of a recipe → its class (absent = generate, the multimodal LLM recipe).
+RECIPE_KINDS: dict[str, type[Spec]] = {"generate": Recipe, "classify": ClassifierRecipe, "align": AlignRecipe}
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -81,10 +89,18 @@ def parse_recipe(raw: Any, source: str = "recipe", overrides: Sequence[str] = ()
     kind = RECIPE_KINDS[task]
     if kind is Recipe:  # the LLM recipe has no task field: `task: generate` is its default spelled out
         raw = {k: v for k, v in raw.items() if k != "task"}
-    try:
-        return kind.model_validate(raw)
-    except ValidationError as err:
-        raise OmnifuseError(_format_errors(source, err)) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RecipeDeprecation)
+        try:
+            recipe = kind.model_validate(raw)
+        except ValidationError as err:
+            raise OmnifuseError(_format_errors(source, err)) from None
+    for w in caught:  # old spellings: said once per recipe, naming the file rather than our code
+        if issubclass(w.category, RecipeDeprecation):
+            warnings.warn_explicit(str(w.message), w.category, source, 0)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return recipe
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Spec:

@@ -17,7 +17,7 @@ from rich.table import Table
 from torch import nn
 
 from omnifuse.errors import OmnifuseError
-from omnifuse.recipe.schema import LoRASpec, StageSpec
+from omnifuse.recipe import LoRASpec, StageSpec
 
 
 def _is_lora_param(name: str) -> bool:

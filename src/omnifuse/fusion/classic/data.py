@@ -19,6 +19,8 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class DataFusion(nn.Module):
     """``[B, H, W]`` per modality → channels ``[B, M, H, W]`` → two conv blocks → global average ``[B, 2c]``."""
 
+    decision = False
+
     def __init__(self, num_modalities: int, channels: int = 32) -> None:
         super().__init__()
         self.cnn = nn.Sequential(

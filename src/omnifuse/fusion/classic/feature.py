@@ -44,6 +44,8 @@ def _zero_missing(h: list[torch.Tensor], present: torch.Tensor) -> list[torch.Te
 class ConcatFusion(nn.Module):
     """The projected vectors side by side: ``[h_1; …; h_M]``."""
 
+    decision = False  # feature level: the head turns the fused vector into logits
+
     def __init__(self, num_modalities: int, dim: int) -> None:
         super().__init__()
         self.out_dim = num_modalities * dim
@@ -55,6 +57,8 @@ class ConcatFusion(nn.Module):
 class AttentionFusion(nn.Module):
     """Attention-weighted sum: a score ``v·tanh(W x)`` per modality vector (or per token of every modality),
     softmax over the present ones, ``Σ α x``. With token features this is attention pooling over all tokens."""
+
+    decision = False  # feature level: the head turns the fused vector into logits
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -72,6 +76,8 @@ class AttentionFusion(nn.Module):
 class GatedFusion(nn.Module):
     """Gated multimodal unit (Arevalo et al. 2017): ``h'_m = tanh(W_m h_m)``, gates ``z = softmax_m(W_z [h])``
     per dimension, ``Σ z_m ⊙ h'_m``. With two modalities the softmax is GMU's sigmoid gate z, 1 − z."""
+
+    decision = False  # feature level: the head turns the fused vector into logits
 
     def __init__(self, num_modalities: int, dim: int) -> None:
         super().__init__()
@@ -93,6 +99,8 @@ class TensorFusion(nn.Module):
     The appended 1 keeps every unimodal and every lower-order interaction term in the product (a missing
     modality leaves ``[0; 1]``, i.e. exactly the terms of the others); its size is ``(d + 1)^M``."""
 
+    decision = False  # feature level: the head turns the fused vector into logits
+
     def __init__(self, num_modalities: int, dim: int) -> None:
         super().__init__()
         self.out_dim = (dim + 1) ** num_modalities
@@ -112,6 +120,8 @@ class LowRankTensorFusion(nn.Module):
 
     ``[h; 1] W`` is an affine map, so each modality's factors are one ``Linear(d, rank·out)`` (its bias is
     the row for the appended 1); λ and b are one ``Linear(rank, 1)`` applied across the rank axis."""
+
+    decision = False  # feature level: the head turns the fused vector into logits
 
     def __init__(self, num_modalities: int, dim: int, rank: int, out: int) -> None:
         super().__init__()
@@ -151,6 +161,8 @@ class TransformerFusion(nn.Module):
     """A small cross-modal transformer: the tokens of every modality, each with a learned position embedding
     of its own modality (so it also tells the modality), after a learned [CLS] token; self-attention across
     all of them; the [CLS] output is the fused vector. A missing modality's tokens are masked out."""
+
+    decision = False  # feature level: the head turns the fused vector into logits
 
     def __init__(
         self,

@@ -1,0 +1,204 @@
+"""The multimodal LLM recipe (no ``task:``, or ``task: generate``): the model's parts, data, stages,
+LoRA, generation and evaluation settings."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from omnifuse.recipe.components import (
+    ASRSpec,
+    ConnectorSpec,
+    EarlyFusionSpec,
+    EncoderSpec,
+    FusionSpec,
+    LLMSpec,
+    MultiEncoderSpec,
+    QFormerConnectorSpec,
+    StackConnectorSpec,
+    TilingSpec,
+)
+from omnifuse.recipe.plugins import PluginSpec
+from omnifuse.recipe.schema import Modality, Seed, Spec, check_modality
+from omnifuse.recipe.stages import LoRASpec, QFormerObjective, StageSpec
+
+# The modalities a generative model reads: a sample's media parts.
+MEDIA = (Modality.IMAGE, Modality.AUDIO)
+
+
+class ModelSpec(Spec):
+    encoders: dict[str, EncoderSpec] = Field(description="modality name → encoder (e.g. image, audio)")
+    connectors: dict[str, ConnectorSpec] = Field(description="modality name → connector")
+    fusion: FusionSpec = EarlyFusionSpec()
+    llm: LLMSpec = LLMSpec()
+    tiling: dict[str, TilingSpec] = Field(
+        default_factory=dict, description="modality name → high-resolution tiling; absent = off"
+    )
+    asr: ASRSpec | None = Field(
+        None, description="ASR cascade for spoken input (instead of an audio encoder); null = none"
+    )
+
+    @model_validator(mode="after")
+    def _audio(self) -> ModelSpec:
+        for modality, enc in self.encoders.items():
+            audio_encoder = enc.reads == Modality.AUDIO
+            if audio_encoder != (modality == "audio"):
+                what = "an audio encoder" if audio_encoder else f"a {enc.type} encoder"
+                raise ValueError(
+                    f"model.encoders.{modality}: {what} cannot read the {modality!r} parts of a sample; audio "
+                    "parts go to encoders.audio (type whisper), images to an image encoder"
+                )
+            connector = self.connectors.get(modality)
+            if connector is None or isinstance(connector, PluginSpec) or isinstance(enc, PluginSpec):
+                continue  # a plugin's inputs are its own business: checked when the model is built
+            stacks = isinstance(connector, StackConnectorSpec)
+            if audio_encoder != stacks:
+                raise ValueError(
+                    f"model.connectors.{modality}: "
+                    + (
+                        "an audio encoder needs the frame-stacking connector; set {type: stack, factor: 8}"
+                        if audio_encoder
+                        else "the stack connector is for audio frames; use e.g. {type: mlp} for images"
+                    )
+                )
+        if self.asr is not None and "audio" in self.encoders:
+            raise ValueError(
+                "model.asr and model.encoders.audio are both set: spoken input reaches the LLM either as a "
+                "transcript (asr, the cascade) or as embeddings (encoders.audio); remove one"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _same_modalities(self) -> ModelSpec:
+        for section in ("encoders", "connectors", "tiling"):
+            for name in getattr(self, section):
+                check_modality(name, MEDIA, f"model.{section}")
+        if not self.encoders:
+            raise ValueError(
+                "model.encoders is empty: declare at least one encoder, e.g. image: {type: mobilenet_v2}"
+            )
+        if set(self.encoders) != set(self.connectors):
+            raise ValueError(
+                f"model.encoders has {sorted(self.encoders)} but model.connectors has {sorted(self.connectors)}: "
+                "every encoder needs a connector with the same name"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tiling_fits(self) -> ModelSpec:
+        for modality in self.tiling:
+            if modality not in self.encoders:
+                raise ValueError(
+                    f"model.tiling.{modality}: there is no {modality} encoder (encoders: {sorted(self.encoders)})"
+                )
+            if not isinstance(self.fusion, EarlyFusionSpec):
+                raise ValueError(
+                    f"model.tiling.{modality}: tiling marks each view's position in the text, but cross-attention "
+                    "fusion puts no media tokens in the text; remove model.tiling or use fusion: {type: early}"
+                )
+            spec = self.encoders[modality]
+            for enc in spec.encoders if isinstance(spec, MultiEncoderSpec) else (spec,):
+                problem = None if isinstance(enc, PluginSpec) else enc.tiling_problem()
+                if problem:
+                    raise ValueError(f"model.tiling.{modality}: {problem}")
+        return self
+
+    def components(self) -> list[str]:
+        """The names a stage may put in ``trainable`` / ``lr``: module paths inside the model."""
+        names = ["encoders", "connectors", "llm"]
+        if not isinstance(self.fusion, EarlyFusionSpec):
+            names.append("fusion")  # the gated cross-attention blocks (or a plugin's fusion module)
+        names += [f"encoders.{m}" for m in self.encoders] + [f"connectors.{m}" for m in self.connectors]
+        return names
+
+
+class DataSpec(Spec):
+    train: str = Field("easy-vqa:train", description="JSONL file or built-in data set 'easy-vqa:train'")
+    eval: str = "easy-vqa:test"
+    eval_limit: int | None = Field(1000, ge=1, description="seeded subset of the eval data; null = all")
+    eval_seed: Seed = 0
+
+
+class GenerationSpec(Spec):
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class EvalSpec(Spec):
+    batch_size: int = Field(32, ge=1)
+    blind: bool = Field(True, description="also evaluate the text-only (blind) baseline")
+    every: int | None = Field(
+        None,
+        ge=1,
+        description="evaluate during training every N optimizer steps of each generative stage and at its "
+        "end, on the model being trained (logged in metrics.jsonl); null = only after training",
+    )
+    during_limit: int = Field(
+        200, ge=1, description="seeded subset of the eval data used during training (data.eval_seed)"
+    )
+
+
+class Recipe(Spec):
+    name: str
+    seed: Seed = 0
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    stages: tuple[StageSpec, ...]
+    lora: LoRASpec = LoRASpec()
+    generation: GenerationSpec = GenerationSpec()
+    eval: EvalSpec = EvalSpec()
+
+    @field_validator("stages")
+    @classmethod
+    def _non_empty(cls, stages: tuple[StageSpec, ...]) -> tuple[StageSpec, ...]:
+        if not stages:
+            raise ValueError("stages is empty: declare at least one training stage")
+        return stages
+
+    @model_validator(mode="after")
+    def _check_components(self) -> Recipe:
+        allowed = self.model.components()
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        for i, stage in enumerate(self.stages):
+            for section in ("trainable", "lr"):
+                for comp in getattr(stage, section):
+                    if comp not in allowed:
+                        raise ValueError(
+                            f"stages.{i}.{section}: unknown component {comp!r}; allowed: {', '.join(allowed)}"
+                        )
+            for comp, mode in stage.trainable.items():
+                if mode != "frozen" and comp not in stage.lr:
+                    raise ValueError(
+                        f"stages.{i} ({stage.name}): component {comp!r} trains but has no lr; add lr: {{{comp}: 1e-4}}"
+                    )
+                if mode != "frozen" and stage.lr[comp] == 0:
+                    raise ValueError(
+                        f"stages.{i} ({stage.name}): component {comp!r} trains ({mode}) with lr 0, so it would not "
+                        f"change; give it a positive lr, or set trainable.{comp}: frozen"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> Recipe:
+        qformers = [m for m, c in self.model.connectors.items() if isinstance(c, QFormerConnectorSpec)]
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage.objective, QFormerObjective):
+                continue
+            if len(qformers) != 1:
+                raise ValueError(
+                    f"stages.{i} ({stage.name}): objective qformer needs exactly one connector of type qformer, "
+                    f"found {len(qformers)}; set e.g. connectors: {{image: {{type: qformer}}}}"
+                )
+            trained_llm = [c for c, mode in stage.trainable.items() if c == "llm" and mode != "frozen"]
+            if trained_llm:
+                raise ValueError(
+                    f"stages.{i} ({stage.name}): objective qformer does not run the LLM, so it cannot train it; "
+                    "remove llm from trainable (train the LLM in a generative stage)"
+                )
+        return self
+
+    def lora_components(self) -> list[str]:
+        """Components that any stage trains with LoRA (adapters must exist before loading weights)."""
+        return sorted({c for s in self.stages for c, m in s.trainable.items() if m == "lora"})

@@ -1,0 +1,162 @@
+"""Training stages: what trains, at which learning rate, on which data, towards which objective.
+
+A stage is data (``omnifuse.training.stages.apply_stage`` interprets it in one place). Its ``objective``
+is a union tagged by ``type``: ``lm`` (next-token loss through the LLM), ``distill`` (cross-modal
+knowledge distillation, Ultravox) and ``qformer`` (BLIP-2 stage 1: ITC / ITM / ITG on image-caption
+pairs, the Q-Former alone). Recipes written before the union (``objective: generative`` plus flat
+``distill_weight`` / ``distill_temperature`` keys) are still read, with a FutureWarning that shows the
+new spelling (:func:`migrate_objective`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from omnifuse.recipe.schema import Spec
+
+
+class LMObjective(Spec):
+    """Next-token loss on the assistant turns, through the LLM."""
+
+    type: Literal["lm"] = "lm"
+
+
+class DistillObjective(Spec):
+    """Knowledge distillation across modalities (Ultravox): the model hearing the question learns to match
+    the teacher's answer distribution, ``weight·T²·KL(teacher ‖ student) + (1 − weight)·next-token loss``."""
+
+    type: Literal["distill"]
+    teacher: Literal["transcript"] = Field(
+        "transcript", description="the same model reading the question's transcript (meta.transcript)"
+    )
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T")
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="share of the distillation term in the loss")
+
+
+QFormerLoss = Literal["itc", "itm", "itg"]
+
+
+class QFormerObjective(Spec):
+    """BLIP-2 stage 1 on image-caption pairs, the Q-Former alone (no LLM): image-text contrastive (itc),
+    matching with hard negatives (itm) and image-grounded generation (itg), summed."""
+
+    type: Literal["qformer"]
+    losses: tuple[QFormerLoss, ...] = Field(
+        ("itc", "itm", "itg"), min_length=1, description="which of BLIP-2's three losses are summed"
+    )
+
+    @field_validator("losses")
+    @classmethod
+    def _unique(cls, losses: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(losses)) != len(losses):
+            raise ValueError(f"losses {list(losses)} names a loss twice; give each of itc, itm, itg once")
+        return losses
+
+
+class RecipeDeprecation(FutureWarning):
+    """An old spelling in a recipe, still read; :func:`omnifuse.recipe.load.parse_recipe` re-issues it
+    naming the recipe file."""
+
+
+Objective = Annotated[LMObjective | DistillObjective | QFormerObjective, Field(discriminator="type")]
+
+# The spellings before the tagged union: objective names and the flat distill_* keys.
+_OLD_NAMES = {"generative": "lm", "distill": "distill", "qformer": "qformer"}
+_OLD_KEYS = {"distill_weight": "weight", "distill_temperature": "temperature"}
+
+
+def migrate_objective(stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage in the old form (``objective: generative | distill | qformer`` as a string, with flat
+    ``distill_weight`` / ``distill_temperature``) → the tagged form, with a FutureWarning naming the new
+    spelling. The flat keys of a stage that does not distill had no effect and are dropped."""
+    old = stage.get("objective")
+    flat = {k: stage[k] for k in _OLD_KEYS if k in stage}
+    if not isinstance(old, str) and not flat:
+        return stage
+    if old is not None and not isinstance(old, str | dict):
+        return stage  # a wrong type: the union's own error names it
+    if isinstance(old, str) and old not in _OLD_NAMES:
+        raise ValueError(
+            f"objective: unknown objective {old!r}; use {{type: lm}}, {{type: distill}} or {{type: qformer}}"
+        )
+    new: dict[str, Any] = dict(old) if isinstance(old, dict) else {"type": _OLD_NAMES.get(old or "", "lm")}
+    if new.get("type") == "distill":
+        new.update({_OLD_KEYS[k]: v for k, v in flat.items() if _OLD_KEYS[k] not in new})
+    migrated = {k: v for k, v in stage.items() if k not in _OLD_KEYS} | {"objective": new}
+    shown = ", ".join(f"{k}: {v}" for k, v in new.items())
+    said = [f"objective: {old}"] if isinstance(old, str) else []
+    warnings.warn(
+        f"stage {stage.get('name', '?')!r}: `{', '.join(said + list(flat))}` is the old spelling of an "
+        f"objective; write `objective: {{{shown}}}` (read as that now; the old form will stop being read "
+        "in a later release)",
+        RecipeDeprecation,
+        stacklevel=2,
+    )
+    return migrated
+
+
+class LoRASpec(Spec):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling: the update is multiplied by alpha / r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+Trainability = Literal["frozen", "lora", "full"]
+
+
+class StageSpec(Spec):
+    name: str
+    trainable: dict[str, Trainability] = Field(
+        default_factory=dict, description="component → mode; unlisted = frozen"
+    )
+    lr: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="component → learning rate (0 only for a frozen component)"
+    )
+    steps: int | None = Field(None, ge=1, description="optimizer steps (give steps or epochs)")
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup: int = Field(0, ge=0, description="linear warm-up steps, then cosine decay to min_lr_ratio")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    data: str | None = Field(None, description="training data of this stage; null = data.train")
+    limit: int | None = Field(None, ge=1, description="use a seeded subset of this many training samples")
+    balance_by: str | None = Field(
+        None, description="meta key (e.g. question_type) whose values are drawn equally often in this stage"
+    )
+    save_every: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
+    objective: Objective = Field(
+        LMObjective(),
+        description="what one micro-batch computes: {type: lm}, {type: distill} or {type: qformer}",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_objective(cls, data: Any) -> Any:
+        return migrate_objective(data) if isinstance(data, dict) else data
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_numbers(cls, value):
+        if isinstance(value, dict):
+            for comp, lr in value.items():
+                if isinstance(lr, bool):
+                    raise ValueError(
+                        f"{comp}: a learning rate is a number, not {str(lr).lower()} (a YAML boolean)"
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> StageSpec:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError(f"stage {self.name!r}: give exactly one of steps or epochs")
+        if not any(mode != "frozen" for mode in self.trainable.values()):
+            raise ValueError(
+                f"stage {self.name!r}: nothing is trainable; set e.g. trainable: {{connectors: full}}"
+            )
+        return self
