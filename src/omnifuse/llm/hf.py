@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from omnifuse.assets import load_pretrained, pretrained_kwargs, resolve_llm
+from omnifuse.assets import AssetKind, load_pretrained, pretrained_kwargs, resolve
 
 
 def load_llm(name: str, progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a packaged asset name, a local folder or a hub id (weights in
     safetensors only, unless ``OMNIFUSE_ALLOW_PICKLE=1``: see :mod:`omnifuse.assets.folders`)."""
-    path = resolve_llm(name, progress=progress)
+    path = resolve(name, AssetKind.LLM, progress=progress)
     hint = (
         "Use a packaged name (see `omnifuse assets`), a local folder with config.json, safetensors weights "
         "and tokenizer files, or a Hugging Face id on a machine with hub access."

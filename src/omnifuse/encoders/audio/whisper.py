@@ -49,6 +49,10 @@ class WhisperAudioEncoder(nn.Module):
         """Output tokens for a clip of ``num_frames`` mel frames (default: the longest clip, 30 s)."""
         return ((self.max_frames if num_frames is None else num_frames) + 1) // 2
 
+    def token_grid(self) -> None:
+        """Frames in time order: no spatial grid."""
+        return None
+
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Output tokens per clip: the second convolution (kernel 3, stride 2, padding 1) maps L → ⌈L/2⌉."""
         return torch.div(lengths + 1, 2, rounding_mode="floor")
@@ -126,9 +130,9 @@ WHISPER_HINT = (
 def load_whisper(weights: str, model_class):
     """(model, feature extractor) of ``model_class`` (``WhisperModel`` or
     ``WhisperForConditionalGeneration``) from a packaged name, a local folder or a hub id, fp32, eval."""
-    from omnifuse.assets import load_pretrained, pretrained_kwargs, resolve_audio_model
+    from omnifuse.assets import AssetKind, load_pretrained, pretrained_kwargs, resolve
 
-    path = resolve_audio_model(weights)
+    path = resolve(weights, AssetKind.AUDIO)
     model = load_pretrained(
         lambda: model_class.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs()),
         "Whisper model",

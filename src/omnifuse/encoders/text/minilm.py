@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
-from omnifuse.assets import load_pretrained, pretrained_kwargs, resolve_text_model
+from omnifuse.assets import AssetKind, load_pretrained, pretrained_kwargs, resolve
 from omnifuse.errors import OmnifuseError
 
 TEXT_HINT = (
@@ -27,7 +27,7 @@ TEXT_HINT = (
 def load_text_model(name: str, what: str) -> tuple[str, BertConfig, PreTrainedTokenizerBase]:
     """A BERT reference (packaged name, HF id or folder) → (path, config, tokenizer), or an error that
     says what to use instead. ``what`` names the user of the model in the message (e.g. "Q-Former")."""
-    path = resolve_text_model(name)
+    path = resolve(name, AssetKind.TEXT)
     config = load_pretrained(
         lambda: AutoConfig.from_pretrained(path), f"{what} text model", name, path, TEXT_HINT
     )
@@ -92,7 +92,7 @@ def build_minilm(name: str = "all-minilm-l6-v2", max_length: int = 32) -> MiniLM
 
 def weights_identity(name: str) -> dict:
     """What identifies the weights of ``name`` for a feature cache: the weight files' paths, sizes, times."""
-    path = Path(resolve_text_model(name))
+    path = Path(resolve(name, AssetKind.TEXT))
     if not path.is_dir():
         return {"name": name}
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".txt"))

@@ -17,14 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from omnifuse.encoders.vision.mobilenet import (
-    conv_grid,
-    crop_resize_size,
-    kept_region,
-    load_safetensors_strict,
-    resize_image,
-    to_tensor,
-)
+from omnifuse.encoders.vision.cnn import ImageNetCNN, load_cnn
 
 # (x − 127) / 128 on 0..255 pixels, written as mean/std on 0..1 pixels
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -89,15 +82,13 @@ _STAGES = (
 )
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(ImageNetCNN):
     """EfficientNet-Lite0 as an image encoder: ``forward`` → [B, h·w, 1280] grid tokens."""
 
-    output_dim = 1280
+    mean, std, resample = LITE_MEAN, LITE_STD, Image.BICUBIC  # bicubic resize, (x − 127) / 128
 
     def __init__(self, image_size: int = 224, crop: bool = True, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.image_size = image_size
-        self.crop = crop
+        super().__init__(image_size, crop)
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
@@ -122,39 +113,13 @@ class EfficientNetLite0(nn.Module):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
-    def grid(self, image_size: int | None = None) -> tuple[int, int]:
-        return conv_grid(self.image_size if image_size is None else image_size)
-
-    def input_region(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The part of a ``width``×``height`` image that :meth:`preprocess` keeps (left, top, right, bottom)."""
-        return kept_region(
-            width, height, self.image_size, crop_resize_size(self.image_size) if self.crop else None
-        )
-
-    def token_grid(self) -> tuple[int, int] | None:
-        """(rows, cols) of the output tokens, row-major over the input image."""
-        return self.grid()
-
-    def num_tokens(self) -> int:
-        h, w = self.grid()
-        return h * w
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """PIL image → [3, S, S]: bicubic resize (+ centre crop when crop=True), (x − 127) / 128."""
-        shorter = crop_resize_size(self.image_size) if self.crop else None
-        return to_tensor(resize_image(image, self.image_size, shorter, Image.BICUBIC), LITE_MEAN, LITE_STD)
-
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(pixel_values)))
         for block in self._blocks:
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x)))  # [B, 1280, h, w]
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(pixel_values).flatten(2).transpose(1, 2)
-
-    def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled = F.adaptive_avg_pool2d(self.feature_map(pixel_values), 1).flatten(1)
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(pooled))
 
 
@@ -163,9 +128,4 @@ def build_efficientnet_lite0(
 ) -> EfficientNetLite0:
     """EfficientNet-Lite0 encoder in eval mode. ``weights``: packaged asset name or ``.safetensors``
     path; None = random initialisation (tests)."""
-    model = EfficientNetLite0(image_size=image_size, crop=crop)
-    if weights is not None:
-        from omnifuse.assets import resolve_weights
-
-        load_safetensors_strict(model, resolve_weights(weights), "EfficientNet-Lite0")
-    return model.eval()
+    return load_cnn(EfficientNetLite0(image_size=image_size, crop=crop), weights, "EfficientNet-Lite0")

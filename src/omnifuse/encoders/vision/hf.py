@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 
 from omnifuse.assets import check_local, check_model_folder, load_pretrained, pretrained_kwargs
-from omnifuse.encoders.vision.mobilenet import kept_region, resize_image, to_tensor
+from omnifuse.encoders.vision.cnn import kept_region, resize_image, to_tensor
 from omnifuse.errors import OmnifuseError
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)  # HF's IMAGENET_STANDARD_* values, used when a tower ships no processor config
