@@ -89,7 +89,7 @@ from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.encoders.vision.hf import from_config
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
-from omnifuse.models.multimodal import IGNORE_INDEX
+from omnifuse.processing.processor import IGNORE_INDEX
 from omnifuse.recipe import parse_recipe
 from omnifuse.training.stages import apply_stage
 

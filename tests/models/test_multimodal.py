@@ -11,7 +11,7 @@ from omnifuse.data.sample import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import scatter_features
 from omnifuse.models.builders import build_model
-from omnifuse.models.multimodal import IGNORE_INDEX
+from omnifuse.processing.processor import IGNORE_INDEX
 from omnifuse.recipe import parse_recipe
 from tiny import tiny_recipe_dict
 

@@ -13,9 +13,8 @@ from PIL import Image
 
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
-from omnifuse.models.multimodal import IGNORE_INDEX
 from omnifuse.processing import MediaSlot, Processor
-from omnifuse.processing.processor import MEDIA_MARKER
+from omnifuse.processing.processor import IGNORE_INDEX, MEDIA_MARKER
 from tiny import CHATML, LLAMA3, TinyVisionEncoder, make_tokenizer
 
 TOKENS = 5

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
-from omnifuse.models.multimodal import IGNORE_INDEX
 from omnifuse.processing import MediaSlot, Processor, Tiling
+from omnifuse.processing.processor import IGNORE_INDEX
 from omnifuse.processing.tiling import select_grid
 from tiny import CHATML, TinyVisionEncoder, make_tokenizer
 

@@ -31,8 +31,9 @@ from omnifuse import untrusted
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.explain.lens import LensResult, logit_lens
-from omnifuse.models.multimodal import IGNORE_INDEX, MultimodalLM
+from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
+from omnifuse.processing.processor import IGNORE_INDEX
 
 MODALITY = "image"
 

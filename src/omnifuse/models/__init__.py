@@ -1,3 +1,3 @@
-from omnifuse.models.multimodal import IGNORE_INDEX, LMOutput, MultimodalLM
+from omnifuse.models.multimodal import LMOutput, MultimodalLM
 
-__all__ = ["IGNORE_INDEX", "LMOutput", "MultimodalLM"]
+__all__ = ["LMOutput", "MultimodalLM"]

@@ -24,8 +24,7 @@ from torch.nn import functional as F
 
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import CrossAttentionFusion, placeholder_mask, scatter_features
-
-IGNORE_INDEX = -100
+from omnifuse.processing.processor import IGNORE_INDEX
 
 
 @dataclass

@@ -37,9 +37,12 @@ from transformers import PreTrainedTokenizerBase
 
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
-from omnifuse.models.multimodal import IGNORE_INDEX
 from omnifuse.processing.tiling import Tiling
 from omnifuse.untrusted import open_image
+
+# The label of a position that carries no loss (cross_entropy's default ignore_index). It lives here,
+# where labels are made; the model's loss reads it from here.
+IGNORE_INDEX = -100
 
 # Stand-in for a media item while the template renders; it is split out before tokenisation and
 # never reaches the tokenizer.

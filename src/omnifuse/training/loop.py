@@ -31,7 +31,7 @@ from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
 from omnifuse.progress import progress_bar
 from omnifuse.recipe import Recipe, dump_recipe
-from omnifuse.recipe import Spec, StageSpec
+from omnifuse.recipe.schema import Spec, StageSpec
 from omnifuse.rundir import RunDir
 from omnifuse.training.checkpoint import (
     load_checkpoint,
@@ -45,9 +45,9 @@ from omnifuse.training.qformer_pretrain import qformer_step
 from omnifuse.training.stages import apply_stage, changed_parameters, prepare_lora
 from omnifuse.untrusted import check_out_dir, read_text
 
-# StageSpec.objective.type → what one micro-batch computes (see training/objectives.py).
+# StageSpec.objective → what one micro-batch computes (see training/objectives.py).
 OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample], StageSpec], StepOutput]] = {
-    "lm": generative_step,
+    "generative": generative_step,
     "qformer": qformer_step,
     "distill": distill_step,
 }
@@ -226,7 +226,7 @@ class Trainer:
         balanced = balance_groups(samples, stage.balance_by) if stage.balance_by else None
         order = sample_order(len(samples), self.recipe.seed, si, balanced)
         micro = stage.batch_size
-        objective = OBJECTIVES[stage.objective.type]
+        objective = OBJECTIVES[stage.objective]
         model.train()
         model.encoders.eval()  # CNN batch-norm statistics stay the pretrained ones
         loss_value = None
@@ -273,7 +273,7 @@ class Trainer:
                     "time": round(time.time(), 3),
                 }
                 every = self.recipe.eval.every
-                if every and stage.objective.type != "qformer" and (step % every == 0 or step == steps):
+                if every and stage.objective != "qformer" and (step % every == 0 or step == steps):
                     record |= self.evaluate_now()
                     bar.log(
                         f"{stage.name} step {step}/{steps}: eval accuracy {100 * record['eval_accuracy']:.1f} % "

@@ -15,8 +15,9 @@ from torch.nn import functional as F
 
 from omnifuse.data.sample import Sample, with_transcript
 from omnifuse.errors import OmnifuseError
-from omnifuse.models.multimodal import IGNORE_INDEX, MultimodalLM
+from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
+from omnifuse.processing.processor import IGNORE_INDEX
 from omnifuse.recipe.schema import StageSpec
 
 

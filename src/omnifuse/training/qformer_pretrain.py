@@ -30,9 +30,9 @@ from omnifuse.alignment.contrastive import clip_loss
 from omnifuse.connectors.qformer import QFormerConnector
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
-from omnifuse.models.multimodal import IGNORE_INDEX, MultimodalLM
+from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
-from omnifuse.processing.processor import load_image
+from omnifuse.processing.processor import IGNORE_INDEX, load_image
 from omnifuse.recipe.schema import StageSpec
 from omnifuse.training.objectives import StepOutput
 
