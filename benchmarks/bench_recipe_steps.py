@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import torch
 from bench_step import time_steps  # the same timing loop (this folder is on sys.path when run)
@@ -21,15 +20,16 @@ from bench_step import time_steps  # the same timing loop (this folder is on sys
 from omnifuse.data.sources import load_data
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import load_recipe
+from omnifuse.recipes import RECIPES_DIR
 from omnifuse.training.stages import apply_stage, prepare_lora
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = RECIPES_DIR
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("recipes", nargs="+", help="recipe names in recipes/ (without .yaml)")
+    ap.add_argument("recipes", nargs="+", help="recipe names in src/omnifuse/recipes/ (without .yaml)")
     args = ap.parse_args()
     samples = load_data("easy-vqa:train")
     for name in args.recipes:

@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from omnifuse.data.sources import load_data
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import load_recipe
+from omnifuse.recipes import RECIPES_DIR
 from omnifuse.training.stages import apply_stage
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+QUICKSTART = RECIPES_DIR / "quickstart.yaml"
 
 
 def time_steps(model, proc, opt, samples, batch: int, steps: int) -> tuple[list[float], list[float]]:

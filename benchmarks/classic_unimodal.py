@@ -5,8 +5,8 @@ modality's standardised features, and on all of them concatenated, trained on th
 data and scored on its eval data. It reads the same cached features as ``omnifuse train`` (extracted
 on first use), so it is the baseline the fusion heads are compared with in docs/classic.md.
 
-    python benchmarks/classic_unimodal.py recipes/classic/av-digits.yaml
-    python benchmarks/classic_unimodal.py recipes/classic/easy-vqa-cls.yaml --set data.train_limit=10000
+    python benchmarks/classic_unimodal.py src/omnifuse/recipes/classic/av-digits.yaml
+    python benchmarks/classic_unimodal.py src/omnifuse/recipes/classic/easy-vqa-cls.yaml --set data.train_limit=10000
 """
 
 from __future__ import annotations

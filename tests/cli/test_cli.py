@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from omnifuse.cli import main
+from omnifuse.recipes import RECIPES_DIR
 
-QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+QUICKSTART = RECIPES_DIR / "quickstart.yaml"
 VERBS = [
     ["train"], ["eval"], ["compare"], ["report"], ["explain"], ["chat"], ["validate"], ["assets"],
     ["assets", "prepare"], ["data", "easy-vqa"], ["data", "spoken-easy-vqa"], ["data", "convert"], ["quickstart"], ["serve"], ["sweep"],

@@ -4,7 +4,6 @@ import io
 import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,9 +15,10 @@ from omnifuse.eval import runner
 from omnifuse.eval.vqa import evaluate_vqa, exact_match, normalize_answer, reference_answers, without_media
 from omnifuse.generation.engine import GenerationConfig
 from omnifuse.recipe import load_recipe
+from omnifuse.recipes import RECIPES_DIR
 from omnifuse.rundir import RunDir
 
-QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+QUICKSTART = RECIPES_DIR / "quickstart.yaml"
 
 
 @pytest.mark.parametrize(

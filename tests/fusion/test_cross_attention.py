@@ -16,6 +16,7 @@ from omnifuse.fusion.cross_attention import GatedDecoderLayer
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
+from omnifuse.recipes import RECIPES_DIR
 from omnifuse.rundir import RunDir, load_model
 from omnifuse.training.loop import train
 from tiny import make_llm, make_parts, tiny_recipe_dict
@@ -181,13 +182,12 @@ def test_cached_and_uncached_generation_agree(built):
 
 @pytest.mark.integration
 def test_flamingo_recipe_on_the_real_parts():
-    from pathlib import Path
 
     from omnifuse.data.sources import load_data
     from omnifuse.llm import load_llm
     from omnifuse.recipe import load_recipe
 
-    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "flamingo.yaml")
+    recipe = load_recipe(RECIPES_DIR / "flamingo.yaml")
     model, proc = build_model(recipe.model, progress=False)
     assert len(model.fusion.blocks) == 6 and model.fusion.layer_indices[-1] == 29  # SmolLM2: 30 layers
     plain, _ = load_llm(recipe.model.llm.name, progress=False)

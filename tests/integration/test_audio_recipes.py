@@ -1,4 +1,4 @@
-"""The audio recipes as written (recipes/audio-*.yaml): a few training steps each, then evaluation.
+"""The audio recipes as written (src/omnifuse/recipes/audio-*.yaml): a few training steps each, then evaluation.
 
 The LLM and the image encoder are tiny injected stand-ins; the audio parts are real: the embedding recipe
 builds the packaged Whisper-base encoder, the cascade recipe transcribes with the packaged Whisper-base.
@@ -15,6 +15,7 @@ from omnifuse.audio.tts import espeak_available, synthesize
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, load_jsonl, write_jsonl
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.recipe import load_recipe
+from omnifuse.recipes import RECIPES_DIR
 from omnifuse.rundir import RunDir, load_model
 from omnifuse.training.loop import train
 from tiny import make_parts, write_color_dataset
@@ -23,7 +24,7 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng (apt-get install espeak-ng)"),
 ]
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = RECIPES_DIR
 SHORT = ["stages.0.steps=2", "stages.1.steps=2", "stages.0.batch_size=2", "stages.1.batch_size=2"]
 
 

@@ -13,9 +13,10 @@ from omnifuse.audio.tts import espeak_available
 from omnifuse.cli import main
 from omnifuse.data.av_digits import export_av_digits
 from omnifuse.encoders import features
+from omnifuse.recipes import RECIPES_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")]
-RECIPE = "recipes/classic/av-digits.yaml"
+RECIPE = str(RECIPES_DIR / "classic" / "av-digits.yaml")
 
 
 def test_av_digits_slice_trains_and_reports(tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ Marked integration: these load SmolLM2-135M and MobileNetV2 from the asset cache
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +19,11 @@ from omnifuse.data.sources import resolve_data_path
 from omnifuse.llm import load_llm
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import load_recipe
+from omnifuse.recipes import RECIPES_DIR
 from omnifuse.training.stages import apply_stage, prepare_lora
 
 pytestmark = pytest.mark.integration
-QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+QUICKSTART = RECIPES_DIR / "quickstart.yaml"
 
 
 def test_smollm2_answers_coherently():

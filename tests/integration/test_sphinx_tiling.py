@@ -6,8 +6,6 @@ Marked integration: loads SmolLM2-135M and both CNNs from the asset cache (conve
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import skimage.data
 import torch
@@ -18,10 +16,11 @@ from omnifuse.data.sources import resolve_data_path
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import load_recipe
+from omnifuse.recipes import RECIPES_DIR
 from omnifuse.training.stages import apply_stage, prepare_lora
 
 pytestmark = pytest.mark.integration
-SPHINX = Path(__file__).resolve().parents[2] / "recipes" / "sphinx.yaml"
+SPHINX = RECIPES_DIR / "sphinx.yaml"
 
 
 def test_sphinx_tiles_real_images_and_trains():

@@ -1,16 +1,15 @@
-"""Every recipe under recipes/ validates; bad recipes fail with one clear error."""
+"""Every recipe under src/omnifuse/recipes/ validates; bad recipes fail with one clear error."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import yaml
 
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe import dump_recipe, load_recipe, parse_recipe
+from omnifuse.recipes import RECIPES_DIR
 
-ROOT = Path(__file__).resolve().parents[2] / "src" / "omnifuse" / "recipes"
+ROOT = RECIPES_DIR
 QUICKSTART = ROOT / "quickstart.yaml"
 SWEEPS = sorted((ROOT / "sweeps").rglob("*.yaml"))
 RECIPES = sorted(p for p in ROOT.rglob("*.yaml") if p not in SWEEPS)

@@ -20,3 +20,27 @@ Overrides = Annotated[
     ),
 ]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from omnifuse import __version__
+
+        typer.echo(f"omnifuse {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="print the version and exit"),
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="on an error, show the traceback (anywhere on the command line)"),
+    ] = False,
+) -> None:
+    # --debug is taken off the command line by omnifuse.cli.main before parsing (so that it works after the
+    # verb too); it is declared here so that `omnifuse --help` shows it.
+    del version, debug

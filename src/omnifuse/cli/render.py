@@ -214,3 +214,40 @@ def print_sweep_results(sw, rows, folder: Path) -> None:
         result.add_row(*cells)
     console.out.print(result)
     console.out.print(f"report: {folder / 'report.md'}")
+
+
+def print_shipped_recipes(rows: list[tuple[str, str, str]], folder: Path) -> None:
+    table = Table(title=f"shipped recipes ({escape(str(folder))}); start from one: omnifuse cp NAME DEST")
+    name_width = max(len(name) for name, _, _ in rows)
+    table.add_column("name", no_wrap=True, min_width=name_width)
+    table.add_column("task", no_wrap=True, min_width=8)
+    room = max(20, console.out.width - name_width - 8 - 10)  # what the borders and padding leave
+    table.add_column("what it is", no_wrap=True, overflow="ellipsis", max_width=room)
+    for name, task, summary in rows:
+        table.add_row(name, task, escape(summary))
+    console.out.print(table)
+
+
+def print_quickstart(result) -> None:
+    """The quickstart's scores, its summary table (accuracy, times, memory), the report and the chat examples."""
+    outcome = result.outcome
+    print_scores(outcome)
+    summary = Table(title="quickstart")
+    summary.add_column("")
+    summary.add_column("", justify="right")
+    summary.add_row("accuracy", f"{100 * outcome.result.accuracy:.1f} % (n={outcome.result.n})")
+    if outcome.blind:
+        summary.add_row("blind baseline", f"{100 * outcome.blind.accuracy:.1f} %")
+    for k, v in result.times.items():
+        summary.add_row(k, f"{v:.1f} s")
+    summary.add_row("training + evaluation", f"{result.train_and_eval_seconds:.1f} s")
+    summary.add_row("peak memory (RSS)", f"{result.peak_rss_gb:.2f} GB")
+    console.out.print(summary)
+    console.out.print(
+        f"report: {result.report} (one page: scores, stages, curves, samples, heatmaps) and "
+        f"{result.run_dir / 'report.md'}"
+    )
+    console.out.print("\nchat example:")
+    for q, answer in result.chat:
+        console.out.print(f"  $ omnifuse chat {result.run_dir} --image {result.image} {q!r}")
+        console.out.print(f"  {answer}")

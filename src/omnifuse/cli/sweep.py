@@ -34,3 +34,33 @@ def sweep(
     command = " ".join(["omnifuse sweep", str(sweep_file), *(f"--set {x}" for x in set_ or [])])
     rows = write_report(folder, sw.spec.name, records, command)
     print_sweep_results(sw, rows, folder)
+
+
+SWEEP_KEYS = ("variants", "grid")  # keys only a sweep file has; a recipe has none of them
+
+
+def is_sweep_file(path: Path) -> bool:
+    """Whether ``path`` holds a sweep file rather than a recipe (unreadable files are left to the recipe
+    loader, which names the problem)."""
+    from omnifuse.errors import OmnifuseError
+    from omnifuse.untrusted import read_yaml
+
+    try:
+        raw = read_yaml(path, "recipe")
+    except OmnifuseError:
+        return False
+    return isinstance(raw, dict) and any(key in raw for key in SWEEP_KEYS)
+
+
+def validate_sweep(path: Path, overrides: list[str]) -> None:
+    """``omnifuse validate`` on a sweep file: the checks of ``omnifuse sweep --plan`` (every variant's
+    recipe, the seeds, the budget), nothing trained."""
+    from omnifuse.sweep import check_budget, load_sweep
+
+    sw = load_sweep(path, overrides)
+    counts = check_budget(sw)
+    budget = f", {sw.spec.budget.samples:,} training samples each" if sw.spec.budget else ""
+    console.out.print(
+        f"{path}: a sweep file, not a recipe; valid sweep {sw.spec.name!r}: {len(sw.variants)} variants "
+        f"({', '.join(counts)}) × seeds {sw.spec.seeds}{budget}; `omnifuse sweep {path} --plan` shows the plan"
+    )

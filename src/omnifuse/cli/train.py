@@ -91,9 +91,14 @@ def _recipe_kinds() -> dict[type, tuple]:
 
 @app.command()
 def validate(recipe: Path, set_: Overrides = None) -> None:
-    """Check a recipe file: keys, types, component names, stages."""
+    """Check a recipe file: keys, types, component names, stages (a sweep file: every variant, the
+    seeds and the budget)."""
+    from omnifuse.cli.sweep import is_sweep_file, validate_sweep
     from omnifuse.recipe import load_recipe
 
+    if is_sweep_file(recipe):
+        validate_sweep(recipe, set_ or [])
+        return
     r = load_recipe(recipe, set_ or [])
     describe, _ = _recipe_kinds()[type(r)]
     console.out.print(f"{recipe}: {escape(describe(r))}")

@@ -45,7 +45,7 @@ class ChatSession:
             if not spoken:
                 raise OmnifuseError(
                     "this model cannot hear: it has neither an audio encoder nor an ASR cascade; train an audio "
-                    "recipe (recipes/audio-embed.yaml or recipes/audio-cascade.yaml) or type the question"
+                    "recipe (`omnifuse cp audio-embed DEST` or `omnifuse cp audio-cascade DEST`) or type the question"
                 )
             # Decoded once here: a bad clip fails before the conversation changes.
             parts.append(AudioPart(waveform=load_clip(Path(audio), "chat")))

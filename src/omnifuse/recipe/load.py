@@ -107,7 +107,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     path = Path(path)
     if not path.exists():
         raise OmnifuseError(
-            f"recipe file {path} does not exist; pass the path of a YAML recipe (see recipes/)"
+            f"recipe file {path} does not exist; pass the path of a YAML recipe (`omnifuse ls` lists the shipped ones, `omnifuse cp` copies one)"
         )
     return parse_recipe(read_yaml(path, "recipe"), str(path), overrides)
 
