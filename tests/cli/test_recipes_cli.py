@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -38,7 +40,7 @@ def test_python_m_omnifuse_is_the_same_command_line():
 def test_recipes_are_package_data_inside_the_package():
     import omnifuse
 
-    assert RECIPES_DIR.parent == __import__("pathlib").Path(omnifuse.__file__).resolve().parent
+    assert RECIPES_DIR.parent == Path(omnifuse.__file__).resolve().parent
     names = {r.name for r in shipped_recipes()}
     assert {"quickstart", "llava", "classic/av-digits", "align/captions-clip", "sweeps/fusion"} <= names
     assert QUICKSTART == shipped_recipe("quickstart").path == shipped_recipe("quickstart.yaml").path
@@ -130,3 +132,14 @@ def test_validate_on_a_sweep_file_checks_it_as_a_sweep(tmp_path, capsys):
     sweep.write_text(sweep.read_text().replace("stages.1.steps=300", "stages.1.stepz=300"))
     code, _, err = run(["validate", str(sweep)], capsys)
     assert code == 2 and "variant 'short'" in err and "stages.1.stepz" in err
+
+
+def test_every_shipped_recipe_is_in_the_package_data():
+    # a wheel (not an editable install) carries only what pyproject's package-data globs match
+    root = Path(__file__).resolve().parents[2]
+    pyproject = (root / "pyproject.toml").read_text()
+    line = re.search(r"^\[tool\.setuptools\.package-data\]\nomnifuse = \[(.*)\]$", pyproject, re.M)
+    globs = re.findall(r'"([^"]+)"', line.group(1))
+    package = root / "src" / "omnifuse"
+    shipped = {p for g in globs for p in package.glob(g)}
+    assert {r.path for r in shipped_recipes()} <= shipped
