@@ -84,14 +84,14 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from omnifuse.assets import resolve_llm
+from omnifuse.assets import AssetKind, resolve
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.encoders.vision.hf import from_config
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.processing.processor import IGNORE_INDEX
 from omnifuse.recipe import parse_recipe
-from omnifuse.training.stages import apply_stage
+from omnifuse.models.stages import apply_stage
 
 LLM_NAME = "smollm2-135m-instruct"
 PATCH = 32
@@ -215,7 +215,7 @@ def build(image_tokens: int):
     side = math.isqrt(image_tokens)
     if side * side != image_tokens:
         raise SystemExit(f"--image-tokens must be a square number (a patch grid), got {image_tokens}")
-    path = resolve_llm(LLM_NAME, progress=False)
+    path = resolve(LLM_NAME, AssetKind.LLM, progress=False)
     config = AutoConfig.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
 

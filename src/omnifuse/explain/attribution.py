@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from omnifuse import untrusted
+from omnifuse.components import ImageEncoder
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.explain.lens import LensResult, logit_lens
@@ -267,14 +268,13 @@ def no_grid_reason(model: MultimodalLM) -> str:
             f"the connector ({name}) turns the image into 1 token, which stands for the whole image: its attention "
             "cannot be placed on any region (the attention mass is still reported)"
         )
-    token_grid = getattr(model.encoders[MODALITY], "token_grid", None)
-    if token_grid is None or token_grid() is None:
+    if model.encoders[MODALITY].token_grid() is None:
         return (
             f"the image encoder ({type(model.encoders[MODALITY]).__name__}) declares no single spatial grid for "
             f"its tokens, so the {n} image tokens cannot be placed on the image (the attention mass per token is "
             "still reported)"
         )
-    if getattr(connector, "output_grid", None) is not None:
+    if connector.output_grid(model.encoders[MODALITY].token_grid()) is None:
         return (
             f"the connector ({name}) makes {n} learned latents/queries that each read the whole image, not "
             "image regions, so there is no map to draw (the attention mass per token is still reported)"
@@ -312,8 +312,10 @@ def image_attention(
 def input_box(encoder: nn.Module, width: int, height: int) -> tuple[int, int, int, int]:
     """Where the encoder's input square lies in the original image (the whole image unless the
     encoder's preprocessing crops; encoders say so through ``input_region``)."""
-    region = getattr(encoder, "input_region", None)
-    left, top, right, bottom = region(width, height) if region is not None else (0, 0, width, height)
+    whole = (0, 0, width, height)
+    left, top, right, bottom = (
+        encoder.input_region(width, height) if isinstance(encoder, ImageEncoder) else whole
+    )
     left, top = max(0, round(left)), max(0, round(top))
     right, bottom = min(width, max(left + 1, round(right))), min(height, max(top + 1, round(bottom)))
     return left, top, right, bottom

@@ -63,12 +63,8 @@ class MultimodalLM(nn.Module):
         """(rows, cols) when the connector's tokens for one item are a row-major grid over the encoder's
         input image (each token stands for one region), else None: a single pooled token, learned
         latents or queries, or an encoder whose tokens are no single grid. Encoders declare
-        ``token_grid()``, connectors ``output_grid(input_grid)``; a part that declares neither has no grid."""
-        token_grid = getattr(self.encoders[modality], "token_grid", None)
-        output_grid = getattr(self.connectors[modality], "output_grid", None)
-        if token_grid is None or output_grid is None:
-            return None
-        grid = output_grid(token_grid())
+        ``token_grid()``, connectors ``output_grid(input_grid)`` (omnifuse.components); either may say None."""
+        grid = self.connectors[modality].output_grid(self.encoders[modality].token_grid())
         if grid is None or grid[0] * grid[1] != self.media_tokens_per_item(modality):
             return None
         return grid

@@ -15,7 +15,9 @@ from pydantic import ValidationError
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe.align import AlignRecipe
 from omnifuse.recipe.classify import ClassifierRecipe
+from omnifuse.recipe.components import PLUGIN
 from omnifuse.recipe.generate import Recipe
+from omnifuse.recipe.plugins import DOCS
 from omnifuse.recipe.schema import Spec
 from omnifuse.recipe.stages import RecipeDeprecation
 from omnifuse.untrusted import parse_yaml, read_yaml
@@ -27,8 +29,14 @@ RECIPE_KINDS: dict[str, type[Spec]] = {"generate": Recipe, "classify": Classifie
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in e["loc"] if p != PLUGIN) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "union_tag_invalid" and PLUGIN in e["ctx"]["expected_tags"]:
+            names = e["ctx"]["expected_tags"].replace(f", '{PLUGIN}'", "")
+            msg = (
+                f"unknown type {e['ctx']['tag']!r}; use one of {names}, or a dotted path to your own class "
+                f"(package.module.ClassName, see {DOCS})"
+            )
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
             lines.append(f"  {loc}: {msg}; remove it or check its spelling (see docs/recipes.md)")

@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 
 from omnifuse import __version__
-from omnifuse.atomic import atomic_write_text
+from omnifuse.atomic import atomic_write_text, recover_dir
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
@@ -28,26 +28,20 @@ from omnifuse.eval.vqa import evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config
 from omnifuse.models.builders import build_model
 from omnifuse.models.multimodal import MultimodalLM
+from omnifuse.models.stages import apply_stage, changed_parameters, prepare_lora
+from omnifuse.models.weights import save_weights
 from omnifuse.processing import Processor
 from omnifuse.progress import progress_bar
-from omnifuse.recipe import Recipe, dump_recipe
-from omnifuse.recipe.schema import Spec, StageSpec
+from omnifuse.recipe import Recipe, Spec, StageSpec, dump_recipe
 from omnifuse.rundir import RunDir
-from omnifuse.training.checkpoint import (
-    load_checkpoint,
-    read_progress,
-    recover_dir,
-    save_checkpoint,
-    save_weights,
-)
+from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step
 from omnifuse.training.qformer_pretrain import qformer_step
-from omnifuse.training.stages import apply_stage, changed_parameters, prepare_lora
 from omnifuse.untrusted import check_out_dir, read_text
 
-# StageSpec.objective → what one micro-batch computes (see training/objectives.py).
+# StageSpec.objective.type → what one micro-batch computes (see training/objectives.py).
 OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample], StageSpec], StepOutput]] = {
-    "generative": generative_step,
+    "lm": generative_step,
     "qformer": qformer_step,
     "distill": distill_step,
 }
@@ -226,7 +220,7 @@ class Trainer:
         balanced = balance_groups(samples, stage.balance_by) if stage.balance_by else None
         order = sample_order(len(samples), self.recipe.seed, si, balanced)
         micro = stage.batch_size
-        objective = OBJECTIVES[stage.objective]
+        objective = OBJECTIVES[stage.objective.type]
         model.train()
         model.encoders.eval()  # CNN batch-norm statistics stay the pretrained ones
         loss_value = None
@@ -273,7 +267,7 @@ class Trainer:
                     "time": round(time.time(), 3),
                 }
                 every = self.recipe.eval.every
-                if every and stage.objective != "qformer" and (step % every == 0 or step == steps):
+                if every and stage.objective.type != "qformer" and (step % every == 0 or step == steps):
                     record |= self.evaluate_now()
                     bar.log(
                         f"{stage.name} step {step}/{steps}: eval accuracy {100 * record['eval_accuracy']:.1f} % "

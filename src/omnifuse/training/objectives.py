@@ -1,4 +1,4 @@
-"""What one micro-batch of a stage computes: the stage's ``objective`` picks a step function.
+"""What one micro-batch of a stage computes: the stage's ``objective.type`` picks a step function.
 
 A step function takes the model, the processor, the micro-batch's samples and the stage, and returns
 the loss to back-propagate, its named parts (logged to metrics.jsonl beside the loss) and a token count
@@ -18,7 +18,7 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
 from omnifuse.processing.processor import IGNORE_INDEX
-from omnifuse.recipe.schema import StageSpec
+from omnifuse.recipe import StageSpec
 
 
 @dataclass
@@ -64,7 +64,7 @@ def distill_step(
             "distill: the answers tokenise differently with the clip and with its transcript; check that "
             "meta.transcript holds only the question"
         )
-    temp, w = stage.distill_temperature, stage.distill_weight
+    temp, w = stage.objective.temperature, stage.objective.weight
     kd = F.kl_div(
         F.log_softmax(s_logits.float() / temp, dim=-1),
         F.log_softmax(t_logits.float() / temp, dim=-1),

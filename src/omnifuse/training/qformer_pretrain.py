@@ -20,6 +20,8 @@ is the local micro-batch and there is no smoothing.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +35,7 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
 from omnifuse.processing.processor import IGNORE_INDEX, load_image
-from omnifuse.recipe.schema import StageSpec
+from omnifuse.recipe import StageSpec
 from omnifuse.training.objectives import StepOutput
 
 
@@ -46,6 +48,11 @@ class QFormerLosses:
     @property
     def total(self) -> torch.Tensor:
         return self.itc + self.itm + self.itg
+
+    def sum_of(self, names: Sequence[str]) -> torch.Tensor:
+        """The chosen losses summed (``objective.losses``; all three by default, as in BLIP-2)."""
+        terms = [getattr(self, n) for n in names]
+        return functools.reduce(operator.add, terms)
 
     def parts(self) -> dict[str, float]:
         return {"itc": self.itc.item(), "itm": self.itm.item(), "itg": self.itg.item()}
@@ -164,4 +171,5 @@ def qformer_step(
     connector = model.connectors[modality]
     losses = qformer_losses(connector, features, captions)
     num_tokens = len(samples) * connector.num_queries + int(connector.tokenize(captions)[1].sum())
-    return StepOutput(losses.total, losses.parts(), num_tokens)
+    chosen = ("itc", "itm", "itg") if stage is None else stage.objective.losses
+    return StepOutput(losses.sum_of(chosen), losses.parts(), num_tokens)
