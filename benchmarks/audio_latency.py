@@ -23,7 +23,8 @@ from pathlib import Path
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.generation.engine import Engine, GenerationConfig
-from omnifuse.rundir import RunDir, load_model
+from omnifuse.rundir import RunDir
+from omnifuse.tasks.generate.load import load_model
 
 
 def engine_for(run: Path, asr: bool) -> Engine:

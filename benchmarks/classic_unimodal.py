@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from omnifuse.recipe import ClassifierRecipe, load_recipe
-from omnifuse.training.classifier import (
+from omnifuse.tasks.classify.features import (
     class_names,
     fit_normalizers,
     label_indices,

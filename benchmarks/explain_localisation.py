@@ -32,8 +32,9 @@ from PIL import Image
 
 from omnifuse.data.easy_vqa import SHAPES, YES_NO
 from omnifuse.explain import explain
-from omnifuse.rundir import RunDir, load_model
+from omnifuse.rundir import RunDir
 from omnifuse.sweep.report import mean_ci
+from omnifuse.tasks.generate.load import load_model
 
 BORDER = 2
 THRESHOLD = 48

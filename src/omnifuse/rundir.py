@@ -162,25 +162,3 @@ class RunDir:
     def recipe(self) -> Recipe:
         source = str(self.recipe_file)
         return parse_recipe(parse_yaml(read_text(self.recipe_file, "run recipe"), source), source)
-
-
-def load_model(run: RunDir, progress: bool = True, parts: dict | None = None):
-    """Rebuild a trained model from its run directory: base assets + the saved changed parameters.
-
-    ``parts`` may inject ``llm``/``tokenizer``/``encoders`` instead of loading the base assets."""
-    from omnifuse.models.builders import build_model
-    from omnifuse.training.checkpoint import load_weights
-    from omnifuse.training.stages import changed_parameters, prepare_lora
-
-    run.require_trained()
-    recipe = run.recipe()
-    if not isinstance(recipe, Recipe):
-        raise OmnifuseError(
-            f"{run.path} is a run of a {type(recipe).__name__} (task: {recipe.task}), which has no language model "
-            "to load or chat with; its scores are in eval.json and report.md, written by `omnifuse train`"
-        )
-    model, processor = build_model(recipe.model, progress=progress, **(parts or {}))
-    prepare_lora(model, recipe.lora_components(), recipe.lora)
-    load_weights(model, run.weights_file, expected=changed_parameters(model, recipe.stages))
-    model.eval()
-    return recipe, model, processor

@@ -9,8 +9,8 @@ import torch
 from omnifuse.alignment.cca import DeepCCA, LinearCCA, canonical_correlations, total_correlation
 from omnifuse.alignment.heads import mlp
 from omnifuse.alignment.retrieval import cosine_similarity, cross_modal_retrieval
-from omnifuse.alignment.train import fit
 from omnifuse.errors import OmnifuseError
+from omnifuse.tasks.align.loop import fit
 
 
 def _planted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,8 @@ from omnifuse.alignment.retrieval import (
     cross_modal_retrieval,
     distinct_items,
 )
-from omnifuse.alignment.train import fit
 from omnifuse.errors import OmnifuseError
+from omnifuse.tasks.align.loop import fit
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.3], [1.5, -0.5, 0.7]])
 

@@ -9,8 +9,8 @@ from omnifuse.alignment.cycle import CycleAutoencoder
 from omnifuse.alignment.devise import DeViSE, hinge_rank_loss, zero_shot
 from omnifuse.alignment.heads import mlp
 from omnifuse.alignment.retrieval import cosine_similarity, cross_modal_retrieval
-from omnifuse.alignment.train import fit
 from omnifuse.errors import OmnifuseError
+from omnifuse.tasks.align.loop import fit
 
 
 def test_hinge_rank_loss_by_hand():

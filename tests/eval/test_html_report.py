@@ -10,7 +10,8 @@ from browser import skip_without_chromium, wait_for
 from omnifuse.eval.html import stage_table, write_html_report
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.recipe import parse_recipe
-from omnifuse.rundir import RunDir, load_model
+from omnifuse.rundir import RunDir
+from omnifuse.tasks.generate.load import load_model
 from omnifuse.training.loop import train
 from tiny import make_parts, tiny_recipe_dict
 

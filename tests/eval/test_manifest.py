@@ -10,7 +10,8 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.eval.manifest import MANIFEST, read_manifest
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.recipe import parse_recipe
-from omnifuse.rundir import RunDir, load_model
+from omnifuse.rundir import RunDir
+from omnifuse.tasks.generate.load import load_model
 from omnifuse.training.loop import train
 from tiny import make_parts, tiny_recipe_dict
 

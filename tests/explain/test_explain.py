@@ -258,10 +258,10 @@ def test_cli_bad_inputs(tmp_path, fake_run, capsys):
 
 
 def test_cli_explain_on_a_tiny_model(grid_model, tmp_path, fake_run, capsys, monkeypatch):
-    import omnifuse.rundir
+    import omnifuse.tasks
 
     (fake_run / "model.safetensors").write_bytes(b"")
-    monkeypatch.setattr(omnifuse.rundir, "load_model", lambda run, progress=True: grid_model)
+    monkeypatch.setattr(omnifuse.tasks, "load_language_model", lambda run, progress=True: grid_model)
     image = tmp_path / "a.png"
     shape_image().save(image)
     out_dir = tmp_path / "ex"

@@ -77,8 +77,8 @@ def test_generate_tiny_run_is_unchanged(tmp_path):
 
 
 def test_classify_tiny_run_is_unchanged(tmp_path):
-    from omnifuse.training.classifier import train_classifier
-    from training.test_classifier import toy_recipe
+    from omnifuse.tasks.classify.trainer import train_classifier
+    from tasks.classify.test_classifier import toy_recipe
 
     raw = toy_recipe(tmp_path, train={"epochs": 3, "modality_dropout": 0.2})
     train_classifier(parse_recipe(raw), tmp_path / "run", progress=False)
@@ -89,8 +89,8 @@ def test_classify_tiny_run_is_unchanged(tmp_path):
     "method", [{"type": "clip", "dim": 16, "hidden": 32}, {"type": "cca", "components": 3, "pca": 16}]
 )
 def test_align_tiny_run_is_unchanged(tmp_path, method):
-    from alignment.test_align_run import recipe_dict, write_av_set
-    from omnifuse.alignment.run import train_align
+    from omnifuse.tasks.align.run import train_align
+    from tasks.align.test_align_run import recipe_dict, write_av_set
 
     train, test = write_av_set(tmp_path / "train", 8, seed=0), write_av_set(tmp_path / "test", 4, seed=1)
     raw = recipe_dict(method, train, test, epochs=5)

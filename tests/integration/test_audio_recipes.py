@@ -16,7 +16,8 @@ from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, load_jso
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.recipe import load_recipe
 from omnifuse.recipes import RECIPES_DIR
-from omnifuse.rundir import RunDir, load_model
+from omnifuse.rundir import RunDir
+from omnifuse.tasks.generate.load import load_model
 from omnifuse.training.loop import train
 from tiny import make_parts, write_color_dataset
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from omnifuse import rundir
+from omnifuse import tasks
 from omnifuse.cli import main
 from omnifuse.errors import OmnifuseError
 
@@ -16,7 +16,7 @@ def no_loading(monkeypatch):
     def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr(rundir, "load_model", load_model)
+    monkeypatch.setattr(tasks, "load_language_model", load_model)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_log_level_is_case_insensitive(tmp_path, capsys, monkeypatch):
         loaded.append(1)
         raise OmnifuseError("stop here")
 
-    monkeypatch.setattr(rundir, "load_model", load_model)
+    monkeypatch.setattr(tasks, "load_language_model", load_model)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -12,6 +12,7 @@ from omnifuse.cli import main
 from omnifuse.errors import OmnifuseError
 from omnifuse.sweep import load_sweep, mean_ci, run_sweep, write_report
 from omnifuse.sweep import run as sweep_run
+from omnifuse.tasks.generate import sweep as generate_sweep
 from omnifuse.training import loop
 from tiny import make_parts, tiny_recipe_dict
 
@@ -84,7 +85,9 @@ def test_a_sweep_trains_every_variant_and_seed_and_compares_them(tmp_path, color
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Run again: everything is finished, nothing trains.
-    monkeypatch.setattr(sweep_run, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(
+        generate_sweep, "train", lambda *a, **k: pytest.fail("a finished run was trained again")
+    )
     again = run_sweep(sweep, out, progress=False, parts_factory=make_parts)
     assert again == records
 

@@ -12,7 +12,8 @@ from omnifuse.data.sources import load_data
 from omnifuse.eval.vqa import evaluate_vqa
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.recipe import parse_recipe
-from omnifuse.rundir import RunDir, load_model
+from omnifuse.rundir import RunDir
+from omnifuse.tasks.generate.load import load_model
 from omnifuse.training import loop
 from omnifuse.training.loop import train
 from tiny import make_parts, tiny_recipe_dict

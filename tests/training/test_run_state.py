@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from omnifuse.atomic import sha256_file
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe import parse_recipe
-from omnifuse.rundir import RunDir, load_model
+from omnifuse.rundir import RunDir
+from omnifuse.tasks.generate.load import load_model
 from omnifuse.training import loop
 from omnifuse.training.loop import train
 from omnifuse.training.objectives import StepOutput
@@ -153,7 +154,7 @@ def test_a_failed_run_says_why(tmp_path, color_data, monkeypatch):
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
-    from omnifuse.training.checkpoint import save_weights
+    from omnifuse.models.weights import save_weights
 
     layer = torch.nn.Linear(2, 2)
     with torch.no_grad():

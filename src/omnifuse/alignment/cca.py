@@ -94,6 +94,38 @@ class LinearCCA:
 _CCA_ARRAYS = ("_x_mean", "_x_std", "_y_mean", "_y_std", "x_rotations_", "y_rotations_")
 
 
+@dataclass(frozen=True)
+class StoredCCA:
+    """A fitted :class:`LinearCCA` read back from its :meth:`LinearCCA.tensors` (a trained run's weights):
+    the same ``transform``, computed from the stored arrays (PCA: centre and project; CCA: standardise and
+    rotate, as scikit-learn does)."""
+
+    arrays: dict[str, np.ndarray]
+    converged: bool = True
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, converged: bool = True) -> StoredCCA:
+        names = [f"cca.{n.strip('_')}" for n in _CCA_ARRAYS]
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise OmnifuseError(f"the stored CCA lacks {', '.join(missing)}; the weights file is damaged")
+        keep = [k for k in tensors if k.startswith(("cca.", "pca_a.", "pca_b."))]
+        return cls({k: np.asarray(tensors[k], dtype=np.float64) for k in keep}, converged)
+
+    def _reduce(self, x: np.ndarray, side: str) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if f"pca_{side}.mean" not in self.arrays:
+            return x
+        return (x - self.arrays[f"pca_{side}.mean"]) @ self.arrays[f"pca_{side}.components"].T
+
+    def transform(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = self.arrays
+        ra, rb = self._reduce(a, "a"), self._reduce(b, "b")
+        ua = (ra - t["cca.x_mean"]) / t["cca.x_std"] @ t["cca.x_rotations"]
+        ub = (rb - t["cca.y_mean"]) / t["cca.y_std"] @ t["cca.y_rotations"]
+        return ua, ub
+
+
 def _inv_sqrt(cov: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
     w, v = torch.linalg.eigh(cov)
     return v @ torch.diag(w.clamp(min=eps).rsqrt()) @ v.t()

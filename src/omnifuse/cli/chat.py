@@ -53,14 +53,15 @@ def chat(
     """Ask a trained model about an image, typed or spoken (one question, or interactive with /image,
     /audio, /reset, /quit)."""
     from omnifuse.generation.chat import ChatSession
-    from omnifuse.rundir import RunDir, load_model
+    from omnifuse.rundir import RunDir
+    from omnifuse.tasks import load_language_model
     from omnifuse.untrusted import open_image
 
     if speak is not None:
         _check_speech_out(speak)
     if image is not None:  # checked before the model loads: a wrong path fails in milliseconds
         open_image(image, "image file")
-    recipe, model, processor = load_model(RunDir(run_dir))
+    recipe, model, processor = load_language_model(RunDir(run_dir))
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
     if image is not None:
         session.set_image(image)
@@ -127,13 +128,14 @@ def explain(
     """Explain an answer: attention to image regions, gradient × input, with/without image, logit lens."""
     from omnifuse.explain import explain as run_explain
     from omnifuse.explain import open_image, write_explanation
-    from omnifuse.rundir import RunDir, load_model
+    from omnifuse.rundir import RunDir
+    from omnifuse.tasks import load_language_model
     from omnifuse.untrusted import check_out_dir
 
     run = RunDir(run_dir).require_trained()  # bad input fails before the model loads
     picture = open_image(image)
     folder = check_out_dir(out_dir or Path(run_dir) / "explain")
-    recipe, model, processor = load_model(run)
+    recipe, model, processor = load_language_model(run)
     expl = run_explain(
         model,
         processor,

@@ -10,7 +10,7 @@ import typer
 
 from omnifuse.cli import console
 from omnifuse.cli.common import Progress, app
-from omnifuse.cli.render import print_comparison, print_probes, print_reproduction, print_scores
+from omnifuse.cli.render import print_comparison, print_printout
 
 
 @app.command("eval")
@@ -34,28 +34,20 @@ def eval_(
     ] = False,
     progress: Progress = True,
 ) -> None:
-    """Evaluate a trained run (exact-match VQA accuracy, per question type, blind baseline)."""
-    from omnifuse.eval.runner import evaluate_run
+    """Evaluate a trained run with its task's metrics: exact-match VQA accuracy per question type with a
+    blind baseline; a classifier's accuracy, macro-F1 and confusion matrix; an alignment's R@1/5/10 in
+    both directions."""
     from omnifuse.rundir import RunDir
+    from omnifuse.tasks import task_of_run
+    from omnifuse.tasks.base import EvalRequest
 
-    outcome = evaluate_run(
-        RunDir(run_dir),
-        data,
-        limit,
-        blind,
-        progress=progress and not as_json,
-        manifest=manifest,
-        robustness=robustness,
-    )
+    run = RunDir(run_dir)
+    request = EvalRequest(data, limit, blind, manifest, robustness, progress=progress and not as_json)
+    evaluated = task_of_run(run).evaluate(run, request)
     if as_json:
-        print(json.dumps(outcome.summary()))
+        print(json.dumps(evaluated.summary))
         return
-    print_scores(outcome)
-    if outcome.probes:
-        print_probes(outcome)
-    if outcome.reproduction is not None:
-        print_reproduction(outcome.reproduction)
-    console.out.print(f"report: {run_dir / 'report.md'}  manifest: {run_dir / 'eval_manifest.json'}")
+    print_printout(evaluated.printout)
 
 
 @app.command()
@@ -71,8 +63,16 @@ def report(
     samples, heatmaps)."""
     from omnifuse.eval.html import write_html_report
     from omnifuse.rundir import RunDir
+    from omnifuse.tasks import load_language_model
 
-    path = write_html_report(RunDir(run_dir), samples=samples, explained=explained, progress=progress)
+    run = RunDir(run_dir)
+    path = write_html_report(
+        run,
+        loaded=lambda: load_language_model(run, progress=progress),
+        samples=samples,
+        explained=explained,
+        progress=progress,
+    )
     console.out.print(f"report: {path}")
 
 
@@ -83,11 +83,16 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Compare two evaluated runs on the same samples: B − A with a 95 % paired bootstrap CI and a
-    paired permutation-test p-value, overall and per question type."""
+    paired permutation-test p-value, overall and per question type (classifier runs: per class;
+    alignment runs: R@1 per retrieval direction)."""
     from omnifuse.eval.compare import compare_runs
+    from omnifuse.rundir import RunDir
+    from omnifuse.tasks import task_for
+    from omnifuse.tasks.generate import GENERATE
 
     c = compare_runs(run_a, run_b)
     if as_json:
         print(json.dumps(c.summary()))
         return
-    print_comparison(c, run_a, run_b)
+    run = RunDir(run_a)  # its task names the score and the groups (bare predictions: VQA's names)
+    print_comparison(c, run_a, run_b, task_for(run.recipe()) if run.exists() else GENERATE)

@@ -5,7 +5,6 @@ Results go to ``console.out`` (stdout); the sweep plan, which comes before long 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -21,86 +20,37 @@ def score(accuracy: float, ci=None) -> str:
     return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
 
 
-def print_classifier(run_dir: Path) -> None:
-    result = json.loads((run_dir / "eval.json").read_text())
-    lo, hi = result["accuracy_ci95"]
-    line = (
-        f"{result['fusion']} fusion: accuracy {score(result['accuracy'], (lo, hi))}, macro F1 "
-        f"{result['macro_f1']:.3f} on {result['n']} samples; {result['trainable_params']:,} trainable parameters"
-    )
-    if "privacy" in result:
-        p = result["privacy"]
-        line += f"; DP-SGD spent ε = {p['epsilon']:.2f} (target {p['target_epsilon']}, δ = {p['delta']:g})"
-    console.out.print(line)
-    rob_file = run_dir / "robustness.json"
-    if rob_file.is_file():
-        rob = json.loads(rob_file.read_text())
-        table = Table(title="robustness (accuracy)")
-        table.add_column("condition")
-        table.add_column("accuracy", justify="right")
-        table.add_row("clean", f"{100 * rob['clean']:.1f} %")
-        for m, v in rob["missing"].items():
-            table.add_row(
-                f"{m} missing (zeroed / dropped)", f"{100 * v['zeroed']:.1f} / {100 * v['dropped']:.1f} %"
-            )
-        for std, row in rob["noise"].items():
-            for target, acc in row.items():
-                table.add_row(f"noise σ={std} on {target}", f"{100 * acc:.1f} %")
-        console.out.print(table)
-    console.out.print(f"run directory: {run_dir}  report: {run_dir / 'report.md'}")
+def table_of(data) -> Table:
+    """A task's :class:`omnifuse.tasks.base.TableData` as a rich table (its text is never markup)."""
+    table = Table(title=escape(data.title))
+    for k, col in enumerate(data.columns):
+        table.add_column(escape(col), justify="left" if k in data.left else "right")
+    for row in data.rows:
+        table.add_row(*(escape(cell) for cell in row))
+    return table
 
 
-def print_probes(outcome) -> None:
-    table = Table(title="robustness probes (same questions, changed inputs)")
-    for col in ("probe", "accuracy", "answers changed"):
-        table.add_column(col, justify="left" if col == "probe" else "right")
-    table.add_row("clean", f"{100 * outcome.result.accuracy:.1f} %", "–")
-    for row in outcome.probes:
-        table.add_row(row.probe, f"{100 * row.result.accuracy:.1f} %", f"{100 * row.changed:.1f} %")
-    console.out.print(table)
-
-
-def print_reproduction(rep) -> None:
-    if rep.same:
-        console.out.print(f"[green]reproduced[/green]: the scores equal those recorded in {rep.manifest}")
-    else:
-        console.out.print(f"[yellow]not reproduced[/yellow]: recorded {rep.then}, now {rep.now}")
-    for name, (then, now) in rep.drift.items():
-        console.out.print(f"  {name} was {then} when recorded, is {now} now")
+def print_printout(printout) -> None:
+    """What a task hands back to show: lines of plain text and tables, in order."""
+    for item in printout:
+        console.out.print(escape(item) if isinstance(item, str) else table_of(item))
 
 
 def print_scores(outcome) -> None:
-    table = Table(title=f"evaluation on {outcome.data} (accuracy [95 % bootstrap CI])")
-    table.add_column("question type")
-    table.add_column("n", justify="right")
-    table.add_column("accuracy", justify="right")
-    if outcome.blind:
-        table.add_column("blind", justify="right")
-    r = outcome.result
-    rows = [("all", {"n": r.n, "accuracy": r.accuracy, "ci95": r.ci95})]
-    rows += list(r.per_type.items())
-    for name, v in rows:
-        cells = [name, str(v["n"]), score(v["accuracy"], v.get("ci95"))]
-        if outcome.blind:
-            b = outcome.blind
-            bv = {"accuracy": b.accuracy, "ci95": b.ci95} if name == "all" else b.per_type[name]
-            cells.append(score(bv["accuracy"], bv.get("ci95")))
-        table.add_row(*cells)
-    console.out.print(table)
-    if r.asr is not None:
-        console.out.print(
-            f"ASR cascade: word error rate {100 * r.asr['wer']:.1f} % over {r.asr['n']} spoken questions, "
-            f"{100 * r.asr['exact']:.1f} % heard exactly (predictions.jsonl: 'heard')"
-        )
+    from omnifuse.tasks.generate.printout import score_table
+
+    print_printout(score_table(outcome))
 
 
-def print_comparison(c, run_a: Path, run_b: Path) -> None:
+def print_comparison(c, run_a: Path, run_b: Path, task) -> None:
+    """``task``'s labels: the per-sample score (accuracy, R@1) and its groups (question type, class,
+    direction)."""
     table = Table(title=f"A = {escape(str(run_a))}, B = {escape(str(run_b))} (paired, same samples)")
-    table.add_column("question type")
+    table.add_column(task.group_name)
     for col in (
         "n",
-        "accuracy A",
-        "accuracy B",
+        f"{task.score_name} A",
+        f"{task.score_name} B",
         "B − A, points [95 % CI]",
         "p",
         "only A right",
@@ -121,7 +71,7 @@ def print_comparison(c, run_a: Path, run_b: Path) -> None:
     console.out.print(table)
     console.out.print(
         "p: two-sided paired permutation test (sign flips of the per-sample differences); "
-        "only A / B right: questions one run gets right and the other wrong"
+        "only A / B right: samples (questions, queries) one run gets right and the other wrong"
     )
 
 
@@ -183,35 +133,30 @@ def span(layers: list[int]) -> str:
 
 
 def print_sweep_plan(sw, counts: dict[str, int]) -> None:
-    from omnifuse.recipe import ClassifierRecipe
+    from omnifuse.tasks import task_for
 
     table = Table(title=f"sweep {sw.spec.name}: {len(sw.variants)} variants × seeds {sw.spec.seeds}")
     for col in ("variant", "stages", "training samples"):
         table.add_column(col)
     for v in sw.variants:
-        if isinstance(v.recipe, ClassifierRecipe):
-            what = f"{v.recipe.train.epochs} epochs"
-        else:
-            what = " → ".join(s.name for s in v.recipe.stages)
-        table.add_row(v.name, what, f"{counts[v.name]:,}")
+        table.add_row(v.name, escape(task_for(v.recipe).plan(v.recipe)), f"{counts[v.name]:,}")
     console.err.print(table)
 
 
 def print_sweep_results(sw, rows, folder: Path) -> None:
+    """Variant, the task's score (mean ± 95 % CI), trainable parameters, then the task's own columns."""
+    from dataclasses import asdict
+
+    from omnifuse.sweep import sweep_task
+
+    task = sweep_task(sw)
     result = Table(title=f"sweep {sw.spec.name} (mean ± 95 % CI over {len(sw.spec.seeds)} seeds)")
-    classifier = all(r.classifier for r in rows)
-    cols = ["variant", "accuracy", "trainable", "train s"]
-    cols += ["macro F1", "ε"] if classifier else ["image tokens", "latency ms"]
-    for col in cols:
+    for col in ["variant", task.score_name, "trainable", *(c.header for c in task.sweep_columns)]:
         result.add_column(col, justify="right" if col != "variant" else "left")
     for r in rows:
         cells = [r.variant, f"{100 * r.accuracy:.1f} ± {100 * r.ci:.1f} %", f"{r.trainable_params:,}"]
-        cells.append(f"{r.train_seconds:.1f}" if classifier else f"{r.train_seconds:.0f}")
-        if classifier:
-            cells += [f"{r.macro_f1:.3f}", "—" if r.epsilon is None else f"{r.epsilon:.2f}"]
-        else:
-            cells += [str(r.image_tokens), f"{r.latency_ms:.0f}"]
-        result.add_row(*cells)
+        summary = asdict(r)
+        result.add_row(*cells, *(c.cell(summary) for c in task.sweep_columns))
     console.out.print(result)
     console.out.print(f"report: {folder / 'report.md'}")
 

@@ -59,9 +59,10 @@ def serve(
     import uvicorn
 
     from omnifuse.generation.engine import Engine
-    from omnifuse.rundir import RunDir, load_model
+    from omnifuse.rundir import RunDir
     from omnifuse.serve.media import MediaLimits
     from omnifuse.serve.server import ServerSettings, create_app
+    from omnifuse.tasks import load_language_model
 
     # Everything the user can get wrong on the command line is checked before the model loads,
     # which takes a while: a typo should fail in a second, as one paragraph.
@@ -72,7 +73,7 @@ def serve(
         raise OmnifuseError(f"--log-level {log_level!r}: choose one of {', '.join(levels)}")
     log_level = log_level.lower()
     _check_port_free(host, port)  # a busy port or an address that is not this machine's
-    recipe, model, processor = load_model(RunDir(run_dir))
+    recipe, model, processor = load_language_model(RunDir(run_dir))
     g = recipe.generation
     settings = ServerSettings(
         model_name=model_name or Path(run_dir).resolve().name,

@@ -34,9 +34,9 @@ from omnifuse.eval.runfiles import (
     read_optional,
     read_records,
 )
+from omnifuse.models.stages import select_parameters
 from omnifuse.processing.processor import load_image
 from omnifuse.rundir import RunDir
-from omnifuse.training.stages import select_parameters
 from omnifuse.untrusted import open_image, read_text
 
 REPORT = "report.html"
@@ -192,8 +192,9 @@ def write_html_report(
     explained: int = 4,
     progress: bool = True,
 ) -> Path:
-    """Write RUN/report.html, with explanation heatmaps for the first ``explained`` samples shown."""
-    from omnifuse.rundir import load_model
+    """Write RUN/report.html, with explanation heatmaps for the first ``explained`` samples shown.
+    ``loaded``: the run's ``(recipe, model, processor)``, or a function returning it (called once the
+    run files are checked, so that a damaged one fails before the model loads)."""
 
     run.require_trained()
     # Every run file is read (and checked) before the model loads: a damaged one fails in a second.
@@ -203,7 +204,9 @@ def write_html_report(
     metrics = read_records(run.metrics_file, STEP, "metrics file") if run.metrics_file.exists() else []
     recipe_yaml = read_text(run.recipe_file, "run recipe")
     cards = sample_cards(run, samples)
-    recipe, model, processor = loaded or load_model(run, progress=progress)
+    if loaded is None:  # eval sits below the tasks, which load runs (omnifuse.tasks.load_language_model)
+        raise TypeError("pass loaded=(recipe, model, processor) of the run, or a function returning it")
+    recipe, model, processor = loaded() if callable(loaded) else loaded
     heatmaps, no_heatmaps = [], None
     if explained:
         heatmaps, no_heatmaps = explanation_figures(model, processor, cards, explained)

@@ -25,7 +25,7 @@ from omnifuse.eval.report import write_report
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config
 from omnifuse.recipe import Recipe
-from omnifuse.rundir import RunDir, load_model
+from omnifuse.rundir import RunDir
 
 ROBUSTNESS = "robustness.json"
 
@@ -96,7 +96,9 @@ def evaluate_run(
     """Evaluate with the recipe's settings (overridden by ``data``/``limit``/``blind``), or with exactly
     the settings of an earlier evaluation's ``manifest`` (refused when weights or data changed)."""
     saved = read_manifest(manifest) if manifest is not None else None  # before the model loads
-    recipe, model, processor = loaded or load_model(run, progress=progress)
+    if loaded is None:  # eval sits below the tasks, which load runs (omnifuse.tasks.load_language_model)
+        raise TypeError("pass loaded=(recipe, model, processor) of the run")
+    recipe, model, processor = loaded
     if saved is not None and (data is not None or limit is not None or blind is not None):
         raise OmnifuseError(
             "--manifest fixes the data, subset and settings: drop --data, --limit and --blind"

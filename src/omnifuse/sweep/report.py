@@ -40,7 +40,8 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
 @dataclass(frozen=True)
 class VariantSummary:
     """One variant over its seeds. LLM runs fill the token and latency fields; classifier runs the
-    macro F1, the ε spent under DP-SGD (mean over seeds) and the accuracy with each modality dropped."""
+    macro F1, the ε spent under DP-SGD (mean over seeds) and the accuracy with each modality dropped;
+    alignment runs ``metrics`` (R@k per direction and their means; ``accuracy`` is the mean R@1)."""
 
     variant: str
     seeds: int
@@ -58,10 +59,15 @@ class VariantSummary:
     epsilon: float | None = None
     target_epsilon: float | None = None
     missing: dict[str, float] | None = None
+    metrics: dict[str, float] | None = None
 
     @property
     def classifier(self) -> bool:
-        return self.latency_ms is None
+        return self.latency_ms is None and not self.metrics
+
+    @property
+    def alignment(self) -> bool:
+        return bool(self.metrics)
 
 
 def _mean_of(rows: list[dict], key: str) -> float | None:
@@ -82,6 +88,9 @@ def summarize(records: Sequence[dict]) -> list[VariantSummary]:
         missing = None
         if first.get("missing"):
             missing = {m: statistics.fmean(r["missing"][m] for r in rows) for m in first["missing"]}
+        metrics = None
+        if first.get("metrics"):
+            metrics = {k: statistics.fmean(r["metrics"][k] for r in rows) for k in first["metrics"]}
         out.append(
             VariantSummary(
                 variant=name,
@@ -100,6 +109,7 @@ def summarize(records: Sequence[dict]) -> list[VariantSummary]:
                 epsilon=_mean_of(rows, "epsilon"),
                 target_epsilon=first.get("target_epsilon"),
                 missing=missing,
+                metrics=metrics,
             )
         )
     return out
@@ -113,7 +123,7 @@ HEADER = (
 
 def classifier_table(rows: Sequence[VariantSummary]) -> str:
     """Classifier sweeps: accuracy, macro F1, size, training time, ε (with privacy), and the accuracy with
-    each modality dropped (late fusion drops its vote; see omnifuse.eval.classifier)."""
+    each modality dropped (late fusion drops its vote; see omnifuse.tasks.classify.evaluation)."""
     modalities = sorted({m for s in rows for m in (s.missing or {})})
     private = any(s.target_epsilon is not None for s in rows)
     head = ["variant", "accuracy (mean ± 95 % CI)", "per seed", "macro F1", "trainable params", "train time"]
@@ -136,7 +146,27 @@ def classifier_table(rows: Sequence[VariantSummary]) -> str:
     return "\n".join(lines)
 
 
+def alignment_table(rows: Sequence[VariantSummary]) -> str:
+    """Alignment sweeps: mean R@1 of both directions (± 95 % CI over seeds), then R@1/5/10 per direction."""
+    keys = [k for k in rows[0].metrics if " " in k]  # "<direction> R@k"
+    head = ["variant", "mean R@1 (± 95 % CI)", "per seed", *keys, "trainable params", "train time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in rows:
+        cells = [
+            s.variant,
+            f"{100 * s.accuracy:.1f} ± {100 * s.ci:.1f} %",
+            ", ".join(f"{100 * a:.1f}" for a in s.accuracies),
+            *(f"{100 * s.metrics[k]:.1f}" if k in s.metrics else "—" for k in keys),
+            f"{s.trainable_params:,}",
+            f"{s.train_seconds:.1f} ± {s.train_seconds_ci:.1f} s",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: Sequence[VariantSummary]) -> str:
+    if rows and all(s.alignment for s in rows):
+        return alignment_table(rows)
     if rows and all(s.classifier for s in rows):
         return classifier_table(rows)
     lines = [HEADER, "|" + "---|" * 8]
@@ -247,7 +277,13 @@ def write_report(out: Path, name: str, records: Sequence[dict], command: str) ->
     summary = {"sweep": name, "variants": [asdict(s) for s in rows]}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     seeds = sorted({r["seed"] for r in records})
-    if rows and all(s.classifier for s in rows):
+    if rows and all(s.alignment for s in rows):
+        explained = (
+            "Alignment runs on cached frozen-encoder features; the score is the mean R@1 of both retrieval "
+            "directions (DeViSE: zero-shot accuracy among all classes), R@k columns are means over seeds, "
+            "trainable parameters are the method's learned numbers."
+        )
+    elif rows and all(s.classifier for s in rows):
         explained = (
             "Classifier runs on cached frozen-encoder features: trainable parameters are the fusion head's, "
             "train time is the head's training (the features are extracted once and shared by all variants). "

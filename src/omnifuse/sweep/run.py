@@ -1,8 +1,10 @@
 """Run a sweep: every variant × seed trained and evaluated into ``OUT/<variant>/seed-<s>``.
 
-Multimodal LLM recipes are trained, evaluated (VQA accuracy) and timed (latency per answer); classifier
-recipes (``task: classify``) are trained on their cached features and record accuracy, macro F1, ε under
-DP-SGD and the missing-modality accuracies. The runner is chosen by the recipe's class (``RUNNERS``).
+What one run does and records is its task's (:meth:`omnifuse.tasks.Task.sweep_run`): multimodal LLM
+recipes are trained, evaluated (VQA accuracy) and timed (latency per answer); classifier recipes
+(``task: classify``) record accuracy, macro F1, ε under DP-SGD and the missing-modality accuracies;
+alignment recipes (``task: align``) the mean R@1 of both directions and R@1/5/10 per direction. Every
+variant of a sweep must be of one task.
 
 A finished run (its result line in ``results.jsonl`` and the same resolved recipe) is skipped when the
 sweep runs again; a run that was interrupted resumes from its checkpoint. ``results.jsonl`` is
@@ -12,53 +14,46 @@ rewritten atomically after each run, so a crash loses at most the run in progres
 from __future__ import annotations
 
 import json
-import math
 import shutil
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 from rich.console import Console
-from safetensors import safe_open
 
 from omnifuse.atomic import atomic_write_text
-from omnifuse.data.sample import Sample, select_subset
-from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.runfiles import read_records
-from omnifuse.eval.runner import evaluate_run
-from omnifuse.eval.vqa import VQAResult
-from omnifuse.generation.engine import Engine, GenerationConfig, generation_config
-from omnifuse.recipe import ClassifierRecipe, Recipe, dump_recipe, parse_recipe
-from omnifuse.rundir import RunDir, load_model
+from omnifuse.recipe import Recipe, dump_recipe, parse_recipe
+from omnifuse.rundir import RunDir
 from omnifuse.sweep.spec import Sweep
-from omnifuse.training.loop import stage_steps, train
+from omnifuse.tasks import Task, task_for
+from omnifuse.tasks.base import SweepRun
 
 RESULTS = "results.jsonl"
 
 
-def training_samples(recipe: Recipe | ClassifierRecipe) -> int:
-    """Samples a recipe trains on in total: steps × batch size × accumulation, summed over stages (a
-    classifier: epochs × training samples)."""
-    if isinstance(recipe, ClassifierRecipe):
-        n = len(load_data(recipe.data.train))
-        return recipe.train.epochs * min(n, recipe.data.train_limit or n)
-    sizes: dict[str, int] = {}
-    total = 0
-    for stage in recipe.stages:
-        n = 0
-        if stage.steps is None:
-            ref = stage.data or recipe.data.train
-            if ref not in sizes:
-                sizes[ref] = len(load_data(ref))
-            n = sizes[ref]
-        total += stage_steps(stage, n) * stage.batch_size * stage.grad_accum
-    return total
+def training_samples(recipe) -> int:
+    """Samples a recipe trains on in total, as its task counts them (an LLM recipe: steps × batch size ×
+    accumulation, summed over stages; a classifier or alignment recipe: epochs × training samples)."""
+    return task_for(recipe).training_samples(recipe)
+
+
+def sweep_task(sweep: Sweep) -> Task:
+    """The one task of every variant (a table compares like with like)."""
+    tasks = {v.name: task_for(v.recipe) for v in sweep.variants}
+    names = sorted({t.name for t in tasks.values()})
+    if len(names) > 1:
+        listed = ", ".join(f"{v}: {t.name}" for v, t in tasks.items())
+        raise OmnifuseError(
+            f"sweep {sweep.spec.name!r} mixes tasks ({listed}); a sweep compares variants of one task, "
+            "so split it into one sweep per task"
+        )
+    return next(iter(tasks.values()))
 
 
 def check_budget(sweep: Sweep) -> dict[str, int]:
+    sweep_task(sweep)
     counts = {v.name: training_samples(v.recipe) for v in sweep.variants}
     budget = sweep.spec.budget
     if budget is not None:
@@ -73,27 +68,9 @@ def check_budget(sweep: Sweep) -> dict[str, int]:
     return counts
 
 
-def _saved_parameters(run: RunDir) -> int:
-    """Parameters training changed (what model.safetensors holds: connectors, LoRA, fusion, ...)."""
-    with safe_open(str(run.weights_file), "pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-
-
 def _step_seconds(run: RunDir) -> float:
     steps = read_records(run.metrics_file, {"seconds?": float}, "training metrics")
     return sum(step.get("seconds", 0.0) for step in steps)
-
-
-def _latency(engine: Engine, samples, cfg: GenerationConfig) -> float:
-    """Median seconds to answer one sample alone (batch 1, greedy), after one warm-up."""
-    prompts = [Sample(s.id, s.prompt(), s.meta) for s in samples]
-    engine.generate(prompts[:1], cfg)
-    times = []
-    for p in prompts:
-        t0 = time.perf_counter()
-        engine.generate([p], cfg)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _same_recipe(stored: str | None, recipe: Recipe) -> bool:
@@ -150,11 +127,11 @@ def run_sweep(
                 )
             # The same recipe without a checkpoint or result yet (killed before its first save).
             shutil.rmtree(run.path)
-        runner = RUNNERS[type(recipe)]
+        job = SweepRun(run, resume, console, progress, parts_factory, sweep.spec.eval.latency_samples)
         record = {
             "variant": variant.name,
             "seed": seed,
-            **runner(recipe, run, resume, console, progress, parts_factory, sweep),
+            **task_for(recipe).sweep_run(recipe, job),
             "training_samples": samples_per_variant[variant.name],
             # Summed over the logged steps, so a resumed run counts the steps of every attempt.
             "train_seconds": round(_step_seconds(run), 2),
@@ -168,63 +145,3 @@ def run_sweep(
         (r for r in results if (r["variant"], r["seed"]) in order),
         key=lambda r: order[r["variant"], r["seed"]],
     )
-
-
-def _run_generative(
-    recipe: Recipe, run: RunDir, resume: bool, console: Console, progress: bool, parts_factory, sweep: Sweep
-) -> dict:
-    """Train, evaluate (VQA exact match) and time one multimodal LLM run."""
-    parts = parts_factory() if parts_factory else None
-    trained = train(recipe, run.path, resume=resume, console=console, progress=progress, parts=parts)
-    loaded = load_model(run, progress=progress, parts=parts_factory() if parts_factory else None)
-    _, model, processor = loaded
-    outcome = evaluate_run(run, blind=False, progress=progress, loaded=loaded)
-    result: VQAResult = outcome.result
-    timed = select_subset(load_data(recipe.data.eval), sweep.spec.eval.latency_samples, recipe.data.eval_seed)
-    latency = _latency(Engine(model, processor), timed, generation_config(recipe, greedy=True))
-    return {
-        "accuracy": result.accuracy,
-        "n_eval": result.n,
-        "per_type": {t: v["accuracy"] for t, v in result.per_type.items()},
-        "trainable_params": _saved_parameters(run),
-        "image_tokens": {m: model.media_tokens_per_item(m) for m in recipe.model.encoders},
-        "text_tokens_per_image": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
-        "wall_seconds_last_attempt": round(trained.seconds, 2),
-        "eval_seconds": round(outcome.seconds, 2),
-        "latency_s": round(latency, 4),
-    }
-
-
-def _run_classifier(
-    recipe: ClassifierRecipe,
-    run: RunDir,
-    resume: bool,
-    console: Console,
-    progress: bool,
-    parts_factory,
-    sweep,
-) -> dict:
-    """Train and evaluate one fusion classifier on its cached features (no latency: a head answers in
-    microseconds; the encoders' cost is the same for every fusion)."""
-    from omnifuse.training.classifier import train_classifier
-
-    trained = train_classifier(recipe, run.path, resume=resume, console=console, progress=progress)
-    result = json.loads((run.path / "eval.json").read_text())
-    record = {
-        "accuracy": result["accuracy"],
-        "n_eval": result["n"],
-        "macro_f1": result["macro_f1"],
-        "trainable_params": result["trainable_params"],
-        "wall_seconds_last_attempt": round(trained.seconds, 2),
-    }
-    if "privacy" in result:
-        record["epsilon"] = result["privacy"]["epsilon"]
-        record["target_epsilon"] = result["privacy"]["target_epsilon"]
-    rob = run.path / "robustness.json"
-    if rob.is_file():
-        record["missing"] = {m: v["dropped"] for m, v in json.loads(rob.read_text())["missing"].items()}
-    return record
-
-
-# recipe class → what one sweep run does
-RUNNERS: dict[type, Callable[..., dict]] = {Recipe: _run_generative, ClassifierRecipe: _run_classifier}

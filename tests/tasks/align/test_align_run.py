@@ -13,10 +13,10 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from omnifuse.alignment.run import train_align
 from omnifuse.cli import main
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe import parse_recipe
+from omnifuse.tasks.align.run import train_align
 
 RATE = 16_000
 

@@ -17,10 +17,9 @@ from torch import nn
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, write_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.classifier import build_classifier
-from omnifuse.recipe import parse_recipe
-from omnifuse.recipe.schema import ClassifierModelSpec
-from omnifuse.training import classifier as clf
-from omnifuse.training.classifier import check_private_compatible, modality_dropout_mask, train_classifier
+from omnifuse.recipe import ClassifierModelSpec, parse_recipe
+from omnifuse.tasks.classify import trainer as clf
+from omnifuse.tasks.classify.trainer import check_private_compatible, modality_dropout_mask, train_classifier
 
 CLASSES = ("a", "b", "c")
 FUSIONS = ["concat", "attention", "gated", "tensor", "low_rank_tensor", "late_average", "late_weighted",
@@ -100,11 +99,16 @@ def test_training_writes_a_complete_run_directory(tmp_path, capsys):
     assert all(set(row) == {"audio", "image", "all"} for row in rob["noise"].values())
     assert rob["clean"] == pytest.approx(result["accuracy"])
     assert "## Robustness" in (run / "report.md").read_text()
-    # Verbs for language-model runs refuse a classifier run clearly.
+    # `omnifuse eval` scores a classifier run again (its task's metrics, the same as training's);
+    # the verbs for language-model runs refuse it clearly.
     from omnifuse.cli import main
 
     capsys.readouterr()
-    assert main(["eval", str(run), "--no-progress"]) == 2
+    assert main(["eval", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "concat fusion: accuracy" in out and "macro F1" in out and "confusion matrix" in out
+    assert json.loads((run / "eval.json").read_text()) == result
+    assert main(["chat", str(run), "which class?"]) == 2
     assert "has no language model to load" in capsys.readouterr().err
 
 

@@ -1,6 +1,6 @@
 """Training a classic fusion classifier on cached frozen-encoder features.
 
-The frozen encoders run once (features are cached, :mod:`omnifuse.encoders.features`); the classifier is
+The frozen encoders run once (features are cached, :mod:`omnifuse.models.features`); the classifier is
 then trained in seconds: AdamW on shuffled mini-batches (a seeded order per epoch), optional modality
 dropout, and optionally DP-SGD with Opacus. Every epoch logs one line to ``metrics.jsonl`` and writes an
 atomic checkpoint (weights, optimizer state, RNG, privacy accountant), so an interrupted run continues
@@ -9,7 +9,7 @@ from its last finished epoch with ``--resume``.
 Run directory (beside the usual ``recipe.yaml``, ``run.json``, ``model.safetensors``, ``checkpoint/``,
 ``metrics.jsonl``): ``normalization.safetensors`` (train-split statistics of ``standardize``), ``eval.json``,
 ``robustness.json``, ``confusion.png``, ``curves.png`` and ``report.md`` (see
-:mod:`omnifuse.eval.classifier`).
+:mod:`omnifuse.tasks.classify.evaluation`).
 
 Differential privacy: ``privacy: {target_epsilon, delta, max_grad_norm}`` makes the optimizer DP-SGD's
 (per-sample gradients clipped to ``max_grad_norm``, Gaussian noise calibrated by Opacus so that the
@@ -29,106 +29,32 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from omnifuse import __version__
-from omnifuse.atomic import atomic_write_text
-from omnifuse.data.sample import Sample, select_subset
-from omnifuse.data.sources import load_data
-from omnifuse.encoders.features import Normalizer, extract_features
+from omnifuse.atomic import atomic_write_text, recover_dir
 from omnifuse.errors import OmnifuseError
-from omnifuse.models.classifier import FusionClassifier, build_classifier
+from omnifuse.models.classifier import build_classifier
+from omnifuse.models.weights import save_weights
 from omnifuse.progress import progress_bar
-from omnifuse.recipe.schema import ClassifierRecipe
+from omnifuse.recipe import ClassifierRecipe
 from omnifuse.rundir import RunDir
-from omnifuse.training.checkpoint import (
-    load_checkpoint,
-    recover_dir,
-    save_checkpoint,
-    save_tensors_atomic,
-    save_weights,
+from omnifuse.tasks.classify.evaluation import evaluate_classifier
+from omnifuse.tasks.classify.features import (
+    NORMALIZATION,
+    FeatureSplit,
+    accuracy,
+    class_names,
+    fit_normalizers,
+    make_split,
+    raw_features,
+    save_normalizers,
+    split_samples,
 )
+from omnifuse.training.checkpoint import load_checkpoint, save_checkpoint
 from omnifuse.training.loop import TrainResult, prepare_run_dir, seed_everything
 from omnifuse.untrusted import read_text
-
-NORMALIZATION = "normalization.safetensors"
-
-
-@dataclass
-class FeatureSplit:
-    """Normalised features of one split: ``features[m]`` is ``[N, ...]``; ``labels`` are class indices;
-    ``holdout`` marks the training samples kept for a decision-level combiner."""
-
-    samples: list[Sample]
-    features: dict[str, torch.Tensor]
-    labels: torch.Tensor
-    holdout: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-
-# ------------------------------------------------------------------ features and labels
-def split_samples(recipe: ClassifierRecipe) -> tuple[list[Sample], list[Sample]]:
-    d = recipe.data
-    train = select_subset(load_data(d.train), d.train_limit, recipe.seed)
-    evaluation = select_subset(load_data(d.eval), d.eval_limit, d.eval_seed)
-    return train, evaluation
-
-
-def class_names(samples: list[Sample]) -> list[str]:
-    """The classes: the sorted set of training answers (stored in run.json)."""
-    return sorted({s.answer().strip() for s in samples})
-
-
-def label_indices(samples: list[Sample], classes: list[str], what: str) -> torch.Tensor:
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({s.answer().strip() for s in samples} - set(index))
-    if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:5])
-        raise OmnifuseError(
-            f"the {what} data has answers that no training sample has ({shown}{' …' if len(unknown) > 5 else ''}); "
-            "a classifier predicts only the training answers. Use eval data whose answers occur in training."
-        )
-    return torch.tensor([index[s.answer().strip()] for s in samples])
-
-
-def raw_features(recipe: ClassifierRecipe, samples: list[Sample], progress: bool) -> dict[str, torch.Tensor]:
-    form = recipe.model.feature_form()
-    return {
-        m: extract_features(samples, m, spec, form=form, progress=progress)
-        for m, spec in sorted(recipe.model.encoders.items())
-    }
-
-
-def fit_normalizers(recipe: ClassifierRecipe, train: dict[str, torch.Tensor]) -> dict[str, Normalizer]:
-    return {m: Normalizer.fit(recipe.model.normalization(m), x) for m, x in train.items()}
-
-
-def save_normalizers(path: Path, normalizers: dict[str, Normalizer]) -> None:
-    tensors = {k: v for m, n in normalizers.items() for k, v in n.tensors(m).items()}
-    save_tensors_atomic(tensors, path, {"modes": json.dumps({m: n.mode for m, n in normalizers.items()})})
-
-
-def load_normalizers(run: RunDir, recipe: ClassifierRecipe) -> dict[str, Normalizer]:
-    tensors = load_file(str(run.path / NORMALIZATION))
-    return {
-        m: Normalizer.from_tensors(recipe.model.normalization(m), tensors, m) for m in recipe.model.encoders
-    }
-
-
-def make_split(
-    samples: list[Sample],
-    raw: dict[str, torch.Tensor],
-    norms: dict[str, Normalizer],
-    classes: list[str],
-    what: str,
-) -> FeatureSplit:
-    return FeatureSplit(
-        samples, {m: norms[m](x) for m, x in raw.items()}, label_indices(samples, classes, what)
-    )
 
 
 # ------------------------------------------------------------------ modality dropout
@@ -208,29 +134,6 @@ def _batches(
     return DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
 
 
-@torch.no_grad()
-def predict(
-    model: FusionClassifier,
-    features: dict[str, torch.Tensor],
-    present: torch.Tensor | None = None,
-    batch: int = 1024,
-) -> torch.Tensor:
-    """Class logits ``[N, C]`` in eval mode (training mode is restored)."""
-    was = model.training
-    model.eval()
-    n = next(iter(features.values())).shape[0]
-    out = []
-    for s in range(0, n, batch):
-        chunk = {m: x[s : s + batch] for m, x in features.items()}
-        out.append(model(chunk, None if present is None else present[s : s + batch]))
-    model.train(was)
-    return torch.cat(out)
-
-
-def accuracy(model: FusionClassifier, split: FeatureSplit, present: torch.Tensor | None = None) -> float:
-    return (predict(model, split.features, present).argmax(-1) == split.labels).double().mean().item()
-
-
 def train_classifier(
     recipe: ClassifierRecipe,
     out: Path,
@@ -239,8 +142,6 @@ def train_classifier(
     progress: bool = True,
 ) -> TrainResult:
     """Extract (or load cached) features, train the fusion classifier into ``out``, evaluate it there."""
-    from omnifuse.eval.classifier import evaluate_classifier
-
     console = console or Console(stderr=True)
     run = RunDir(Path(out))
     if prepare_run_dir(run, recipe, resume):
@@ -277,6 +178,9 @@ def train_classifier(
         trainer.fit(resume)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
+        if recipe.privacy is not None:  # what `omnifuse eval` reports again: ε is spent by training
+            meta["epsilon"] = trainer.epsilon()
+            atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
         evaluate_classifier(run, recipe, model, evaluation, classes, trainer.epsilon(), progress=progress)
         return TrainResult(run, time.perf_counter() - start, trainer.steps, trainer.last_loss)
 

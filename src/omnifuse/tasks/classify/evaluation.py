@@ -2,6 +2,7 @@
 
 Writes into the run directory:
 
+- ``predictions.jsonl``: per sample its class, the prediction and whether it is right (``compare``);
 - ``eval.json``: accuracy (with a 95 % bootstrap interval), macro and per-class precision / recall / F1,
   the confusion matrix (:func:`omnifuse.eval.metrics.classification_scores`), ε spent under DP-SGD;
 - ``robustness.json``: accuracy with each modality missing, two ways — *zeroed* (its normalised features set
@@ -31,11 +32,12 @@ from omnifuse.eval.metrics import classification_scores  # noqa: E402
 from omnifuse.eval.runfiles import EPOCH, read_records  # noqa: E402
 from omnifuse.eval.stats import bootstrap_ci  # noqa: E402
 from omnifuse.models.classifier import FusionClassifier  # noqa: E402
-from omnifuse.recipe.schema import ClassifierRecipe  # noqa: E402
+from omnifuse.recipe import ClassifierRecipe  # noqa: E402
 from omnifuse.rundir import RunDir  # noqa: E402
-from omnifuse.training.classifier import FeatureSplit, accuracy  # noqa: E402
+from omnifuse.tasks.classify.features import FeatureSplit, accuracy, predict  # noqa: E402
 
 ROBUSTNESS_SEED = 1234
+PREDICTIONS = "predictions.jsonl"
 
 
 def robustness(
@@ -135,13 +137,11 @@ def evaluate_classifier(
     epsilon: float | None,
     progress: bool = True,
 ) -> dict:
-    """Score ``model`` on ``split`` and write eval.json, robustness.json, the plots and report.md."""
-    from omnifuse.training.classifier import predict
-
+    """Score ``model`` on ``split`` and write eval.json, predictions.jsonl, robustness.json, the plots and
+    report.md. The same scores at the end of training and in ``omnifuse eval``."""
     pred = predict(model, split.features).argmax(-1)
-    scores = classification_scores(
-        [classes[i] for i in split.labels.tolist()], [classes[i] for i in pred.tolist()], labels=classes
-    )
+    truth, guess = [classes[i] for i in split.labels.tolist()], [classes[i] for i in pred.tolist()]
+    scores = classification_scores(truth, guess, labels=classes)
     ci = bootstrap_ci(scores.correct)
     result = {
         "task": "classify",
@@ -161,6 +161,7 @@ def evaluate_classifier(
             "max_grad_norm": recipe.privacy.max_grad_norm,
         }
     atomic_write_text(run.path / "eval.json", json.dumps(result, indent=2))
+    write_predictions(run, split, truth, guess)
     rob = None
     if recipe.eval.robustness is not None:
         r = recipe.eval.robustness
@@ -170,6 +171,25 @@ def evaluate_classifier(
     curves = plot_curves(run.metrics_file, run.path / "curves.png")
     write_report(run, recipe, result, rob, curves)
     return result
+
+
+def write_predictions(run: RunDir, split: FeatureSplit, truth: list[str], guess: list[str]) -> None:
+    """RUN/predictions.jsonl: one line per sample, what ``omnifuse compare`` pairs (grouped by true class)."""
+    lines = [
+        json.dumps(
+            {
+                "id": s.id,
+                "correct": t == g,
+                "score": float(t == g),
+                "question_type": t,
+                "answer": t,
+                "prediction": g,
+            }
+        )
+        + "\n"
+        for s, t, g in zip(split.samples, truth, guess, strict=True)
+    ]
+    atomic_write_text(run.path / PREDICTIONS, "".join(lines))
 
 
 def write_report(run: RunDir, recipe: ClassifierRecipe, result: dict, rob: dict | None, curves: bool) -> None:
