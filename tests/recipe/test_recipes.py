@@ -263,3 +263,17 @@ def test_validate_names_the_allowed_modalities(tmp_path):
     out = proc.stdout + proc.stderr
     assert "'photo' is not a modality" in out and "image or audio" in out, out
     assert "Traceback" not in out
+
+
+def test_loading_a_recipe_imports_no_torch():
+    """Why the specs live in recipe/ (docs/architecture.md, Recipes): validating never loads torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from omnifuse.recipe import load_recipe; "
+        f"[load_recipe(p) for p in {[str(p) for p in RECIPES]!r}]; "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
