@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from omnifuse.cli import console
-from omnifuse.cli.common import app
+from omnifuse.cli.common import Progress, app
 from omnifuse.cli.render import print_explanation
 from omnifuse.errors import OmnifuseError
 
@@ -124,10 +124,12 @@ def explain(
         int | None,
         typer.Option(min=1, help="length of the greedy answer shown (default: the recipe's setting)"),
     ] = None,
+    progress: Progress = True,
 ) -> None:
     """Explain an answer: attention to image regions, gradient × input, with/without image, logit lens."""
     from omnifuse.explain import explain as run_explain
     from omnifuse.explain import open_image, write_explanation
+    from omnifuse.progress import progress_bar
     from omnifuse.rundir import RunDir
     from omnifuse.tasks import load_language_model
     from omnifuse.untrusted import check_out_dir
@@ -135,15 +137,20 @@ def explain(
     run = RunDir(run_dir).require_trained()  # bad input fails before the model loads
     picture = open_image(image)
     folder = check_out_dir(out_dir or Path(run_dir) / "explain")
-    recipe, model, processor = load_language_model(run)
-    expl = run_explain(
-        model,
-        processor,
-        picture,
-        question,
-        answer=answer,
-        layers=layers,
-        max_new_tokens=max_new_tokens or recipe.generation.max_new_tokens,
-    )
-    obj = write_explanation(expl, picture, folder, str(image))
+    recipe, model, processor = load_language_model(run, progress=progress)
+    # two steps: the answer with its attributions (generation, forward + backward, contributions, logit
+    # lens), then the heatmap PNGs
+    with progress_bar("explaining", 2, progress) as bar:
+        expl = run_explain(
+            model,
+            processor,
+            picture,
+            question,
+            answer=answer,
+            layers=layers,
+            max_new_tokens=max_new_tokens or recipe.generation.max_new_tokens,
+        )
+        bar.advance()
+        obj = write_explanation(expl, picture, folder, str(image))
+        bar.advance()
     print_explanation(expl, obj, folder)

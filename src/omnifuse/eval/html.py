@@ -36,6 +36,7 @@ from omnifuse.eval.runfiles import (
 )
 from omnifuse.models.stages import select_parameters
 from omnifuse.processing.processor import load_image
+from omnifuse.progress import progress_bar
 from omnifuse.rundir import RunDir
 from omnifuse.untrusted import open_image, read_text
 
@@ -130,7 +131,7 @@ def sample_cards(run: RunDir, n: int) -> list[dict[str, Any]]:
 
 
 def explanation_figures(
-    model, processor, cards: list[dict[str, Any]], n: int
+    model, processor, cards: list[dict[str, Any]], n: int, progress: bool = True
 ) -> tuple[list[dict], str | None]:
     """Attention and gradient × input heatmaps (omnifuse.explain) for the first ``n`` sample cards;
     (figures, why there are none)."""
@@ -140,7 +141,10 @@ def explanation_figures(
     from omnifuse.explain.render import heatmap_png
 
     figures: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        progress_bar("explaining samples", len(cards[:n]), progress) as bar,
+    ):
         for k, card in enumerate(cards[:n]):
             sample = card["sample"]
             image = load_image(sample.images()[0], sample.id)
@@ -169,6 +173,7 @@ def explanation_figures(
                         "image": png_data_url(path),
                     }
                 )
+            bar.advance()
     reason = (
         None
         if figures
@@ -209,7 +214,7 @@ def write_html_report(
     recipe, model, processor = loaded() if callable(loaded) else loaded
     heatmaps, no_heatmaps = [], None
     if explained:
-        heatmaps, no_heatmaps = explanation_figures(model, processor, cards, explained)
+        heatmaps, no_heatmaps = explanation_figures(model, processor, cards, explained, progress)
     curve = run.path / "loss.png"
     has_curve = plot_loss(run.metrics_file, curve)
     html = (
