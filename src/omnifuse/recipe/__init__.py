@@ -63,6 +63,7 @@ from omnifuse.recipe.components import (
 from omnifuse.recipe.features import (
     ClassifierDataSpec,
     FeatureEncoderSpec,
+    FeatureModelSpec,
     LogMelSpec,
     MiniLMSpec,
     Normalization,
@@ -137,6 +138,7 @@ __all__ = [
     "EncoderSpec",
     "EvalSpec",
     "FeatureEncoderSpec",
+    "FeatureModelSpec",
     "FusionPluginSpec",
     "FusionSpec",
     "GatedFusionSpec",

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from omnifuse.recipe.features import (
     ClassifierDataSpec,
     FeatureEncoderSpec,
-    Normalization,
+    FeatureModelSpec,
     check_feature_encoders,
 )
 from omnifuse.recipe.schema import Seed, Spec
@@ -98,13 +98,9 @@ AlignMethodSpec = Annotated[
 ]
 
 
-class AlignModelSpec(Spec):
+class AlignModelSpec(FeatureModelSpec):
     encoders: dict[str, FeatureEncoderSpec] = Field(
         description="the two modalities (image, audio or text) → frozen encoder; the first is A, the second B"
-    )
-    normalize: dict[str, Normalization] = Field(
-        default_factory=dict,
-        description="modality → standardize (train-split mean/std, the default), l2 or none",
     )
     text: Literal["answer", "question"] = Field(
         "answer",
@@ -120,9 +116,6 @@ class AlignModelSpec(Spec):
             )
         check_feature_encoders(self.encoders, self.normalize, "modalities")
         return self
-
-    def normalization(self, modality: str) -> str:
-        return self.normalize.get(modality, "standardize")
 
 
 class AlignTrainSpec(Spec):

@@ -1,5 +1,5 @@
 """The classifier recipe (``task: classify``): classic multimodal classification on cached frozen-encoder
-features (omnifuse.encoders.features, omnifuse.fusion.classic). Each fusion spec says which feature form
+features (omnifuse.models.features, omnifuse.fusion.classic). Each fusion spec says which feature form
 it reads (``features``: pooled vectors, token sequences, or either)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pydantic import Field, model_validator
 from omnifuse.recipe.features import (
     ClassifierDataSpec,
     FeatureEncoderSpec,
+    FeatureModelSpec,
     LogMelSpec,
-    Normalization,
     PixelsSpec,
     check_feature_encoders,
 )
@@ -131,13 +131,9 @@ ClassicFusionSpec = Annotated[
 ]
 
 
-class ClassifierModelSpec(Spec):
+class ClassifierModelSpec(FeatureModelSpec):
     encoders: dict[str, FeatureEncoderSpec] = Field(
         description="modality (image, audio or text) → frozen encoder whose features are cached"
-    )
-    normalize: dict[str, Normalization] = Field(
-        default_factory=dict,
-        description="modality → standardize (train-split mean/std, the default), l2 or none",
     )
     features: Literal["auto", "pooled", "tokens"] = Field(
         "auto", description="pooled vectors or token sequences; auto = what the fusion reads"
@@ -170,9 +166,6 @@ class ClassifierModelSpec(Spec):
     def feature_form(self) -> str:
         """``pooled`` or ``tokens``: what is extracted for this model."""
         return self.fusion.feature_forms[0] if self.features == "auto" else self.features
-
-    def normalization(self, modality: str) -> str:
-        return self.normalize.get(modality, "standardize")
 
 
 class ClassifierTrainSpec(Spec):

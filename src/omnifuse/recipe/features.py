@@ -1,5 +1,5 @@
 """The frozen-encoder features that classifiers (``task: classify``) and alignment (``task: align``) read:
-the encoders whose outputs are cached (omnifuse.encoders.features), their normalisation, the data.
+the encoders whose outputs are cached (omnifuse.models.features), their normalisation, the data.
 
 A sample's inputs are read from its user turn by modality: the image part, the audio part, or the
 text; each encoder spec says which one it reads (``reads``), and the modality names of these recipes are
@@ -66,6 +66,22 @@ FeatureEncoderSpec = Annotated[
 ]
 
 Normalization = Literal["standardize", "l2", "none"]
+
+
+class FeatureModelSpec(Spec):
+    """What the model sections of classifiers and alignments share: modality → frozen encoder whose
+    features are cached, and how each modality's features are normalised."""
+
+    encoders: dict[str, FeatureEncoderSpec] = Field(
+        description="modality (image, audio or text) → frozen encoder"
+    )
+    normalize: dict[str, Normalization] = Field(
+        default_factory=dict,
+        description="modality → standardize (train-split mean/std, the default), l2 or none",
+    )
+
+    def normalization(self, modality: str) -> str:
+        return self.normalize.get(modality, "standardize")
 
 
 def check_feature_encoders(encoders: Mapping[str, Spec], normalize: Mapping[str, str], who: str) -> None:

@@ -1,6 +1,6 @@
 """Training stages: what trains, at which learning rate, on which data, towards which objective.
 
-A stage is data (``omnifuse.training.stages.apply_stage`` interprets it in one place). Its ``objective``
+A stage is data (``omnifuse.models.stages.apply_stage`` interprets it in one place). Its ``objective``
 is a union tagged by ``type``: ``lm`` (next-token loss through the LLM), ``distill`` (cross-modal
 knowledge distillation, Ultravox) and ``qformer`` (BLIP-2 stage 1: ITC / ITM / ITG on image-caption
 pairs, the Q-Former alone). Recipes written before the union (``objective: generative`` plus flat
