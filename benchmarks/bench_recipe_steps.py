@@ -19,9 +19,9 @@ from bench_step import time_steps  # the same timing loop (this folder is on sys
 
 from omnifuse.data.sources import load_data
 from omnifuse.models.builders import build_model
+from omnifuse.models.stages import apply_stage, prepare_lora
 from omnifuse.recipe import load_recipe
 from omnifuse.recipes import RECIPES_DIR
-from omnifuse.training.stages import apply_stage, prepare_lora
 
 RECIPES = RECIPES_DIR
 

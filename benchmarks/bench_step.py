@@ -18,9 +18,9 @@ import torch
 
 from omnifuse.data.sources import load_data
 from omnifuse.models.builders import build_model
+from omnifuse.models.stages import apply_stage
 from omnifuse.recipe import load_recipe
 from omnifuse.recipes import RECIPES_DIR
-from omnifuse.training.stages import apply_stage
 
 QUICKSTART = RECIPES_DIR / "quickstart.yaml"
 

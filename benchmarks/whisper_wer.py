@@ -1,7 +1,7 @@
 """Whisper-base (converted from the packaged CTranslate2 weights) on real speech: WER and speed.
 
 Transcribes the LibriVox clips of Debian's pocketsphinx-testdata with both input modes of
-``omnifuse.audio.asr.Transcriber`` — padded to Whisper's 30 s window (the default) and the clip's real
+``omnifuse.encoders.audio.asr.Transcriber`` — padded to Whisper's 30 s window (the default) and the clip's real
 length plus 3 s of silence — and prints the corpus WER (Whisper's English normaliser on both sides) and
 seconds per clip, the real-length time as a ratio to the padded one. Then times the encoder alone on a
 2 s clip: omnifuse's real-length ``WhisperAudioEncoder`` against transformers' ``WhisperEncoder`` on the
@@ -19,7 +19,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from omnifuse.audio.asr import Transcriber
+from omnifuse.encoders.audio.asr import Transcriber
 from omnifuse.eval.metrics import normalize_transcript, word_error_rate
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")

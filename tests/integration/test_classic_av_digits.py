@@ -12,7 +12,7 @@ import yaml
 from omnifuse.audio.tts import espeak_available
 from omnifuse.cli import main
 from omnifuse.data.av_digits import export_av_digits
-from omnifuse.encoders import features
+from omnifuse.models import features
 from omnifuse.recipes import RECIPES_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")]

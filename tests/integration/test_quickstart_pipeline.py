@@ -18,9 +18,9 @@ from omnifuse.data.sample import load_jsonl
 from omnifuse.data.sources import resolve_data_path
 from omnifuse.llm import load_llm
 from omnifuse.models.builders import build_model
+from omnifuse.models.stages import apply_stage, prepare_lora
 from omnifuse.recipe import load_recipe
 from omnifuse.recipes import RECIPES_DIR
-from omnifuse.training.stages import apply_stage, prepare_lora
 
 pytestmark = pytest.mark.integration
 QUICKSTART = RECIPES_DIR / "quickstart.yaml"

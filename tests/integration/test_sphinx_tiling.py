@@ -15,9 +15,9 @@ from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_json
 from omnifuse.data.sources import resolve_data_path
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
+from omnifuse.models.stages import apply_stage, prepare_lora
 from omnifuse.recipe import load_recipe
 from omnifuse.recipes import RECIPES_DIR
-from omnifuse.training.stages import apply_stage, prepare_lora
 
 pytestmark = pytest.mark.integration
 SPHINX = RECIPES_DIR / "sphinx.yaml"

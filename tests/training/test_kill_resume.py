@@ -98,7 +98,7 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_p
 
 
 def test_a_kill_inside_the_checkpoint_swap_is_recovered(tmp_path):
-    from omnifuse.training.checkpoint import recover_dir
+    from omnifuse.atomic import recover_dir
 
     final = tmp_path / "checkpoint"
     old = tmp_path / ".checkpoint.old"

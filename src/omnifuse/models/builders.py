@@ -10,7 +10,6 @@ from collections.abc import Callable
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from omnifuse.audio.asr import Transcriber
 from omnifuse.components import Connector, Encoder, Fusion, ImageEncoder, missing_members
 from omnifuse.connectors import (
     LinearConnector,
@@ -21,6 +20,7 @@ from omnifuse.connectors import (
 )
 from omnifuse.connectors.qformer import build_qformer
 from omnifuse.connectors.stack import StackConnector
+from omnifuse.encoders.audio.asr import Transcriber
 from omnifuse.encoders.audio.whisper import build_whisper_encoder
 from omnifuse.encoders.multi import MultiEncoder
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0

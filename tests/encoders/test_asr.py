@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from omnifuse.assets import whisper
-from omnifuse.audio.asr import PROMPT, Transcriber
+from omnifuse.encoders.audio.asr import PROMPT, Transcriber
 from omnifuse.errors import OmnifuseError
 from tiny_whisper import IDS, write_tiny_ct2
 

@@ -33,6 +33,7 @@ from safetensors import safe_open
 from omnifuse.audio.io import SAMPLE_RATE, load_audio
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
+from omnifuse.models.weights import save_tensors_atomic
 from omnifuse.progress import progress_bar
 from omnifuse.recipe import (
     EfficientNetLite0Spec,
@@ -43,7 +44,6 @@ from omnifuse.recipe import (
     PixelsSpec,
     WhisperFeaturesSpec,
 )
-from omnifuse.training.checkpoint import save_tensors_atomic
 from omnifuse.untrusted import open_image
 
 PREPROCESS_VERSION = 2  # bump when an extractor's preprocessing changes, to invalidate cached features

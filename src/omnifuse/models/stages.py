@@ -1,5 +1,8 @@
 """Stages as data: one function applies a stage (what is frozen, LoRA or fully trained, at which lr).
 
+It sits with the models, below training: a stage speaks of a model's parts, and the run report and the run
+reload read which parameters the stages train without importing the training loop.
+
 The stage spec is interpreted here and only here. LoRA adapters come from PEFT
 (``inject_adapter_in_model``) and, once injected into a component, stay for the rest of the run (a later
 stage may freeze them); their parameters carry PEFT's ``lora_`` prefix.

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
-from omnifuse.encoders import features
-from omnifuse.encoders.features import Normalizer, extract_features
 from omnifuse.errors import OmnifuseError
+from omnifuse.models import features
+from omnifuse.models.features import Normalizer, extract_features
 from omnifuse.recipe import LogMelSpec, MiniLMSpec, PixelsSpec
 
 
