@@ -30,6 +30,20 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def _check_listen_options(host: str, port: int, log_level: str) -> str:
+    """Everything the user can get wrong on the command line, checked before the model loads (which takes
+    a while: a typo should fail in a second, as one paragraph); returns the log level in lower case."""
+    import uvicorn
+
+    if not 0 <= port <= 65535:  # 0: a free port the system picks (uvicorn logs which)
+        raise OmnifuseError(f"--port {port}: a TCP port is a number from 1 to 65535 (or 0 for any free one)")
+    levels = tuple(uvicorn.config.LOG_LEVELS)
+    if log_level.lower() not in levels:
+        raise OmnifuseError(f"--log-level {log_level!r}: choose one of {', '.join(levels)}")
+    _check_port_free(host, port)  # a busy port or an address that is not this machine's
+    return log_level.lower()
+
+
 @app.command()
 def serve(
     run_dir: Path,
@@ -64,15 +78,7 @@ def serve(
     from omnifuse.serve.server import ServerSettings, create_app
     from omnifuse.tasks import load_language_model
 
-    # Everything the user can get wrong on the command line is checked before the model loads,
-    # which takes a while: a typo should fail in a second, as one paragraph.
-    if not 0 <= port <= 65535:  # 0: a free port the system picks (uvicorn logs which)
-        raise OmnifuseError(f"--port {port}: a TCP port is a number from 1 to 65535 (or 0 for any free one)")
-    levels = tuple(uvicorn.config.LOG_LEVELS)
-    if log_level.lower() not in levels:
-        raise OmnifuseError(f"--log-level {log_level!r}: choose one of {', '.join(levels)}")
-    log_level = log_level.lower()
-    _check_port_free(host, port)  # a busy port or an address that is not this machine's
+    log_level = _check_listen_options(host, port, log_level)
     recipe, model, processor = load_language_model(RunDir(run_dir))
     g = recipe.generation
     settings = ServerSettings(
