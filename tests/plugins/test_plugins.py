@@ -124,3 +124,24 @@ def test_a_fusion_plugin_is_checked_against_the_fusion_contract(on_path, tmp_pat
     raw["model"]["fusion"] = {"type": "my_plugins.ScaledLinear"}
     with pytest.raises(OmnifuseError, match=r"ScaledLinear is not a fusion: it lacks bind"):
         parse_recipe(raw)
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ({"type": 5}, "unknown type '5'"),
+        ({}, "missing key type"),
+        ({"hidden": 3}, "missing key type"),
+        ("mlp", "must be a mapping with a type"),
+        ({"type": "a."}, "is not a dotted path to a class"),
+        ({"type": "os.path"}, "is a module, not a class"),
+        ({"type": "builtins.int"}, "int is not a connector"),
+    ],
+)
+def test_odd_types_are_named_not_crashed_on(tmp_path, section, expected):
+    raw = plugin_recipe(write_color_dataset(tmp_path / "data", n=3))
+    raw["model"]["encoders"]["image"] = {"type": "mobilenet_v2", "weights": None}
+    raw["model"]["connectors"]["image"] = section
+    with pytest.raises(OmnifuseError, match="model.connectors.image") as info:
+        parse_recipe(raw)
+    assert expected in str(info.value)

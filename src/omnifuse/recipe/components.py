@@ -34,7 +34,7 @@ def tagged(*specs: type[Spec], plugin: type[PluginSpec] | None = None) -> Any:
         t = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
         if plugin is not None and is_plugin(t, builtin):
             return PLUGIN
-        return t if isinstance(t, str) else None
+        return None if t is None else str(t)  # None: no `type` key (pydantic says it is missing)
 
     members = [Annotated[s, Tag(n)] for n, s in names.items()]
     if plugin is not None:

@@ -37,6 +37,12 @@ def _format_errors(source: str, err: ValidationError) -> str:
                 f"unknown type {e['ctx']['tag']!r}; use one of {names}, or a dotted path to your own class "
                 f"(package.module.ClassName, see {DOCS})"
             )
+        elif e["type"] == "union_tag_not_found":
+            msg = (
+                "missing key type: name the component, e.g. type: mlp (or a dotted path to your own class)"
+                if isinstance(e.get("input"), dict)
+                else "must be a mapping with a type, e.g. {type: mlp}"
+            )
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
             lines.append(f"  {loc}: {msg}; remove it or check its spelling (see docs/recipes.md)")
