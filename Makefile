@@ -24,6 +24,7 @@ test: assets
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports --no-cache  # the layer contract in pyproject.toml ([tool.importlinter])
 
 bench: assets
 	$(BIN)/python benchmarks/bench_llava.py
