@@ -28,9 +28,13 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture
 def tiny_loaded(tiny_run, monkeypatch):
     import omnifuse.tasks
+    import omnifuse.tasks.generate.load
 
     run, loaded, data = tiny_run
     monkeypatch.setattr(omnifuse.tasks, "load_language_model", lambda run, progress=True: loaded)
+    monkeypatch.setattr(
+        omnifuse.tasks.generate.load, "load_model", lambda run, progress=True: loaded
+    )  # report
     return run, data
 
 

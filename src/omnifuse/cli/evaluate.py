@@ -61,18 +61,11 @@ def report(
 ) -> None:
     """Write RUN/report.html: one self-contained page (recipe, stages, curves, scores, robustness,
     samples, heatmaps)."""
-    from omnifuse.eval.html import write_html_report
     from omnifuse.rundir import RunDir
-    from omnifuse.tasks import load_language_model
+    from omnifuse.tasks import task_of_run
 
     run = RunDir(run_dir)
-    path = write_html_report(
-        run,
-        loaded=lambda: load_language_model(run, progress=progress),
-        samples=samples,
-        explained=explained,
-        progress=progress,
-    )
+    path = task_of_run(run).report(run, samples=samples, explained=explained, progress=progress)
     console.out.print(f"report: {path}")
 
 

@@ -114,6 +114,10 @@ class Task(Protocol):
         """Reload a trained run, score it, write eval.json, predictions.jsonl and report.md into it."""
         ...
 
+    def report(self, run: RunDir, samples: int, explained: int, progress: bool) -> Path:
+        """``omnifuse report``: the run's page (RUN/report.html), or what to read instead."""
+        ...
+
     def load_language_model(self, run: RunDir, progress: bool = True, parts: dict | None = None) -> Any:
         """(recipe, model, processor) of a run that has a language model; otherwise a clear error."""
         ...
@@ -162,6 +166,13 @@ def no_tensorboard(tensorboard: bool) -> None:
             "--tensorboard is for LLM recipes; classifier and alignment runs log their epochs to "
             "RUN/metrics.jsonl (plotted in RUN/report.md)"
         )
+
+
+def no_html_report(run: RunDir, kind: str) -> OmnifuseError:
+    return OmnifuseError(
+        f"{run.path} is a {kind} run: its report is {run.path / 'report.md'} (with its plots), written by "
+        f"`omnifuse train` and rewritten by `omnifuse eval {run.path}`; report.html is for LLM runs"
+    )
 
 
 def no_language_model(run: RunDir, kind: str) -> OmnifuseError:

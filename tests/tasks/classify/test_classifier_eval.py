@@ -58,6 +58,9 @@ def test_eval_on_other_data_and_a_subset(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 9 and result["data"] == other and sum(map(sum, result["confusion"])) == 9
     assert "accuracy" in (run / "report.md").read_text()
+    # report.html is for LLM runs: the classifier's report.md is named instead.
+    assert main(["report", str(run), "--no-progress"]) == 2
+    assert "its report is" in capsys.readouterr().err.replace("\n", " ")
 
 
 def test_eval_of_a_private_run_reports_the_epsilon_training_spent(tmp_path, capsys):

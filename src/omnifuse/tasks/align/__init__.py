@@ -21,6 +21,7 @@ from omnifuse.tasks.base import (
     SweepRun,
     TableData,
     TrainDone,
+    no_html_report,
     no_language_model,
     no_tensorboard,
 )
@@ -71,6 +72,9 @@ class AlignTask:
 
         evaluation = evaluate_align_run(run, request.data, request.limit, progress=request.progress)
         return Evaluated(evaluation, eval_printout(run.path, evaluation))
+
+    def report(self, run: RunDir, samples: int, explained: int, progress: bool) -> Path:
+        raise no_html_report(run, "alignment")
 
     def load_language_model(self, run: RunDir, progress: bool = True, parts: dict | None = None):
         raise no_language_model(run, "alignment")

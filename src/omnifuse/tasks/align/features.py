@@ -17,8 +17,8 @@ import torch
 from omnifuse.alignment.retrieval import distinct_items
 from omnifuse.data.sample import Message, Sample, TextPart, select_subset
 from omnifuse.data.sources import load_data
-from omnifuse.models.features import Normalizer, extract_features
 from omnifuse.errors import OmnifuseError
+from omnifuse.models.features import Normalizer, extract_features
 from omnifuse.recipe import AlignRecipe
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnifuse.atomic import atomic_write_text
-from omnifuse.models.features import Normalizer
 from omnifuse.errors import OmnifuseError
+from omnifuse.models.features import Normalizer
 from omnifuse.models.weights import read_tensors, save_tensors_atomic
 from omnifuse.recipe import (
     AlignRecipe,

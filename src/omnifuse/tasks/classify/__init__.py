@@ -21,6 +21,7 @@ from omnifuse.tasks.base import (
     SweepRun,
     TableData,
     TrainDone,
+    no_html_report,
     no_language_model,
     no_tensorboard,
     percent,
@@ -62,6 +63,9 @@ class ClassifyTask:
         printout = scores_printout(run.path)
         printout.insert(1, confusion_table(result))
         return Evaluated(result, printout)
+
+    def report(self, run: RunDir, samples: int, explained: int, progress: bool) -> Path:
+        raise no_html_report(run, "classifier")
 
     def load_language_model(self, run: RunDir, progress: bool = True, parts: dict | None = None):
         raise no_language_model(run, "classifier")

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
-from omnifuse.models.features import Normalizer, extract_features
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.classifier import FusionClassifier
+from omnifuse.models.features import Normalizer, extract_features
 from omnifuse.models.weights import save_tensors_atomic
 from omnifuse.recipe import ClassifierRecipe
 from omnifuse.rundir import RunDir

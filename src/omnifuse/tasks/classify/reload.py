@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from omnifuse.data.sample import select_subset
 from omnifuse.data.sources import load_data
-from omnifuse.models.features import Normalizer
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.classifier import FusionClassifier, build_classifier
+from omnifuse.models.features import Normalizer
 from omnifuse.models.weights import load_weights
 from omnifuse.recipe import ClassifierRecipe
 from omnifuse.rundir import RunDir

@@ -65,6 +65,20 @@ class GenerateTask:
         )
         return Evaluated(outcome.summary(), eval_printout(outcome, run.path))
 
+    def report(self, run: RunDir, samples: int, explained: int, progress: bool) -> Path:
+        """RUN/report.html: scores, stages, curves, samples with heatmaps (the model loads once the run
+        files are checked)."""
+        from omnifuse.eval.html import write_html_report
+        from omnifuse.tasks.generate.load import load_model
+
+        return write_html_report(
+            run,
+            loaded=lambda: load_model(run, progress=progress),
+            samples=samples,
+            explained=explained,
+            progress=progress,
+        )
+
     def load_language_model(self, run: RunDir, progress: bool = True, parts: dict | None = None):
         from omnifuse.tasks.generate.load import load_model
 
