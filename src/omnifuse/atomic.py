@@ -71,14 +71,12 @@ def _old_beside(final: Path) -> Path:
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap the folder ``tmp`` into ``final``: an existing ``final`` is moved aside to ``.<name>.old``
     first, then removed (``recover_dir`` repairs a crash between the two renames)."""
-    old = None
+    old = _old_beside(final)
+    shutil.rmtree(old, ignore_errors=True)  # a stale one: recover_dir, where it matters, has run before
     if final.exists():
-        old = _old_beside(final)
-        shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

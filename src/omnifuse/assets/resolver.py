@@ -22,13 +22,13 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from omnifuse.assets.folders import check_local, check_model_folder
+from omnifuse.atomic import atomic_dir, atomic_write
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import check_safetensors
 
@@ -298,26 +298,14 @@ def _temp_name(final: Path) -> str:
 
 @contextlib.contextmanager
 def _atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``final``; on success it replaces ``final`` atomically
-    (an older version is moved aside and deleted), on failure it is removed."""
+    """``omnifuse.atomic.atomic_dir`` with this cache's temporary names (marked with our pid, so that
+    ``_clean_stale_temps`` removes only the leftovers of dead processes); every file readable."""
     final.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(final)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_name(final), dir=final.parent))
-    try:
+    with atomic_dir(final, prefix=_temp_name(final)) as tmp:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary user folder
         for f in tmp.iterdir():
-            f.chmod(0o644)
-        old = None
-        if final.exists():  # an outdated conversion: swap it out, then delete it
-            old = Path(tempfile.mkdtemp(prefix=_temp_name(final), dir=final.parent)) / "old"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old.parent, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            f.chmod(0o644)  # safetensors writes its files owner-only; the cache is an ordinary user folder
 
 
 def _atomic_save_safetensors(tensors: dict, final: Path, metadata: dict[str, str]) -> None:
@@ -325,15 +313,7 @@ def _atomic_save_safetensors(tensors: dict, final: Path, metadata: dict[str, str
 
     final.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(final)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temp_name(final), dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        tmp.chmod(0o644)  # mkstemp makes it private
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(final, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), prefix=_temp_name(final))
 
 
 # ------------------------------------------------------------------ conversions

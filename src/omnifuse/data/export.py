@@ -8,14 +8,11 @@ later call with the same manifest returns at once; any change of the manifest re
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from omnifuse.atomic import atomic_dir
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import check_out_dir
 
@@ -49,31 +46,21 @@ def write_export(
             f"the {what} folder {out_dir} already holds files and is not an earlier export (no {MARKER} in "
             "it); nothing was changed. Give a new or empty folder with --out"
         )
+    step = "create"  # how far the export got when an OSError came: create, build or swap
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        with atomic_dir(out_dir, prefix=f".{out_dir.name}.tmp-") as tmp:
+            step = "build"
+            build(tmp)
+            (tmp / MARKER).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            step = "swap"
     except OSError as exc:
-        raise OmnifuseError(
-            f"cannot create the {what} folder next to {out_dir} ({exc}); check the path and permissions."
-        ) from None
-    try:
-        build(tmp)
-        (tmp / MARKER).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        if out_dir.exists():
-            os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not is_complete(out_dir, manifest, files):
-                raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
+        if step == "create":
+            raise OmnifuseError(
+                f"cannot create the {what} folder next to {out_dir} ({exc}); check the path and permissions."
+            ) from None
+        if step == "swap" and is_complete(out_dir, manifest, files):
+            return  # a concurrent exporter finished first
         raise OmnifuseError(
             f"exporting {what} into {out_dir} failed ({exc}); check free disk space and write permission, "
             "then rerun."
         ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

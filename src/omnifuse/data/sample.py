@@ -20,7 +20,6 @@ import codecs
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from omnifuse.atomic import atomic_write
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, decode_text, read_bytes
 
@@ -486,19 +486,16 @@ def write_jsonl(samples: Iterable[Sample], path: Path | str) -> Path:
                 "keep meta to strings, finite numbers, booleans, null, lists and objects."
             ) from None
         lines.append(line.translate(_LINE_BREAK_ESCAPES))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="\n") as f:
             for line in lines:
                 f.write(line)
                 f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a data file should be readable like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 
