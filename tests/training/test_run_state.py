@@ -142,7 +142,7 @@ def test_a_failed_run_says_why(tmp_path, color_data, monkeypatch):
     def diverge(model, proc, samples, stage):
         return StepOutput(torch.tensor(float("nan"), requires_grad=True), {}, 8)
 
-    monkeypatch.setitem(loop.OBJECTIVES, "generative", diverge)
+    monkeypatch.setitem(loop.OBJECTIVES, "lm", diverge)
     recipe = parse_recipe(tiny_recipe_dict(color_data))
     with pytest.raises(OmnifuseError, match=r"stage 'align' step 1: the loss \(nan\) is not finite"):
         train(recipe, tmp_path / "run", parts=make_parts(), progress=False)

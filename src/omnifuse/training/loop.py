@@ -11,6 +11,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,12 @@ from omnifuse.models.stages import apply_stage, changed_parameters, prepare_lora
 from omnifuse.models.weights import save_weights
 from omnifuse.processing import Processor
 from omnifuse.progress import progress_bar
-from omnifuse.recipe import Recipe, Spec, StageSpec, dump_recipe
+from omnifuse.recipe import Recipe, RecipeDeprecation, Spec, StageSpec, dump_recipe, parse_recipe
 from omnifuse.rundir import RunDir
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step
 from omnifuse.training.qformer_pretrain import qformer_step
-from omnifuse.untrusted import check_out_dir, read_text
+from omnifuse.untrusted import check_out_dir, parse_yaml, read_text
 
 # StageSpec.objective.type → what one micro-batch computes (see training/objectives.py).
 OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample], StageSpec], StepOutput]] = {
@@ -346,6 +347,17 @@ def _truncate_metrics(path: Path, resume_from: dict | None, console: Console | N
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
+def _same_recipe(saved: str, recipe: Spec) -> bool:
+    """Whether a run's saved recipe reads as ``recipe`` (a run started by an older omnifuse keeps some
+    keys in their old spelling, e.g. ``objective: generative``; it resumes as the same recipe)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecipeDeprecation)
+        try:
+            return parse_recipe(parse_yaml(saved, "run recipe")) == recipe
+        except OmnifuseError:
+            return False
+
+
 def prepare_run_dir(run: RunDir, recipe: Spec, resume: bool) -> bool:
     """Create the run directory, refusing to overwrite an existing run unless resuming it. Returns True
     when ``resume`` finds the run finished and intact: then nothing is to be done and nothing was written."""
@@ -357,7 +369,7 @@ def prepare_run_dir(run: RunDir, recipe: Spec, resume: bool) -> bool:
         )
     if resume and run.recipe_file.is_file():
         saved = read_text(run.recipe_file, "run recipe")
-        if saved != dump_recipe(recipe):
+        if saved != dump_recipe(recipe) and not _same_recipe(saved, recipe):
             raise OmnifuseError(
                 f"--resume: the recipe differs from the one {run.path} was started with ({run.recipe_file}); "
                 "resume with the same recipe and overrides, or start a new run with --out"
