@@ -184,14 +184,12 @@ class Engine:
         cancelled: Callable[[int], bool] | None,
         prefill_chunk: int | None,
     ) -> Iterator[StepTokens]:
-        proc = self.processor
         mask = batch.attention_mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         generators = [
             torch.Generator().manual_seed(c.seed) if c.seed is not None and not c.greedy else None
             for c in cfgs
         ]
-        embed_tokens = self.model.llm.get_input_embeddings()
         n = embeds.shape[0]
         active = [c.max_new_tokens > 0 for c in cfgs]
         produced = [0] * n
@@ -199,38 +197,46 @@ class Engine:
         if not all(active):
             yield StepTokens([], {i: "length" for i in range(n) if not active[i]})
         while any(active):
-            if not use_cache:  # the reference path: recompute the whole sequence every step
-                res = forward(
-                    inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos, use_cache=False
-                )
-            elif past is None:
-                res = yield from self._prefill(forward, step_embeds, mask, step_pos, prefill_chunk)
-            else:
-                res = forward(
-                    inputs_embeds=step_embeds,
-                    attention_mask=mask,
-                    position_ids=step_pos,
-                    past_key_values=past,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+            res = yield from self._forward(
+                forward, step_embeds, mask, step_pos, past, use_cache, prefill_chunk
+            )
             if use_cache:
                 past = res.past_key_values
             step = self._select(res.logits[:, -1, :], cfgs, generators, active, produced, cancelled)
             yield step
             if not any(active):
                 break
-            nxt = [proc.pad_id] * n
-            for i, tok in step.tokens:
-                nxt[i] = tok
-            new_embed = embed_tokens(torch.tensor(nxt)).unsqueeze(1)
-            new_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
-            if use_cache:
-                step_embeds, step_pos = new_embed, new_pos
-            else:
-                step_embeds = torch.cat([step_embeds, new_embed], dim=1)
-                step_pos = torch.cat([step_pos, new_pos], dim=1)
+            step_embeds, step_pos, mask = self._next_inputs(step, step_embeds, step_pos, mask, use_cache)
+
+    def _forward(self, forward, embeds, mask, positions, past, use_cache: bool, prefill_chunk: int | None):
+        """One pass of the LLM for the next token: the whole sequence without the cache (the reference
+        path), the prompt through the cache (in chunks, with pauses) at the first step, else one column."""
+        if not use_cache:
+            return forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+        if past is None:
+            return (yield from self._prefill(forward, embeds, mask, positions, prefill_chunk))
+        return forward(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
+    def _next_inputs(self, step: StepTokens, embeds, positions, mask, use_cache: bool):
+        """The next pass's input embeddings, positions and mask: the new tokens (the pad token for rows
+        that stopped) appended — alone with the cache, to the whole sequence without it."""
+        n = embeds.shape[0]
+        nxt = [self.processor.pad_id] * n
+        for i, tok in step.tokens:
+            nxt[i] = tok
+        new_embed = self.model.llm.get_input_embeddings()(torch.tensor(nxt)).unsqueeze(1)
+        new_pos = positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
+        if use_cache:
+            return new_embed, new_pos, mask
+        return torch.cat([embeds, new_embed], dim=1), torch.cat([positions, new_pos], dim=1), mask
 
     def _select(self, logits, cfgs, generators, active, produced, cancelled) -> StepTokens:
         """Pick each active row's next token. A row whose selection raises finishes with "error"
