@@ -89,9 +89,9 @@ from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.encoders.vision.hf import from_config
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
+from omnifuse.models.stages import apply_stage
 from omnifuse.processing.processor import IGNORE_INDEX
 from omnifuse.recipe import parse_recipe
-from omnifuse.models.stages import apply_stage
 
 LLM_NAME = "smollm2-135m-instruct"
 PATCH = 32
