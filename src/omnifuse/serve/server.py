@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -338,6 +338,20 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(title="omnifuse", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
+    _add_error_handlers(app)
+    _add_api_routes(app, service, _authorizer(settings))
+    page = resources.files("omnifuse.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as OpenAI's error body: ours, Starlette's (404, 405) and unexpected ones (500)."""
 
     @app.exception_handler(P.APIError)
     async def api_error(request: Request, err: P.APIError):
@@ -351,6 +365,10 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     async def internal_error(request: Request, exc: Exception):
         log.exception("internal error on %s", request.url.path)
         return _error_response(P.APIError(500, f"internal error: {type(exc).__name__}", type_="server_error"))
+
+
+def _authorizer(settings: ServerSettings) -> Callable[[Request], None]:
+    """A check of the bearer token (constant-time), or none when the server has no API key."""
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -366,6 +384,12 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+    return authorize
+
+
+def _add_api_routes(app: FastAPI, service: ChatService, authorize: Callable[[Request], None]) -> None:
+    settings = service.settings
 
     @app.get("/health")
     async def health() -> dict:
@@ -403,12 +427,3 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
             return JSONResponse(await service.complete(req, job))
         finally:
             watcher.cancel()
-
-    page = resources.files("omnifuse.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
-
-    @app.get("/", response_class=HTMLResponse)
-    async def chat_page() -> HTMLResponse:
-        return HTMLResponse(page)
-
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    return app
