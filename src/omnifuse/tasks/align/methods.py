@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -67,6 +67,34 @@ class Context:
             description=f"align ({self.recipe.method.type})",
         )
         return history
+
+
+class Method(Protocol):
+    """One alignment method. ``trained`` is whatever its evaluation needs (a module, a fitted CCA, both)."""
+
+    def train(self, ctx: Context) -> tuple[Any, list[dict]]:
+        """Build and fit; the per-epoch history (loss and a held-out measure) beside the trained state."""
+        ...
+
+    def evaluate(self, ctx: Context, trained: Any) -> dict:
+        """eval.json's scores: the same at the end of training and in ``omnifuse eval``."""
+        ...
+
+    def predictions(self, ctx: Context, trained: Any) -> list[dict]:
+        """predictions.jsonl: one record per query (``compare`` pairs them)."""
+        ...
+
+    def weights(self, trained: Any) -> Tensors:
+        """What model.safetensors stores."""
+        ...
+
+    def restore(self, ctx: Context, tensors: Tensors, converged: bool) -> Any:
+        """The trained state again, from those weights."""
+        ...
+
+    def converged(self, trained: Any) -> bool:
+        """False when a solver stopped at its iteration limit (kept in the weights' metadata)."""
+        ...
 
 
 def _state(model: torch.nn.Module) -> Tensors:

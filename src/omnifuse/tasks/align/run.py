@@ -37,7 +37,14 @@ from omnifuse.recipe import (
 )
 from omnifuse.rundir import RunDir
 from omnifuse.tasks.align.features import Gallery, paired_features
-from omnifuse.tasks.align.methods import CCAMethod, Context, CycleMethod, DeepCCAMethod, DualEncoderMethod
+from omnifuse.tasks.align.methods import (
+    CCAMethod,
+    Context,
+    CycleMethod,
+    DeepCCAMethod,
+    DualEncoderMethod,
+    Method,
+)
 from omnifuse.tasks.align.report import plot_history, report_text
 from omnifuse.tasks.align.zero_shot import DeViSEMethod
 from omnifuse.training.loop import prepare_run_dir, seed_everything
@@ -46,7 +53,7 @@ from omnifuse.untrusted import check_safetensors, read_json
 PREDICTIONS = "predictions.jsonl"
 
 # method spec class → the method (train, evaluate, weights, restore, predictions)
-METHODS: dict[type, object] = {
+METHODS: dict[type, Method] = {
     ClipMethodSpec: DualEncoderMethod(),
     SigLipMethodSpec: DualEncoderMethod(),
     CCAMethodSpec: CCAMethod(),
@@ -109,7 +116,7 @@ def _fit(recipe: AlignRecipe, run: RunDir, progress: bool) -> dict:
     return _write_evaluation(run, ctx, method, trained, has_plot)
 
 
-def _write_evaluation(run: RunDir, ctx: Context, method, trained, has_plot: bool) -> dict:
+def _write_evaluation(run: RunDir, ctx: Context, method: Method, trained, has_plot: bool) -> dict:
     """eval.json, predictions.jsonl and report.md of ``trained`` on ``ctx``'s eval pairs."""
     evl = ctx.eval
     evaluation = {
