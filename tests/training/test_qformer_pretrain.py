@@ -205,3 +205,15 @@ def test_qformer_stage_refuses_samples_without_one_image(tmp_path, qformer_recip
     raw["stages"][0]["batch_size"] = 2
     with pytest.raises(OmnifuseError, match="sample t: .*one image each.*has 0"):
         train(parse_recipe(raw), tmp_path / "run", parts=make_parts(), progress=False)
+
+
+def test_a_qformer_stage_can_sum_a_subset_of_the_losses(tmp_path, qformer_recipe):
+    qformer_recipe["stages"] = qformer_recipe["stages"][:1]
+    qformer_recipe["stages"][0]["objective"] = {"type": "qformer", "losses": ["itc", "itg"]}
+    recipe = parse_recipe(qformer_recipe)
+    assert recipe.stages[0].objective.losses == ("itc", "itg")
+    train(recipe, tmp_path / "run", parts=make_parts(), progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:  # all three are logged; the loss is the chosen two
+        assert r["loss"] == pytest.approx(r["itc"] + r["itg"], abs=1e-5) and r["itm"] > 0
