@@ -180,6 +180,10 @@ def markdown_table(rows: Sequence[VariantSummary]) -> str:
     return "\n".join(lines)
 
 
+def _score_label(rows: Sequence[VariantSummary]) -> str:
+    return "mean R@1" if rows and all(s.alignment for s in rows) else "accuracy"
+
+
 def _plot(rows: Sequence[VariantSummary], x_of, xlabel: str, path: Path, log_x: bool) -> None:
     import matplotlib
 
@@ -195,7 +199,7 @@ def _plot(rows: Sequence[VariantSummary], x_of, xlabel: str, path: Path, log_x: 
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels (3×10⁶, 4×10⁶, …) collide
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%), mean ± 95 % CI over seeds")
+    ax.set_ylabel(f"{_score_label(rows)} (%), mean ± 95 % CI over seeds")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -62,8 +62,8 @@ def check_budget(sweep: Sweep) -> dict[str, int]:
             listed = ", ".join(f"{name}: {n}" for name, n in off.items())
             raise OmnifuseError(
                 f"sweep {sweep.spec.name!r} fixes the budget at {budget.samples} training samples, but "
-                f"{listed} (steps × batch_size × grad_accum summed over stages); adjust their steps "
-                "or remove the budget"
+                f"{listed} (an LLM recipe: steps × batch_size × grad_accum summed over stages; a classifier or "
+                "alignment recipe: epochs × training samples); adjust their steps or epochs, or remove the budget"
             )
     return counts
 
