@@ -229,12 +229,27 @@ def ct2_to_hf(model: CT2Model, token_ids: dict[str, int]):
 
     ``token_ids``: the tokenizer's ids of ``<|endoftext|>`` and ``<|startoftranscript|>``. Sizes come
     from the tensors themselves."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
     if model.spec != "WhisperSpec":
         raise OmnifuseError(f"the CTranslate2 model is a {model.spec!r}, not a WhisperSpec")
     taken = _Taken(model)
-    # Settings of CTranslate2's decoder that HF Whisper has fixed: check them, they carry no weights.
+    _expect_fixed_settings(taken)
+    state: dict[str, torch.Tensor] = {}
+    n_enc, n_dec = _layer_count(model, "encoder"), _layer_count(model, "decoder")
+    _encoder_state(taken, n_enc, state)
+    tied = _decoder_state(taken, model, n_dec, state)
+    config = _whisper_config(taken, state, n_enc, n_dec, tied, token_ids)
+    unused = taken.unused()
+    if unused:
+        raise OmnifuseError(
+            f"{len(unused)} CTranslate2 variable(s) have no place in HF Whisper: {', '.join(unused[:8])}"
+            f"{' …' if len(unused) > 8 else ''}"
+        )
+    _check_filled(config, state, tied)
+    return config, state
+
+
+def _expect_fixed_settings(taken: _Taken) -> None:
+    """Settings of CTranslate2's decoder that HF Whisper has fixed: checked, they carry no weights."""
     taken.expect("decoder/activation", _GELU, "GELU")
     taken.expect("decoder/pre_norm", 1, "pre-norm layers")
     taken.expect("decoder/alibi", 0, "no ALiBi")
@@ -245,26 +260,25 @@ def ct2_to_hf(model: CT2Model, token_ids: dict[str, int]):
     taken.expect("decoder/alignment_heads", 1, "default")
     taken.expect("decoder/alignment_layer", -1, "default, last layer")
 
-    state: dict[str, torch.Tensor] = {}
-    n_enc, n_dec = _layer_count(model, "encoder"), _layer_count(model, "decoder")
-    conv1 = taken.tensor("encoder/conv1/weight")
-    state["model.encoder.conv1.weight"] = conv1
+
+def _encoder_state(taken: _Taken, n_enc: int, state: dict[str, torch.Tensor]) -> None:
+    state["model.encoder.conv1.weight"] = taken.tensor("encoder/conv1/weight")
     state["model.encoder.conv1.bias"] = taken.tensor("encoder/conv1/bias")
     _linear(taken, "encoder/conv2", "model.encoder.conv2", state)
-    enc_pos = taken.tensor("encoder/position_encodings/encodings")
-    state["model.encoder.embed_positions.weight"] = enc_pos
+    state["model.encoder.embed_positions.weight"] = taken.tensor("encoder/position_encodings/encodings")
     for i in range(n_enc):
         _layer(taken, f"encoder/layer_{i}", f"model.encoder.layers.{i}", False, state)
     _norm(taken, "encoder/layer_norm", "model.encoder.layer_norm", state)
 
-    embed = taken.tensor("decoder/embeddings/weight")
-    state["model.decoder.embed_tokens.weight"] = embed
-    dec_pos = taken.tensor("decoder/position_encodings/encodings")
-    state["model.decoder.embed_positions.weight"] = dec_pos
+
+def _decoder_state(taken: _Taken, model: CT2Model, n_dec: int, state: dict[str, torch.Tensor]) -> bool:
+    """The decoder's weights into ``state``; returns whether the output projection is tied to the
+    embeddings (an alias in CTranslate2) rather than a variable of its own."""
+    state["model.decoder.embed_tokens.weight"] = taken.tensor("decoder/embeddings/weight")
+    state["model.decoder.embed_positions.weight"] = taken.tensor("decoder/position_encodings/encodings")
     for i in range(n_dec):
         _layer(taken, f"decoder/layer_{i}", f"model.decoder.layers.{i}", True, state)
     _norm(taken, "decoder/layer_norm", "model.decoder.layer_norm", state)
-    # The output projection: its own variable (untied), or an alias of the embeddings (tied).
     projection = "decoder/projection/weight"
     tied = projection not in model.variables
     if tied:
@@ -275,21 +289,26 @@ def ct2_to_hf(model: CT2Model, token_ids: dict[str, int]):
         taken.used_aliases.add(projection)
     else:
         state["proj_out.weight"] = taken.tensor(projection)
+    return tied
 
-    d_model = embed.shape[1]
+
+def _whisper_config(taken: _Taken, state, n_enc: int, n_dec: int, tied: bool, token_ids: dict[str, int]):
+    from transformers import WhisperConfig
+
+    embed = state["model.decoder.embed_tokens.weight"]
     ffn = "layer_0/ffn/linear_0/weight"
-    config = WhisperConfig(
+    return WhisperConfig(
         vocab_size=embed.shape[0],
-        num_mel_bins=conv1.shape[1],
-        d_model=d_model,
+        num_mel_bins=state["model.encoder.conv1.weight"].shape[1],
+        d_model=embed.shape[1],
         encoder_layers=n_enc,
         decoder_layers=n_dec,
         encoder_attention_heads=taken.scalar("encoder/num_heads"),
         decoder_attention_heads=taken.scalar("decoder/num_heads"),
         encoder_ffn_dim=taken.tensor(f"encoder/{ffn}").shape[0],
         decoder_ffn_dim=taken.tensor(f"decoder/{ffn}").shape[0],
-        max_source_positions=enc_pos.shape[0],
-        max_target_positions=dec_pos.shape[0],
+        max_source_positions=state["model.encoder.embed_positions.weight"].shape[0],
+        max_target_positions=state["model.decoder.embed_positions.weight"].shape[0],
         activation_function="gelu",
         scale_embedding=False,
         tie_word_embeddings=tied,
@@ -298,12 +317,12 @@ def ct2_to_hf(model: CT2Model, token_ids: dict[str, int]):
         pad_token_id=token_ids["<|endoftext|>"],
         decoder_start_token_id=token_ids["<|startoftranscript|>"],
     )
-    unused = taken.unused()
-    if unused:
-        raise OmnifuseError(
-            f"{len(unused)} CTranslate2 variable(s) have no place in HF Whisper: {', '.join(unused[:8])}"
-            f"{' …' if len(unused) > 8 else ''}"
-        )
+
+
+def _check_filled(config, state: dict[str, torch.Tensor], tied: bool) -> None:
+    """Every parameter of HF Whisper set, none unknown, each of its shape."""
+    from transformers import WhisperForConditionalGeneration
+
     with torch.device("meta"):  # names and shapes only, no memory
         expected = {k: v.shape for k, v in WhisperForConditionalGeneration(config).state_dict().items()}
     if tied:
@@ -320,7 +339,6 @@ def ct2_to_hf(model: CT2Model, token_ids: dict[str, int]):
         raise OmnifuseError(
             f"the CTranslate2 Whisper model does not fill HF Whisper's parameters ({details})"
         )
-    return config, state
 
 
 # ------------------------------------------------------------------ the Hugging Face folder
