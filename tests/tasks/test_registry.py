@@ -47,3 +47,16 @@ def test_printout_helpers():
     assert percent(0.857, (0.835, 0.878)) == "85.7 % [83.5, 87.8]" and percent(0.5) == "50.0 %"
     table = TableData("t", ("a", "b"), (("1", "2"),))
     assert table.left == (0,)
+
+
+def test_the_registry_imports_without_torch():
+    """`validate` asks the registry for a recipe's task: that must not load torch (seconds)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import omnifuse.tasks; "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
