@@ -103,3 +103,10 @@ def test_an_import_that_runs_back_up_breaks_the_contract(tmp_path, importer, imp
     res = lint_imports(_fixture_package(tmp_path, (importer, imported)), tmp_path, pythonpath=tmp_path)
     assert res.returncode != 0, res.stdout
     assert "BROKEN" in res.stdout and f"layered.{importer} -> layered.{imported}" in res.stdout, res.stdout
+
+
+def test_the_architecture_doc_lists_the_layers_of_the_contract():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc.split("## Layers", 1)[1].split("```", 2)[1]
+    listed = [line.split("  ")[0].strip() for line in section.strip().splitlines()]
+    assert listed == layers_contract()["layers"]
