@@ -13,13 +13,8 @@ from PIL import Image
 from omnifuse.cli import main
 from omnifuse.errors import OmnifuseError
 from omnifuse.explain import explain, parse_layers, write_explanation
-from omnifuse.explain.attribution import (
-    ExplainInputs,
-    answer_token_ids,
-    encode_prompt,
-    input_box,
-    to_image,
-)
+from omnifuse.explain.attribution import input_box, to_image
+from omnifuse.explain.inputs import ExplainInputs, answer_token_ids, encode_prompt
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
 from tiny import TinyVisionEncoder, make_parts, tiny_recipe_dict
