@@ -48,8 +48,8 @@ class TrainDone:
 
 @dataclass(frozen=True)
 class EvalRequest:
-    """``omnifuse eval RUN`` options; a task ignores those it has no use for (``blind``, ``manifest`` and
-    ``robustness`` are the VQA evaluator's)."""
+    """``omnifuse eval RUN`` options (``blind``, ``manifest`` and ``robustness`` are the VQA evaluator's:
+    other tasks refuse them, :func:`vqa_options_refused`)."""
 
     data: str | None = None
     limit: int | None = None
@@ -165,6 +165,23 @@ def no_tensorboard(tensorboard: bool) -> None:
         raise OmnifuseError(
             "--tensorboard is for LLM recipes; classifier and alignment runs log their epochs to "
             "RUN/metrics.jsonl (plotted in RUN/report.md)"
+        )
+
+
+def vqa_options_refused(request: EvalRequest, kind: str, robustness: str) -> None:
+    given = [
+        flag
+        for flag, value in (
+            ("--blind", request.blind),
+            ("--manifest", request.manifest),
+            ("--robustness", request.robustness),
+        )
+        if value
+    ]
+    if given:
+        raise OmnifuseError(
+            f"{' and '.join(given)}: for LLM runs (VQA); a {kind} run is evaluated on --data / --limit only"
+            f" ({robustness})"
         )
 
 

@@ -58,6 +58,8 @@ def test_eval_on_other_data_and_a_subset(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 9 and result["data"] == other and sum(map(sum, result["confusion"])) == 9
     assert "accuracy" in (run / "report.md").read_text()
+    assert main(["eval", str(run), "--blind", "--robustness"]) == 2
+    assert "--blind and --robustness: for LLM runs" in capsys.readouterr().err.replace("\n", " ")
     # report.html is for LLM runs: the classifier's report.md is named instead.
     assert main(["report", str(run), "--no-progress"]) == 2
     assert "its report is" in capsys.readouterr().err.replace("\n", " ")

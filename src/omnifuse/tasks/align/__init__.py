@@ -24,6 +24,7 @@ from omnifuse.tasks.base import (
     no_html_report,
     no_language_model,
     no_tensorboard,
+    vqa_options_refused,
 )
 
 
@@ -70,6 +71,7 @@ class AlignTask:
     def evaluate(self, run: RunDir, request: EvalRequest) -> Evaluated:
         from omnifuse.tasks.align.run import evaluate_align_run
 
+        vqa_options_refused(request, "alignment", "retrieval is scored against its chance level in eval.json")
         evaluation = evaluate_align_run(run, request.data, request.limit, progress=request.progress)
         return Evaluated(evaluation, eval_printout(run.path, evaluation))
 

@@ -25,6 +25,7 @@ from omnifuse.tasks.base import (
     no_language_model,
     no_tensorboard,
     percent,
+    vqa_options_refused,
 )
 
 
@@ -59,6 +60,11 @@ class ClassifyTask:
     def evaluate(self, run: RunDir, request: EvalRequest) -> Evaluated:
         from omnifuse.tasks.classify.reload import evaluate_classifier_run
 
+        vqa_options_refused(
+            request,
+            "classifier",
+            "its robustness to missing and noisy modalities: eval.robustness in the recipe",
+        )
         result = evaluate_classifier_run(run, request.data, request.limit, progress=request.progress)
         printout = scores_printout(run.path)
         printout.insert(1, confusion_table(result))
