@@ -125,3 +125,26 @@ def test_a_sweep_mixing_tasks_is_refused(av_set, tmp_path, capsys):
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     assert main(["sweep", str(tmp_path / "sweep.yaml"), "--plan"]) == 2
     assert "mixes tasks (a: align, c: classify)" in capsys.readouterr().err
+
+
+def test_eval_of_a_devise_run_scores_zero_shot_again(av_set, tmp_path, capsys):
+    from omnifuse.assets import get_asset, is_installed
+
+    if not is_installed(get_asset("all-minilm-l6-v2")):
+        pytest.skip("needs the packaged MiniLM")
+    raw = recipe_dict({"type": "devise", "heldout": ["3"]}, *av_set, epochs=2)
+    raw["model"] = {"encoders": {"image": {"type": "pixels", "size": 12}, "text": {"type": "minilm"}},
+                    "normalize": {"text": "none"}}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(run), "--no-progress"]) == 0
+    trained = json.loads((run / "eval.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--no-progress"]) == 0
+    assert "zero-shot accuracy" in capsys.readouterr().out
+    assert _close(trained, json.loads((run / "eval.json").read_text()))
+    lines = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all(x["answer"] == "3" for x in lines)  # the held-out class's eval samples
+    assert sum(x["correct"] for x in lines) / 4 == pytest.approx(
+        trained["zero_shot"]["zero_shot_accuracy_all"]
+    )
