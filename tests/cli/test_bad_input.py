@@ -381,7 +381,7 @@ RESUMES = [
     C("resume-weights-half", "weights.safetensors", resume(lambda run: bad.half_file(run / "checkpoint/weights.safetensors"))),
     C("resume-weights-nan", "NaN", resume(nan_weights("checkpoint/weights.safetensors"))),
     C("resume-rng-empty", "rng.safetensors", resume(put("checkpoint/rng.safetensors", b""))),
-    C("resume-recipe-edited", "recipe", resume(append(R, "# edited\n"))),
+    C("resume-recipe-edited", "recipe differs", resume(append(R, "seed: 7\n"))),
     C("resume-recipe-latin1", R, resume(put(R, bad.latin1("name: caf\xe9\n")))),
     C("resume-status-garbled", "status.json", resume(put("status.json", "{"))),
 ]

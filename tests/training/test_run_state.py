@@ -76,6 +76,22 @@ def test_resuming_a_finished_run_changes_nothing(finished, tmp_path):
     assert after == before
 
 
+@pytest.mark.parametrize("edit", ["recipe.yaml", "model.safetensors"])
+def test_resuming_a_finished_run_whose_files_changed_is_refused_not_retrained(finished, tmp_path, edit):
+    """The recipe still reads the same (a comment added) or the weights were replaced: the hashes of
+    status.json differ, and --resume must neither retrain nor rewrite anything."""
+    data, run = finished
+    run = _copy(run, tmp_path / "run")
+    with (run / edit).open("ab") as fh:
+        fh.write(b"# edited\n" if edit == "recipe.yaml" else b"")
+    if edit == "model.safetensors":
+        (run / edit).unlink()
+    before = {p.name: sha256_file(p) for p in run.iterdir() if p.is_file()}
+    with pytest.raises(OmnifuseError, match=f"finished training, but {edit} changed since"):
+        train(parse_recipe(tiny_recipe_dict(data)), run, resume=True, parts=make_parts(), progress=False)
+    assert {p.name: sha256_file(p) for p in run.iterdir() if p.is_file()} == before
+
+
 def test_a_kill_between_the_final_checkpoint_and_the_weights_resumes_to_the_trained_weights(
     finished, tmp_path
 ):

@@ -374,8 +374,16 @@ def prepare_run_dir(run: RunDir, recipe: Spec, resume: bool) -> bool:
                 f"--resume: the recipe differs from the one {run.path} was started with ({run.recipe_file}); "
                 "resume with the same recipe and overrides, or start a new run with --out"
             )
-        if run.intact_finished():
-            return True
+        state = run.state()
+        if state is not None and state.status == "finished":
+            changed = run.changed_files(state)
+            if not changed:
+                return True
+            raise OmnifuseError(
+                f"--resume: {run.path} finished training, but {' and '.join(changed)} changed since (the "
+                "hashes in status.json differ); nothing was changed. Restore the files, or train again into "
+                "a new --out"
+            )
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.recipe_file, dump_recipe(recipe))
     return False
