@@ -228,6 +228,31 @@ def test_objectives_are_a_tagged_union_and_the_old_flat_form_is_still_read():
         QFormerObjective(type="qformer", losses=("itc", "itc"))
 
 
+def test_the_cli_says_an_old_spelling_as_one_note_and_hides_library_warnings(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    import omnifuse.recipe
+    from omnifuse.cli import main
+
+    old = base()
+    old["stages"][0].update(objective="generative")
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(old))
+    real = omnifuse.recipe.load_recipe
+
+    def noisy(*args, **kwargs):  # a library warning raised while the verb runs
+        warnings.warn("some library's internal notice", UserWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(omnifuse.recipe, "load_recipe", noisy)
+    assert main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {path}: stage " in err and "write `objective: {type: lm}`" in err, err
+    assert "RecipeDeprecation" not in err and "library's internal notice" not in err, err
+    assert main(["validate", str(path), "--debug"]) == 0
+    assert "library's internal notice" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "name, expected",
     [

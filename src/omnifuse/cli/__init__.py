@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 
 import typer
 from rich.markup import escape
@@ -19,6 +20,7 @@ from rich.markup import escape
 from omnifuse.cli import console
 from omnifuse.cli.common import app
 from omnifuse.errors import OmnifuseError
+from omnifuse.recipe import RecipeDeprecation
 
 # Each import registers its verbs; their order is the order of `omnifuse --help`.
 # isort: off
@@ -35,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         args.remove("--debug")
     try:
-        result = app(args=args, prog_name="omnifuse", standalone_mode=False)
+        with warnings.catch_warnings():  # restores the caller's hook and filters (tests call main in-process)
+            warnings.showwarning = _warning_printer(debug)
+            if debug:
+                warnings.simplefilter("default")  # each warning once per place, as Python shows them
+            result = app(args=args, prog_name="omnifuse", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
@@ -60,3 +66,16 @@ def main(argv: list[str] | None = None) -> int:
             "This is a bug in omnifuse; rerun with --debug for the traceback and report it."
         )
         return 1
+
+
+def _warning_printer(debug: bool):
+    """Our own notices (an old recipe spelling) as one line on stderr; other libraries' warnings only
+    with --debug, in Python's format."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RecipeDeprecation):
+            console.err.print(f"[yellow]note:[/yellow] {escape(str(filename))}: {escape(str(message))}")
+        elif debug:
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    return show
