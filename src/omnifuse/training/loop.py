@@ -216,12 +216,28 @@ class Trainer:
         save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
         return TrainResult(run, time.perf_counter() - start, total_steps, last_loss)
 
+    def _accumulate(self, stage, samples, order, step) -> tuple[float, dict[str, float], int, int]:
+        """Forward and backward over the ``grad_accum`` micro-batches of one optimizer step: the mean loss,
+        its named parts, the tokens and the sequences seen."""
+        objective, micro = OBJECTIVES[stage.objective.type], stage.batch_size
+        total_loss, n_tokens, n_seq = 0.0, 0, 0
+        parts: dict[str, float] = {}
+        for a in range(stage.grad_accum):
+            first = (step * stage.grad_accum + a) * micro
+            batch = [samples[order(first + i)] for i in range(micro)]
+            out = objective(self.model, self.processor, batch, stage)
+            (out.loss / stage.grad_accum).backward()
+            total_loss += out.loss.item() / stage.grad_accum
+            for key, value in out.parts.items():
+                parts[key] = parts.get(key, 0.0) + value / stage.grad_accum
+            n_tokens += out.num_tokens
+            n_seq += micro
+        return total_loss, parts, n_tokens, n_seq
+
     def _run_stage(self, si, stage, optimizer, groups, samples, steps, step, changed) -> float | None:
-        model, proc, run = self.model, self.processor, self.run
+        model, run = self.model, self.run
         balanced = balance_groups(samples, stage.balance_by) if stage.balance_by else None
         order = sample_order(len(samples), self.recipe.seed, si, balanced)
-        micro = stage.batch_size
-        objective = OBJECTIVES[stage.objective.type]
         model.train()
         model.encoders.eval()  # CNN batch-norm statistics stay the pretrained ones
         loss_value = None
@@ -231,17 +247,7 @@ class Trainer:
                 factor = lr_factor(step, steps, stage.warmup, stage.min_lr_ratio)
                 for g in groups:
                     g["lr"] = g["base_lr"] * factor
-                total_loss, n_tokens, n_seq = 0.0, 0, 0
-                parts: dict[str, float] = {}
-                for a in range(stage.grad_accum):
-                    first = (step * stage.grad_accum + a) * micro
-                    out = objective(model, proc, [samples[order(first + i)] for i in range(micro)], stage)
-                    (out.loss / stage.grad_accum).backward()
-                    total_loss += out.loss.item() / stage.grad_accum
-                    for key, value in out.parts.items():
-                        parts[key] = parts.get(key, 0.0) + value / stage.grad_accum
-                    n_tokens += out.num_tokens
-                    n_seq += micro
+                total_loss, parts, n_tokens, n_seq = self._accumulate(stage, samples, order, step)
                 params = [p for g in groups for p in g["params"]]
                 grad_norm = (
                     torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm).item()
