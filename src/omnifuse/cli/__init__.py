@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
+    else:  # transformers' own notices (logged, not warned) are for its developers; --debug shows them
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         with warnings.catch_warnings():  # restores the caller's hook and filters (tests call main in-process)
             warnings.showwarning = _warning_printer(debug)
