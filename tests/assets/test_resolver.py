@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from omnifuse import assets
-from omnifuse.assets import resolver
+from omnifuse.assets import cachefiles, resolver
 from omnifuse.errors import OmnifuseError
 
 MISSING_MODULE = "omnifuse_tests_no_such_package"
@@ -209,12 +209,12 @@ def test_stale_temporaries_and_outdated_files_are_replaced(tmp_cache):
 
 def test_atomic_dir_replaces_whole_folders(tmp_path):
     final = tmp_path / "llm" / "model"
-    with pytest.raises(RuntimeError), resolver._atomic_dir(final) as tmp:
+    with pytest.raises(RuntimeError), cachefiles.writing_dir(final) as tmp:
         (tmp / "config.json").write_text("{}")
         raise RuntimeError("interrupted")
     assert not final.exists() and list(final.parent.iterdir()) == []
     for version in ("1", "2"):  # the second run swaps out the first
-        with resolver._atomic_dir(final) as tmp:
+        with cachefiles.writing_dir(final) as tmp:
             (tmp / "version").write_text(version)
     assert (final / "version").read_text() == "2"
     assert [p.name for p in final.parent.iterdir()] == ["model"]

@@ -21,20 +21,18 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from omnifuse.assets.cachefiles import save_safetensors, writing_dir
 from omnifuse.assets.folders import check_local, check_model_folder
-from omnifuse.atomic import atomic_dir, atomic_write
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import check_safetensors
 
 CACHE_ENV = "OMNIFUSE_CACHE"
 _STAMP = "omnifuse-asset.json"  # written last into a converted folder: which package/version it came from
-_TMP_MARK = ".tmp-"  # temporary siblings are named .<name>.tmp-<pid>-<random>
 
 
 class AssetKind(str, Enum):
@@ -263,59 +261,6 @@ def is_prepared(asset: PackagedAsset) -> bool:
     return is_installed(asset)
 
 
-def _clean_stale_temps(final: Path) -> None:
-    """Remove temporaries left by conversions whose process died (SIGKILL, power loss)."""
-    prefix = f".{final.name}{_TMP_MARK}"
-    if not final.parent.is_dir():
-        return
-    for entry in final.parent.iterdir():
-        if not entry.name.startswith(prefix):
-            continue
-        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
-        if pid_text.isdigit() and _pid_alive(int(pid_text)):
-            continue  # another process is converting right now
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers from an earlier failed attempt
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _temp_name(final: Path) -> str:
-    return f".{final.name}{_TMP_MARK}{os.getpid()}-"
-
-
-@contextlib.contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
-    """``omnifuse.atomic.atomic_dir`` with this cache's temporary names (marked with our pid, so that
-    ``_clean_stale_temps`` removes only the leftovers of dead processes); every file readable."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temps(final)
-    with atomic_dir(final, prefix=_temp_name(final)) as tmp:
-        yield tmp
-        for f in tmp.iterdir():
-            f.chmod(0o644)  # safetensors writes its files owner-only; the cache is an ordinary user folder
-
-
-def _atomic_save_safetensors(tensors: dict, final: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temps(final)
-    atomic_write(final, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), prefix=_temp_name(final))
-
-
 # ------------------------------------------------------------------ conversions
 def _convert_weights(asset: PackagedAsset) -> Path:
     """Packaged ``.pth`` state dict → safetensors in the cache (loaded with weights_only=True)."""
@@ -325,7 +270,7 @@ def _convert_weights(asset: PackagedAsset) -> Path:
     state = torch.load(src, map_location="cpu", weights_only=True)
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
     final = cache_path(asset)
-    _atomic_save_safetensors(tensors, final, {"omnifuse-asset": json.dumps(_stamp(asset), sort_keys=True)})
+    save_safetensors(tensors, final, {"omnifuse-asset": json.dumps(_stamp(asset), sort_keys=True)})
     return final
 
 
@@ -412,7 +357,7 @@ def _convert_llm(asset: PackagedAsset, progress: bool) -> Path:
     with (
         _steps(f"converting {asset.name} (once, ~40 s)", 4, progress) as step,
         _quiet_transformers(),
-        _atomic_dir(final) as tmp,
+        writing_dir(final) as tmp,
     ):
         step("reading GGUF tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
@@ -450,7 +395,7 @@ def _convert_audio(asset: PackagedAsset, progress: bool) -> Path:
     with (
         _steps(f"converting {asset.name} (once, ~10 s)", 4, progress) as step,
         _quiet_transformers(),
-        _atomic_dir(final) as tmp,
+        writing_dir(final) as tmp,
     ):
         write_hf_whisper([model_part1, model_part2], tokenizer_file, ct2_config, tmp, step=step)
         (tmp / _STAMP).write_text(json.dumps(_stamp(asset), indent=2) + "\n")
