@@ -131,6 +131,17 @@ class Batch:
             "media_lengths": self.media_lengths,
         }
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with every tensor on ``device`` (one copy per tensor)."""
+        move = {k: v.to(device, non_blocking=True) for k, v in self.media.items()}
+        lengths = {k: v.to(device, non_blocking=True) for k, v in self.media_lengths.items()}
+        labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
+        return Batch(
+            self.input_ids.to(device, non_blocking=True),
+            self.attention_mask.to(device, non_blocking=True),
+            labels, move, dict(self.media_counts), list(self.sample_ids), lengths,
+        )  # fmt: skip
+
 
 class Processor:
     def __init__(
@@ -154,6 +165,9 @@ class Processor:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         )
         self.stop_ids = self._stop_ids()
+        # Where collate puts its batches: the model's device, set by whoever places the model
+        # (omnifuse.runtime.place_model's callers); batches are built on the CPU and copied once.
+        self.device = torch.device("cpu")
         self._markers: dict[str, list[int]] = {}
 
     def _stop_ids(self) -> list[int]:
@@ -282,14 +296,15 @@ class Processor:
         if not encoded:
             raise ValueError("cannot collate an empty batch")
         width = max(len(e.input_ids) for e in encoded)
-        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        cpu = torch.device("cpu")
+        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long, device=cpu)
+        labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long, device=cpu)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long, device=cpu)
         for b, e in enumerate(encoded):
             n = len(e.input_ids)
             sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
-            ids[b, sl] = torch.tensor(e.input_ids)
-            labels[b, sl] = torch.tensor(e.labels)
+            ids[b, sl] = torch.tensor(e.input_ids, device=cpu)
+            labels[b, sl] = torch.tensor(e.labels, device=cpu)
             mask[b, sl] = 1
         media, counts, lengths = {}, {}, {}
         for modality, slot in self.media.items():
@@ -301,9 +316,10 @@ class Processor:
                 media[modality] = torch.stack(items)
                 continue
             # Variable length: pad the last axis with zeros to the longest item, and keep the lengths.
-            lengths[modality] = torch.tensor([t.shape[-1] for t in items])
+            lengths[modality] = torch.tensor([t.shape[-1] for t in items], device=cpu)
             longest = int(lengths[modality].max())
             media[modality] = torch.stack([F.pad(t, (0, longest - t.shape[-1])) for t in items])
         has_labels = bool((labels != IGNORE_INDEX).any())
         ids_list = [e.sample_id for e in encoded]
-        return Batch(ids, mask, labels if has_labels else None, media, counts, ids_list, lengths)
+        batch = Batch(ids, mask, labels if has_labels else None, media, counts, ids_list, lengths)
+        return batch if self.device.type == "cpu" else batch.to(self.device)

@@ -90,6 +90,7 @@ from omnifuse.recipe.plugins import (
     FusionPluginSpec,
     PluginSpec,
 )
+from omnifuse.recipe.runtime import DistributedSpec, RuntimeSpec
 from omnifuse.recipe.schema import (
     Modality,
     Seed,
@@ -132,6 +133,7 @@ __all__ = [
     "DeViSEMethodSpec",
     "DeepCCAMethodSpec",
     "DistillObjective",
+    "DistributedSpec",
     "EarlyFusionSpec",
     "EfficientNetLite0Spec",
     "EncoderPluginSpec",
@@ -173,6 +175,7 @@ __all__ = [
     "RecipeDeprecation",
     "Recipe",
     "RobustnessSpec",
+    "RuntimeSpec",
     "Seed",
     "SigLipMethodSpec",
     "Spec",

@@ -14,6 +14,7 @@ from omnifuse.recipe.features import (
     FeatureModelSpec,
     check_feature_encoders,
 )
+from omnifuse.recipe.runtime import RuntimeSpec
 from omnifuse.recipe.schema import Seed, Spec
 
 
@@ -137,6 +138,7 @@ class AlignRecipe(Spec):
     model: AlignModelSpec
     data: ClassifierDataSpec
     train: AlignTrainSpec = AlignTrainSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
 
     @model_validator(mode="after")
     def _check(self) -> AlignRecipe:

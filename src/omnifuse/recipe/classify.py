@@ -16,6 +16,7 @@ from omnifuse.recipe.features import (
     PixelsSpec,
     check_feature_encoders,
 )
+from omnifuse.recipe.runtime import RuntimeSpec
 from omnifuse.recipe.schema import Seed, Spec
 
 
@@ -215,3 +216,4 @@ class ClassifierRecipe(Spec):
     train: ClassifierTrainSpec = ClassifierTrainSpec()
     privacy: PrivacySpec | None = None
     eval: ClassifierEvalSpec = ClassifierEvalSpec()
+    runtime: RuntimeSpec = RuntimeSpec()

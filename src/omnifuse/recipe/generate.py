@@ -18,6 +18,7 @@ from omnifuse.recipe.components import (
     TilingSpec,
 )
 from omnifuse.recipe.plugins import PluginSpec
+from omnifuse.recipe.runtime import RuntimeSpec
 from omnifuse.recipe.schema import Modality, Seed, Spec, check_modality
 from omnifuse.recipe.stages import LoRASpec, QFormerObjective, StageSpec
 
@@ -147,6 +148,7 @@ class Recipe(Spec):
     lora: LoRASpec = LoRASpec()
     generation: GenerationSpec = GenerationSpec()
     eval: EvalSpec = EvalSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
 
     @field_validator("stages")
     @classmethod

@@ -1,0 +1,71 @@
+"""Where and how a recipe runs: device, precision, memory options and the distributed strategy.
+
+The ``runtime:`` section is the only part of a recipe that changes between a laptop and a cluster; the
+model, data and stages stay as they are. It is not part of what a run *is*: a run started on one GPU
+may be resumed on two, or evaluated on a CPU (``--device`` / ``--dtype`` on every verb override it), so
+resuming compares recipes without it. :mod:`omnifuse.runtime` turns it into a placement.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from omnifuse.recipe.schema import Spec
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def check_device(value: str) -> str:
+    """``value`` if it names a device omnifuse places models on, else ``ValueError`` naming the choices."""
+    if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value):
+        raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N (N = 0, 1, …), mps")
+    return value
+
+
+class DistributedSpec(Spec):
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every process holds the whole model, gradients are averaged (the default); fsdp: "
+        "parameters, gradients and optimizer state are sharded across processes (torch's fully_shard), "
+        "for LLMs that do not fit one device",
+    )
+    find_unused_parameters: bool = Field(
+        False,
+        description="DDP only: let parameters that get no gradient in a step pass (slower; needed only when "
+        "a trained part is skipped by some batches)",
+    )
+
+
+class RuntimeSpec(Spec):
+    device: str = Field(
+        "auto",
+        description="auto (cuda when there is one, else cpu), cpu, cuda, cuda:N, mps; with several processes "
+        "each takes the GPU of its local rank",
+    )
+    dtype: Dtype = Field(
+        "auto",
+        description="compute precision under autocast: auto (bfloat16 on a GPU that supports it, else float32), "
+        "float32, bfloat16, float16 (GPU only, with a gradient scaler). Trained parameters keep float32 master "
+        "weights; parameters no stage trains are stored in this dtype",
+    )
+    gradient_checkpointing: tuple[Literal["llm", "encoders"], ...] = Field(
+        (), description="recompute these components' activations in the backward pass (less memory, ~30 % slower)"
+    )
+    compile: bool = Field(False, description="torch.compile the LLM (first steps are slower while it compiles)")
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="the LLM's attention implementation, passed to transformers (auto: its default)"
+    )
+    distributed: DistributedSpec = DistributedSpec()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device(value)
+
+
+__all__ = ["DTYPES", "DistributedSpec", "RuntimeSpec", "check_device"]
