@@ -173,7 +173,7 @@ def test_stage1_then_stage2_trains_logs_and_resumes_exactly(tmp_path, qformer_re
 
     def crash_after(folder, model, names, optimizer, progress):
         real_save(folder, model, names, optimizer, progress)
-        if progress == {"stage": 0, "step": 2}:
+        if (progress["stage"], progress["step"]) == (0, 2):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "save_checkpoint", crash_after)

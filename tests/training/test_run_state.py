@@ -104,7 +104,7 @@ def test_a_kill_between_the_final_checkpoint_and_the_weights_resumes_to_the_trai
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not (run / "model.safetensors").exists()
     assert json.loads((run / "status.json").read_text())["status"] == "running"
-    assert json.loads((run / "checkpoint" / "state.json").read_text())["progress"] == {"stage": 2, "step": 0}
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["progress"] == {"stage": 2, "step": 0, "processes": 1}
     with pytest.raises(OmnifuseError, match="has not finished"):
         RunDir(run).require_trained()
 
@@ -206,7 +206,7 @@ def test_a_damaged_checkpoint_is_a_clear_error_on_resume(tmp_path, color_data, m
 
     def crash_after(folder, model, names, optimizer, progress):
         real_save(folder, model, names, optimizer, progress)
-        if progress == {"stage": 1, "step": 2}:
+        if (progress["stage"], progress["step"]) == (1, 2):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "save_checkpoint", crash_after)
@@ -230,7 +230,7 @@ def test_damaged_metric_lines_are_dropped_on_resume(tmp_path, color_data, monkey
 
     def crash_after(folder, model, names, optimizer, progress):
         real_save(folder, model, names, optimizer, progress)
-        if progress == {"stage": 0, "step": 2}:
+        if (progress["stage"], progress["step"]) == (0, 2):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "save_checkpoint", crash_after)

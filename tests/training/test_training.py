@@ -46,7 +46,7 @@ def test_resume_continues_exactly(tmp_path, color_data, monkeypatch):
 
     def crash_after(folder, model, names, optimizer, progress):
         real_save(folder, model, names, optimizer, progress)
-        if progress == {"stage": 1, "step": 2}:
+        if (progress["stage"], progress["step"]) == (1, 2):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "save_checkpoint", crash_after)

@@ -54,9 +54,12 @@ class RuntimeSpec(Spec):
         "weights; parameters no stage trains are stored in this dtype",
     )
     gradient_checkpointing: tuple[Literal["llm", "encoders"], ...] = Field(
-        (), description="recompute these components' activations in the backward pass (less memory, ~30 % slower)"
+        (),
+        description="recompute these components' activations in the backward pass (less memory, ~30 % slower)",
     )
-    compile: bool = Field(False, description="torch.compile the LLM (first steps are slower while it compiles)")
+    compile: bool = Field(
+        False, description="torch.compile the LLM (first steps are slower while it compiles)"
+    )
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="the LLM's attention implementation, passed to transformers (auto: its default)"
     )

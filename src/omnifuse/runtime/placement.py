@@ -75,7 +75,9 @@ def _device(name: str, local_rank: int | None, where: str) -> torch.device:
             )
         return torch.device(name)
     if name == "mps" and not torch.backends.mps.is_available():
-        raise OmnifuseError(f"{where}: mps (Apple GPU) is not available on this machine; use device cpu or auto")
+        raise OmnifuseError(
+            f"{where}: mps (Apple GPU) is not available on this machine; use device cpu or auto"
+        )
     return torch.device(name)
 
 

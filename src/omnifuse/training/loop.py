@@ -7,6 +7,7 @@ the step, so resuming from a checkpoint (weights + optimizer + RNG + step) conti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -35,6 +36,17 @@ from omnifuse.processing import Processor
 from omnifuse.progress import progress_bar
 from omnifuse.recipe import Recipe, RecipeDeprecation, Spec, StageSpec, dump_recipe, parse_recipe
 from omnifuse.rundir import RunDir
+from omnifuse.runtime import (
+    Placement,
+    World,
+    configure_model,
+    init_world,
+    place,
+    resolve_placement,
+    sum_across,
+)
+from omnifuse.runtime.distributed import barrier, broadcast_error
+from omnifuse.training import parallel
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step
 from omnifuse.training.qformer_pretrain import qformer_step
@@ -72,10 +84,11 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def stage_steps(stage: StageSpec, num_samples: int) -> int:
+def stage_steps(stage: StageSpec, num_samples: int, processes: int = 1) -> int:
+    """Optimizer steps of a stage; an epoch counts global batches (``batch_size × grad_accum × processes``)."""
     if stage.steps is not None:
         return stage.steps
-    per_step = stage.batch_size * stage.grad_accum
+    per_step = stage.batch_size * stage.grad_accum * processes
     return max(1, math.ceil(stage.epochs * num_samples / per_step))
 
 
@@ -133,13 +146,21 @@ class Trainer:
         console: Console | None = None,
         progress: bool = True,
         tensorboard: bool = False,
+        placement: Placement | None = None,
+        world: World | None = None,
     ) -> None:
         self.recipe, self.run, self.model, self.processor = recipe, run, model, processor
-        self.console = console or Console(stderr=True)
-        self.progress = progress
+        self.world = world or World()
+        self.placement = placement or resolve_placement()
+        self.scaler = self.placement.grad_scaler()
+        # The process count the run's global batch was defined with (a resume may use another).
+        self.processes = self.world.size
+        main = self.world.main
+        self.console = console or Console(stderr=True, quiet=not main)
+        self.progress = progress and main
         self._data: dict[str, list[Sample]] = {}
         self._eval_samples: list[Sample] | None = None
-        self.writer = _tensorboard_writer(run.path / "tensorboard") if tensorboard else None
+        self.writer = _tensorboard_writer(run.path / "tensorboard") if tensorboard and main else None
 
     def data_for(self, stage: StageSpec) -> list[Sample]:
         ref = stage.data or self.recipe.data.train
@@ -180,12 +201,9 @@ class Trainer:
     def run_stages(self, resume: bool = False) -> TrainResult:
         recipe, run, model = self.recipe, self.run, self.model
         start = time.perf_counter()
-        resume_from = None
-        if resume:
-            recover_dir(run.checkpoint)
-            state = read_progress(run.checkpoint)
-            resume_from = _checked_progress(state, recipe, run) if state is not None else None
-        _truncate_metrics(run.metrics_file, resume_from, self.console)
+        resume_from = self._resume_point() if resume else None
+        if self.world.main:
+            _truncate_metrics(run.metrics_file, resume_from, self.console)
         total_steps, last_loss = 0, None
         if resume_from is not None and resume_from["stage"] == len(recipe.stages):
             # Killed after the final checkpoint but before model.safetensors: the checkpoint holds the result.
@@ -199,7 +217,7 @@ class Trainer:
                 g["base_lr"] = g["lr"]
             optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
             samples = self.data_for(stage)
-            steps = stage_steps(stage, len(samples))
+            steps = stage_steps(stage, len(samples), self.processes)
             step = 0
             if resume_from is not None and si == resume_from["stage"]:
                 # At a stage boundary (step 0) the saved optimizer state belongs to the previous stage.
@@ -208,55 +226,124 @@ class Trainer:
                 self.console.print(f"resuming stage {stage.name} at step {step}/{steps}")
                 resume_from = None
             changed = changed_parameters(model, recipe.stages[: si + 1])
-            last_loss = self._run_stage(si, stage, optimizer, groups, samples, steps, step, changed)
+            module = parallel.wrap(
+                model, OBJECTIVES[stage.objective.type], self.processor, stage, self.world, self.placement,
+                recipe.runtime,
+            )  # fmt: skip
+            last_loss = self._run_stage(si, stage, optimizer, groups, samples, steps, step, changed, module)
             total_steps += steps
         if self.writer is not None:
             self.writer.close()
-        names = changed_parameters(model, recipe.stages)
-        save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
+        if self.world.main:
+            names = changed_parameters(model, recipe.stages)
+            save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
+        barrier()
         return TrainResult(run, time.perf_counter() - start, total_steps, last_loss)
 
-    def _accumulate(self, stage, samples, order, step) -> tuple[float, dict[str, float], int, int]:
-        """Forward and backward over the ``grad_accum`` micro-batches of one optimizer step: the mean loss,
-        its named parts, the tokens and the sequences seen."""
-        objective, micro = OBJECTIVES[stage.objective.type], stage.batch_size
-        total_loss, n_tokens, n_seq = 0.0, 0, 0
+    def _resume_point(self) -> dict | None:
+        """The checkpoint's progress (all processes read it: resuming several needs a shared file
+        system), and the process count its global batch was defined with."""
+        if self.world.main:
+            recover_dir(self.run.checkpoint)
+        barrier()
+        state = read_progress(self.run.checkpoint, ("stage", "step"))
+        if state is None:
+            return None
+        point = _checked_progress(state, self.recipe, self.run)
+        self.processes = int(state["progress"].get("processes", 1))
+        return point
+
+    def micro_batches(self, stage: StageSpec) -> int:
+        """This process's micro-batches per optimizer step: ``grad_accum`` when the process count is the
+        one the run started with; on a resume with another, as many as keep the global batch unchanged."""
+        total = stage.grad_accum * self.processes
+        if total % self.world.size:
+            options = [n for n in range(1, total + 1) if total % n == 0]
+            raise OmnifuseError(
+                f"stage {stage.name!r}: the run started with {self.processes} process(es) (global batch "
+                f"{stage.batch_size * total}); {self.world.size} processes cannot split its "
+                f"{total} micro-batches per step evenly. Resume with {', '.join(map(str, options))} processes"
+            )
+        return total // self.world.size
+
+    def _accumulate(self, stage, module, samples, order, step) -> tuple[float, dict, int, int, float]:
+        """Forward and backward over this process's micro-batches of one optimizer step; returns the
+        step's loss (the mean over all its label tokens, all processes), its named parts, and this
+        process's tokens and sequences, and the step's total weight. Each micro-batch back-propagates its loss *sum*; the gradients
+        are divided once by the step's total weight, so the split into micro-batches and processes does
+        not change the result."""
+        micro, world = stage.batch_size, self.world
+        count = self.micro_batches(stage)
+        sums = [0.0, 0.0]  # weighted loss, weight
         parts: dict[str, float] = {}
-        for a in range(stage.grad_accum):
-            first = (step * stage.grad_accum + a) * micro
+        n_tokens, n_seq = 0, 0
+        for a in range(count):
+            # Global stream: micro-batch (step, a) of the one-process run holds `world.size` slices.
+            first = ((step * count + a) * world.size + world.rank) * micro
             batch = [samples[order(first + i)] for i in range(micro)]
-            out = objective(self.model, self.processor, batch, stage)
-            (out.loss / stage.grad_accum).backward()
-            total_loss += out.loss.item() / stage.grad_accum
+            with parallel.no_sync(module, last=a == count - 1):
+                with self.placement.autocast():
+                    out = module(batch)
+                loss = out.loss * out.weight
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            sums[0] += loss.item()
+            sums[1] += out.weight
             for key, value in out.parts.items():
-                parts[key] = parts.get(key, 0.0) + value / stage.grad_accum
+                parts[key] = parts.get(key, 0.0) + value * out.weight
             n_tokens += out.num_tokens
             n_seq += micro
-        return total_loss, parts, n_tokens, n_seq
+        totals = sum_across([*sums, *parts.values()], self.placement.device)
+        weight = totals[1]
+        parts = {k: v / weight for k, v in zip(parts, totals[2:], strict=True)}
+        return totals[0] / weight, parts, n_tokens, n_seq, weight
 
-    def _run_stage(self, si, stage, optimizer, groups, samples, steps, step, changed) -> float | None:
-        model, run = self.model, self.run
+    def _optimizer_step(self, stage, module, optimizer, groups, samples, order, step):
+        """One optimizer step (its micro-batches, gradient averaging, clipping, the update): loss, parts,
+        tokens, sequences, gradient norm."""
+        total_loss, parts, n_tokens, n_seq, weight = self._accumulate(stage, module, samples, order, step)
+        params = [p for g in groups for p in g["params"]]
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        # DDP averaged the gradients of weighted sums over processes; make them the gradient of the
+        # step's mean loss: × processes / total weight.
+        parallel.scale_gradients(params, self.world.size / weight if weight else 1.0)
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm).item()
+            if stage.max_grad_norm
+            else None
+        )
+        # With float16 loss scaling an overflowing step is normal: the scaler skips it and lowers the scale.
+        _check_finite(stage, step + 1, total_loss, None if self.scaler else grad_norm, self.run)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total_loss, parts, n_tokens, n_seq, grad_norm
+
+    def _run_stage(self, si, stage, optimizer, groups, samples, steps, step, changed, module) -> float | None:
+        model, run, main = self.model, self.run, self.world.main
         balanced = balance_groups(samples, stage.balance_by) if stage.balance_by else None
         order = sample_order(len(samples), self.recipe.seed, si, balanced)
         model.train()
         model.encoders.eval()  # CNN batch-norm statistics stay the pretrained ones
         loss_value = None
+        if step == 0 and self.world.distributed:
+            self.console.print(
+                f"{stage.name}: {self.world.size} processes × batch {stage.batch_size} × "
+                f"{self.micro_batches(stage)} micro-batches = global batch "
+                f"{stage.batch_size * stage.grad_accum * self.processes}"
+            )
         with progress_bar(f"train {stage.name}", steps, enabled=self.progress, completed=step) as bar:
             while step < steps:
                 t0 = time.perf_counter()
                 factor = lr_factor(step, steps, stage.warmup, stage.min_lr_ratio)
                 for g in groups:
                     g["lr"] = g["base_lr"] * factor
-                total_loss, parts, n_tokens, n_seq = self._accumulate(stage, samples, order, step)
-                params = [p for g in groups for p in g["params"]]
-                grad_norm = (
-                    torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm).item()
-                    if stage.max_grad_norm
-                    else None
+                total_loss, parts, n_tokens, n_seq, grad_norm = self._optimizer_step(
+                    stage, module, optimizer, groups, samples, order, step
                 )
-                _check_finite(stage, step + 1, total_loss, grad_norm, run)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
                 dt = time.perf_counter() - t0
                 loss_value = total_loss
@@ -268,26 +355,35 @@ class Trainer:
                     **{key: round(value, 6) for key, value in parts.items()},
                     "lr": groups[0]["lr"],
                     "grad_norm": grad_norm,
-                    "tokens_per_s": round(n_tokens / dt, 1),
-                    "samples_per_s": round(n_seq / dt, 2),
+                    "tokens_per_s": round(n_tokens * self.world.size / dt, 1),
+                    "samples_per_s": round(n_seq * self.world.size / dt, 2),
                     "seconds": round(dt, 4),  # this step's wall time (sweeps sum it over all attempts)
                     "time": round(time.time(), 3),
                 }
                 every = self.recipe.eval.every
-                if every and stage.objective.type != "qformer" and (step % every == 0 or step == steps):
+                if (
+                    main
+                    and every
+                    and stage.objective.type != "qformer"
+                    and (step % every == 0 or step == steps)
+                ):
+                    # On the main process only (the others wait at the next step's gradient exchange).
                     record |= self.evaluate_now()
                     bar.log(
                         f"{stage.name} step {step}/{steps}: eval accuracy {100 * record['eval_accuracy']:.1f} % "
                         f"on {record['eval_n']} samples ({record['eval_seconds']:.1f} s)"
                     )
+                bar.advance(loss=total_loss)
+                if not main:
+                    continue
                 with run.metrics_file.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 if self.writer is not None:
                     for key in ("loss", *parts, "lr", "tokens_per_s"):
                         self.writer.add_scalar(f"{stage.name}/{key}", record[key], step)
-                bar.advance(loss=total_loss)
                 if step % stage.save_every == 0 or step == steps:
                     nxt = {"stage": si, "step": step} if step < steps else {"stage": si + 1, "step": 0}
+                    nxt["processes"] = self.processes
                     save_checkpoint(run.checkpoint, model, changed, optimizer, nxt)
         return loss_value
 
@@ -411,23 +507,45 @@ def train(
     weights from that checkpoint.
     """
     run = RunDir(Path(out))
-    if prepare_run_dir(run, recipe, resume):
+    world = init_world(resolve_placement(recipe.runtime).device)  # checked before the process group
+    placement = resolve_placement(recipe.runtime, local_rank=world.local_rank)
+    parallel.check_strategy(recipe.runtime, world)
+    finished, error = False, None
+    if world.main:  # only the main process writes the run directory; the others learn its outcome
+        try:
+            finished = prepare_run_dir(run, recipe, resume)
+        except OmnifuseError as exc:
+            error = str(exc)
+    broadcast_error(error)
+    finished = bool(sum_across([finished], placement.device)[0])
+    if finished:
         return TrainResult(run, 0.0, 0, None, already_finished=True)
-    with run.training():
+    with run.training() if world.main else contextlib.nullcontext():
         seed_everything(recipe.seed)
-        model, processor = build_model(recipe.model, progress=progress, **(parts or {}))
+        model, processor = build_model(recipe.model, progress=progress and world.main, **(parts or {}))
         prepare_lora(model, recipe.lora_components(), recipe.lora)
-        meta = {
-            "omnifuse": __version__,
-            "base": {
-                "llm": recipe.model.llm.name,
-                "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
-            },
-            "tokens_per_item": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
-        }
-        atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
-        trainer = Trainer(recipe, run, model, processor, console, progress, tensorboard)
+        place(model, processor, placement, trained=changed_parameters(model, recipe.stages))
+        configure_model(model, recipe.runtime)
+        if world.main:
+            atomic_write_text(run.meta_file, json.dumps(_run_meta(recipe, model, placement, world), indent=2))
+        trainer = Trainer(recipe, run, model, processor, console, progress, tensorboard, placement, world)
+        trainer.console.print(f"training on {placement.describe()}" + (
+            f", {world.size} processes" if world.distributed else ""
+        ))  # fmt: skip
         return trainer.run_stages(resume=resume)
+
+
+def _run_meta(recipe: Recipe, model: MultimodalLM, placement: Placement, world: World) -> dict:
+    return {
+        "omnifuse": __version__,
+        "base": {
+            "llm": recipe.model.llm.name,
+            "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
+        },
+        "tokens_per_item": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
+        "placement": {"device": str(placement.device), "dtype": str(placement.dtype).removeprefix("torch.")},
+        "processes": world.size,
+    }
 
 
 __all__ = ["TrainResult", "Trainer", "lr_factor", "prepare_run_dir", "sample_order", "train"]

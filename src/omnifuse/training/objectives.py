@@ -26,6 +26,9 @@ class StepOutput:
     loss: torch.Tensor
     parts: dict[str, float] = field(default_factory=dict)  # named loss terms, logged as they are
     num_tokens: int = 0
+    # What ``loss`` is a mean over (label tokens, or samples): the loop weights micro-batches and
+    # processes by it, so a step's loss is the mean over all of its tokens however it is split.
+    weight: int = 1
 
 
 def generative_step(
@@ -34,7 +37,7 @@ def generative_step(
     """Next-token loss on the assistant turns, through the LLM (every stage before Q-Former existed)."""
     batch = processor.collate([processor.encode(s) for s in samples])
     out = model(**batch.model_inputs())
-    return StepOutput(out.loss, {}, int(batch.attention_mask.sum()))
+    return StepOutput(out.loss, {}, int(batch.attention_mask.sum()), out.num_label_tokens)
 
 
 def _answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,4 +76,4 @@ def distill_step(
     ) * (temp**2)
     loss = w * kd + (1 - w) * student.loss
     parts = {"kd": round(kd.item(), 6), "ce": round(student.loss.item(), 6)}
-    return StepOutput(loss, parts, int(heard.attention_mask.sum()))
+    return StepOutput(loss, parts, int(heard.attention_mask.sum()), int(s_targets.numel()))

@@ -167,9 +167,9 @@ def qformer_step(
     encoder = model.encoders[modality]
     trains = any(p.requires_grad for p in encoder.parameters())
     with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
-        features = encoder(torch.stack(pixels))
+        features = encoder(torch.stack(pixels).to(processor.device))
     connector = model.connectors[modality]
     losses = qformer_losses(connector, features, captions)
     num_tokens = len(samples) * connector.num_queries + int(connector.tokenize(captions)[1].sum())
     chosen = ("itc", "itm", "itg") if stage is None else stage.objective.losses
-    return StepOutput(losses.sum_of(chosen), losses.parts(), num_tokens)
+    return StepOutput(losses.sum_of(chosen), losses.parts(), num_tokens, len(samples))
