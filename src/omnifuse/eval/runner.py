@@ -26,6 +26,7 @@ from omnifuse.eval.vqa import VQAResult, evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir
+from omnifuse.runtime import current_world
 
 ROBUSTNESS = "robustness.json"
 
@@ -131,6 +132,8 @@ def evaluate_run(
         outcome.reproduction = Reproduction(
             Path(manifest), saved.get("scores", {}), now, version_drift(saved)
         )
+    if not current_world().main:  # sharded evaluation: every process holds all predictions, one writes
+        return outcome
     atomic_write_text(run.path / "eval.json", json.dumps(outcome.summary(), indent=2))
     atomic_write_text(
         run.path / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in result.predictions)

@@ -24,6 +24,8 @@ from omnifuse.eval.metrics import (
 from omnifuse.eval.stats import bootstrap_ci
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.progress import progress_bar
+from omnifuse.runtime import init_world
+from omnifuse.runtime.distributed import gather_dicts
 
 __all__ = [
     "VQAResult",
@@ -95,6 +97,24 @@ def cascade_wer(samples: Sequence[Sample], predictions: Sequence[dict]) -> dict 
     return {"wer": result.wer, "exact": exact / len(pairs), "n": len(pairs)}
 
 
+def _record(s: Sample, pred: str, asr) -> dict:
+    refs = reference_answers(s)
+    score = vqa_score(pred, refs)
+    record = {
+        "id": s.id,
+        "question_type": str(s.meta.get("question_type", "all")),
+        "answer": s.answer(),
+        "prediction": pred,
+        "correct": score == 1.0,
+        "score": score,
+    }
+    if len(refs) > 1:
+        record["answers"] = refs
+    if asr is not None and s.audios():
+        record["heard"] = " ".join(asr(clip, s.id) for clip in s.audios())
+    return record
+
+
 def evaluate_vqa(
     engine: Engine,
     samples: Sequence[Sample],
@@ -110,32 +130,24 @@ def evaluate_vqa(
     answers) and ``correct`` (full credit). Accuracy is the mean score, with a 95 % bootstrap interval
     over questions, overall and per question type.
     """
-    predictions: list[dict] = []
     asr = engine.processor.speech_to_text  # an ASR cascade: transcribe all clips up front, in batches
+    world = init_world(engine.processor.device)
+    # With several processes (torchrun / `--nproc`), batch k is answered by process k mod N: each batch is
+    # the one a single process would answer, so the predictions are the same; they are gathered in order.
+    batches = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    mine = [(k, chunk) for k, chunk in enumerate(batches) if k % world.size == world.rank]
     if asr is not None:
-        asr.prefetch(samples, progress=progress)
-    with progress_bar(label, len(samples), enabled=progress) as bar:
-        for start in range(0, len(samples), batch_size):
-            chunk = list(samples[start : start + batch_size])
+        asr.prefetch([s for _, chunk in mine for s in chunk], progress=progress)
+    answered: dict[int, list[dict]] = {}
+    with progress_bar(label, sum(len(c) for _, c in mine), enabled=progress and world.main) as bar:
+        for k, chunk in mine:
             prompts = [without_media(s) for s in chunk] if blind else chunk
             answers = engine.generate(prompts, cfg)
-            for s, pred in zip(chunk, answers, strict=True):
-                refs = reference_answers(s)
-                score = vqa_score(pred, refs)
-                record = {
-                    "id": s.id,
-                    "question_type": str(s.meta.get("question_type", "all")),
-                    "answer": s.answer(),
-                    "prediction": pred,
-                    "correct": score == 1.0,
-                    "score": score,
-                }
-                if len(refs) > 1:
-                    record["answers"] = refs
-                if asr is not None and s.audios():
-                    record["heard"] = " ".join(asr(clip, s.id) for clip in s.audios())
-                predictions.append(record)
+            answered[k] = [_record(s, pred, asr) for s, pred in zip(chunk, answers, strict=True)]
             bar.advance(len(chunk))
+    if world.distributed:
+        answered = gather_dicts(answered)
+    predictions = [r for k in range(len(batches)) for r in answered[k]]
     by_type: dict[str, list[float]] = defaultdict(list)
     for p in predictions:
         by_type[p["question_type"]].append(p["score"])

@@ -83,3 +83,12 @@ def broadcast_error(message: str | None) -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def gather_dicts(mine: dict) -> dict:
+    """The union of every process's ``mine`` (picklable values; keys disjoint across processes)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return dict(mine)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    return {k: v for part in parts for k, v in part.items()}
