@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 import badinput as bad
@@ -365,6 +366,20 @@ SERVE = [
                                                          "weights-nan-legacy", "status-failed", "not-a-run")),  # fmt: skip
 ]
 
+# --device / --dtype are checked before the model loads: no GPU here (on a GPU machine, one it lacks);
+# an unknown device; float16 on the CPU; a dtype omnifuse has no autocast for.
+NO_SUCH_GPU = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+PLACEMENT_VERBS = [("eval", ["eval", "--no-progress"]), ("chat", ["chat", "hi"]), ("report", ["report", "--no-progress"]),
+                   ("explain", ["explain", "what?", "--image", "{image}"]), ("serve", ["serve", "--port", "0"])]
+PLACEMENT = [
+    *(C(f"{verb}-{name}", says, on_run([*argv, *flags]))
+      for verb, argv in PLACEMENT_VERBS
+      for name, says, flags in [("device-no-gpu", NO_SUCH_GPU, ["--device", NO_SUCH_GPU]),
+                                ("device-unknown", "tpu", ["--device", "tpu"]),
+                                ("dtype-float16-cpu", "float16", ["--device", "cpu", "--dtype", "float16"]),
+                                ("dtype-int8", "int8", ["--dtype", "int8"])]),
+]  # fmt: skip
+
 RESUMES = [
     C("resume-state-garbled", "state.json", resume(put("checkpoint/state.json", "{"))),
     C("resume-state-empty", "state.json", resume(put("checkpoint/state.json", ""))),
@@ -387,7 +402,19 @@ RESUMES = [
 ]
 
 # fmt: on
-CASES = [*RECIPES, *TRAIN, *RUNS, *MEDIA, *REPORTS, *COMPARE, *CONVERT, *EXPORTS, *SERVE, *RESUMES]
+CASES = [
+    *RECIPES,
+    *TRAIN,
+    *RUNS,
+    *MEDIA,
+    *REPORTS,
+    *COMPARE,
+    *CONVERT,
+    *EXPORTS,
+    *SERVE,
+    *PLACEMENT,
+    *RESUMES,
+]
 
 
 def _param(case: Case):

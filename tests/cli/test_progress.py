@@ -31,9 +31,9 @@ def tiny_loaded(tiny_run, monkeypatch):
     import omnifuse.tasks.generate.load
 
     run, loaded, data = tiny_run
-    monkeypatch.setattr(omnifuse.tasks, "load_language_model", lambda run, progress=True: loaded)
+    monkeypatch.setattr(omnifuse.tasks, "load_language_model", lambda run, progress=True, **_: loaded)
     monkeypatch.setattr(
-        omnifuse.tasks.generate.load, "load_model", lambda run, progress=True: loaded
+        omnifuse.tasks.generate.load, "load_model", lambda run, progress=True, **_: loaded
     )  # report
     return run, data
 

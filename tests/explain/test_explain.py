@@ -256,7 +256,7 @@ def test_cli_explain_on_a_tiny_model(grid_model, tmp_path, fake_run, capsys, mon
     import omnifuse.tasks
 
     (fake_run / "model.safetensors").write_bytes(b"")
-    monkeypatch.setattr(omnifuse.tasks, "load_language_model", lambda run, progress=True: grid_model)
+    monkeypatch.setattr(omnifuse.tasks, "load_language_model", lambda run, progress=True, **_: grid_model)
     image = tmp_path / "a.png"
     shape_image().save(image)
     out_dir = tmp_path / "ex"

@@ -30,6 +30,9 @@ def no_loading(monkeypatch):
             "--log-level 'chatty': choose one of critical, error, warning, info, debug",
         ),
         (["--host", "no-such-host.invalid"], "not an address of this machine"),
+        (["--device", "tpu"], "--device: device 'tpu' is not one of auto, cpu, cuda"),
+        (["--dtype", "int8"], "--dtype: dtype 'int8' is not one of auto, float32, bfloat16, float16"),
+        (["--device", "cpu", "--dtype", "float16"], "float16 training and inference run on CUDA GPUs only"),
     ],
 )
 def test_bad_options_fail_before_the_model_loads(tmp_path, capsys, no_loading, args, needle):

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from omnifuse.cli import console
-from omnifuse.cli.common import Progress, app
+from omnifuse.cli.common import Device, Dtype, Progress, app, check_placement
 from omnifuse.cli.render import print_explanation
 from omnifuse.errors import OmnifuseError
 
@@ -49,6 +49,8 @@ def chat(
     max_new_tokens: Annotated[
         int | None, typer.Option(min=1, help="default: the recipe's generation setting")
     ] = None,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Ask a trained model about an image, typed or spoken (one question, or interactive with /image,
     /audio, /reset, /quit)."""
@@ -57,11 +59,12 @@ def chat(
     from omnifuse.tasks import load_language_model
     from omnifuse.untrusted import open_image
 
+    check_placement(device, dtype)
     if speak is not None:
         _check_speech_out(speak)
     if image is not None:  # checked before the model loads: a wrong path fails in milliseconds
         open_image(image, "image file")
-    recipe, model, processor = load_language_model(RunDir(run_dir))
+    recipe, model, processor = load_language_model(RunDir(run_dir), device=device, dtype=dtype)
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
     if image is not None:
         session.set_image(image)
@@ -125,6 +128,8 @@ def explain(
         typer.Option(min=1, help="length of the greedy answer shown (default: the recipe's setting)"),
     ] = None,
     progress: Progress = True,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Explain an answer: attention to image regions, gradient × input, with/without image, logit lens."""
     from omnifuse.explain import explain as run_explain
@@ -134,10 +139,11 @@ def explain(
     from omnifuse.tasks import load_language_model
     from omnifuse.untrusted import check_out_dir
 
+    check_placement(device, dtype)
     run = RunDir(run_dir).require_trained()  # bad input fails before the model loads
     picture = open_image(image)
     folder = check_out_dir(out_dir or Path(run_dir) / "explain")
-    recipe, model, processor = load_language_model(run, progress=progress)
+    recipe, model, processor = load_language_model(run, progress=progress, device=device, dtype=dtype)
     # two steps: the answer with its attributions (generation, forward + backward, contributions, logit
     # lens), then the heatmap PNGs
     with progress_bar("explaining", 2, progress) as bar:

@@ -20,6 +20,28 @@ Overrides = Annotated[
     ),
 ]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+Device = Annotated[
+    str | None,
+    typer.Option(
+        help="auto|cpu|cuda|cuda:N|mps: where the model runs (default: the recipe's runtime.device)"
+    ),
+]
+Dtype = Annotated[
+    str | None,
+    typer.Option(
+        help="auto|float32|bfloat16|float16: the compute precision (default: the recipe's runtime.dtype)"
+    ),
+]
+
+
+def check_placement(device: str | None, dtype: str | None) -> None:
+    """A bad ``--device`` / ``--dtype`` fails here, in a second, before any model loads (the recipe's
+    runtime section is checked against them again when the model is placed)."""
+    if device is None and dtype is None:
+        return
+    from omnifuse.runtime import resolve_placement
+
+    resolve_placement(device=device, dtype=dtype)
 
 
 def _print_version(value: bool) -> None:

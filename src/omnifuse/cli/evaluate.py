@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from omnifuse.cli import console
-from omnifuse.cli.common import Progress, app
+from omnifuse.cli.common import Device, Dtype, Progress, app, check_placement
 from omnifuse.cli.render import print_comparison, print_printout
 
 
@@ -33,6 +33,8 @@ def eval_(
         typer.Option(help="also run the robustness probes (blank, noise, shuffled images, token dropout)"),
     ] = False,
     progress: Progress = True,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Evaluate a trained run with its task's metrics: exact-match VQA accuracy per question type with a
     blind baseline; a classifier's accuracy, macro-F1 and confusion matrix; an alignment's R@1/5/10 in
@@ -41,8 +43,18 @@ def eval_(
     from omnifuse.tasks import task_of_run
     from omnifuse.tasks.base import EvalRequest
 
+    check_placement(device, dtype)
     run = RunDir(run_dir)
-    request = EvalRequest(data, limit, blind, manifest, robustness, progress=progress and not as_json)
+    request = EvalRequest(
+        data,
+        limit,
+        blind,
+        manifest,
+        robustness,
+        progress=progress and not as_json,
+        device=device,
+        dtype=dtype,
+    )
     evaluated = task_of_run(run).evaluate(run, request)
     if as_json:
         print(json.dumps(evaluated.summary))
@@ -58,14 +70,19 @@ def report(
         int, typer.Option("--explain", min=0, help="of those, how many get attention / gradient heatmaps")
     ] = 4,
     progress: Progress = True,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Write RUN/report.html: one self-contained page (recipe, stages, curves, scores, robustness,
     samples, heatmaps)."""
     from omnifuse.rundir import RunDir
     from omnifuse.tasks import task_of_run
 
+    check_placement(device, dtype)
     run = RunDir(run_dir)
-    path = task_of_run(run).report(run, samples=samples, explained=explained, progress=progress)
+    path = task_of_run(run).report(
+        run, samples=samples, explained=explained, progress=progress, device=device, dtype=dtype
+    )
     console.out.print(f"report: {path}")
 
 

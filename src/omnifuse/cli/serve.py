@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from omnifuse.cli import console
-from omnifuse.cli.common import app
+from omnifuse.cli.common import Device, Dtype, app, check_placement
 from omnifuse.errors import OmnifuseError
 
 
@@ -68,6 +68,8 @@ def serve(
         float, typer.Option(min=0.01, help="request body limit in MiB (413 above)")
     ] = 25.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """Serve a trained model through an OpenAI-compatible API (/v1/chat/completions) and a chat page at /."""
     import uvicorn
@@ -78,8 +80,9 @@ def serve(
     from omnifuse.serve.server import ServerSettings, create_app
     from omnifuse.tasks import load_language_model
 
+    check_placement(device, dtype)
     log_level = _check_listen_options(host, port, log_level)
-    recipe, model, processor = load_language_model(RunDir(run_dir))
+    recipe, model, processor = load_language_model(RunDir(run_dir), device=device, dtype=dtype)
     g = recipe.generation
     settings = ServerSettings(
         model_name=model_name or Path(run_dir).resolve().name,

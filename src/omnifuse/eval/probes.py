@@ -103,8 +103,9 @@ def token_dropout(model: MultimodalLM, p: float, seed: int) -> Iterator[None]:
     generator = torch.Generator().manual_seed(seed)
 
     def hook(module, args, output: torch.Tensor) -> torch.Tensor:
-        keep = torch.rand(output.shape[:-1], generator=generator) >= p
-        return output * keep.unsqueeze(-1).to(output.dtype)
+        # drawn on the CPU generator (the same tokens dropped on every device), applied on the output's
+        keep = torch.rand(output.shape[:-1], generator=generator, device="cpu") >= p
+        return output * keep.unsqueeze(-1).to(output.device, output.dtype)
 
     handles = [c.register_forward_hook(hook) for c in model.connectors.values()]
     try:

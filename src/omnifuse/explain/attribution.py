@@ -39,6 +39,16 @@ from omnifuse.explain.inputs import (
 from omnifuse.explain.lens import LensResult, logit_lens
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
+from omnifuse.runtime import placement_of
+
+
+def _ids(values: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Indices as a long tensor on ``like``'s device."""
+    return torch.tensor(list(values), dtype=torch.long, device=like.device)
+
+
+def _arange(values: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    return torch.arange(len(values), device=like.device)
 
 
 # ---------------------------------------------------------------------- one forward pass
@@ -94,15 +104,16 @@ def explain_forward(model: MultimodalLM, inputs: ExplainInputs, attentions: bool
     media = {MODALITY: pixels} if pixels is not None else {}
     counts = {MODALITY: [1 if pixels is not None else 0]}
     mask = torch.ones_like(inputs.input_ids)
+    placement = placement_of(model)
     try:
         with eager_attention(llm) if attentions else nullcontext(), torch.enable_grad():
-            with model.fuse(inputs.input_ids, media, counts) as embeds:
+            with placement.autocast(), model.fuse(inputs.input_ids, media, counts) as embeds:
                 out = llm(
                     inputs_embeds=embeds, attention_mask=mask, use_cache=False, output_attentions=attentions
                 )
             logits = out.logits[0]
             logp = F.log_softmax(logits[inputs.target_positions].float(), dim=-1)
-            target_lp = logp[torch.arange(len(inputs.target_ids)), torch.tensor(inputs.target_ids)]
+            target_lp = logp[_arange(inputs.target_ids, logp), _ids(inputs.target_ids, logp)]
             grad = None
             if pixels is not None and pixels.requires_grad:
                 (grad,) = torch.autograd.grad(target_lp.sum(), pixels, allow_unused=True)
@@ -183,8 +194,8 @@ def image_attention(
     """Attention from each answer token's predicting position to the image tokens, mean over heads and
     the chosen layers. Each row is part of a softmax over all earlier positions: non-negative, sum ≤ 1."""
     assert fwd.attentions is not None
-    img = torch.tensor(inputs.image_positions, dtype=torch.long)
-    rows = torch.tensor(inputs.target_positions, dtype=torch.long)
+    img = _ids(inputs.image_positions, fwd.attentions[0])
+    rows = _ids(inputs.target_positions, fwd.attentions[0])
     per_layer = torch.stack([a[:, rows][:, :, img] for a in fwd.attentions])  # [L, H, n, I]
     chosen = per_layer[list(layers)].mean(dim=(0, 1))  # [n, I]
     mass = chosen.mean(dim=0)
@@ -226,7 +237,7 @@ def to_image(
         **({"align_corners": False} if mode == "bilinear" else {}),
     )[0, 0]
     out = np.zeros((size[1], size[0]), dtype=np.float32)
-    out[top:bottom, left:right] = resized.numpy()
+    out[top:bottom, left:right] = resized.cpu().numpy()
     return out
 
 
@@ -262,14 +273,15 @@ def gradient_x_input(
         )
     contrib = (fwd.pixel_grad[0] * inputs.pixels[0]).sum(dim=0).abs()  # [h, w]
     box = input_box(model.encoders[MODALITY], *image.size)
-    return GradientResult(to_image(contrib, box, image.size, "bilinear").clip(min=0), contrib.numpy())
+    heatmap = to_image(contrib, box, image.size, "bilinear").clip(min=0)
+    return GradientResult(heatmap, contrib.float().cpu().numpy())
 
 
 def attention_heatmap(model: MultimodalLM, att: AttentionResult, image: Image.Image) -> np.ndarray | None:
     """The attention mass per grid cell, each cell painted over its region of the image (nearest)."""
     if att.grid is None:
         return None
-    grid = torch.tensor(att.mass).reshape(att.grid)
+    grid = torch.tensor(att.mass, device="cpu").reshape(att.grid)  # drawn on the CPU
     box = input_box(model.encoders[MODALITY], *image.size)
     return to_image(grid, box, image.size, "nearest")
 
@@ -286,15 +298,18 @@ def answer_log_prob(
     """Sum of the target tokens' log-probabilities (teacher-forced) after this prompt, and the token
     the model would put first instead."""
     prompt_ids, pixels = encode_prompt(processor, image, question)
-    inputs = ExplainInputs.build(prompt_ids, pixels, model.placeholder_ids.get(MODALITY), target_ids)
-    media = {MODALITY: pixels} if pixels is not None else {}
-    counts = {MODALITY: [1 if pixels is not None else 0]}
-    with model.fuse(inputs.input_ids, media, counts) as embeds:
+    placement = placement_of(model)
+    inputs = ExplainInputs.build(
+        prompt_ids, pixels, model.placeholder_ids.get(MODALITY), target_ids, device=placement.device
+    )
+    media = {MODALITY: inputs.pixels} if inputs.pixels is not None else {}
+    counts = {MODALITY: [1 if inputs.pixels is not None else 0]}
+    with placement.autocast(), model.fuse(inputs.input_ids, media, counts) as embeds:
         logits = model.llm(
             inputs_embeds=embeds, attention_mask=torch.ones_like(inputs.input_ids), use_cache=False
         ).logits[0]
     logp = F.log_softmax(logits[inputs.target_positions].float(), dim=-1)
-    total = float(logp[torch.arange(len(target_ids)), torch.tensor(list(target_ids))].sum())
+    total = float(logp[_arange(target_ids, logp), _ids(target_ids, logp)].sum())
     return total, processor.tokenizer.decode([int(logp[0].argmax())])
 
 
@@ -360,10 +375,12 @@ class Explanation:
 
 
 def greedy_first_token(model: MultimodalLM, prompt_ids: Sequence[int], pixels: torch.Tensor | None) -> int:
-    ids = torch.tensor([list(prompt_ids)])
+    placement = placement_of(model)
+    ids = torch.tensor([list(prompt_ids)], device=placement.device)
+    pixels = pixels.to(placement.device) if pixels is not None else None
     media = {MODALITY: pixels} if pixels is not None else {}
     counts = {MODALITY: [1 if pixels is not None else 0]}
-    with torch.no_grad(), model.fuse(ids, media, counts) as embeds:
+    with torch.no_grad(), placement.autocast(), model.fuse(ids, media, counts) as embeds:
         logits = model.llm(
             inputs_embeds=embeds, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1
         ).logits
@@ -403,7 +420,11 @@ def explain(
             else processor.tokenizer.decode(target_ids, skip_special_tokens=True).strip()
         )
     inputs = ExplainInputs.build(
-        prompt_ids, pixels, placeholder if model.fusion is None else None, target_ids
+        prompt_ids,
+        pixels,
+        placeholder if model.fusion is None else None,
+        target_ids,
+        device=placement_of(model).device,
     )
     use_attention = model.fusion is None and bool(inputs.image_positions)
     fwd = explain_forward(model, inputs, attentions=use_attention)

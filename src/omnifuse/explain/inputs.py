@@ -75,15 +75,17 @@ class ExplainInputs:
 
     @classmethod
     def build(cls, prompt_ids: Sequence[int], pixels: torch.Tensor | None, placeholder_id: int | None,
-              target_ids: Sequence[int]) -> ExplainInputs:  # fmt: skip
+              target_ids: Sequence[int], device: torch.device | None = None) -> ExplainInputs:  # fmt: skip
+        """``device``: the model's (ids and pixels are put there; default the CPU)."""
         if not target_ids:
             raise OmnifuseError("there is no answer token to explain (the answer is empty)")
         ids = list(prompt_ids) + list(target_ids[:-1])
         n = len(prompt_ids)
         image_positions = [i for i, t in enumerate(ids) if placeholder_id is not None and t == placeholder_id]
+        device = device or torch.device("cpu")
         return cls(
-            torch.tensor([ids]),
-            pixels,
+            torch.tensor([ids], device=device),
+            pixels.to(device) if pixels is not None else None,
             image_positions,
             list(target_ids),
             [n - 1 + k for k in range(len(target_ids))],

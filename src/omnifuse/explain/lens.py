@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from omnifuse.errors import OmnifuseError
+from omnifuse.runtime import placement_of
 
 
 @dataclass
@@ -83,14 +84,17 @@ def logit_lens(
     Norm and head run on the whole sequence, in the shape the model itself uses, so that the last
     layer's lens reproduces the model's logits bit for bit; only then are the positions selected."""
     norm, head = output_head(llm)
-    rows = torch.tensor(list(positions), dtype=torch.long)
-    targets = torch.tensor(list(target_ids), dtype=torch.long)
+    placement = placement_of(llm)
+    device = layer_outputs[0].device if layer_outputs else placement.device
+    rows = torch.tensor(list(positions), dtype=torch.long, device=device)
+    targets = torch.tensor(list(target_ids), dtype=torch.long, device=device)
     entries = []
     logits = None
     for i, hidden in enumerate(layer_outputs):
-        logits = head(norm(hidden[None]))[0][rows].float()  # [n, V]
+        with placement.autocast():
+            logits = head(norm(hidden[None]))[0][rows].float()  # [n, V]
         probs = torch.softmax(logits, dim=-1)
-        p = probs[torch.arange(len(targets)), targets]
+        p = probs[torch.arange(len(targets), device=device), targets]
         rank = (probs > p[:, None]).sum(dim=-1) + 1
         top_p, top = probs.max(dim=-1)
         entries.append(

@@ -25,6 +25,7 @@ import torch
 from omnifuse.data.sample import Sample
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Encoded, Processor
+from omnifuse.runtime import placement_of
 
 if TYPE_CHECKING:
     from omnifuse.recipe import Recipe
@@ -76,7 +77,9 @@ def generation_config(
 
 
 def _sample_row(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> int:
-    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
+    # Sampled on the CPU, with the row's CPU generator, whatever the model's device: a seed gives the
+    # same tokens on every device (a CUDA generator draws another stream).
+    probs = torch.softmax(logits.float().cpu() / cfg.temperature, dim=-1)
     if cfg.top_p < 1.0:
         sorted_p, idx = probs.sort(descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p
@@ -136,19 +139,26 @@ class Engine:
             raise ValueError(f"prefill_chunk must be at least 1, not {prefill_chunk}")
         batch = self.processor.collate(list(encoded), padding_side="left")
         model = self.model
-        with model.fuse(
-            batch.input_ids, batch.media, batch.media_counts, batch.sample_ids, batch.media_lengths
-        ) as embeds:
+        placement = placement_of(model)  # once per call: every forward pass runs under its autocast
+        with (
+            placement.autocast(),
+            model.fuse(
+                batch.input_ids, batch.media, batch.media_counts, batch.sample_ids, batch.media_lengths
+            ) as embeds,
+        ):
             # Cross-attention fusion reads the media in every forward pass. They are bound again around
             # each pass, not for the whole loop: a caller may interleave several streams, each with its
             # own media, and a stream suspended at a yield must not leave its media bound.
             bound = model.fusion.context.media if model.fusion is not None else None
 
         def forward(**kwargs):
-            if bound is None:
-                return model.llm(**kwargs)
-            with model.fusion.bind(bound.features, bound.mask):
-                return model.llm(**kwargs)
+            # Entered around each pass, not across the generator's yields: autocast is thread state the
+            # caller's code between two steps must not run under.
+            with placement.autocast():
+                if bound is None:
+                    return model.llm(**kwargs)
+                with model.fusion.bind(bound.features, bound.mask):
+                    return model.llm(**kwargs)
 
         yield from self._decode(batch, embeds, forward, cfgs, use_cache, cancelled, prefill_chunk)
 
@@ -231,9 +241,10 @@ class Engine:
         nxt = [self.processor.pad_id] * n
         for i, tok in step.tokens:
             nxt[i] = tok
-        new_embed = self.model.llm.get_input_embeddings()(torch.tensor(nxt)).unsqueeze(1)
+        ids = torch.tensor(nxt, device=embeds.device)
+        new_embed = self.model.llm.get_input_embeddings()(ids).unsqueeze(1).to(embeds.dtype)
         new_pos = positions[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
+        mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype, device=mask.device)], dim=1)
         if use_cache:
             return new_embed, new_pos, mask
         return torch.cat([embeds, new_embed], dim=1), torch.cat([positions, new_pos], dim=1), mask

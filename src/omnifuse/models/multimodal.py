@@ -143,10 +143,10 @@ class MultimodalLM(nn.Module):
         if not any(rows):
             return None, None
         seqs = [torch.cat(r) if r else features.new_zeros(0, features.shape[-1]) for r in rows]
-        lengths = torch.tensor([s.shape[0] for s in seqs])
         padded = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
-        mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
-        return padded, mask.to(padded.device)
+        lengths = torch.tensor([s.shape[0] for s in seqs], device=padded.device)
+        mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
+        return padded, mask
 
     @contextmanager
     def fuse(

@@ -38,10 +38,19 @@ def task_of_run(run: RunDir) -> Task:
     return task_for(run.require_trained().recipe())
 
 
-def load_language_model(run: RunDir, progress: bool = True, parts: dict | None = None):
-    """``(recipe, model, processor)`` of a run with a language model (chat, explain, report, serve); a
-    classifier or alignment run is refused with what to do instead."""
-    return task_of_run(run).load_language_model(run, progress=progress, parts=parts)
+def load_language_model(
+    run: RunDir,
+    progress: bool = True,
+    parts: dict | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+):
+    """``(recipe, model, processor)`` of a run with a language model (chat, explain, report, serve), on
+    ``device`` in ``dtype`` (None: the recipe's ``runtime`` section); a classifier or alignment run is
+    refused with what to do instead."""
+    return task_of_run(run).load_language_model(
+        run, progress=progress, parts=parts, device=device, dtype=dtype
+    )
 
 
 __all__ = ["TASKS", "Task", "load_language_model", "register", "task_for", "task_of_run"]

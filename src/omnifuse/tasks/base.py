@@ -57,6 +57,9 @@ class EvalRequest:
     manifest: Path | None = None
     robustness: bool = False
     progress: bool = True
+    # ``--device`` / ``--dtype``: override the recipe's runtime section (None: the recipe's)
+    device: str | None = None
+    dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,20 @@ class Task(Protocol):
         """Reload a trained run, score it, write eval.json, predictions.jsonl and report.md into it."""
         ...
 
-    def report(self, run: RunDir, samples: int, explained: int, progress: bool) -> Path:
-        """``omnifuse report``: the run's page (RUN/report.html), or what to read instead."""
+    def report(
+        self, run: RunDir, samples: int, explained: int, progress: bool,
+        device: str | None = None, dtype: str | None = None,
+    ) -> Path:  # fmt: skip
+        """``omnifuse report``: the run's page (RUN/report.html), or what to read instead. ``device`` /
+        ``dtype`` (here and below): where the model runs, overriding the recipe's ``runtime`` section."""
         ...
 
-    def load_language_model(self, run: RunDir, progress: bool = True, parts: dict | None = None) -> Any:
-        """(recipe, model, processor) of a run that has a language model; otherwise a clear error."""
+    def load_language_model(
+        self, run: RunDir, progress: bool = True, parts: dict | None = None,
+        device: str | None = None, dtype: str | None = None,
+    ) -> Any:  # fmt: skip
+        """(recipe, model, processor) of a run that has a language model, placed on ``device`` in
+        ``dtype``; otherwise a clear error."""
         ...
 
     def training_samples(self, recipe: Any) -> int:

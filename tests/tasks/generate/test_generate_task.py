@@ -33,7 +33,9 @@ def tiny_loading(monkeypatch):
 
     real = load.load_model
     monkeypatch.setattr(
-        load, "load_model", lambda run, progress=True, parts=None: real(run, False, make_parts())
+        load,
+        "load_model",
+        lambda run, progress=True, parts=None, **placement: real(run, False, make_parts(), **placement),
     )
     monkeypatch.setattr(console, "out", Console(soft_wrap=True, width=220))
 
@@ -62,3 +64,25 @@ def test_eval_and_compare_of_a_generate_run_through_its_task(tiny_run, capsys):
     assert main(["compare", str(run), str(run)]) == 0
     out = capsys.readouterr().out
     assert "question type" in out and "accuracy A" in out and "+0.0" in out
+
+
+def test_eval_runs_where_device_and_dtype_say(tiny_run, tmp_path, capsys):
+    """``--device cpu --dtype bfloat16``: the run is reloaded with every parameter in bf16 (inference
+    trains nothing) and evaluated under autocast; the flags reach the loader through the task."""
+    import shutil
+
+    import torch
+
+    from omnifuse.rundir import RunDir
+    from omnifuse.runtime import placement_of
+    from omnifuse.tasks.generate.load import load_model
+
+    root, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)  # eval rewrites eval.json: not the module's run
+    _, model, processor = load_model(RunDir(run), False, make_parts(), device="cpu", dtype="bfloat16")
+    assert placement_of(model).dtype == torch.bfloat16 and processor.device == torch.device("cpu")
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters() if p.is_floating_point())
+    assert main(["eval", str(run), "--json", "--no-blind", "--device", "cpu", "--dtype", "bfloat16"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert 0.0 <= summary["accuracy"] <= 1.0

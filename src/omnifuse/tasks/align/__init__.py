@@ -75,10 +75,16 @@ class AlignTask:
         evaluation = evaluate_align_run(run, request.data, request.limit, progress=request.progress)
         return Evaluated(evaluation, eval_printout(run.path, evaluation))
 
-    def report(self, run: RunDir, samples: int, explained: int, progress: bool) -> Path:
+    def report(
+        self, run: RunDir, samples: int, explained: int, progress: bool,
+        device: str | None = None, dtype: str | None = None,
+    ) -> Path:  # fmt: skip
         raise no_html_report(run, "alignment")
 
-    def load_language_model(self, run: RunDir, progress: bool = True, parts: dict | None = None):
+    def load_language_model(
+        self, run: RunDir, progress: bool = True, parts: dict | None = None,
+        device: str | None = None, dtype: str | None = None,
+    ):  # fmt: skip
         raise no_language_model(run, "alignment")
 
     def training_samples(self, recipe: AlignRecipe) -> int:

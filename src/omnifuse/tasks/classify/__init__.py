@@ -70,10 +70,16 @@ class ClassifyTask:
         printout.insert(1, confusion_table(result))
         return Evaluated(result, printout)
 
-    def report(self, run: RunDir, samples: int, explained: int, progress: bool) -> Path:
+    def report(
+        self, run: RunDir, samples: int, explained: int, progress: bool,
+        device: str | None = None, dtype: str | None = None,
+    ) -> Path:  # fmt: skip
         raise no_html_report(run, "classifier")
 
-    def load_language_model(self, run: RunDir, progress: bool = True, parts: dict | None = None):
+    def load_language_model(
+        self, run: RunDir, progress: bool = True, parts: dict | None = None,
+        device: str | None = None, dtype: str | None = None,
+    ):  # fmt: skip
         raise no_language_model(run, "classifier")
 
     def training_samples(self, recipe: ClassifierRecipe) -> int:

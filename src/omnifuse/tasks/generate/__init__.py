@@ -59,13 +59,16 @@ class GenerateTask:
             request.limit,
             request.blind,
             progress=request.progress,
-            loaded=load_model(run, progress=request.progress),
+            loaded=load_model(run, progress=request.progress, device=request.device, dtype=request.dtype),
             manifest=request.manifest,
             robustness=request.robustness,
         )
         return Evaluated(outcome.summary(), eval_printout(outcome, run.path))
 
-    def report(self, run: RunDir, samples: int, explained: int, progress: bool) -> Path:
+    def report(
+        self, run: RunDir, samples: int, explained: int, progress: bool,
+        device: str | None = None, dtype: str | None = None,
+    ) -> Path:  # fmt: skip
         """RUN/report.html: scores, stages, curves, samples with heatmaps (the model loads once the run
         files are checked)."""
         from omnifuse.eval.html import write_html_report
@@ -73,16 +76,19 @@ class GenerateTask:
 
         return write_html_report(
             run,
-            loaded=lambda: load_model(run, progress=progress),
+            loaded=lambda: load_model(run, progress=progress, device=device, dtype=dtype),
             samples=samples,
             explained=explained,
             progress=progress,
         )
 
-    def load_language_model(self, run: RunDir, progress: bool = True, parts: dict | None = None):
+    def load_language_model(
+        self, run: RunDir, progress: bool = True, parts: dict | None = None,
+        device: str | None = None, dtype: str | None = None,
+    ):  # fmt: skip
         from omnifuse.tasks.generate.load import load_model
 
-        return load_model(run, progress=progress, parts=parts)
+        return load_model(run, progress=progress, parts=parts, device=device, dtype=dtype)
 
     def training_samples(self, recipe: Recipe) -> int:
         """Steps × batch size × accumulation, summed over stages."""

@@ -1,4 +1,6 @@
-"""A trained multimodal LLM rebuilt from its run directory: base assets + the saved changed parameters."""
+"""A trained multimodal LLM rebuilt from its run directory: base assets + the saved changed parameters,
+placed on the device and in the precision the recipe's ``runtime`` section (or ``--device`` /
+``--dtype``) asks for."""
 
 from __future__ import annotations
 
@@ -7,17 +9,29 @@ from omnifuse.models.stages import changed_parameters, prepare_lora
 from omnifuse.models.weights import load_weights
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir
+from omnifuse.runtime import place, resolve_placement
 
 
-def load_model(run: RunDir, progress: bool = True, parts: dict | None = None):
-    """``(recipe, model, processor)`` of a trained generate run, in eval mode. Other kinds of run are
-    refused before this, by their task (:func:`omnifuse.tasks.load_language_model`).
+def load_model(
+    run: RunDir,
+    progress: bool = True,
+    parts: dict | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+):
+    """``(recipe, model, processor)`` of a trained generate run, in eval mode, on its placement: the
+    processor's batches land on the model's device; with a low-precision ``dtype`` every floating
+    parameter is stored in it (inference trains nothing) and forward passes run under its autocast.
+    Other kinds of run are refused before this, by their task (:func:`omnifuse.tasks.load_language_model`).
 
-    ``parts`` may inject ``llm``/``tokenizer``/``encoders`` instead of loading the base assets."""
+    ``parts`` may inject ``llm``/``tokenizer``/``encoders`` instead of loading the base assets;
+    ``device`` / ``dtype`` override ``runtime.device`` / ``runtime.dtype``, checked before anything loads."""
     run.require_trained()
     recipe: Recipe = run.recipe()
+    placement = resolve_placement(recipe.runtime, device=device, dtype=dtype)
     model, processor = build_model(recipe.model, progress=progress, **(parts or {}))
     prepare_lora(model, recipe.lora_components(), recipe.lora)
     load_weights(model, run.weights_file, expected=changed_parameters(model, recipe.stages))
+    place(model, processor, placement)
     model.eval()
     return recipe, model, processor
