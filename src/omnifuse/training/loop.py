@@ -12,7 +12,6 @@ import json
 import math
 import random
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from omnifuse.models.stages import apply_stage, changed_parameters, prepare_lora
 from omnifuse.models.weights import save_weights
 from omnifuse.processing import Processor
 from omnifuse.progress import progress_bar
-from omnifuse.recipe import Recipe, RecipeDeprecation, Spec, StageSpec, dump_recipe, parse_recipe
+from omnifuse.recipe import Recipe, StageSpec
 from omnifuse.rundir import RunDir
 from omnifuse.runtime import (
     Placement,
@@ -50,7 +49,7 @@ from omnifuse.training import parallel
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step
 from omnifuse.training.qformer_pretrain import qformer_step
-from omnifuse.untrusted import check_out_dir, parse_yaml, read_text
+from omnifuse.training.run_files import checked_progress, prepare_run_dir, truncate_metrics
 
 # StageSpec.objective.type → what one micro-batch computes (see training/objectives.py).
 OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample], StageSpec], StepOutput]] = {
@@ -203,7 +202,7 @@ class Trainer:
         start = time.perf_counter()
         resume_from = self._resume_point() if resume else None
         if self.world.main:
-            _truncate_metrics(run.metrics_file, resume_from, self.console)
+            truncate_metrics(run.metrics_file, resume_from, self.console)
         total_steps, last_loss = 0, None
         if resume_from is not None and resume_from["stage"] == len(recipe.stages):
             # Killed after the final checkpoint but before model.safetensors: the checkpoint holds the result.
@@ -249,7 +248,7 @@ class Trainer:
         state = read_progress(self.run.checkpoint, ("stage", "step"))
         if state is None:
             return None
-        point = _checked_progress(state, self.recipe, self.run)
+        point = checked_progress(state, self.recipe, self.run)
         self.processes = int(state["progress"].get("processes", 1))
         return point
 
@@ -323,7 +322,7 @@ class Trainer:
         return total_loss, parts, n_tokens, n_seq, grad_norm
 
     def _run_stage(self, si, stage, optimizer, groups, samples, steps, step, changed, module) -> float | None:
-        model, run, main = self.model, self.run, self.world.main
+        model, main = self.model, self.world.main
         balanced = balance_groups(samples, stage.balance_by) if stage.balance_by else None
         order = sample_order(len(samples), self.recipe.seed, si, balanced)
         model.train()
@@ -374,18 +373,25 @@ class Trainer:
                         f"on {record['eval_n']} samples ({record['eval_seconds']:.1f} s)"
                     )
                 bar.advance(loss=total_loss)
-                if not main:
-                    continue
-                with run.metrics_file.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                if self.writer is not None:
-                    for key in ("loss", *parts, "lr", "tokens_per_s"):
-                        self.writer.add_scalar(f"{stage.name}/{key}", record[key], step)
-                if step % stage.save_every == 0 or step == steps:
-                    nxt = {"stage": si, "step": step} if step < steps else {"stage": si + 1, "step": 0}
-                    nxt["processes"] = self.processes
-                    save_checkpoint(run.checkpoint, model, changed, optimizer, nxt)
+                if main:
+                    self._record(si, stage, step, steps, record, parts, optimizer, changed)
         return loss_value
+
+    def _record(self, si, stage, step, steps, record, parts, optimizer, changed) -> None:
+        """The main process logs the step (metrics.jsonl, tensorboard) and checkpoints when due."""
+        with self.run.metrics_file.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key in record:
+                if (
+                    key not in ("stage", "stage_index", "step", "time", "grad_norm")
+                    and record[key] is not None
+                ):
+                    self.writer.add_scalar(f"{stage.name}/{key}", record[key], step)
+        if step % stage.save_every == 0 or step == steps:
+            nxt = {"stage": si, "step": step} if step < steps else {"stage": si + 1, "step": 0}
+            nxt["processes"] = self.processes
+            save_checkpoint(self.run.checkpoint, self.model, changed, optimizer, nxt)
 
 
 def _tensorboard_writer(folder: Path):
@@ -412,83 +418,6 @@ def _check_finite(stage: StageSpec, step: int, loss: float, grad_norm: float | N
             f"gradient clipping (max_grad_norm), then start again; the last checkpoint in {run.checkpoint} "
             "holds the last good weights"
         )
-
-
-def _checked_progress(state: dict, recipe: Recipe, run: RunDir) -> dict:
-    """The checkpoint's progress, checked against the recipe (a stage index past the end is damage)."""
-    progress = state["progress"]
-    stage, step = progress.get("stage"), progress.get("step")
-    if stage is None or step is None or stage > len(recipe.stages):
-        raise OmnifuseError(
-            f"{run.checkpoint / 'state.json'}: progress {progress!r} does not fit the recipe's "
-            f"{len(recipe.stages)} stages; the checkpoint is damaged. Start the run again into a new --out"
-        )
-    return {"stage": stage, "step": step}
-
-
-def _truncate_metrics(path: Path, resume_from: dict | None, console: Console | None = None) -> None:
-    """On resume, drop metric lines logged after the checkpoint (they will be recomputed), and any line
-    that is not a step record (the line a killed process was writing, or a damaged one)."""
-    if not path.is_file():
-        return
-    if resume_from is None:
-        path.unlink()
-        return
-    keep, dropped = [], 0
-    for line in read_text(path, "metrics file").splitlines():
-        try:
-            rec = json.loads(line)
-            at = (int(rec["stage_index"]), int(rec["step"]))
-        except (json.JSONDecodeError, TypeError, KeyError, ValueError):
-            dropped += bool(line.strip())
-            continue
-        if at <= (resume_from["stage"], resume_from["step"]):
-            keep.append(line)
-    if dropped > 1 and console is not None:  # one partial last line is the normal trace of a kill
-        console.print(f"[yellow]{path}: {dropped} damaged lines dropped[/yellow]")
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
-
-
-def _same_recipe(saved: str, recipe: Spec) -> bool:
-    """Whether a run's saved recipe reads as ``recipe`` (a run started by an older omnifuse keeps some
-    keys in their old spelling, e.g. ``objective: generative``; it resumes as the same recipe)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RecipeDeprecation)
-        try:
-            return parse_recipe(parse_yaml(saved, "run recipe")) == recipe
-        except OmnifuseError:
-            return False
-
-
-def prepare_run_dir(run: RunDir, recipe: Spec, resume: bool) -> bool:
-    """Create the run directory, refusing to overwrite an existing run unless resuming it. Returns True
-    when ``resume`` finds the run finished and intact: then nothing is to be done and nothing was written."""
-    check_out_dir(run.path)
-    if run.path.exists() and any(run.path.iterdir()) and not resume:
-        raise OmnifuseError(
-            f"{run.path} already holds files; nothing was changed. Continue that run with --resume, or "
-            "choose another directory with --out"
-        )
-    if resume and run.recipe_file.is_file():
-        saved = read_text(run.recipe_file, "run recipe")
-        if saved != dump_recipe(recipe) and not _same_recipe(saved, recipe):
-            raise OmnifuseError(
-                f"--resume: the recipe differs from the one {run.path} was started with ({run.recipe_file}); "
-                "resume with the same recipe and overrides, or start a new run with --out"
-            )
-        state = run.state()
-        if state is not None and state.status == "finished":
-            changed = run.changed_files(state)
-            if not changed:
-                return True
-            raise OmnifuseError(
-                f"--resume: {run.path} finished training, but {' and '.join(changed)} changed since (the "
-                "hashes in status.json differ); nothing was changed. Restore the files, or train again into "
-                "a new --out"
-            )
-    run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.recipe_file, dump_recipe(recipe))
-    return False
 
 
 def train(
