@@ -33,6 +33,44 @@ Dtype = Annotated[
     ),
 ]
 
+Nproc = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="run in N processes on this machine (one per GPU; gloo on CPUs), started by torchrun"
+    ),
+]
+
+
+def relaunch(nproc: int) -> None:
+    """Run this same command in ``nproc`` processes under torch's launcher (torchrun, the engine that
+    ``accelerate launch`` uses too) on this machine, and exit with its status."""
+    import subprocess
+    import sys
+
+    args, skip = [], False
+    for a in sys.argv[1:]:  # the command without --nproc
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "omnifuse", *args]  # fmt: skip
+    from omnifuse.cli import console
+
+    console.err.print(f"starting {nproc} processes: {' '.join(cmd[1:])}")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def quiet_unless_main() -> None:
+    """Under a launcher, only the first process prints results; the others' work lands in the same run."""
+    from omnifuse.cli import console
+    from omnifuse.runtime import current_world
+
+    if not current_world().main:
+        console.out.quiet = True
+
 
 def check_placement(device: str | None, dtype: str | None) -> None:
     """A bad ``--device`` / ``--dtype`` fails here, in a second, before any model loads (the recipe's

@@ -9,8 +9,18 @@ from typing import Annotated
 import typer
 
 from omnifuse.cli import console
-from omnifuse.cli.common import Device, Dtype, Progress, app, check_placement
+from omnifuse.cli.common import (
+    Device,
+    Dtype,
+    Nproc,
+    Progress,
+    app,
+    check_placement,
+    quiet_unless_main,
+    relaunch,
+)
 from omnifuse.cli.render import print_comparison, print_printout
+from omnifuse.errors import OmnifuseError
 
 
 @app.command("eval")
@@ -35,16 +45,29 @@ def eval_(
     progress: Progress = True,
     device: Device = None,
     dtype: Dtype = None,
+    nproc: Nproc = None,
 ) -> None:
     """Evaluate a trained run with its task's metrics: exact-match VQA accuracy per question type with a
     blind baseline; a classifier's accuracy, macro-F1 and confusion matrix; an alignment's R@1/5/10 in
-    both directions."""
+    both directions. With --nproc (or under torchrun) a generative run's questions are sharded across
+    the processes, with the predictions of one process."""
     from omnifuse.rundir import RunDir
+    from omnifuse.runtime import current_world
     from omnifuse.tasks import task_of_run
     from omnifuse.tasks.base import EvalRequest
 
     check_placement(device, dtype)
     run = RunDir(run_dir)
+    world = current_world()
+    if nproc is not None and nproc > 1 and not world.distributed:
+        relaunch(nproc)
+    task = task_of_run(run)
+    if world.distributed and task.name != "generate":
+        raise OmnifuseError(
+            f"a {task.name} run is evaluated in one process (its features are small): drop --nproc, torchrun "
+            "or accelerate launch"
+        )
+    quiet_unless_main()
     request = EvalRequest(
         data,
         limit,
@@ -55,7 +78,9 @@ def eval_(
         device=device,
         dtype=dtype,
     )
-    evaluated = task_of_run(run).evaluate(run, request)
+    evaluated = task.evaluate(run, request)
+    if not world.main:
+        return
     if as_json:
         print(json.dumps(evaluated.summary))
         return

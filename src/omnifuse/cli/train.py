@@ -9,29 +9,9 @@ import typer
 from rich.markup import escape
 
 from omnifuse.cli import console
-from omnifuse.cli.common import Overrides, Progress, app
+from omnifuse.cli.common import Device, Dtype, Nproc, Overrides, Progress, app, quiet_unless_main, relaunch
 from omnifuse.cli.render import print_printout
 from omnifuse.errors import OmnifuseError
-
-
-def _relaunch(nproc: int) -> None:
-    """Run this same command in ``nproc`` processes under torch's launcher (torchrun, the engine that
-    ``accelerate launch`` uses too) on this machine, and exit with its status."""
-    import subprocess
-    import sys
-
-    args, skip = [], False
-    for a in sys.argv[1:]:  # the command without --nproc
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "omnifuse", *args]  # fmt: skip
-    console.err.print(f"starting {nproc} processes: {' '.join(cmd[1:])}")
-    raise typer.Exit(subprocess.call(cmd))
 
 
 def _say_finished(run_dir: Path) -> None:
@@ -68,19 +48,9 @@ def train(
         bool, typer.Option(help="also log to RUN/tensorboard (needs tensorboard; LLM recipes)")
     ] = False,
     progress: Progress = True,
-    device: Annotated[
-        str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps (sets runtime.device)")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="auto | float32 | bfloat16 | float16 (sets runtime.dtype)")
-    ] = None,
-    nproc: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="train in N processes on this machine (one per GPU; gloo on CPUs), started by torchrun",
-        ),
-    ] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    nproc: Nproc = None,
 ) -> None:
     """Train a recipe through all its stages into a run directory (a classifier recipe: extract or load
     the cached features, train the fusion head, evaluate it; an alignment recipe: fit the method on cached
@@ -93,14 +63,13 @@ def train(
     r = load_recipe(recipe, [*(set_ or []), *runtime])
     world = current_world()
     if nproc is not None and nproc > 1 and not world.distributed:
-        _relaunch(nproc)
+        relaunch(nproc)
     if world.distributed and task_for(r).name != "generate":
         raise OmnifuseError(
             f"task {task_for(r).name} trains in one process (its models are small; DP-SGD runs through Opacus "
             "in one process): launch it without --nproc, torchrun or accelerate launch"
         )
-    if not world.main:
-        console.out.quiet = True  # one process reports; the others' work is in the same run directory
+    quiet_unless_main()
     run_dir = out_dir or Path("runs") / r.name
     done = task_for(r).train(
         r, run_dir, resume=resume, console=console.err, progress=progress, tensorboard=tensorboard

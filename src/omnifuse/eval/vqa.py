@@ -24,7 +24,7 @@ from omnifuse.eval.metrics import (
 from omnifuse.eval.stats import bootstrap_ci
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.progress import progress_bar
-from omnifuse.runtime import init_world
+from omnifuse.runtime import current_world, init_world
 from omnifuse.runtime.distributed import gather_dicts
 
 __all__ = [
@@ -131,7 +131,9 @@ def evaluate_vqa(
     over questions, overall and per question type.
     """
     asr = engine.processor.speech_to_text  # an ASR cascade: transcribe all clips up front, in batches
-    world = init_world(engine.processor.device)
+    world = current_world()
+    if world.distributed:
+        init_world(engine.processor.device)
     # With several processes (torchrun / `--nproc`), batch k is answered by process k mod N: each batch is
     # the one a single process would answer, so the predictions are the same; they are gathered in order.
     batches = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
