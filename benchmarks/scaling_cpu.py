@@ -6,7 +6,7 @@ data order. Each side trains ``--steps`` optimizer steps; samples/s is the media
 the first two (warm-up), read from metrics.jsonl; the sides alternate ``--repeats`` times and the medians
 of the repeats are compared. Prints the scaling ratio (2 processes / 1 process).
 
-    .venv/bin/python benchmarks/scaling_cpu.py --steps 12 --repeats 2
+    .venv/bin/python benchmarks/scaling_cpu.py --steps 10 --repeats 2
 """
 
 from __future__ import annotations
