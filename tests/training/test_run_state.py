@@ -104,7 +104,11 @@ def test_a_kill_between_the_final_checkpoint_and_the_weights_resumes_to_the_trai
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not (run / "model.safetensors").exists()
     assert json.loads((run / "status.json").read_text())["status"] == "running"
-    assert json.loads((run / "checkpoint" / "state.json").read_text())["progress"] == {"stage": 2, "step": 0, "processes": 1}
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["progress"] == {
+        "stage": 2,
+        "step": 0,
+        "processes": 1,
+    }
     with pytest.raises(OmnifuseError, match="has not finished"):
         RunDir(run).require_trained()
 
