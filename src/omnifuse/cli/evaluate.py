@@ -59,14 +59,15 @@ def eval_(
     check_placement(device, dtype)
     run = RunDir(run_dir)
     world = current_world()
-    if nproc is not None and nproc > 1 and not world.distributed:
-        relaunch(nproc)
+    several = world.distributed or (nproc or 1) > 1
     task = task_of_run(run)
-    if world.distributed and task.name != "generate":
+    if several and task.name != "generate":  # refused before any process starts
         raise OmnifuseError(
             f"a {task.name} run is evaluated in one process (its features are small): drop --nproc, torchrun "
             "or accelerate launch"
         )
+    if several and not world.distributed:
+        relaunch(nproc)
     quiet_unless_main()
     request = EvalRequest(
         data,

@@ -62,13 +62,14 @@ def train(
     runtime = [f"runtime.device={device}"] * bool(device) + [f"runtime.dtype={dtype}"] * bool(dtype)
     r = load_recipe(recipe, [*(set_ or []), *runtime])
     world = current_world()
-    if nproc is not None and nproc > 1 and not world.distributed:
-        relaunch(nproc)
-    if world.distributed and task_for(r).name != "generate":
+    several = world.distributed or (nproc or 1) > 1
+    if several and task_for(r).name != "generate":  # refused before any process starts
         raise OmnifuseError(
             f"task {task_for(r).name} trains in one process (its models are small; DP-SGD runs through Opacus "
             "in one process): launch it without --nproc, torchrun or accelerate launch"
         )
+    if several and not world.distributed:
+        relaunch(nproc)
     quiet_unless_main()
     run_dir = out_dir or Path("runs") / r.name
     done = task_for(r).train(
