@@ -43,6 +43,24 @@ def add_lora(module: nn.Module, spec: LoRASpec, component: str) -> None:
     inject_adapter_in_model(config, module)
 
 
+def unload_lora(model: nn.Module, merge: bool = True) -> int:
+    """Put the plain base layer back in the place of every LoRA layer, first folding the adapter into it
+    (W + B·A·alpha/r, PEFT's own ``merge(safe_merge=True)``, which refuses NaNs) when ``merge``; without
+    ``merge`` the adapters are dropped. The model then has its original parameter names and no ``lora_``
+    parameters. Returns how many layers were unloaded. PEFT's ``merge_and_unload`` needs a
+    ``PeftModel``; adapters here are injected into parts of a composite, so its two steps are done over
+    the composite's modules."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+    for name, module in layers:
+        if merge:
+            module.merge(safe_merge=True)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+    return len(layers)
+
+
 def prepare_lora(model: nn.Module, components: list[str], spec: LoRASpec) -> None:
     """Inject adapters for every component that some stage trains with LoRA (before loading weights)."""
     for comp in components:
