@@ -1,7 +1,7 @@
 """``omnifuse <verb>``: the command line. Results go to stdout, progress and logs to stderr.
 
 One module per verb group registers its commands on :data:`omnifuse.cli.common.app` (``train``: validate and
-train; ``evaluate``: eval, report, compare; ``chat``: chat and explain; ``sweep``; ``serve``; ``data``:
+train; ``evaluate``: eval, report, compare; ``chat``: chat and explain; ``export``; ``sweep``; ``serve``; ``data``:
 assets and data; ``recipes``: ls and cp; ``quickstart``); what they print lives in ``render``. :func:`main` is the entry point:
 errors the user can fix are printed as one paragraph with a non-zero exit code; ``--debug`` (anywhere on
 the command line) shows the traceback instead.
@@ -24,7 +24,7 @@ from omnifuse.recipe import RecipeDeprecation
 
 # Each import registers its verbs; their order is the order of `omnifuse --help`.
 # isort: off
-from omnifuse.cli import train, evaluate, chat, sweep, serve, data, recipes, quickstart  # noqa: E402, F401
+from omnifuse.cli import train, evaluate, chat, export, sweep, serve, data, recipes, quickstart  # noqa: E402, F401
 # isort: on
 
 
