@@ -63,7 +63,9 @@ def _check(kind: str, run: Path) -> None:
     for name, w in want["tensors"].items():
         g = got["tensors"][name]
         assert g["shape"] == w["shape"], name
-        assert g["sum"] == pytest.approx(w["sum"], rel=1e-4, abs=1e-6), name
+        # abs 1e-5: a tensor that is zero up to float32 rounding (the PCA mean of standardised features,
+        # sum ~1e-6) sums to reduction-order noise, which differs between numpy builds
+        assert g["sum"] == pytest.approx(w["sum"], rel=1e-4, abs=1e-5), name
         assert g["sq"] == pytest.approx(w["sq"], rel=1e-4, abs=1e-6), name
 
 
