@@ -20,7 +20,12 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from badinput import write_llm_folder, write_yaml
 from omnifuse.cli import main
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
+from omnifuse.encoders.vision.cnn import to_tensor
+from omnifuse.encoders.vision.hf import from_config
+from omnifuse.export.llava import image_processor
 from omnifuse.generation.engine import Engine, GenerationConfig
+from omnifuse.models.builders import build_model
+from omnifuse.recipe import ModelSpec
 from omnifuse.rundir import RunDir
 from omnifuse.tasks.generate.load import load_model
 from tiny import write_color_dataset
@@ -124,8 +129,7 @@ def load_without_omnifuse(folder, image, tmp_path) -> tuple[dict, dict]:
     return load_file(f"{out}.safetensors"), json.loads(out.with_suffix(".json").read_text())
 
 
-def omnifuse_side(run, image) -> tuple[list[int], torch.Tensor, torch.Tensor, list[int], int]:
-    recipe, model, processor = load_model(RunDir(run), progress=False)
+def omnifuse_side(model, processor, image) -> tuple[list[int], torch.Tensor, torch.Tensor, list[int], int]:
     sample = Sample("q", (Message("user", (ImagePart(image=Image.open(image)), TextPart(QUESTION))),))
     batch = processor.collate([processor.encode(sample, for_generation=True)], padding_side="left")
     with torch.no_grad():
@@ -145,8 +149,18 @@ def omnifuse_side(run, image) -> tuple[list[int], torch.Tensor, torch.Tensor, li
 )
 def test_plain_transformers_answers_like_omnifuse(parts, tmp_path, variant):
     run, folder = trained_and_exported(parts, tmp_path, **variant)
+    unmerged = ["export", str(run), "--out", str(tmp_path / "x"), "--format", "llava", "--no-merge-lora"]
+    assert main(unmerged) == 2 and not (tmp_path / "x").exists()
+    small = ["export", str(run), "--out", str(tmp_path / "bf16"), "--format", "llava", "--dtype", "bfloat16",
+             "--max-shard-size", "40KB", "--no-progress"]  # fmt: skip
+    assert main(small) == 0
+    index = json.loads((tmp_path / "bf16" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1
+    assert {t.dtype for s in shards for t in load_file(tmp_path / "bf16" / s).values()} == {torch.bfloat16}
     plain, meta = load_without_omnifuse(folder, parts[3], tmp_path)
-    ids, logits, pixels, answer, placeholder = omnifuse_side(run, parts[3])
+    _, model, processor = load_model(RunDir(run), progress=False)
+    ids, logits, pixels, answer, placeholder = omnifuse_side(model, processor, parts[3])
     image_id = meta["image_token_id"]
     assert meta["input_ids"] == [image_id if t == placeholder else t for t in ids]
     torch.testing.assert_close(plain["pixel_values"], pixels, atol=1e-5, rtol=0)
@@ -165,3 +179,40 @@ def test_plain_transformers_answers_like_omnifuse(parts, tmp_path, variant):
     assert config["vision_feature_select_strategy"] == expected_strategy
     assert config["image_seq_length"] == (16 if variant["drop_cls"] else 17)
     assert not any("lora" in k for k in load_file(folder / "model.safetensors"))
+
+    # and back: model.init_from the exported folder is the trained model again (its placeholder id and
+    # vocabulary differ by the added <image> row)
+    back_model, back_processor = build_model(ModelSpec(init_from=str(folder)), progress=False)
+    back_ids, back_logits, _, back_answer, back_placeholder = omnifuse_side(
+        back_model.eval(), back_processor, parts[3]
+    )
+    assert [placeholder if t == back_placeholder else t for t in back_ids] == ids
+    assert (back_logits[..., :vocab] - logits).abs().max() <= 1e-4
+    assert back_answer == answer
+
+
+@pytest.mark.parametrize("shorter", [None, 36], ids=["resize", "resize-and-crop"])
+def test_the_exported_image_processor_preprocesses_like_omnifuse(shorter):
+    """Resize-only: identical. With a centre crop, a half-pixel offset is rounded (as torchvision's
+    CenterCrop, which CLIP's own preprocessing uses) by omnifuse and floored by transformers' PIL
+    processor: then the two crops are one pixel apart, and equal once shifted."""
+    encoder = from_config(CLIPVisionConfig(**TOWER, patch_size=8), image_size=32, resize_shorter=shorter,
+                          mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))  # fmt: skip
+    processor = image_processor(encoder)
+    rng = np.random.default_rng(0)
+    shifted = 0
+    for h, w in [(48, 40), (40, 48), (37, 50), (64, 64), (100, 57), (36, 36), (51, 36)]:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        ours = encoder.preprocess(image)
+        if (theirs - ours).abs().max() <= 1e-5:
+            continue
+        assert shorter is not None, f"{w}x{h}: resize-only preprocessing differs"
+        nw, nh = (shorter, int(shorter * h / w)) if w <= h else (int(shorter * w / h), shorter)
+        left, top = (nw - 32) / 2, (nh - 32) / 2
+        assert max(left % 1, top % 1) == 0.5, f"{w}x{h}: differs without a half-pixel crop offset"
+        resized = image.resize((nw, nh), encoder.resample)
+        floored = resized.crop((int(left), int(top), int(left) + 32, int(top) + 32))
+        assert (theirs - to_tensor(floored, encoder.mean, encoder.std)).abs().max() <= 1e-5
+        shifted += 1
+    assert shifted == (0 if shorter is None else 4)  # 3 of the 7 shapes have whole-pixel offsets

@@ -3,7 +3,6 @@ implements (:class:`ExportFormat`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -64,29 +63,6 @@ def generation_config(loaded: Loaded) -> GenerationConfig:
         config.eos_token_id = processor.stop_ids if len(processor.stop_ids) > 1 else processor.stop_ids[0]
     config.pad_token_id = processor.pad_id
     return config
-
-
-def exact_keys(given: Iterable[str], expected: Iterable[str], what: str) -> None:
-    """Refuse a state dict whose keys differ from the model's: a silent partial load would answer
-    with random weights where the missing ones belong."""
-    given, expected = set(given), set(expected)
-    unknown, missing = sorted(given - expected), sorted(expected - given)
-    if not unknown and not missing:
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing ({_listed(missing)})")
-    if unknown:
-        parts.append(f"{len(unknown)} unknown ({_listed(unknown)})")
-    raise OmnifuseError(
-        f"{what}: the weights do not match the model: {' and '.join(parts)} parameter names; the folder "
-        "belongs to another model or is incomplete. Export it again from its run directory"
-    )
-
-
-def _listed(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def parse_dtype(name: str) -> torch.dtype:

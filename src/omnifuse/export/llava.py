@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 import torch
-from huggingface_hub import save_torch_state_dict
 from tokenizers import AddedToken
 from transformers import (
     CLIPImageProcessorPil,
@@ -29,7 +28,7 @@ from transformers import (
 )
 
 from omnifuse.errors import OmnifuseError
-from omnifuse.export.common import ExportOptions, Loaded, exact_keys, generation_config
+from omnifuse.export.common import ExportOptions, Loaded, generation_config
 from omnifuse.models import llava_format
 from omnifuse.processing.processor import BASE_TEMPLATE
 from omnifuse.recipe import Recipe
@@ -55,34 +54,22 @@ class LlavaFormat:
             tokenizer.add_tokens([AddedToken(llava_format.IMAGE_TOKEN, special=True, normalized=False)])
         image_id = tokenizer.convert_tokens_to_ids(llava_format.IMAGE_TOKEN)
         rows = model.llm.get_input_embeddings().weight.shape[0]
-        config = _config(loaded, found, image_id, vocab_size=max(rows, image_id + 1))
-        with torch.device("meta"):
-            expected = LlavaForConditionalGeneration(config).state_dict()
-        state = llava_format.to_llava(model, expected)
+        llava = llava_format.to_llava(model, _config(loaded, found, image_id, vocab_size=rows))
         if image_id >= rows:
-            state = _pad_vocabulary(state, image_id + 1 - rows)
-        exact_keys(state, expected, "llava export")
-        if config.tie_word_embeddings:
-            state.pop("lm_head.weight")
-        state = {k: v.detach().to(options.dtype).contiguous() for k, v in state.items()}
-        save_torch_state_dict(state, folder, max_shard_size=options.max_shard_size, metadata={"format": "pt"})
-        config.dtype = options.dtype
-        config.save_pretrained(folder)
-        generation = generation_config(loaded)
+            _add_rows(llava, image_id + 1)
+        llava.generation_config = generation_config(loaded)
         if image_id >= rows:
-            generation.suppress_tokens = [image_id]
-        generation.save_pretrained(folder)
+            llava.generation_config.suppress_tokens = [image_id]
+        llava.to(options.dtype).save_pretrained(folder, max_shard_size=options.max_shard_size)
         _processor(loaded, found, tokenizer).save_pretrained(folder)
         return _SNIPPET
 
 
 def _config(loaded: Loaded, found: llava_format.LlavaSettings, image_id: int, vocab_size: int) -> LlavaConfig:
     encoder, llm = loaded.model.encoders["image"], loaded.model.llm
-    text = llm.config.__class__.from_dict(llm.config.to_dict())
-    text.vocab_size = vocab_size
     return LlavaConfig(
         vision_config=encoder.tower.config.to_dict(),
-        text_config=text.to_dict(),
+        text_config=llm.config.to_dict() | {"vocab_size": vocab_size},
         image_token_index=image_id,
         projector_hidden_act=found.projector_hidden_act,
         vision_feature_select_strategy=found.vision_feature_select_strategy,
@@ -93,21 +80,22 @@ def _config(loaded: Loaded, found: llava_format.LlavaSettings, image_id: int, vo
     )
 
 
-def _pad_vocabulary(state: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
-    """Zero rows for the added ``<image>`` token (its embedding is always overwritten by image features)."""
-    out = dict(state)
-    for key in (llava_format.LANGUAGE + "embed_tokens.weight", "lm_head.weight"):
-        weight = out[key]
-        out[key] = torch.cat([weight, weight.new_zeros(extra, weight.shape[1])])
-    return out
+def _add_rows(llava: LlavaForConditionalGeneration, rows: int) -> None:
+    """Grow the vocabulary to ``rows`` for the added ``<image>`` token, with zero rows (its embedding is
+    always overwritten by image features; the head's row is kept out of answers by suppress_tokens)."""
+    old = llava.get_input_embeddings().weight.shape[0]
+    llava.resize_token_embeddings(rows, mean_resizing=False)
+    with torch.no_grad():
+        llava.get_input_embeddings().weight[old:] = 0
+        llava.get_output_embeddings().weight[old:] = 0
 
 
-def _processor(loaded: Loaded, found: llava_format.LlavaSettings, tokenizer) -> LlavaProcessor:
-    encoder = loaded.model.encoders["image"]
+def image_processor(encoder) -> CLIPImageProcessorPil:
+    """transformers' CLIP image processor (PIL backend: no torchvision needed) set like ``encoder``'s
+    preprocessing (an :class:`~omnifuse.encoders.vision.hf.HFVisionEncoder`)."""
     size, shorter = encoder.image_size, encoder.resize_shorter
-    resize = {"height": size, "width": size} if shorter is None else {"shortest_edge": shorter}
-    image_processor = CLIPImageProcessorPil(
-        size=resize,
+    return CLIPImageProcessorPil(
+        size={"height": size, "width": size} if shorter is None else {"shortest_edge": shorter},
         crop_size={"height": size, "width": size},
         do_center_crop=shorter is not None,
         resample=encoder.resample,
@@ -115,8 +103,12 @@ def _processor(loaded: Loaded, found: llava_format.LlavaSettings, tokenizer) -> 
         image_std=list(encoder.std),
         do_convert_rgb=True,
     )
+
+
+def _processor(loaded: Loaded, found: llava_format.LlavaSettings, tokenizer) -> LlavaProcessor:
+    encoder = loaded.model.encoders["image"]
     return LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=image_processor(encoder),
         tokenizer=tokenizer,
         patch_size=encoder.patch_size,
         vision_feature_select_strategy=found.vision_feature_select_strategy,

@@ -30,6 +30,7 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import CrossAttentionFusion
 from omnifuse.fusion.late import SpeechToText
 from omnifuse.llm import hidden_size, load_llm, vocab_size
+from omnifuse.models.llava_import import llava_parts, load_connector
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import MediaSlot, Processor, Tiling
 from omnifuse.processing.processor import load_clip
@@ -158,6 +159,11 @@ def build_model(
 ) -> tuple[MultimodalLM, Processor]:
     """Build the model and its processor. ``llm``/``tokenizer``/``encoders`` may be injected (tests use
     tiny random ones); otherwise they are loaded from the pretrained assets the spec names."""
+    from_llava = (
+        llava_parts(spec) if spec.init_from is not None and llm is None and encoders is None else None
+    )
+    if from_llava is not None:  # a LLaVA checkpoint's parts; its projector once the connector exists
+        llm, tokenizer, encoders = from_llava.llm, from_llava.tokenizer, from_llava.encoders
     if llm is None or tokenizer is None:
         llm, tokenizer = load_llm(spec.llm.name, progress=progress)
     encoders = encoders if encoders is not None else {m: build_encoder(s) for m, s in spec.encoders.items()}
@@ -170,6 +176,8 @@ def build_model(
     placeholder_ids = {m: base + k for k, m in enumerate(sorted(spec.encoders))}
     fusion = build_fusion(spec.fusion, llm, d_llm)
     model = MultimodalLM(encoders, connectors, llm, placeholder_ids, fusion)
+    if from_llava is not None:
+        load_connector(model, from_llava.connector, str(spec.init_from))
     slots = {m: _media_slot(model, m, spec) for m in spec.encoders}
     speech_to_text = None
     if spec.asr is not None:

@@ -1,35 +1,39 @@
 """LLaVA's layout (transformers' ``LlavaForConditionalGeneration``) ↔ omnifuse's composite, both ways.
 
-The one place that knows how the parameter names and settings of the two correspond
-(``omnifuse export --format llava`` writes through it, ``model.init_from`` reads through it):
+The one place that knows how the parts and settings of the two correspond (``omnifuse export --format
+llava`` writes through :func:`to_llava`, ``model.init_from`` reads through :func:`from_llava`):
 
 ======================================  =============================================
 omnifuse (``MultimodalLM``)             LLaVA (``LlavaForConditionalGeneration``)
 ======================================  =============================================
-``encoders.image.tower.<k>``            ``model.vision_tower.<p><k>`` (``<p>``: the tower class's own prefix)
+``encoders.image.tower``                ``model.vision_tower`` (the same module class)
 ``connectors.image.fc1`` / ``fc2``      ``model.multi_modal_projector.linear_1`` / ``linear_2`` (GELU)
 ``connectors.image.proj`` (linear)      ``linear_1``, with ``linear_2`` = identity and a linear activation
-``llm.<base>.<k>`` / ``llm.lm_head``    ``model.language_model.<k>`` / ``lm_head``
+``llm.<base>`` / ``llm.lm_head``        ``model.language_model`` / ``lm_head``
 hidden state ``layer``                  ``vision_feature_layer``
 ``drop_cls`` (one CLS token)            ``vision_feature_select_strategy: default``; kept / none: ``full``
 ======================================  =============================================
 
-Every key on one side must have its counterpart on the other: :func:`omnifuse.export.common.exact_keys`
-refuses anything else with the names listed (never a silent partial load).
+The tower and the LLM move as whole modules; names on disk are transformers' business: its own
+``save_pretrained`` / ``from_pretrained`` write and read them, the historical llava-hf layouts
+(``language_model.model.*``, ``vision_tower.vision_model.*``) included. The projector's weights are
+mapped here, and every parameter and buffer of the target must be filled: anything else is refused
+with the names listed (:func:`omnifuse.models.weights.exact_keys`), never a silent partial load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 from omnifuse.connectors import LinearConnector, MLPConnector
 from omnifuse.encoders.vision.hf import HFVisionEncoder
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.multimodal import MultimodalLM
+from omnifuse.models.weights import exact_keys
 from omnifuse.recipe import (
     EarlyFusionSpec,
     HFVisionSpec,
@@ -39,11 +43,13 @@ from omnifuse.recipe import (
 )
 
 IMAGE_TOKEN = "<image>"
-TOWER, PROJECTOR, LANGUAGE = "model.vision_tower.", "model.multi_modal_projector.", "model.language_model."
 HINT = (
     "export the language model alone with `--format llm`; a format for every recipe (`--format hf`) is not "
     "built yet"
 )
+
+
+IMPORT_HINT = "omnifuse cannot take this checkpoint's LLM apart; start from its parts' own folders instead"
 
 
 def unfit_parts(spec: ModelSpec) -> list[str]:
@@ -111,71 +117,82 @@ def settings(model: MultimodalLM) -> LlavaSettings:
     return LlavaSettings(encoder.layer, strategy, act, model.media_tokens_per_item("image"), prefix)
 
 
-def tower_prefix(ours: Mapping[str, object], theirs: Mapping[str, object]) -> str:
-    """The prefix LLaVA's tower puts before the keys of omnifuse's tower (``vision_model.`` when one is a
-    ``CLIPVisionModel`` and the other its inner ``CLIPVisionTransformer``; empty when they are alike)."""
-    key = min(ours, key=len)
-    for candidate in sorted({t[: len(t) - len(key)] for t in theirs if t.endswith(key)}, key=len):
-        if {candidate + k for k in ours} == set(theirs):
-            return candidate
-    raise OmnifuseError(
-        f"the vision tower's {len(ours)} parameters do not correspond to LLaVA's {len(theirs)} (e.g. {key!r}); "
-        f"{HINT}"
-    )
-
-
-def _under(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _llm_names(llm: nn.Module) -> tuple[str, str]:
-    """(base model prefix, output head name) of a transformers causal LM: ``model.``, ``lm_head.``."""
+def llm_names(llm: nn.Module) -> tuple[str, str]:
+    """(base model attribute, output head attribute) of a transformers causal LM: ``model``, ``lm_head``."""
     base = getattr(llm, "base_model_prefix", "model")
     heads = [n for n, m in llm.named_children() if m is llm.get_output_embeddings()]
-    if not hasattr(llm, base) or len(heads) != 1:
+    if not isinstance(getattr(llm, base, None), nn.Module) or len(heads) != 1:
         raise OmnifuseError(
             f"the LLM ({type(llm).__name__}) is not a transformers causal LM with a base model and an output "
             f"head; {HINT}"
         )
-    return base + ".", heads[0] + "."
+    return base, heads[0]
 
 
-def to_llava(model: MultimodalLM, llava_keys: Mapping[str, object]) -> dict[str, torch.Tensor]:
-    """omnifuse's state dict renamed to ``llava_keys`` (a ``LlavaForConditionalGeneration``'s state dict)."""
-    state = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    tower = _under(state, "encoders.image.tower.")
-    prefix = tower_prefix(tower, _under(llava_keys, TOWER))
-    out |= {TOWER + prefix + k: v for k, v in tower.items()}
-    connector = _under(state, "connectors.image.")
-    if "proj.weight" in connector:  # a single linear layer: linear_2 passes its output through unchanged
-        d = connector["proj.weight"].shape[0]
-        eye = torch.eye(d, dtype=connector["proj.weight"].dtype)
-        connector = {"fc1.weight": connector["proj.weight"], "fc1.bias": connector["proj.bias"]}
-        connector |= {"fc2.weight": eye, "fc2.bias": torch.zeros(d, dtype=eye.dtype)}
-    names = {"fc1": "linear_1", "fc2": "linear_2"}
-    out |= {PROJECTOR + names[k.split(".")[0]] + k[3:]: v for k, v in connector.items()}
-    base, head = _llm_names(model.llm)
-    llm = _under(state, "llm.")
-    out |= {LANGUAGE + k[len(base) :]: v for k, v in llm.items() if k.startswith(base)}
-    out |= {"lm_head." + k[len(head) :]: v for k, v in llm.items() if k.startswith(head)}
-    return out
+def _same_class(ours: nn.Module, theirs: nn.Module, what: str, hint: str = HINT) -> None:
+    if type(ours) is not type(theirs):
+        raise OmnifuseError(
+            f"the {what} is a {type(ours).__name__}, but LLaVA's config builds a {type(theirs).__name__} in its "
+            f"place; {hint}"
+        )
 
 
-def from_llava(state: Mapping[str, torch.Tensor], model: MultimodalLM) -> dict[str, torch.Tensor]:
-    """A ``LlavaForConditionalGeneration`` state dict renamed to ``model``'s names (the inverse of
-    :func:`to_llava` for an MLP projector, the shape of every published LLaVA)."""
-    ours = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    tower = _under(state, TOWER)
-    prefix = tower_prefix(_under(ours, "encoders.image.tower."), tower)
-    out |= {"encoders.image.tower." + k[len(prefix) :]: v for k, v in tower.items()}
-    names = {"linear_1": "fc1", "linear_2": "fc2"}
-    out |= {
-        "connectors.image." + names.get(k.split(".")[0], k) + k[8:]: v
-        for k, v in _under(state, PROJECTOR).items()
+def _all_filled(module: nn.Module, what: str) -> None:
+    """Nothing of ``module`` left on the meta device (where it was built without weights)."""
+    exact_keys([], [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta], what)
+
+
+def _projector_state(connector: nn.Module) -> dict[str, torch.Tensor]:
+    """omnifuse's connector weights under LLaVA's projector names (``linear_1``, ``linear_2``)."""
+    if isinstance(connector, LinearConnector):  # linear_2 passes linear_1's output through unchanged
+        weight, bias = connector.proj.weight.detach(), connector.proj.bias.detach()
+        eye = torch.eye(weight.shape[0], dtype=weight.dtype)
+        return {"linear_1.weight": weight, "linear_1.bias": bias, "linear_2.weight": eye,
+                "linear_2.bias": torch.zeros_like(bias)}  # fmt: skip
+    return {
+        name.replace("fc1.", "linear_1.").replace("fc2.", "linear_2."): p.detach()
+        for name, p in connector.named_parameters()
     }
-    base, head = _llm_names(model.llm)
-    out |= {"llm." + base + k: v for k, v in _under(state, LANGUAGE).items()}
-    out |= {"llm." + head + k[len("lm_head.") :]: v for k, v in state.items() if k.startswith("lm_head.")}
-    return out
+
+
+def to_llava(model: MultimodalLM, config: LlavaConfig) -> LlavaForConditionalGeneration:
+    """A ``LlavaForConditionalGeneration`` made of omnifuse's own modules (shared, not copied): the tower
+    and the LLM's base model and head are put in LLaVA's places, the projector gets the connector's
+    weights. Anything left unfilled is an error naming it."""
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(config)
+    tower, llm = model.encoders["image"].tower, model.llm
+    _same_class(tower, llava.model.vision_tower, "vision tower")
+    base, head = llm_names(llm)
+    _same_class(getattr(llm, base), llava.model.language_model, "LLM's base model")
+    llava.model.vision_tower = tower
+    llava.model.language_model = getattr(llm, base)
+    llava.lm_head = getattr(llm, head)
+    projector = _projector_state(model.connectors["image"])
+    exact_keys(projector, llava.model.multi_modal_projector.state_dict(), "llava export (projector)")
+    llava.model.multi_modal_projector.load_state_dict(projector, assign=True)
+    _all_filled(llava, "llava export")
+    return llava.eval()
+
+
+def from_llava(llava: LlavaForConditionalGeneration, spec: ModelSpec) -> tuple[nn.Module, nn.Module, dict]:
+    """(vision tower, causal LM, connector weights under omnifuse's names) of a loaded LLaVA model: the
+    tower and the LLM's modules are LLaVA's own (not copied); for a single linear connector the two
+    projector layers are folded (``W2·W1``, ``W2·b1 + b2``: exact, a linear activation being the identity)."""
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(llava.config.text_config)
+    base, head = llm_names(llm)
+    _same_class(getattr(llm, base), llava.model.language_model, "LLM's base model", IMPORT_HINT)
+    setattr(llm, base, llava.model.language_model)
+    setattr(llm, head, llava.lm_head)
+    _all_filled(llm, "model.init_from (LLM)")
+    projector = {k: v.detach() for k, v in llava.model.multi_modal_projector.state_dict().items()}
+    if isinstance(spec.connectors["image"], LinearConnectorSpec):
+        w1, b1, w2, b2 = (projector[f"linear_{i}.{p}"].double() for i in (1, 2) for p in ("weight", "bias"))
+        dtype = projector["linear_1.weight"].dtype
+        connector = {"proj.weight": (w2 @ w1).to(dtype), "proj.bias": (w2 @ b1 + b2).to(dtype)}
+    else:
+        connector = {
+            k.replace("linear_1.", "fc1.").replace("linear_2.", "fc2."): v for k, v in projector.items()
+        }
+    return llava.model.vision_tower, llm, connector

@@ -7,6 +7,7 @@ Below training, evaluation and the run reload, which all read or write weights; 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -20,6 +21,24 @@ from omnifuse.errors import OmnifuseError
 def _listed(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def exact_keys(given: Iterable[str], expected: Iterable[str], what: str) -> None:
+    """Refuse a state dict whose keys differ from the model's: a silent partial load would answer
+    with random weights where the missing ones belong."""
+    given, expected = set(given), set(expected)
+    unknown, missing = sorted(given - expected), sorted(expected - given)
+    if not unknown and not missing:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_listed(missing)})")
+    if unknown:
+        parts.append(f"{len(unknown)} unknown ({_listed(unknown)})")
+    raise OmnifuseError(
+        f"{what}: the weights do not match the model: {' and '.join(parts)} parameter names; the folder "
+        "belongs to another model or is incomplete. Export it again from its run directory"
+    )
 
 
 def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -53,16 +72,16 @@ def save_tensors_atomic(
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def read_tensors(path: Path, what: str = "weights file") -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, what: str = "weights file", hint: str | None = None) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors; a missing, empty or damaged file is an OmnifuseError naming it."""
     if not path.is_file():
-        raise OmnifuseError(f"{what} {path} does not exist; the run directory is incomplete")
+        raise OmnifuseError(f"{what} {path} does not exist; {hint or 'the run directory is incomplete'}")
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises several types for a damaged file
         reason = "it is empty" if path.stat().st_size == 0 else f"{type(exc).__name__}: {exc}"
         raise OmnifuseError(
-            f"{what} {path} is not a readable safetensors file ({reason}); the run directory is damaged"
+            f"{what} {path} is not a readable safetensors file ({reason}); {hint or 'the run directory is damaged'}"
         ) from None
 
 

@@ -37,6 +37,20 @@ class ModelSpec(Spec):
     asr: ASRSpec | None = Field(
         None, description="ASR cascade for spoken input (instead of an audio encoder); null = none"
     )
+    init_from: str | None = Field(
+        None,
+        description="a LLaVA-format folder (LlavaForConditionalGeneration, e.g. from `omnifuse export --format "
+        "llava`) to start from: encoders, connectors and llm.name are taken from it; null = none",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _init_from(cls, data):
+        if isinstance(data, dict) and data.get("init_from") is not None:
+            from omnifuse.recipe.llava import llava_sections
+
+            return llava_sections(data)
+        return data
 
     @model_validator(mode="after")
     def _audio(self) -> ModelSpec:
