@@ -31,7 +31,7 @@ def export_format(name: str) -> ExportFormat:
     if name not in FORMATS:
         raise OmnifuseError(
             f"unknown export format {name!r}; choose one of {', '.join(FORMATS)} "
-            "(hf: every recipe, llava: LLaVA-shaped recipes, llm: the language model alone)"
+            "(llava: LLaVA-shaped recipes, llm: the language model alone)"
         )
     return FORMATS[name]
 
