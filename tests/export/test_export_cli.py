@@ -40,6 +40,12 @@ def test_unknown_dtype_is_refused(cnn_run, tmp_path, capsys):
     assert "--dtype 'int4' is not one of float32, bfloat16, float16" in _err(capsys)
 
 
+def test_unknown_shard_size_is_refused(cnn_run, tmp_path, capsys):
+    run, _ = cnn_run
+    assert _export(run, tmp_path / "x", "--max-shard-size", "big") == 2
+    assert "--max-shard-size 'big' is not a size such as 500MB" in _err(capsys)
+
+
 def test_run_without_weights_is_refused(cnn_run, tmp_path, capsys):
     run, _ = cnn_run
     broken = tmp_path / "run"

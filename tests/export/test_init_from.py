@@ -91,7 +91,7 @@ def test_a_llava_checkpoint_starts_an_omnifuse_model_with_its_logits(tmp_path, i
     assert ours.abs().max() > 1e-2  # not a vacuous comparison of zeros
 
 
-def test_init_from_trains_and_reloads(tmp_path, image):
+def test_init_from_trains_and_reloads(tmp_path):
     write_llava(tmp_path / "llava", tied=True)
     data = write_color_dataset(tmp_path / "data", n=4)
     recipe = {

@@ -50,10 +50,12 @@ def export_(
     generation_config.json, the tokenizer with its chat template, the preprocessing config and a model card."""
     from omnifuse.export import ExportOptions, export_format, export_run
     from omnifuse.export import push_to_hub as push
-    from omnifuse.export.common import parse_dtype
+    from omnifuse.export.common import check_shard_size, parse_dtype
 
     export_format(format_)  # unknown formats and dtypes fail before anything loads
-    options = ExportOptions(merge_lora=merge_lora, dtype=parse_dtype(dtype), max_shard_size=max_shard_size)
+    options = ExportOptions(
+        merge_lora=merge_lora, dtype=parse_dtype(dtype), max_shard_size=check_shard_size(max_shard_size)
+    )
     command = shlex.join(
         ["omnifuse", "export", str(run_dir), "--out", str(out), "--format", format_, "--dtype", dtype]
         + ([] if merge_lora else ["--no-merge-lora"])

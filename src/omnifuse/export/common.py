@@ -3,6 +3,7 @@ implements (:class:`ExportFormat`)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +64,17 @@ def generation_config(loaded: Loaded) -> GenerationConfig:
         config.eos_token_id = processor.stop_ids if len(processor.stop_ids) > 1 else processor.stop_ids[0]
     config.pad_token_id = processor.pad_id
     return config
+
+
+SHARD_SIZE = re.compile(r"\d+(\.\d+)?\s*(KB|MB|GB|TB)", re.IGNORECASE)  # what save_pretrained accepts
+
+
+def check_shard_size(text: str) -> str:
+    if not SHARD_SIZE.fullmatch(text.strip()):
+        raise OmnifuseError(
+            f"--max-shard-size {text!r} is not a size such as 500MB, 2GB or 10GB (units KB, MB, GB, TB)"
+        )
+    return text.strip()
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -29,6 +29,7 @@ from transformers import (
 
 from omnifuse.errors import OmnifuseError
 from omnifuse.export.common import ExportOptions, Loaded, generation_config
+from omnifuse.llm import vocab_size
 from omnifuse.models import llava_format
 from omnifuse.processing.processor import BASE_TEMPLATE
 from omnifuse.recipe import Recipe
@@ -53,7 +54,7 @@ class LlavaFormat:
         if llava_format.IMAGE_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_tokens([AddedToken(llava_format.IMAGE_TOKEN, special=True, normalized=False)])
         image_id = tokenizer.convert_tokens_to_ids(llava_format.IMAGE_TOKEN)
-        rows = model.llm.get_input_embeddings().weight.shape[0]
+        rows = vocab_size(model.llm)
         llava = llava_format.to_llava(model, _config(loaded, found, image_id, vocab_size=rows))
         if image_id >= rows:
             _add_rows(llava, image_id + 1)

@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalG
 from omnifuse.connectors import LinearConnector, MLPConnector
 from omnifuse.encoders.vision.hf import HFVisionEncoder
 from omnifuse.errors import OmnifuseError
+from omnifuse.llm import hidden_size
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.models.weights import exact_keys
 from omnifuse.recipe import (
@@ -102,7 +103,7 @@ def settings(model: MultimodalLM) -> LlavaSettings:
             f"drops them; LLaVA can drop only one (vision_feature_select_strategy: default). {HINT}"
         )
     strategy = "default" if encoder.drop_cls and prefix == 1 else "full"
-    d_llm = model.llm.get_input_embeddings().weight.shape[1]
+    d_llm = hidden_size(model.llm)
     if isinstance(connector, MLPConnector):
         if connector.fc1.out_features != d_llm:
             raise OmnifuseError(
