@@ -65,7 +65,9 @@ class ClassifyTask:
             "classifier",
             "its robustness to missing and noisy modalities: eval.robustness in the recipe",
         )
-        result = evaluate_classifier_run(run, request.data, request.limit, progress=request.progress)
+        result = evaluate_classifier_run(
+            run, request.data, request.limit, request.progress, request.device, request.dtype
+        )
         printout = scores_printout(run.path)
         printout.insert(1, confusion_table(result))
         return Evaluated(result, printout)

@@ -34,6 +34,7 @@ from omnifuse.eval.stats import bootstrap_ci  # noqa: E402
 from omnifuse.models.classifier import FusionClassifier  # noqa: E402
 from omnifuse.recipe import ClassifierRecipe  # noqa: E402
 from omnifuse.rundir import RunDir  # noqa: E402
+from omnifuse.runtime import Placement  # noqa: E402
 from omnifuse.tasks.classify.features import FeatureSplit, accuracy, predict  # noqa: E402
 
 ROBUSTNESS_SEED = 1234
@@ -41,32 +42,42 @@ PREDICTIONS = "predictions.jsonl"
 
 
 def robustness(
-    model: FusionClassifier, split: FeatureSplit, noise_std: tuple[float, ...], missing: bool = True
+    model: FusionClassifier,
+    split: FeatureSplit,
+    noise_std: tuple[float, ...],
+    missing: bool = True,
+    placement: Placement | None = None,
 ) -> dict:
-    """Accuracies under changed inputs (see the module docstring); same samples as the clean score."""
+    """Accuracies under changed inputs (see the module docstring); same samples as the clean score. The
+    changed features are made on the CPU beside the split (the noise from a seeded CPU generator, so it is
+    the same on every device) and copied to the model's device chunk by chunk (:func:`predict`)."""
     mods = model.modalities
     n = len(split)
-    out: dict = {"clean": accuracy(model, split), "missing": {}, "noise": {}}
+    out: dict = {"clean": accuracy(model, split, placement=placement), "missing": {}, "noise": {}}
     if missing and len(mods) > 1:
         for k, m in enumerate(mods):
             zeroed = FeatureSplit(
                 split.samples, dict(split.features, **{m: torch.zeros_like(split.features[m])}), split.labels
             )
-            present = torch.ones(n, len(mods))
+            present = torch.ones(n, len(mods), device=split.labels.device)
             present[:, k] = 0
             out["missing"][m] = {
-                "zeroed": accuracy(model, zeroed),
-                "dropped": accuracy(model, zeroed, present),
+                "zeroed": accuracy(model, zeroed, placement=placement),
+                "dropped": accuracy(model, zeroed, present, placement=placement),
             }
     g = torch.Generator().manual_seed(ROBUSTNESS_SEED)
     for std in noise_std:
         row = {}
         for target in [*mods, "all"] if len(mods) > 1 else mods:
             feats = {
-                m: x + std * torch.randn(x.shape, generator=g) if target in (m, "all") else x
+                m: x + std * torch.randn(x.shape, generator=g, device=g.device).to(x.device)
+                if target in (m, "all")
+                else x
                 for m, x in split.features.items()
             }
-            row[target] = accuracy(model, FeatureSplit(split.samples, feats, split.labels))
+            row[target] = accuracy(
+                model, FeatureSplit(split.samples, feats, split.labels), placement=placement
+            )
         out["noise"][str(std)] = row
     return out
 
@@ -136,10 +147,12 @@ def evaluate_classifier(
     classes: list[str],
     epsilon: float | None,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> dict:
     """Score ``model`` on ``split`` and write eval.json, predictions.jsonl, robustness.json, the plots and
-    report.md. The same scores at the end of training and in ``omnifuse eval``."""
-    pred = predict(model, split.features).argmax(-1)
+    report.md. The same scores at the end of training and in ``omnifuse eval``; forward passes on
+    ``placement`` (default: where the model is, in its parameters' dtype)."""
+    pred = predict(model, split.features, placement=placement).argmax(-1)
     truth, guess = [classes[i] for i in split.labels.tolist()], [classes[i] for i in pred.tolist()]
     scores = classification_scores(truth, guess, labels=classes)
     ci = bootstrap_ci(scores.correct)
@@ -165,7 +178,7 @@ def evaluate_classifier(
     rob = None
     if recipe.eval.robustness is not None:
         r = recipe.eval.robustness
-        rob = robustness(model, split, r.noise_std, r.missing)
+        rob = robustness(model, split, r.noise_std, r.missing, placement)
         atomic_write_text(run.path / "robustness.json", json.dumps(rob, indent=2))
     plot_confusion(scores.confusion, classes, run.path / "confusion.png")
     curves = plot_curves(run.metrics_file, run.path / "curves.png")

@@ -22,6 +22,7 @@ from omnifuse.models.features import Normalizer, extract_features
 from omnifuse.models.weights import save_tensors_atomic
 from omnifuse.recipe import ClassifierRecipe
 from omnifuse.rundir import RunDir
+from omnifuse.runtime import Placement, placement_of
 
 NORMALIZATION = "normalization.safetensors"
 
@@ -29,7 +30,8 @@ NORMALIZATION = "normalization.safetensors"
 @dataclass
 class FeatureSplit:
     """Normalised features of one split: ``features[m]`` is ``[N, ...]``; ``labels`` are class indices;
-    ``holdout`` marks the training samples kept for a decision-level combiner."""
+    ``holdout`` marks the training samples kept for a decision-level combiner. Held on the CPU (the
+    feature cache's side); batches and chunks are copied to the model's device as they are used."""
 
     samples: list[Sample]
     features: dict[str, torch.Tensor]
@@ -62,7 +64,7 @@ def label_indices(samples: list[Sample], classes: list[str], what: str) -> torch
             f"the {what} data has answers that no training sample has ({shown}{' …' if len(unknown) > 5 else ''}); "
             "a classifier predicts only the training answers. Use eval data whose answers occur in training."
         )
-    return torch.tensor([index[s.answer().strip()] for s in samples])
+    return torch.tensor([index[s.answer().strip()] for s in samples], device="cpu")
 
 
 def raw_features(recipe: ClassifierRecipe, samples: list[Sample], progress: bool) -> dict[str, torch.Tensor]:
@@ -107,18 +109,29 @@ def predict(
     features: dict[str, torch.Tensor],
     present: torch.Tensor | None = None,
     batch: int = 1024,
+    placement: Placement | None = None,
 ) -> torch.Tensor:
-    """Class logits ``[N, C]`` in eval mode (training mode is restored)."""
+    """Class logits ``[N, C]`` (float32, on the model's device) in eval mode (training mode is restored):
+    each chunk copied to ``placement``'s device (default: where the model is) and run under its autocast."""
+    placement = placement or placement_of(model)
     was = model.training
     model.eval()
     n = next(iter(features.values())).shape[0]
     out = []
     for s in range(0, n, batch):
-        chunk = {m: x[s : s + batch] for m, x in features.items()}
-        out.append(model(chunk, None if present is None else present[s : s + batch]))
+        chunk = {m: x[s : s + batch].to(placement.device) for m, x in features.items()}
+        mask = None if present is None else present[s : s + batch].to(placement.device)
+        with placement.autocast():
+            out.append(model(chunk, mask).float())
     model.train(was)
     return torch.cat(out)
 
 
-def accuracy(model: FusionClassifier, split: FeatureSplit, present: torch.Tensor | None = None) -> float:
-    return (predict(model, split.features, present).argmax(-1) == split.labels).double().mean().item()
+def accuracy(
+    model: FusionClassifier,
+    split: FeatureSplit,
+    present: torch.Tensor | None = None,
+    placement: Placement | None = None,
+) -> float:
+    guess = predict(model, split.features, present, placement=placement).argmax(-1)
+    return (guess == split.labels.to(guess.device)).double().mean().item()

@@ -14,6 +14,7 @@ from omnifuse.models.features import Normalizer
 from omnifuse.models.weights import load_weights
 from omnifuse.recipe import ClassifierRecipe
 from omnifuse.rundir import RunDir
+from omnifuse.runtime import Placement, place_model, resolve_placement
 from omnifuse.tasks.classify.evaluation import evaluate_classifier
 from omnifuse.tasks.classify.features import load_normalizers, make_split, raw_features
 from omnifuse.tasks.classify.trainer import check_private_compatible
@@ -29,8 +30,9 @@ class TrainedClassifier:
     epsilon: float | None  # spent by DP-SGD training (None without privacy)
 
 
-def load_classifier(run: RunDir) -> TrainedClassifier:
-    """The trained classifier of a finished run, in eval mode."""
+def load_classifier(run: RunDir, placement: Placement | None = None) -> TrainedClassifier:
+    """The trained classifier of a finished run, in eval mode, on ``placement`` (default: the CPU in
+    float32; with a low-precision dtype every parameter is stored in it, as for any inference)."""
     run.require_trained()
     recipe = run.recipe()
     where = f"{run.meta_file} (the run's metadata)"
@@ -47,6 +49,7 @@ def load_classifier(run: RunDir) -> TrainedClassifier:
         model = check_private_compatible(model, recipe.model.fusion.type)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     load_weights(model, run.weights_file, expected=trained)
+    place_model(model, placement or resolve_placement(device="cpu", dtype="float32"))
     model.eval()
     epsilon = meta.get("epsilon")
     return TrainedClassifier(
@@ -55,11 +58,19 @@ def load_classifier(run: RunDir) -> TrainedClassifier:
 
 
 def evaluate_classifier_run(
-    run: RunDir, data: str | None = None, limit: int | None = None, progress: bool = True
+    run: RunDir,
+    data: str | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> dict:
     """Evaluate a trained classifier run on the recipe's eval data (or ``data``, a seeded subset of
-    ``limit`` samples) and rewrite eval.json, predictions.jsonl, robustness.json and the report."""
-    trained = load_classifier(run)
+    ``limit`` samples) and rewrite eval.json, predictions.jsonl, robustness.json and the report. It runs
+    on the recipe's ``runtime`` placement, or ``device`` / ``dtype`` (``--device`` / ``--dtype``)."""
+    run.require_trained()
+    placement = resolve_placement(run.recipe().runtime, device=device, dtype=dtype)
+    trained = load_classifier(run, placement)
     recipe = trained.recipe
     if data is not None or limit is not None:
         d = recipe.data
@@ -74,5 +85,5 @@ def evaluate_classifier_run(
         samples, raw_features(recipe, samples, progress), trained.normalizers, trained.classes, "eval"
     )
     return evaluate_classifier(
-        run, recipe, trained.model, split, trained.classes, trained.epsilon, progress=progress
+        run, recipe, trained.model, split, trained.classes, trained.epsilon, progress, placement
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from omnifuse.models.weights import save_weights
 from omnifuse.progress import progress_bar
 from omnifuse.recipe import ClassifierRecipe
 from omnifuse.rundir import RunDir
+from omnifuse.runtime import Placement, place_model, resolve_placement
 from omnifuse.tasks.classify.evaluation import evaluate_classifier
 from omnifuse.tasks.classify.features import (
     NORMALIZATION,
@@ -60,13 +62,16 @@ from omnifuse.untrusted import read_text
 # ------------------------------------------------------------------ modality dropout
 def modality_dropout_mask(batch: int, modalities: int, p: float, generator=None) -> torch.Tensor:
     """``[B, M]`` presence mask: each modality of each sample dropped with probability ``p``, but never all
-    of a sample's modalities (then one, drawn uniformly, is kept)."""
+    of a sample's modalities (then one, drawn uniformly, is kept). Drawn on the CPU (from ``generator``,
+    or the global CPU generator that checkpoints keep), whatever device the model is on: the same masks
+    on every device, and a resumed run draws what the uninterrupted one drew."""
+    cpu = torch.device("cpu")
     if p <= 0 or modalities < 2:
-        return torch.ones(batch, modalities)
-    present = (torch.rand(batch, modalities, generator=generator) >= p).float()
+        return torch.ones(batch, modalities, device=cpu)
+    present = (torch.rand(batch, modalities, generator=generator, device=cpu) >= p).float()
     none = present.sum(1) == 0
     if none.any():
-        keep = torch.randint(modalities, (int(none.sum()),), generator=generator)
+        keep = torch.randint(modalities, (int(none.sum()),), generator=generator, device=cpu)
         present[none.nonzero().squeeze(1), keep] = 1.0
     return present
 
@@ -112,17 +117,40 @@ class Private:
         return float(self.engine.get_epsilon(self.delta))
 
 
+# ------------------------------------------------------------------ placement
+def classifier_placement(recipe: ClassifierRecipe) -> Placement:
+    """The recipe's ``runtime`` device and dtype (``--device`` / ``--dtype`` write them there). DP-SGD
+    trains in float32: ``auto`` means float32 there, and a low-precision dtype is refused."""
+    spec = recipe.runtime
+    if recipe.privacy is not None and spec.dtype == "auto":
+        spec = spec.model_copy(update={"dtype": "float32"})
+    placement = resolve_placement(spec)
+    if recipe.privacy is not None and placement.mixed:
+        name = str(placement.dtype).removeprefix("torch.")
+        raise OmnifuseError(
+            f"runtime.dtype: DP-SGD (the recipe's privacy section) trains in float32 only, and this run asks for "
+            f"{name}. Opacus clips every sample's gradient to privacy.max_grad_norm, and the ε it reports "
+            f"assumes that bound holds exactly; under {name} autocast those per-sample gradients and their "
+            "norms are computed with a few significant digits, so a clipped gradient can exceed the bound. Set "
+            "runtime.dtype to float32 or auto (auto is float32 under DP-SGD), or drop --dtype; the device "
+            "(runtime.device, --device) can stay as it is."
+        )
+    return placement
+
+
 # ------------------------------------------------------------------ training
 def combiner_holdout(n: int, fraction: float, seed: int) -> torch.Tensor:
     """``[n]`` bool: a seeded ``fraction`` of the training samples, kept for the combiner."""
     g = torch.Generator().manual_seed(seed + 7717)
-    flags = torch.zeros(n, dtype=torch.bool)
-    flags[torch.randperm(n, generator=g)[: round(fraction * n)]] = True
+    flags = torch.zeros(n, dtype=torch.bool, device=g.device)
+    flags[torch.randperm(n, generator=g, device=g.device)[: round(fraction * n)]] = True
     return flags
 
 
 def _dataset(split: FeatureSplit, modalities: list[str]) -> TensorDataset:
-    holdout = split.holdout if split.holdout is not None else torch.zeros(len(split), dtype=torch.bool)
+    holdout = split.holdout
+    if holdout is None:
+        holdout = torch.zeros(len(split), dtype=torch.bool, device=split.labels.device)
     return TensorDataset(*(split.features[m] for m in modalities), holdout, split.labels)
 
 
@@ -134,6 +162,21 @@ def _batches(
     return DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
 
 
+def host_batches(loader: DataLoader) -> Iterator:
+    """``loader``'s batches, drawn with the CPU as torch's default device: torch's samplers (and Opacus'
+    Poisson sampler) make their index tensors on the default device, and these batches are host data
+    whatever a caller has set it to; each is copied to the model's device once, in the step."""
+    cpu = torch.device("cpu")
+    with cpu:
+        iterator = iter(loader)
+    while True:
+        with cpu:
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
 def train_classifier(
     recipe: ClassifierRecipe,
     out: Path,
@@ -143,6 +186,7 @@ def train_classifier(
 ) -> TrainResult:
     """Extract (or load cached) features, train the fusion classifier into ``out``, evaluate it there."""
     console = console or Console(stderr=True)
+    placement = classifier_placement(recipe)  # a device or dtype this machine lacks: refused before anything
     run = RunDir(Path(out))
     if prepare_run_dir(run, recipe, resume):
         return TrainResult(run, 0.0, 0, None, already_finished=True)
@@ -166,6 +210,10 @@ def train_classifier(
             "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
             "n_train": len(train),
             "n_eval": len(evaluation),
+            "placement": {
+                "device": str(placement.device),
+                "dtype": str(placement.dtype).removeprefix("torch."),
+            },
         }
         atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
 
@@ -174,20 +222,28 @@ def train_classifier(
             train.holdout = combiner_holdout(len(train), recipe.train.combiner_holdout, recipe.seed)
         if recipe.privacy is not None:
             model = check_private_compatible(model, recipe.model.fusion.type)
-        trainer = _Trainer(recipe, run, model, train, evaluation, console, progress)
+        # Every parameter is trained: float32 master weights on the device; forward passes under autocast.
+        place_model(model, placement, trained=[n for n, _ in model.named_parameters()])
+        console.print(f"training on {placement.describe()}")
+        trainer = _Trainer(recipe, run, model, train, evaluation, console, progress, placement)
         trainer.fit(resume)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
         if recipe.privacy is not None:  # what `omnifuse eval` reports again: ε is spent by training
             meta["epsilon"] = trainer.epsilon()
             atomic_write_text(run.meta_file, json.dumps(meta, indent=2))
-        evaluate_classifier(run, recipe, model, evaluation, classes, trainer.epsilon(), progress=progress)
+        evaluate_classifier(
+            run, recipe, model, evaluation, classes, trainer.epsilon(), progress=progress, placement=placement
+        )
         return TrainResult(run, time.perf_counter() - start, trainer.steps, trainer.last_loss)
 
 
 class _Trainer:
-    def __init__(self, recipe, run, model, train, evaluation, console, progress) -> None:
-        self.recipe, self.run, self.model = recipe, run, model
+    def __init__(
+        self, recipe, run, model, train, evaluation, console, progress, placement: Placement
+    ) -> None:
+        self.recipe, self.run, self.model, self.placement = recipe, run, model, placement
+        self.scaler = placement.grad_scaler()  # float16 only (never under DP-SGD: classifier_placement)
         self.train, self.evaluation = train, evaluation
         self.console, self.progress = console, progress
         self.modalities = model.modalities
@@ -251,24 +307,32 @@ class _Trainer:
         return _batches(self.train, self.modalities, self.recipe.train.batch_size, self.recipe.seed, epoch)
 
     def _step(self, *batch: torch.Tensor) -> tuple[float, int]:
-        *xs, holdout, y = batch
+        """One optimizer step on a CPU batch, copied once to the model's device."""
+        *xs, holdout, y = (t.to(self.placement.device, non_blocking=True) for t in batch)
         if y.numel() == 0:  # an empty Poisson batch: nothing to learn, but the step still counts for privacy
             self.private.engine.accountant.step(
                 noise_multiplier=self.optimizer.noise_multiplier, sample_rate=1 / len(self.dp_loader)
             )
             return 0.0, 0
         present = modality_dropout_mask(len(y), len(self.modalities), self.recipe.train.modality_dropout)
+        present = present.to(self.placement.device)
         feats = apply_presence(dict(zip(self.modalities, xs, strict=True)), self.modalities, present)
         holdout = holdout if self.train.holdout is not None else None
-        loss, logits = self.model.loss(feats, y, present, holdout)
+        with self.placement.autocast():
+            loss, logits = self.model.loss(feats, y, present, holdout)
         if not torch.isfinite(loss):
             raise OmnifuseError(
                 f"step {self.steps + 1}: the loss is not finite ({loss.item()}; training diverged); nothing of "
                 "this step was applied or saved. Lower train.lr and train again"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # float16: an overflowing step is skipped by the scaler
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.steps += 1
         return loss.item() * len(y), int((logits.argmax(-1) == y).sum())
 
@@ -285,7 +349,7 @@ class _Trainer:
             for epoch in range(first, t.epochs):
                 t0 = time.perf_counter()
                 total, correct, n = 0.0, 0, 0
-                for batch in self._loader(epoch):
+                for batch in host_batches(self._loader(epoch)):
                     loss_sum, right = self._step(*batch)
                     total, correct, n = total + loss_sum, correct + right, n + len(batch[-1])
                 self.last_loss = total / max(1, n)
@@ -293,7 +357,9 @@ class _Trainer:
                     "epoch": epoch + 1,
                     "loss": round(self.last_loss, 6),
                     "train_accuracy": round(correct / max(1, n), 6),
-                    "eval_accuracy": round(accuracy(self.model, self.evaluation), 6),
+                    "eval_accuracy": round(
+                        accuracy(self.model, self.evaluation, placement=self.placement), 6
+                    ),
                     "seconds": round(time.perf_counter() - t0, 4),
                     "time": round(time.time(), 3),
                 }
