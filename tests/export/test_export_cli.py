@@ -21,16 +21,20 @@ def _export(run, out, *extra) -> int:
     return main(["export", str(run), "--out", str(out), "--no-progress", *fmt, *extra])
 
 
-def test_format_must_be_named(cnn_run, tmp_path, capsys):
+def test_hf_is_the_default_format(cnn_run, tmp_path, capsys):
     run, _ = cnn_run
-    assert main(["export", str(run), "--out", str(tmp_path / "x")]) == 2
-    assert "--format" in _err(capsys)
+    assert main(["export", str(run), "--out", str(tmp_path / "x"), "--no-progress"]) == 0
+    assert f"as hf to {tmp_path / 'x'}" in " ".join(capsys.readouterr().out.split())
+    card = (tmp_path / "x" / "README.md").read_text()
+    assert "import omnifuse.hf" in card and "--format hf" in card
 
 
 def test_unknown_format_is_refused(cnn_run, tmp_path, capsys):
     run, _ = cnn_run
     assert _export(run, tmp_path / "x", "--format", "onnx") == 2
-    assert "unknown export format 'onnx'" in _err(capsys)
+    err = _err(capsys)
+    assert "unknown export format 'onnx'; choose one of hf, llava, llm" in err
+    assert "import omnifuse.hf" in err
     assert not (tmp_path / "x").exists()
 
 
@@ -46,13 +50,15 @@ def test_unknown_shard_size_is_refused(cnn_run, tmp_path, capsys):
     assert "--max-shard-size 'big' is not a size such as 500MB" in _err(capsys)
 
 
-def test_run_without_weights_is_refused(cnn_run, tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["hf", "llm"])
+def test_run_without_weights_is_refused(cnn_run, tmp_path, capsys, fmt):
     run, _ = cnn_run
     broken = tmp_path / "run"
     shutil.copytree(run, broken)
     (broken / "model.safetensors").unlink()
-    assert _export(broken, tmp_path / "x") == 2
+    assert _export(broken, tmp_path / "x", "--format", fmt) == 2
     assert "holds no trained weights yet" in _err(capsys)
+    assert not (tmp_path / "x").exists()
 
 
 def test_missing_run_is_refused(tmp_path, capsys):
@@ -60,16 +66,17 @@ def test_missing_run_is_refused(tmp_path, capsys):
     assert "does not exist; train one with" in _err(capsys)
 
 
-def test_non_empty_out_needs_force(cnn_run, tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["hf", "llm"])
+def test_non_empty_out_needs_force(cnn_run, tmp_path, capsys, fmt):
     run, _ = cnn_run
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert _export(run, out, "--format", "llm") == 2
+    assert _export(run, out, "--format", fmt) == 2
     err = _err(capsys)
     assert "already exists and is not empty" in err and "--force" in err
     assert (out / "keep.txt").read_text() == "mine"
-    assert _export(run, out, "--format", "llm", "--force") == 0
+    assert _export(run, out, "--format", fmt, "--force") == 0
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
 

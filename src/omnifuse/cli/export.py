@@ -1,4 +1,4 @@
-"""``omnifuse export``: a trained run as a Hugging Face folder (llava or llm format), with a model card."""
+"""``omnifuse export``: a trained run as a Hugging Face folder (hf, llava or llm format), with a model card."""
 
 from __future__ import annotations
 
@@ -23,15 +23,16 @@ def export_(
         str,
         typer.Option(
             "--format",
-            help="llava: LLaVA-shaped recipes, loads in plain transformers / vLLM / TGI; "
+            help="hf (default): every recipe, loads through transformers' Auto classes after "
+            "`import omnifuse.hf`; llava: LLaVA-shaped recipes, loads in plain transformers / vLLM / TGI; "
             "llm: the language model alone, a plain causal-LM folder",
         ),
-    ],
+    ] = "hf",
     merge_lora: Annotated[
         bool,
         typer.Option(
             "--merge-lora/--no-merge-lora",
-            help="fold LoRA adapters into the base weights (llava needs it; llm without it writes a PEFT adapter)",
+            help="fold LoRA adapters into the base weights (hf and llava need it; llm without it writes a PEFT adapter)",
         ),
     ] = True,
     dtype: Annotated[

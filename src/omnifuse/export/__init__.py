@@ -1,6 +1,8 @@
-"""``omnifuse export``: a trained run as a Hugging Face folder, in one of two formats (one module each,
-each an :class:`~omnifuse.export.common.ExportFormat`):
+"""``omnifuse export``: a trained run as a Hugging Face folder, in one of three formats (one module
+each, each an :class:`~omnifuse.export.common.ExportFormat`):
 
+- ``hf`` (the default, every generate recipe): omnifuse's own classes, registered with transformers'
+  Auto classes by ``import omnifuse.hf``;
 - ``llava`` (recipes shaped like LLaVA): a folder that plain ``LlavaForConditionalGeneration`` loads
   without omnifuse, the format vLLM and TGI serve;
 - ``llm``: the language model alone, a plain causal-LM folder.
@@ -18,20 +20,23 @@ from pathlib import Path
 from omnifuse.errors import OmnifuseError
 from omnifuse.export.card import model_card
 from omnifuse.export.common import ExportFormat, ExportOptions, Loaded
+from omnifuse.export.hf import HFFormat
 from omnifuse.export.llava import LlavaFormat
 from omnifuse.export.llm import LLMFormat
 from omnifuse.models.stages import unload_lora
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir
 
-FORMATS: dict[str, ExportFormat] = {f.name: f for f in (LlavaFormat(), LLMFormat())}
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (HFFormat(), LlavaFormat(), LLMFormat())}
+DEFAULT_FORMAT = "hf"
 
 
 def export_format(name: str) -> ExportFormat:
     if name not in FORMATS:
         raise OmnifuseError(
             f"unknown export format {name!r}; choose one of {', '.join(FORMATS)} "
-            "(llava: LLaVA-shaped recipes, llm: the language model alone)"
+            "(hf, the default: every generate recipe, loaded through transformers' Auto classes after "
+            "`import omnifuse.hf`; llava: LLaVA-shaped recipes, plain transformers; llm: the language model alone)"
         )
     return FORMATS[name]
 
@@ -66,7 +71,7 @@ def load_for_export(
 def export_run(
     run_dir: Path,
     out: Path,
-    fmt: str,
+    fmt: str = DEFAULT_FORMAT,
     options: ExportOptions | None = None,
     force: bool = False,
     command: str = "",
@@ -138,4 +143,4 @@ def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:
     return str(getattr(commit, "commit_url", commit))
 
 
-__all__ = ["FORMATS", "ExportOptions", "export_format", "export_run", "push_to_hub"]
+__all__ = ["DEFAULT_FORMAT", "FORMATS", "ExportOptions", "export_format", "export_run", "push_to_hub"]

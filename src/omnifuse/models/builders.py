@@ -156,9 +156,12 @@ def build_model(
     tokenizer: PreTrainedTokenizerBase | None = None,
     encoders: dict[str, nn.Module] | None = None,
     progress: bool = True,
+    connectors: dict[str, nn.Module] | None = None,
 ) -> tuple[MultimodalLM, Processor]:
     """Build the model and its processor. ``llm``/``tokenizer``/``encoders`` may be injected (tests use
-    tiny random ones); otherwise they are loaded from the pretrained assets the spec names."""
+    tiny random ones); otherwise they are loaded from the pretrained assets the spec names. Injected
+    ``connectors`` (some modalities or all) replace the spec's builders for theirs (an exported folder
+    rebuilds a Q-Former from its stored shape instead of the BERT asset)."""
     from_llava = (
         llava_parts(spec) if spec.init_from is not None and llm is None and encoders is None else None
     )
@@ -168,8 +171,10 @@ def build_model(
         llm, tokenizer = load_llm(spec.llm.name, progress=progress)
     encoders = encoders if encoders is not None else {m: build_encoder(s) for m, s in spec.encoders.items()}
     d_llm = hidden_size(llm)
+    given = connectors or {}
     connectors = {
-        m: build_connector(spec.connectors[m], encoders[m].output_dim, d_llm) for m in spec.encoders
+        m: given[m] if m in given else build_connector(spec.connectors[m], encoders[m].output_dim, d_llm)
+        for m in spec.encoders
     }
     # Placeholder ids sit just past the vocabulary (see omnifuse.fusion.early).
     base = max(vocab_size(llm), len(tokenizer))

@@ -1,0 +1,55 @@
+"""``--format hf`` (the default): a folder for every generate recipe, loaded through transformers' Auto
+classes once ``omnifuse.hf`` is imported (it registers omnifuse's config, model and processor classes;
+no ``trust_remote_code``). The classes, the parameter names (:mod:`omnifuse.hf.weights`: omnifuse's own)
+and the shapes that rebuild the parts without their assets (:mod:`omnifuse.hf.parts`) live in
+:mod:`omnifuse.hf`; this module writes a trained run with them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omnifuse.errors import OmnifuseError
+from omnifuse.export.common import ExportOptions, Loaded, generation_config
+from omnifuse.hf.modeling import wrap
+from omnifuse.hf.processing import OmnifuseProcessor, settings
+from omnifuse.recipe import Recipe
+
+
+class HFFormat:
+    name = "hf"
+    summary = (
+        "every generate recipe: omnifuse's classes through transformers' Auto classes (import omnifuse.hf)"
+    )
+
+    def check(self, recipe: Recipe, options: ExportOptions) -> None:
+        if recipe.model.asr is not None:
+            raise OmnifuseError(
+                "--format hf does not yet hold an ASR cascade (model.asr: a whole Whisper beside the LLM); "
+                "export the language model, which reads the transcripts, with --format llm"
+            )
+        if not options.merge_lora and recipe.lora_components():
+            raise OmnifuseError(
+                "--format hf stores the LoRA adapters merged into the base weights; drop --no-merge-lora "
+                "(or use --format llm --no-merge-lora for the LLM with a PEFT adapter)"
+            )
+
+    def write(self, loaded: Loaded, folder: Path, options: ExportOptions) -> str:
+        model = wrap(loaded.recipe.model, loaded.model, loaded.processor)
+        model.generation_config = generation_config(loaded)
+        model.save_pretrained(folder, max_shard_size=options.max_shard_size, dtype=options.dtype)
+        OmnifuseProcessor(loaded.processor, settings(loaded.model, loaded.processor)).save_pretrained(folder)
+        return SNIPPET
+
+
+SNIPPET = """```python
+import omnifuse.hf  # registers omnifuse's classes with transformers' Auto classes
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained(DIR)
+processor = AutoProcessor.from_pretrained(DIR)
+inputs = processor(images=Image.open("photo.png"), text="What is in the image?")
+answer = model.generate(**inputs)[0, inputs["input_ids"].shape[1]:]
+print(processor.decode(answer, skip_special_tokens=True))
+```"""

@@ -1,0 +1,134 @@
+"""``OmnifuseProcessor``: the exported folder's processor for ``AutoProcessor``.
+
+It is omnifuse's own :class:`~omnifuse.processing.Processor` (the encoders' preprocessing, the LLM's
+chat template with the recipe's system prompt, placeholders expanded to the connector's token count),
+rebuilt from ``config.json`` and the tokenizer in the folder: the model's parts are built on the
+``meta`` device (no memory, no weights), since only their preprocessing and token counts are needed.
+``processor_config.json`` records the preprocessing settings (image size, crop, mean, std, resampling;
+audio sampling rate and hop), the token counts and the placeholder ids, and is checked against the
+rebuilt processor when loaded.
+
+``processor(text=QUESTION, images=IMAGE, audio=CLIP)`` makes the prompt ``omnifuse chat`` makes: one
+user turn with the images, then the clips, then the text; then the assistant's turn begins.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BatchFeature
+
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
+from omnifuse.errors import OmnifuseError
+from omnifuse.hf.config import OmnifuseConfig
+from omnifuse.hf.media import features_of
+from omnifuse.hf.modeling import build_parts, local_folder
+from omnifuse.models.multimodal import MultimodalLM
+from omnifuse.processing import Processor
+from omnifuse.processing.processor import load_clip
+from omnifuse.untrusted import read_json
+
+PROCESSOR_CONFIG = "processor_config.json"
+SETTINGS = ("image_size", "crop", "resize_shorter", "mean", "std", "resample", "sample_rate", "hop_length")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def settings(model: MultimodalLM, processor: Processor) -> dict:
+    """What the processor does with each modality, as JSON (the encoders own these settings)."""
+    media = {}
+    for m, slot in processor.media.items():
+        encoder = model.encoders[m]
+        entry = {"encoder": type(encoder).__name__, "placeholder_id": slot.placeholder_id}
+        entry |= {k: _plain(getattr(encoder, k)) for k in SETTINGS if hasattr(encoder, k)}
+        entry["tokens_per_item"] = slot.tokens_per_item  # None: per clip, from its length
+        entry["tiling"] = None if slot.tiling is None else vars(slot.tiling)
+        media[m] = entry
+    return {"processor_class": "OmnifuseProcessor", "system_prompt": processor.system_prompt, "media": media}
+
+
+class OmnifuseProcessor:
+    def __init__(self, processor: Processor, settings: dict) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.settings = settings
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> OmnifuseProcessor:
+        folder = local_folder(pretrained_model_name_or_path)
+        config = OmnifuseConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model, processor = build_parts(config, AutoTokenizer.from_pretrained(folder))
+        found = json.loads(json.dumps(settings(model, processor)))
+        recorded = read_json(folder / PROCESSOR_CONFIG, "processor config")
+        if recorded != found:
+            raise OmnifuseError(
+                f"{folder / PROCESSOR_CONFIG} does not describe the processor config.json rebuilds "
+                f"(recorded {recorded}, rebuilt {found}); the folder was edited. Export it again"
+            )
+        return cls(processor, found)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(folder)
+        text = json.dumps(self.settings, indent=2, sort_keys=True) + "\n"
+        (folder / PROCESSOR_CONFIG).write_text(text, encoding="utf-8")
+
+    def __call__(self, text=None, images=None, audio=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """One prompt per text (a string, or a list for a batch); ``images`` / ``audio``: one item or a
+        list of items per prompt (an image: PIL image or file; a clip: 16 kHz waveform or file)."""
+        if kwargs:
+            raise OmnifuseError(f"OmnifuseProcessor takes text, images and audio, not {', '.join(kwargs)}")
+        texts = [text] if text is None or isinstance(text, str) else list(text)
+        batch = len(texts)
+        image_rows, audio_rows = _rows(images, batch, "images"), _rows(audio, batch, "audio")
+        samples = []
+        for i, question in enumerate(texts):
+            parts = [ImagePart(image=_image(x)) if isinstance(x, Image.Image) else ImagePart(Path(x))
+                     for x in image_rows[i]]  # fmt: skip
+            parts += [AudioPart(waveform=_clip(x)) for x in audio_rows[i]]
+            if question:
+                parts.append(TextPart(question))
+            turns = (Message("user", tuple(parts)), Message("assistant", (TextPart(""),)))
+            samples.append(Sample(f"prompt-{i}", turns, {}))
+        encoded = [self.processor.encode(s, for_generation=True) for s in samples]
+        collated = self.processor.collate(encoded, padding_side="left")
+        return BatchFeature(features_of(collated))
+
+    def decode(self, ids, **kwargs) -> str:
+        return self.tokenizer.decode(ids, **({"skip_special_tokens": True} | kwargs))
+
+    def batch_decode(self, ids, **kwargs) -> list[str]:
+        return [self.decode(row, **kwargs) for row in ids]
+
+
+def _rows(items, batch: int, what: str) -> list[list]:
+    if items is None:
+        return [[] for _ in range(batch)]
+    if not isinstance(items, (list, tuple)):
+        items = [items]
+    if batch == 1:
+        return [list(items)]
+    if len(items) != batch:
+        raise OmnifuseError(f"{len(items)} entries of {what} for {batch} texts; give one entry per text")
+    return [list(x) if isinstance(x, (list, tuple)) else ([] if x is None else [x]) for x in items]
+
+
+def _image(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+def _clip(source) -> np.ndarray:
+    if isinstance(source, np.ndarray):
+        return source.astype(np.float32)
+    return load_clip(Path(source), "processor")
+
+
+__all__ = ["OmnifuseProcessor", "settings", "PROCESSOR_CONFIG"]
