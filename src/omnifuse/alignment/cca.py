@@ -137,10 +137,20 @@ def total_correlation(
     """Deep CCA's objective (Andrew et al. 2013, §2.1) on a batch of paired outputs ``h1 [m, o1]``,
     ``h2 [m, o2]``: the sum of the (top_k, default all) singular values of Σ11^{-1/2} Σ12 Σ22^{-1/2},
     with Σ11 = H̄1ᵀH̄1/(m−1) + r1·I, Σ22 likewise with r2, Σ12 = H̄1ᵀH̄2/(m−1) on centred outputs.
-    Differentiable (eigh and svdvals); the loss is its negative."""
+    Differentiable (eigh and svdvals); the loss is its negative. Computed in float32 with autocast off
+    (eigh has no bfloat16 / float16 kernels, and the covariances need the precision), whatever the
+    dtype of the networks' outputs."""
     m = h1.shape[0]
     if m < 2 or h2.shape[0] != m:
         raise OmnifuseError(f"deep CCA needs two batches of the same size ≥ 2, got {m} and {h2.shape[0]}")
+    with torch.autocast(h1.device.type, enabled=False):
+        return _total_correlation(h1.float(), h2.float(), r1, r2, top_k)
+
+
+def _total_correlation(
+    h1: torch.Tensor, h2: torch.Tensor, r1: float, r2: float, top_k: int | None
+) -> torch.Tensor:
+    m = h1.shape[0]
     h1 = h1 - h1.mean(dim=0)
     h2 = h2 - h2.mean(dim=0)
     s11 = h1.t() @ h1 / (m - 1) + r1 * torch.eye(h1.shape[1], dtype=h1.dtype, device=h1.device)

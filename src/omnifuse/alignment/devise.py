@@ -83,14 +83,14 @@ def zero_shot(
     """Accuracy on samples of held-out classes (``labels`` index ``class_embeddings``, all of them in
     ``heldout``), predicting the nearest class name among all classes and among the held-out ones."""
     heldout = list(heldout)
-    labels_t = torch.as_tensor(list(labels), dtype=torch.long)
+    labels_t = torch.as_tensor(list(labels), dtype=torch.long, device=features.device)
     if not heldout or labels_t.numel() == 0:
         raise OmnifuseError("zero-shot evaluation needs held-out classes and samples of them")
     if not set(labels_t.tolist()) <= set(heldout):
         raise OmnifuseError("zero-shot evaluation got samples of classes that are not held out")
     scores = model.scores(features, class_embeddings)
     pred_all = scores.argmax(dim=1)
-    pred_held = torch.as_tensor(heldout)[scores[:, heldout].argmax(dim=1)]
+    pred_held = torch.as_tensor(heldout, device=scores.device)[scores[:, heldout].argmax(dim=1)]
     return ZeroShotResult(
         accuracy_all=(pred_all == labels_t).float().mean().item(),
         accuracy_heldout=(pred_held == labels_t).float().mean().item(),

@@ -20,17 +20,25 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.eval.metrics import RetrievalResult, recall_at_k
 
 
+def _rows(x: torch.Tensor | np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device or x.device, torch.float32)
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device or torch.device("cpu"))
+
+
 def cosine_similarity(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[n, m] cosine similarities of the rows of ``x`` and ``y``."""
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    y = torch.as_tensor(np.asarray(y), dtype=torch.float32)
-    return (F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).t()).numpy()
+    """[n, m] cosine similarities of the rows of ``x`` and ``y`` (tensors on any device, or arrays), in
+    float32 with autocast off: a score, not a model's forward pass."""
+    x = _rows(x)
+    y = _rows(y, x.device)
+    with torch.autocast(x.device.type, enabled=False):
+        return (F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).t()).cpu().numpy()
 
 
 def distinct_items(features: torch.Tensor, keys: Sequence[str]) -> list[int]:
     """Indices of the first row of each distinct (key, feature row) pair, in order."""
     seen: dict[tuple[str, bytes], int] = {}
-    rows = features.detach().contiguous().numpy()
+    rows = features.detach().cpu().contiguous().numpy()
     for i, (key, row) in enumerate(zip(keys, rows, strict=True)):
         seen.setdefault((key, row.tobytes()), i)
     return list(seen.values())

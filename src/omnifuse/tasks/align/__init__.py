@@ -72,7 +72,9 @@ class AlignTask:
         from omnifuse.tasks.align.run import evaluate_align_run
 
         vqa_options_refused(request, "alignment", "retrieval is scored against its chance level in eval.json")
-        evaluation = evaluate_align_run(run, request.data, request.limit, progress=request.progress)
+        evaluation = evaluate_align_run(
+            run, request.data, request.limit, request.progress, request.device, request.dtype
+        )
         return Evaluated(evaluation, eval_printout(run.path, evaluation))
 
     def report(

@@ -10,7 +10,7 @@ contrastive losses treat them as positives (``method.positives: key``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,8 +32,12 @@ class Pairs:
     ids: tuple[str, ...] = ()  # the samples' ids (predictions.jsonl)
 
     def key_ids(self) -> torch.Tensor:
+        """Each pair's key as an integer, on the features' device."""
         ids = {k: i for i, k in enumerate(dict.fromkeys(self.keys))}
-        return torch.tensor([ids[k] for k in self.keys])
+        return torch.tensor([ids[k] for k in self.keys], device=self.a.device)
+
+    def to(self, device: torch.device) -> Pairs:
+        return replace(self, a=self.a.to(device), b=self.b.to(device))
 
 
 def _text_sample(sample_id: str, text: str) -> Sample:
@@ -62,7 +66,7 @@ def paired_features(
     exclude_train: frozenset[str] = frozenset(),
     norms: dict[str, Normalizer] | None = None,
 ) -> tuple[Pairs, Pairs, dict[str, Normalizer], list[str]]:
-    """Train and eval pairs (normalised with train statistics), the normalisers, the modality names.
+    """Train and eval pairs (normalised with train statistics, on the CPU), the normalisers, the modality names.
     Training pairs whose key is in ``exclude_train`` are left out, before the statistics are taken
     (DeViSE's held-out classes must stay unseen). ``norms``: a trained run's normalisers, used instead
     of fitting them again."""
@@ -115,3 +119,6 @@ class Gallery:
             pairs.a[ia], [pairs.keys[i] for i in ia], pairs.b[ib], [pairs.keys[i] for i in ib],
             tuple(ids[i] for i in ia), tuple(ids[i] for i in ib),
         )  # fmt: skip
+
+    def to(self, device: torch.device) -> Gallery:
+        return replace(self, a=self.a.to(device), b=self.b.to(device))

@@ -11,6 +11,7 @@ from torch import nn
 
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
+from omnifuse.runtime import Placement, placement_of
 
 Loss = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
 
@@ -28,12 +29,17 @@ def fit(
     on_epoch: Callable[[int, float], None] | None = None,
     progress: bool = True,
     description: str = "align",
+    placement: Placement | None = None,
 ) -> list[float]:
     """Train ``model``'s parameters on ``loss(batch)`` where ``batch`` holds the same rows of every
     tensor. Rows are reshuffled every epoch from ``seed``; a last partial batch is dropped (when there
     is more than one batch) because covariance- and batch-contrastive losses are poor on a few rows.
     ``on_epoch(epoch, mean_loss)`` is called after each epoch (logging, evaluation). Returns the mean
-    loss per epoch."""
+    loss per epoch.
+
+    ``placement`` (default: where the model is): the tensors are copied to its device once, the order is
+    drawn on the CPU from ``seed`` (the same on every device), each loss is computed under its autocast,
+    and float16 steps go through its gradient scaler."""
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):
         raise OmnifuseError(f"paired tensors have different lengths: {[t.shape[0] for t in tensors]}")
@@ -41,26 +47,35 @@ def fit(
         raise OmnifuseError(f"alignment training needs at least 2 pairs, got {n}")
     size = min(batch_size, n)
     batches = n // size
+    placement = placement or placement_of(model)
+    tensors = [t.to(placement.device) for t in tensors]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scaler = placement.grad_scaler()
     gen = torch.Generator().manual_seed(seed)
     history = []
     with progress_bar(description, epochs, enabled=progress) as bar:
         for epoch in range(epochs):
             model.train()  # on_epoch may have evaluated
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen, device=gen.device).to(placement.device)
             total = 0.0
             for k in range(batches):
                 idx = order[k * size : (k + 1) * size]
-                value = loss(tuple(t[idx] for t in tensors))
+                with placement.autocast():
+                    value = loss(tuple(t[idx] for t in tensors))
                 if not torch.isfinite(value):
                     raise OmnifuseError(
                         f"{description} epoch {epoch + 1} batch {k + 1}: the loss is not finite ({value.item()}; "
                         "training diverged); nothing was saved. Lower train.lr and train again"
                     )
                 opt.zero_grad(set_to_none=True)
-                value.backward()
-                opt.step()
+                if scaler is None:
+                    value.backward()
+                    opt.step()
+                else:  # float16: an overflowing step is skipped by the scaler
+                    scaler.scale(value).backward()
+                    scaler.step(opt)
+                    scaler.update()
                 total += value.item()
             history.append(total / batches)
             if on_epoch is not None:

@@ -27,6 +27,7 @@ from omnifuse.recipe import (
     DeepCCAMethodSpec,
     SigLipMethodSpec,
 )
+from omnifuse.runtime import Placement, place_model
 from omnifuse.tasks.align.evaluation import Similarity, mean_r1, retrieval_eval, retrieval_predictions
 from omnifuse.tasks.align.features import Gallery, Pairs
 from omnifuse.tasks.align.loop import fit
@@ -36,12 +37,26 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Context:
+    """What a method trains and is scored on. ``train``, ``eval`` and ``gallery`` are on ``placement``'s
+    device; a method's module is put there by :meth:`place`, its forward passes run under
+    :meth:`autocast`; the scikit-learn parts (linear CCA, PCA) read CPU numpy copies (:func:`numpy`)."""
+
     recipe: AlignRecipe
     train: Pairs
     eval: Pairs
     gallery: Gallery
     names: list[str]
     progress: bool
+    placement: Placement
+
+    def place(self, model: torch.nn.Module, trained: bool = True) -> torch.nn.Module:
+        """``model`` on the device: trained, its parameters stay float32 (autocast computes in the low
+        precision); restored for evaluation, they are stored in the compute dtype."""
+        names = [n for n, _ in model.named_parameters()] if trained else None
+        return place_model(model, self.placement, names)
+
+    def autocast(self):
+        return self.placement.autocast()
 
     def fit(self, model: torch.nn.Module, loss, tensors, monitor: Callable[[], dict]) -> list[dict]:
         """The recipe's training loop; after each epoch the loss and ``monitor()`` (held-out) are logged."""
@@ -49,7 +64,7 @@ class Context:
         history: list[dict] = []
 
         def on_epoch(epoch: int, value: float) -> None:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 model.eval()
                 history.append({"epoch": epoch + 1, "loss": value, **monitor()})
 
@@ -65,6 +80,7 @@ class Context:
             on_epoch=on_epoch,
             progress=self.progress,
             description=f"align ({self.recipe.method.type})",
+            placement=self.placement,
         )
         return history
 
@@ -97,12 +113,17 @@ class Method(Protocol):
         ...
 
 
+def numpy(x: torch.Tensor) -> np.ndarray:
+    """A CPU float32 numpy copy of ``x`` (wherever it is, in whatever float dtype): what scikit-learn reads."""
+    return x.detach().float().cpu().numpy()
+
+
 def _state(model: torch.nn.Module) -> Tensors:
-    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def _tensors(arrays: dict[str, np.ndarray]) -> Tensors:
-    return {k: torch.as_tensor(v, dtype=torch.float32).contiguous() for k, v in arrays.items()}
+    return {k: torch.as_tensor(v, dtype=torch.float32, device="cpu").contiguous() for k, v in arrays.items()}
 
 
 def _load(model: torch.nn.Module, tensors: Tensors) -> torch.nn.Module:
@@ -122,7 +143,7 @@ def _cca_similarity(cca: LinearCCA | StoredCCA) -> Similarity:
     """Cosine similarity of the canonical variates."""
 
     def similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, None]:
-        ua, ub = cca.transform(np.asarray(a), np.asarray(b))
+        ua, ub = cca.transform(numpy(a), numpy(b))
         return cosine_similarity(ua, ub), None
 
     return similarity
@@ -157,11 +178,11 @@ class DualEncoderMethod(_Retrieval):
         )
 
     def similarity(self, model: DualEncoder) -> Similarity:
-        return lambda a, b: ((model.embed_a(a) @ model.embed_b(b).t()).numpy(), None)
+        return lambda a, b: (numpy(model.embed_a(a) @ model.embed_b(b).t()), None)
 
     def train(self, ctx: Context) -> tuple[DualEncoder, list[dict]]:
         spec = ctx.recipe.method
-        model = self._build(ctx)
+        model = ctx.place(self._build(ctx))
         similarity = self.similarity(model)
 
         def loss(batch):
@@ -186,7 +207,7 @@ class DualEncoderMethod(_Retrieval):
         return _state(model)
 
     def restore(self, ctx: Context, tensors: Tensors, converged: bool) -> DualEncoder:
-        return _load(self._build(ctx), tensors)
+        return ctx.place(_load(self._build(ctx), tensors), trained=False)
 
 
 # ------------------------------------------------------------------ linear CCA
@@ -210,12 +231,12 @@ class CCAMethod(_Retrieval):
     def train(self, ctx: Context) -> tuple[LinearCCA, list[dict]]:
         spec: CCAMethodSpec = ctx.recipe.method
         return LinearCCA.fit(
-            ctx.train.a.numpy(), ctx.train.b.numpy(), spec.components, spec.pca, spec.max_iter
+            numpy(ctx.train.a), numpy(ctx.train.b), spec.components, spec.pca, spec.max_iter
         ), []
 
     def evaluate(self, ctx: Context, cca: LinearCCA | StoredCCA) -> dict:
         evaluation = retrieval_eval(_cca_similarity(cca), ctx.gallery, ctx.names)
-        pairs = ((ctx.train.a.numpy(), ctx.train.b.numpy()), (ctx.eval.a.numpy(), ctx.eval.b.numpy()))
+        pairs = ((numpy(ctx.train.a), numpy(ctx.train.b)), (numpy(ctx.eval.a), numpy(ctx.eval.b)))
         return evaluation | _correlations(cca, *pairs)
 
     def weights(self, cca: LinearCCA) -> Tensors:
@@ -246,23 +267,23 @@ class DeepCCAMethod(_Retrieval):
 
     def train(self, ctx: Context) -> tuple[tuple[DeepCCA, LinearCCA], list[dict]]:
         spec: DeepCCAMethodSpec = ctx.recipe.method
-        model = self._build(ctx)
+        model = ctx.place(self._build(ctx))
 
         def monitor() -> dict:
             corr = total_correlation(model.net_a(ctx.eval.a), model.net_b(ctx.eval.b), spec.r1, spec.r2)
             return {"eval_total_correlation": corr.item()}
 
         history = ctx.fit(model, lambda batch: model(*batch), (ctx.train.a, ctx.train.b), monitor)
-        with torch.no_grad():
-            ha, hb = model.net_a(ctx.train.a).numpy(), model.net_b(ctx.train.b).numpy()
+        with torch.no_grad(), ctx.autocast():
+            ha, hb = numpy(model.net_a(ctx.train.a)), numpy(model.net_b(ctx.train.b))
         # The paper's last step: a linear CCA on the networks' outputs gives the canonical variates.
         return (model, LinearCCA.fit(ha, hb, spec.dim)), history
 
     def evaluate(self, ctx: Context, trained: tuple[DeepCCA, LinearCCA | StoredCCA]) -> dict:
         model, cca = trained
-        with torch.no_grad():
-            ha, hb = model.net_a(ctx.train.a).numpy(), model.net_b(ctx.train.b).numpy()
-            ea, eb = model.net_a(ctx.eval.a).numpy(), model.net_b(ctx.eval.b).numpy()
+        with torch.no_grad(), ctx.autocast():
+            ha, hb = numpy(model.net_a(ctx.train.a)), numpy(model.net_b(ctx.train.b))
+            ea, eb = numpy(model.net_a(ctx.eval.a)), numpy(model.net_b(ctx.eval.b))
         evaluation = retrieval_eval(self.similarity(trained), ctx.gallery, ctx.names)
         return evaluation | _correlations(cca, (ha, hb), (ea, eb))
 
@@ -271,8 +292,8 @@ class DeepCCAMethod(_Retrieval):
         return _state(model) | _tensors(cca.tensors())
 
     def restore(self, ctx: Context, tensors: Tensors, converged: bool) -> tuple[DeepCCA, StoredCCA]:
-        model = self._build(ctx)
-        return _load(model, tensors), StoredCCA.from_tensors(tensors, converged)
+        model = ctx.place(_load(self._build(ctx), tensors), trained=False)
+        return model, StoredCCA.from_tensors(tensors, converged)
 
 
 # ------------------------------------------------------------------ cycle-consistent autoencoder
@@ -283,8 +304,8 @@ def _relative_mse(prediction: torch.Tensor, target: torch.Tensor) -> float:
 def _key_means(x: torch.Tensor, keys: list[str]) -> torch.Tensor:
     """Each row replaced by the mean of the rows with its key."""
     ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    index = torch.tensor([ids[k] for k in keys])
-    sums = torch.zeros(len(ids), x.shape[1]).index_add_(0, index, x)
+    index = torch.tensor([ids[k] for k in keys], device=x.device)
+    sums = torch.zeros(len(ids), x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, index, x)
     return (sums / torch.bincount(index, minlength=len(ids))[:, None])[index]
 
 
@@ -306,7 +327,7 @@ class CycleMethod(_Retrieval):
         return lambda a, b: (cosine_similarity(model.a_to_b(a), b), cosine_similarity(model.b_to_a(b), a))
 
     def train(self, ctx: Context) -> tuple[CycleAutoencoder, list[dict]]:
-        model = self._build(ctx)
+        model = ctx.place(self._build(ctx))
         similarity = self.similarity(model)
 
         def monitor() -> dict:
@@ -340,4 +361,4 @@ class CycleMethod(_Retrieval):
         return _state(model)
 
     def restore(self, ctx: Context, tensors: Tensors, converged: bool) -> CycleAutoencoder:
-        return _load(self._build(ctx), tensors)
+        return ctx.place(_load(self._build(ctx), tensors), trained=False)

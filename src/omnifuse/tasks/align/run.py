@@ -36,7 +36,8 @@ from omnifuse.recipe import (
     SigLipMethodSpec,
 )
 from omnifuse.rundir import RunDir
-from omnifuse.tasks.align.features import Gallery, paired_features
+from omnifuse.runtime import Placement, resolve_placement
+from omnifuse.tasks.align.features import Gallery, Pairs, paired_features
 from omnifuse.tasks.align.methods import (
     CCAMethod,
     Context,
@@ -75,8 +76,10 @@ def train_align(
     recipe: AlignRecipe, out: Path, *, progress: bool = True, resume: bool = False
 ) -> AlignResult:
     """Train an alignment recipe into the run directory ``out`` (a fresh one: alignment runs take
-    seconds on cached features, so there is nothing to resume; --resume of a finished run is a no-op)."""
+    seconds on cached features, so there is nothing to resume; --resume of a finished run is a no-op).
+    The torch methods train on the recipe's ``runtime`` device and dtype (``--device`` / ``--dtype``)."""
     start = time.perf_counter()
+    placement = resolve_placement(recipe.runtime)  # a device or dtype this machine lacks: refused first
     run = RunDir(Path(out))
     if resume and run.exists() and prepare_run_dir(run, recipe, resume=True):
         evaluation = read_json(run.path / "eval.json", "evaluation")
@@ -87,7 +90,7 @@ def train_align(
         )
     prepare_run_dir(run, recipe, resume=False)
     with run.training():
-        evaluation = _fit(recipe, run, progress)
+        evaluation = _fit(recipe, run, progress, placement)
     return AlignResult(evaluation, time.perf_counter() - start, run.path)
 
 
@@ -95,11 +98,19 @@ def _heldout(recipe: AlignRecipe) -> frozenset[str]:
     return frozenset(recipe.method.heldout if isinstance(recipe.method, DeViSEMethodSpec) else ())
 
 
-def _fit(recipe: AlignRecipe, run: RunDir, progress: bool) -> dict:
+def _context(recipe: AlignRecipe, train: Pairs, evl: Pairs, names: list[str], progress: bool,
+             placement: Placement) -> Context:  # fmt: skip
+    """The pairs and the eval gallery (its identical items found on the CPU) copied once to the device."""
+    device = placement.device
+    gallery = Gallery.of(evl).to(device)
+    return Context(recipe, train.to(device), evl.to(device), gallery, names, progress, placement)
+
+
+def _fit(recipe: AlignRecipe, run: RunDir, progress: bool, placement: Placement) -> dict:
     train, evl, norms, names = paired_features(recipe, progress, _heldout(recipe))
     # Seeded right before the method's own random numbers (initialisation, shuffling).
     seed_everything(recipe.seed)
-    ctx = Context(recipe, train, evl, Gallery.of(evl), names, progress)
+    ctx = _context(recipe, train, evl, names, progress, placement)
     method = METHODS[type(recipe.method)]
     trained, history = method.train(ctx)
     weights = dict(method.weights(trained))
@@ -125,22 +136,30 @@ def _write_evaluation(run: RunDir, ctx: Context, method: Method, trained, has_pl
         "n_train_pairs": len(ctx.train.keys),
         "n_eval_pairs": len(evl.keys),
         "n_eval_keys": len(set(evl.keys)),
-        **method.evaluate(ctx, trained),
     }
+    with ctx.autocast():  # forward passes only: evaluation has no backward
+        evaluation |= method.evaluate(ctx, trained)
+        predictions = method.predictions(ctx, trained)
     atomic_write_text(run.path / "eval.json", json.dumps(evaluation, indent=2))
-    predictions = method.predictions(ctx, trained)
     atomic_write_text(run.path / PREDICTIONS, "".join(json.dumps(p) + "\n" for p in predictions))
     atomic_write_text(run.path / "report.md", report_text(ctx.recipe, evaluation, has_plot))
     return evaluation
 
 
 def evaluate_align_run(
-    run: RunDir, data: str | None = None, limit: int | None = None, progress: bool = True
+    run: RunDir,
+    data: str | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> dict:
     """Restore a trained alignment run and evaluate it on the recipe's eval data (or ``data``, a seeded
-    subset of ``limit`` pairs); rewrites eval.json, predictions.jsonl and report.md."""
+    subset of ``limit`` pairs); rewrites eval.json, predictions.jsonl and report.md. On the recipe's
+    ``runtime`` placement, or ``device`` / ``dtype`` (``--device`` / ``--dtype``)."""
     run.require_trained()
     recipe: AlignRecipe = run.recipe()
+    placement = resolve_placement(recipe.runtime, device=device, dtype=dtype)
     if data is not None or limit is not None:
         d = recipe.data
         chosen = limit if limit is not None else (d.eval_limit if data is None else None)
@@ -155,7 +174,7 @@ def evaluate_align_run(
         m: Normalizer.from_tensors(recipe.model.normalization(m), tensors, f"normalize.{m}") for m in names
     }
     train, evl, _, names = paired_features(recipe, progress, _heldout(recipe), norms)
-    ctx = Context(recipe, train, evl, Gallery.of(evl), names, progress)
+    ctx = _context(recipe, train, evl, names, progress, placement)
     method = METHODS[type(recipe.method)]
     trained = method.restore(ctx, tensors, metadata.get("cca_converged") != "false")
     return _write_evaluation(run, ctx, method, trained, (run.path / "loss.png").is_file())

@@ -70,8 +70,8 @@ class DeViSEMethod:
         spec: DeViSEMethodSpec = ctx.recipe.method
         c = _Classes.of(ctx)
         x = c.source(ctx.train)  # held-out classes were left out of the training pairs (paired_features)
-        y = torch.tensor([c.seen_index[k] for k in ctx.train.keys])
-        model = self._build(ctx, c)
+        y = torch.tensor([c.seen_index[k] for k in ctx.train.keys], device=x.device)
+        model = ctx.place(self._build(ctx, c))
         eval_x, held_rows = c.source(ctx.eval), c.rows(ctx.eval, heldout=True)
         held_labels = c.labels(ctx.eval, held_rows)
 
@@ -90,7 +90,7 @@ class DeViSEMethod:
             )
             seen_rows = c.rows(ctx.eval, heldout=False)
             pred = model.scores(eval_x[seen_rows], c.embeddings).argmax(1)
-            truth = torch.tensor(c.labels(ctx.eval, seen_rows))
+            truth = torch.tensor(c.labels(ctx.eval, seen_rows), device=pred.device)
         return {
             "zero_shot": result.summary(),
             "seen_classes": {"accuracy_all": (pred == truth).float().mean().item(), "n": len(seen_rows)},
@@ -120,4 +120,4 @@ class DeViSEMethod:
         return _state(model)
 
     def restore(self, ctx: Context, tensors: Tensors, converged: bool) -> DeViSE:
-        return _load(self._build(ctx, _Classes.of(ctx)), tensors)
+        return ctx.place(_load(self._build(ctx, _Classes.of(ctx)), tensors), trained=False)
