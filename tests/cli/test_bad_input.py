@@ -380,6 +380,22 @@ PLACEMENT = [
                                 ("dtype-int8", "int8", ["--dtype", "int8"])]),
 ]  # fmt: skip
 
+# The distributed strategy: FSDP needs several processes; what no launch of a recipe can run under FSDP
+# (a Q-Former objective, evaluation during training, a one-process task, DP-SGD) its recipe refuses.
+CLASSIC = str(Path(__import__("omnifuse.recipes").recipes.__file__).parent / "classic" / "av-digits.yaml")
+DP = "privacy={target_epsilon: 4.0, delta: 1.0e-5, max_grad_norm: 1.0}"
+FSDP = "runtime.distributed.strategy=fsdp"
+SCALE = [
+    C("train-fsdp-one-process", "single process", train({"runtime.distributed.strategy": "fsdp"})),
+    C("train-fsdp-eval-every", "eval.every", validate({"runtime.distributed.strategy": "fsdp", "eval.every": 2})),
+    C("train-fsdp-qformer", "Q-Former", lambda env, tmp: ["validate", str(Path(CLASSIC).parents[1] / "blip2.yaml"), "--set", FSDP]),
+    C("train-fsdp-classify", "task classify trains in one process", lambda env, tmp: ["validate", CLASSIC, "--set", FSDP]),
+    C("train-fsdp-dp-sgd", "DP-SGD", lambda env, tmp: ["validate", CLASSIC, "--set", FSDP, "--set", DP]),
+    C("train-device-no-gpu", NO_SUCH_GPU, train(None, "--device", NO_SUCH_GPU)),
+    C("train-dtype-float16-cpu", "float16", train(None, "--device", "cpu", "--dtype", "float16")),
+    C("train-dtype-unknown", "int8", train(None, "--dtype", "int8")),
+]
+
 RESUMES = [
     C("resume-state-garbled", "state.json", resume(put("checkpoint/state.json", "{"))),
     C("resume-state-empty", "state.json", resume(put("checkpoint/state.json", ""))),
@@ -413,6 +429,7 @@ CASES = [
     *EXPORTS,
     *SERVE,
     *PLACEMENT,
+    *SCALE,
     *RESUMES,
 ]
 

@@ -57,6 +57,9 @@ def launch(tmp_path, raw: dict, out: Path, nproc: int, overrides=(), resume=Fals
     return output
 
 
+FSDP = ["runtime.distributed.strategy=fsdp"]
+
+
 def losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -95,7 +98,8 @@ def test_two_processes_match_one_with_the_same_global_batch_mlp_and_lora(tmp_pat
     assert json.loads((tmp_path / "two" / "status.json").read_text())["status"] == "finished"
 
 
-def test_two_processes_match_one_with_cross_attention_fusion(tmp_path, color_data):
+@pytest.mark.parametrize("strategy", [[], FSDP], ids=["ddp", "fsdp"])
+def test_two_processes_match_one_with_cross_attention_fusion(tmp_path, color_data, strategy):
     raw = tiny_recipe_dict(color_data)
     raw["model"]["connectors"]["image"] = {"type": "perceiver", "num_latents": 3, "heads": 4}
     raw["model"]["fusion"] = {"type": "cross_attention", "every_n": 1, "heads": 4}
@@ -104,16 +108,26 @@ def test_two_processes_match_one_with_cross_attention_fusion(tmp_path, color_dat
          "lr": {"connectors": 3e-3, "fusion": 3e-3}, "steps": 4, "batch_size": 4, "save_every": 2},
     ]  # fmt: skip
     train(parse_recipe(raw), tmp_path / "one", parts=make_parts(), progress=False)
-    launch(tmp_path, raw, tmp_path / "two", 2, halve_batches(raw))
+    launch(tmp_path, raw, tmp_path / "two", 2, [*halve_batches(raw), *strategy])
     assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
-def test_a_killed_two_process_run_resumes_in_one_process_to_the_same_weights(tmp_path, color_data):
+def test_fsdp_two_processes_match_one_process_with_lora(tmp_path, color_data):
+    """torch's fully_shard (FSDP2) on gloo: each decoder layer a unit, the rest the root unit; the
+    checkpoints and weights are gathered into the one-process layout."""
     raw = tiny_recipe_dict(color_data)
-    raw["stages"][1]["steps"] = 8
-    train(parse_recipe(raw), tmp_path / "reference", parts=make_parts(), progress=False)
-    run = tmp_path / "killed"
-    proc = launch(tmp_path, raw, run, 2, halve_batches(raw), wait=False)
+    train(parse_recipe(raw), tmp_path / "one", parts=make_parts(), progress=False)
+    output = launch(tmp_path, raw, tmp_path / "two", 2, [*halve_batches(raw), *FSDP])
+    assert "2 processes (fsdp: 3 sharded units)" in output  # two decoder layers and the root
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    saved = load_file(str(tmp_path / "two" / "checkpoint" / "optimizer.safetensors"))
+    reference = load_file(str(tmp_path / "one" / "checkpoint" / "optimizer.safetensors"))
+    assert saved.keys() == reference.keys()  # whole moments, not one process's shard
+    assert all(saved[k].shape == reference[k].shape for k in saved)
+
+
+def kill_mid_stage_two(proc, run: Path) -> None:
+    """Kill the launcher and its workers once the checkpoint is inside stage 2 (step ≥ 2)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         state = run / "checkpoint" / "state.json"
@@ -129,6 +143,15 @@ def test_a_killed_two_process_run_resumes_in_one_process_to_the_same_weights(tmp
     progress = json.loads((run / "checkpoint" / "state.json").read_text())["progress"]
     assert progress["processes"] == 2 and progress["stage"] == 1 and 2 <= progress["step"] < 8
     assert not (run / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("strategy", [[], FSDP], ids=["ddp", "fsdp"])
+def test_a_killed_two_process_run_resumes_in_one_process_to_the_same_weights(tmp_path, color_data, strategy):
+    raw = tiny_recipe_dict(color_data)
+    raw["stages"][1]["steps"] = 8
+    train(parse_recipe(raw), tmp_path / "reference", parts=make_parts(), progress=False)
+    run = tmp_path / "killed"
+    kill_mid_stage_two(launch(tmp_path, raw, run, 2, [*halve_batches(raw), *strategy], wait=False), run)
     # One process now: each of its steps runs the two micro-batches the two processes ran.
     res = train(parse_recipe(raw, overrides=halve_batches(raw)), run, resume=True, parts=make_parts(),
                 progress=False)  # fmt: skip

@@ -171,8 +171,8 @@ def test_stage1_then_stage2_trains_logs_and_resumes_exactly(tmp_path, qformer_re
 
     real_save = loop.save_checkpoint
 
-    def crash_after(folder, model, names, optimizer, progress):
-        real_save(folder, model, names, optimizer, progress)
+    def crash_after(folder, model, names, optimizer, progress, **kw):
+        real_save(folder, model, names, optimizer, progress, **kw)
         if (progress["stage"], progress["step"]) == (0, 2):
             raise KeyboardInterrupt
 

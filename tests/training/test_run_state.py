@@ -33,7 +33,7 @@ from omnifuse.recipe import parse_recipe
 from omnifuse.training import loop
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
-loop.save_weights = die
+loop.save_tensors_atomic = die
 recipe = parse_recipe(tiny_recipe_dict(Path(sys.argv[1])))
 loop.train(recipe, Path(sys.argv[2]), parts=make_parts(), progress=False)
 """
@@ -208,8 +208,8 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 def test_a_damaged_checkpoint_is_a_clear_error_on_resume(tmp_path, color_data, monkeypatch, damage, message):
     real_save = loop.save_checkpoint
 
-    def crash_after(folder, model, names, optimizer, progress):
-        real_save(folder, model, names, optimizer, progress)
+    def crash_after(folder, model, names, optimizer, progress, **kw):
+        real_save(folder, model, names, optimizer, progress, **kw)
         if (progress["stage"], progress["step"]) == (1, 2):
             raise KeyboardInterrupt
 
@@ -232,8 +232,8 @@ def _edit_state(folder: Path, **fields) -> None:
 def test_damaged_metric_lines_are_dropped_on_resume(tmp_path, color_data, monkeypatch):
     real_save = loop.save_checkpoint
 
-    def crash_after(folder, model, names, optimizer, progress):
-        real_save(folder, model, names, optimizer, progress)
+    def crash_after(folder, model, names, optimizer, progress, **kw):
+        real_save(folder, model, names, optimizer, progress, **kw)
         if (progress["stage"], progress["step"]) == (0, 2):
             raise KeyboardInterrupt
 

@@ -44,8 +44,8 @@ def test_resume_continues_exactly(tmp_path, color_data, monkeypatch):
 
     real_save = loop.save_checkpoint
 
-    def crash_after(folder, model, names, optimizer, progress):
-        real_save(folder, model, names, optimizer, progress)
+    def crash_after(folder, model, names, optimizer, progress, **kw):
+        real_save(folder, model, names, optimizer, progress, **kw)
         if (progress["stage"], progress["step"]) == (1, 2):
             raise KeyboardInterrupt
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from omnifuse.atomic import atomic_write
 from omnifuse.errors import OmnifuseError
@@ -45,11 +46,27 @@ def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor as one process holds it: a sharded DTensor (FSDP) is gathered — a collective, so every
+    process of the group calls it for the same tensors in the same order."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def like(target: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (a whole tensor) laid out as ``target``: this process's shard where ``target`` is a
+    sharded DTensor (every process read the same file, so no communication is needed)."""
+    if isinstance(target, DTensor):
+        value = value.to(target.device, target.dtype)
+        return distribute_tensor(value, target.device_mesh, target.placements, src_data_rank=None)
+    return value
+
+
 def state_of(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """The named parameters, detached copies; refused when any holds NaN or inf (training diverged), so a
-    run directory never keeps weights that would answer garbage."""
+    """The named parameters, detached whole copies (gathered from every process under FSDP: all call it);
+    refused when any holds NaN or inf (training diverged), so a run directory never keeps weights that would
+    answer garbage."""
     params = dict(model.named_parameters())
-    state = {n: params[n].detach().contiguous().clone() for n in names}
+    state = {n: full(params[n].detach()).contiguous().clone() for n in names}
     bad = _non_finite(state)
     if bad:
         raise OmnifuseError(
@@ -118,5 +135,5 @@ def load_weights(model: nn.Module, path: Path, expected: list[str] | None = None
         raise OmnifuseError(f"{path}: {_listed(bad)} hold NaN or infinite values; the weights are unusable")
     with torch.no_grad():
         for k, v in state.items():
-            params[k].copy_(v)
+            params[k].copy_(like(params[k], v))
     return list(state)

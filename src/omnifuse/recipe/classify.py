@@ -16,7 +16,7 @@ from omnifuse.recipe.features import (
     PixelsSpec,
     check_feature_encoders,
 )
-from omnifuse.recipe.runtime import RuntimeSpec
+from omnifuse.recipe.runtime import RuntimeSpec, one_process_only
 from omnifuse.recipe.schema import Seed, Spec
 
 
@@ -217,3 +217,8 @@ class ClassifierRecipe(Spec):
     privacy: PrivacySpec | None = None
     eval: ClassifierEvalSpec = ClassifierEvalSpec()
     runtime: RuntimeSpec = RuntimeSpec()
+
+    @model_validator(mode="after")
+    def _check_runtime(self) -> ClassifierRecipe:
+        one_process_only(self.runtime, "classify", privacy=self.privacy is not None)
+        return self

@@ -215,6 +215,25 @@ class Recipe(Spec):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _check_sharding(self) -> Recipe:
+        if self.runtime.distributed.strategy != "fsdp":
+            return self
+        qformer = [s.name for s in self.stages if isinstance(s.objective, QFormerObjective)]
+        if qformer:
+            raise ValueError(
+                f"runtime.distributed.strategy: fsdp: stage {qformer[0]!r} pre-trains a Q-Former (objective "
+                "qformer), which runs the connector outside the model's forward pass, where FSDP gathers the "
+                "sharded parameters; train this recipe with strategy: ddp"
+            )
+        if self.eval.every:
+            raise ValueError(
+                f"runtime.distributed.strategy: fsdp with eval.every: {self.eval.every}: evaluation during "
+                "training runs on one process, but under fsdp each process holds only a shard of the model; "
+                "remove eval.every and evaluate the finished run (`omnifuse eval RUN`, sharded with --nproc)"
+            )
+        return self
+
     def lora_components(self) -> list[str]:
         """Components that any stage trains with LoRA (adapters must exist before loading weights)."""
         return sorted({c for s in self.stages for c, m in s.trainable.items() if m == "lora"})

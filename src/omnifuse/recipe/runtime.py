@@ -31,13 +31,26 @@ class DistributedSpec(Spec):
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="ddp: every process holds the whole model, gradients are averaged (the default); fsdp: "
-        "parameters, gradients and optimizer state are sharded across processes (torch's fully_shard), "
-        "for LLMs that do not fit one device",
+        "parameters, gradients and optimizer state are sharded across processes (torch's fully_shard, one "
+        "unit per decoder layer), for LLMs that do not fit one device; needs several processes",
     )
     find_unused_parameters: bool = Field(
         False,
         description="DDP only: let parameters that get no gradient in a step pass (slower; needed only when "
         "a trained part is skipped by some batches)",
+    )
+
+
+def one_process_only(runtime: RuntimeSpec, task: str, privacy: bool = False) -> None:
+    """Tasks that train in one process (classify, align) refuse a sharding strategy; with DP-SGD, saying
+    why: Opacus' per-sample clipping and noise are not set up over sharded parameters."""
+    if runtime.distributed.strategy == "ddp":
+        return
+    why = "DP-SGD (privacy) clips and noises per-sample gradients in one process (Opacus), not over " \
+          "sharded parameters" if privacy else "its models are small"  # fmt: skip
+    raise ValueError(
+        f"runtime.distributed.strategy: {runtime.distributed.strategy}: task {task} trains in one process "
+        f"({why}); remove runtime.distributed (strategy ddp, the default)"
     )
 
 
@@ -71,4 +84,4 @@ class RuntimeSpec(Spec):
         return check_device(value)
 
 
-__all__ = ["DTYPES", "DistributedSpec", "RuntimeSpec", "check_device"]
+__all__ = ["DTYPES", "DistributedSpec", "RuntimeSpec", "check_device", "one_process_only"]

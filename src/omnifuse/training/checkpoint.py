@@ -19,7 +19,7 @@ from torch import nn
 
 from omnifuse.atomic import atomic_dir
 from omnifuse.errors import OmnifuseError
-from omnifuse.models.weights import load_weights, read_tensors, state_of
+from omnifuse.models.weights import full, like, load_weights, read_tensors, state_of
 from omnifuse.untrusted import json_fields, read_json
 
 
@@ -42,22 +42,36 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The optimizer state keyed by parameter name (so it survives re-creating the optimizer), tensors
+    whole (gathered under FSDP: every process calls it) and scalars apart."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt_tensors, opt_meta = {}, {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value):
+                    opt_tensors[f"{names[id(p)]}::{key}"] = full(value).contiguous()
+                else:
+                    opt_meta[f"{names[id(p)]}::{key}"] = value
+    return opt_tensors, opt_meta
+
+
 def save_checkpoint(
-    folder: Path, model: nn.Module, weight_names: list[str], optimizer: torch.optim.Optimizer, progress: dict
+    folder: Path,
+    model: nn.Module,
+    weight_names: list[str],
+    optimizer: torch.optim.Optimizer,
+    progress: dict,
+    write: bool = True,
 ) -> None:
+    """Every process of a sharded (FSDP) run calls this (the state is gathered); only ``write`` writes."""
+    weights = state_of(model, weight_names)
+    opt_tensors, opt_meta = optimizer_state(model, optimizer)
+    if not write:
+        return
     with atomic_dir(folder) as tmp:
-        save_file(state_of(model, weight_names), str(tmp / "weights.safetensors"))
-        # Optimizer state keyed by parameter name, so it survives re-creating the optimizer.
-        names = {id(p): n for n, p in model.named_parameters()}
-        opt_tensors, opt_meta = {}, {}
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                st = optimizer.state.get(p, {})
-                for key, value in st.items():
-                    if torch.is_tensor(value):
-                        opt_tensors[f"{names[id(p)]}::{key}"] = value.contiguous()
-                    else:
-                        opt_meta[f"{names[id(p)]}::{key}"] = value
+        save_file(weights, str(tmp / "weights.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         rng_tensors, rng_meta = rng_state()
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
@@ -122,6 +136,11 @@ def load_checkpoint(
             raise OmnifuseError(
                 f"{folder}: optimizer state {key!r} names no trained parameter; the checkpoint is damaged"
             )
+        param = params[name]
+        if torch.is_tensor(value) and slot != "step":
+            # As torch's Optimizer.load_state_dict does: moments on the parameter's device and dtype (the
+            # file is read on the CPU), and sharded alike where the parameter is (FSDP).
+            value = like(param, value.to(param.device, param.dtype))
         per_param.setdefault(name, {})[slot] = value
     for name, st in per_param.items():
         optimizer.state[params[name]] = st

@@ -30,7 +30,7 @@ from omnifuse.generation.engine import Engine, generation_config
 from omnifuse.models.builders import build_model
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.models.stages import apply_stage, changed_parameters, prepare_lora
-from omnifuse.models.weights import save_weights
+from omnifuse.models.weights import save_tensors_atomic, state_of
 from omnifuse.processing import Processor
 from omnifuse.progress import progress_bar
 from omnifuse.recipe import Recipe, StageSpec
@@ -154,6 +154,7 @@ class Trainer:
         self.scaler = self.placement.grad_scaler()
         # The process count the run's global batch was defined with (a resume may use another).
         self.processes = self.world.size
+        self.sharded = parallel.sharded(model)
         main = self.world.main
         self.console = console or Console(stderr=True, quiet=not main)
         self.progress = progress and main
@@ -233,9 +234,11 @@ class Trainer:
             total_steps += steps
         if self.writer is not None:
             self.writer.close()
-        if self.world.main:
+        if self.world.main or self.sharded:  # sharded weights are gathered by every process
             names = changed_parameters(model, recipe.stages)
-            save_weights(model, names, run.weights_file, metadata={"omnifuse": __version__})
+            weights = state_of(model, names)
+            if self.world.main:
+                save_tensors_atomic(weights, run.weights_file, metadata={"omnifuse": __version__})
         barrier()
         return TrainResult(run, time.perf_counter() - start, total_steps, last_loss)
 
@@ -306,11 +309,7 @@ class Trainer:
         # DDP averaged the gradients of weighted sums over processes; make them the gradient of the
         # step's mean loss: × processes / total weight.
         parallel.scale_gradients(params, self.world.size / weight if weight else 1.0)
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm).item()
-            if stage.max_grad_norm
-            else None
-        )
+        grad_norm = parallel.clip_gradients(params, stage.max_grad_norm) if stage.max_grad_norm else None
         # With float16 loss scaling an overflowing step is normal: the scaler skips it and lowers the scale.
         _check_finite(stage, step + 1, total_loss, None if self.scaler else grad_norm, self.run)
         if self.scaler is not None:
@@ -374,11 +373,21 @@ class Trainer:
                     )
                 bar.advance(loss=total_loss)
                 if main:
-                    self._record(si, stage, step, steps, record, parts, optimizer, changed)
+                    self._record(stage, step, record)
+                if step % stage.save_every == 0 or step == steps:
+                    self._checkpoint(si, step, steps, optimizer, changed)
         return loss_value
 
-    def _record(self, si, stage, step, steps, record, parts, optimizer, changed) -> None:
-        """The main process logs the step (metrics.jsonl, tensorboard) and checkpoints when due."""
+    def _checkpoint(self, si, step, steps, optimizer, changed) -> None:
+        """The main process writes the checkpoint; under FSDP every process gathers its shards first."""
+        if not (self.world.main or self.sharded):
+            return
+        nxt = {"stage": si, "step": step} if step < steps else {"stage": si + 1, "step": 0}
+        nxt["processes"] = self.processes
+        save_checkpoint(self.run.checkpoint, self.model, changed, optimizer, nxt, write=self.world.main)
+
+    def _record(self, stage, step, record) -> None:
+        """The main process logs the step (metrics.jsonl, tensorboard)."""
         with self.run.metrics_file.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -388,10 +397,6 @@ class Trainer:
                     and record[key] is not None
                 ):
                     self.writer.add_scalar(f"{stage.name}/{key}", record[key], step)
-        if step % stage.save_every == 0 or step == steps:
-            nxt = {"stage": si, "step": step} if step < steps else {"stage": si + 1, "step": 0}
-            nxt["processes"] = self.processes
-            save_checkpoint(self.run.checkpoint, self.model, changed, optimizer, nxt)
 
 
 def _tensorboard_writer(folder: Path):
@@ -438,7 +443,7 @@ def train(
     run = RunDir(Path(out))
     world = init_world(resolve_placement(recipe.runtime).device)  # checked before the process group
     placement = resolve_placement(recipe.runtime, local_rank=world.local_rank)
-    parallel.check_strategy(recipe.runtime, world)
+    parallel.check_strategy(recipe, world)
     finished, error = False, None
     if world.main:  # only the main process writes the run directory; the others learn its outcome
         try:
@@ -453,15 +458,27 @@ def train(
         seed_everything(recipe.seed)
         model, processor = build_model(recipe.model, progress=progress and world.main, **(parts or {}))
         prepare_lora(model, recipe.lora_components(), recipe.lora)
-        place(model, processor, placement, trained=changed_parameters(model, recipe.stages))
+        fsdp = recipe.runtime.distributed.strategy == "fsdp"
+        # FSDP keeps one storage dtype per unit (float32) and computes in its mixed-precision policy.
+        trained = (
+            [n for n, _ in model.named_parameters()] if fsdp else changed_parameters(model, recipe.stages)
+        )
+        place(model, processor, placement, trained=trained)
         configure_model(model, recipe.runtime)
+        if fsdp:
+            parallel.shard(model, placement, world)
         if world.main:
             atomic_write_text(run.meta_file, json.dumps(_run_meta(recipe, model, placement, world), indent=2))
         trainer = Trainer(recipe, run, model, processor, console, progress, tensorboard, placement, world)
         trainer.console.print(f"training on {placement.describe()}" + (
-            f", {world.size} processes" if world.distributed else ""
+            f", {world.size} processes ({recipe.runtime.distributed.strategy}"
+            + (f": {_shard_count(model)} sharded units)" if fsdp else ")") if world.distributed else ""
         ))  # fmt: skip
         return trainer.run_stages(resume=resume)
+
+
+def _shard_count(model) -> int:
+    return sum(1 for m in model.modules() if parallel.sharded(m))
 
 
 def _run_meta(recipe: Recipe, model: MultimodalLM, placement: Placement, world: World) -> dict:
