@@ -13,10 +13,16 @@ text of its user turn (the question). Exactly one image / audio part per sample 
 
 Forms: ``pooled`` → ``[N, D]``; ``tokens`` → ``[N, P, D]`` (grid tokens of a CNN, word-piece states of a
 BERT, time segments × mel bands of a spectrogram, pixel rows × columns).
+
+Placement: an encoder with a network (CNN, Hugging Face vision tower, MiniLM, Whisper) runs on the
+``placement`` it is given (its frozen weights stored in the compute dtype, forward passes under autocast);
+pixels and log-mel are numpy preprocessing on the CPU. Features come back to the CPU as float32, where the
+cache keeps them; a low compute dtype is part of the cache key (float32 keys are unchanged by it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -44,6 +50,7 @@ from omnifuse.recipe import (
     PixelsSpec,
     WhisperFeaturesSpec,
 )
+from omnifuse.runtime import Placement, place_model
 from omnifuse.untrusted import open_image
 
 PREPROCESS_VERSION = 2  # bump when an extractor's preprocessing changes, to invalidate cached features
@@ -102,9 +109,32 @@ def _waveform(item: Path | np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ extractors
 class Extractor:
-    """One frozen encoder as a feature extractor; subclasses set ``batch`` and implement ``encode``."""
+    """One frozen encoder as a feature extractor; subclasses set ``batch`` and implement ``encode`` (which
+    returns CPU float32 features). One with a network names it in ``network``; :meth:`place` puts it on a
+    device, and ``encode`` feeds it through :meth:`on_device` under :meth:`autocast`."""
 
     batch = 64
+    placement: Placement | None = None  # None: the network runs where it was built (the CPU, float32)
+
+    def network(self) -> torch.nn.Module | None:
+        return None
+
+    def place(self, placement: Placement) -> Extractor:
+        net = self.network()
+        if net is not None:
+            place_model(net, placement)  # frozen: every floating parameter in the compute dtype
+            if placement.mixed:  # and the floating buffers with them (batch norm's running statistics)
+                for buffer in net.buffers():
+                    if buffer.is_floating_point():
+                        buffer.data = buffer.data.to(placement.dtype)
+            self.placement = placement
+        return self
+
+    def on_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.placement is None else x.to(self.placement.device)
+
+    def autocast(self):
+        return contextlib.nullcontext() if self.placement is None else self.placement.autocast()
 
     def encode(self, items: Sequence[Any], form: str) -> torch.Tensor:
         raise NotImplementedError
@@ -116,10 +146,13 @@ class _CNNExtractor(Extractor):
 
         self.spec, self.encoder = spec, build_encoder(spec).eval()
 
+    def network(self):
+        return self.encoder
+
     def encode(self, items, form):
         pixels = torch.stack([self.encoder.preprocess(_open_image(i)) for i in items])
-        with torch.no_grad():
-            tokens = self.encoder(pixels)  # [B, P, D]
+        with torch.no_grad(), self.autocast():
+            tokens = self.encoder(self.on_device(pixels)).float().cpu()  # [B, P, D]
         return tokens if form == "tokens" else tokens.mean(1)
 
 
@@ -146,8 +179,13 @@ class _MiniLMExtractor(Extractor):
 
         self.spec, self.encoder = spec, build_minilm(spec.name, spec.max_length)
 
-    def encode(self, items, form):
-        return self.encoder.tokens(items) if form == "tokens" else self.encoder.pooled(items)
+    def network(self):
+        return self.encoder.bert
+
+    def encode(self, items, form):  # the tokenizer's ids are copied to the BERT's device by the encoder
+        with self.autocast():
+            out = self.encoder.tokens(items) if form == "tokens" else self.encoder.pooled(items)
+        return out.float().cpu()
 
 
 class _LogMelExtractor(Extractor):
@@ -192,10 +230,14 @@ class _WhisperExtractor(Extractor):
         self.spec, self.pad_mels = spec, pad_mels
         self.encoder = build_whisper_encoder(spec.weights)
 
+    def network(self):
+        return self.encoder
+
     def encode(self, items, form):
         mels, lengths = self.pad_mels([self.encoder.preprocess(_waveform(i)) for i in items])
-        with torch.no_grad():
-            frames, counts = self.encoder(mels, lengths)  # [B, T, D], real frames per clip
+        with torch.no_grad(), self.autocast():
+            frames, counts = self.encoder(self.on_device(mels), lengths)  # [B, T, D], real frames per clip
+        frames, counts = frames.float().cpu(), counts.cpu()
         real = [f[:n] for f, n in zip(frames, counts.tolist(), strict=True)]
         if form == "pooled":
             return torch.stack([f.mean(0) for f in real])
@@ -220,7 +262,8 @@ def features_cache_dir() -> Path:
     return cache_dir() / "features"
 
 
-def cache_key(spec, form: str, weights: Any, items: Sequence[Any]) -> str:
+def cache_key(spec, form: str, weights: Any, items: Sequence[Any], dtype: torch.dtype | None = None) -> str:
+    """``dtype``: the compute dtype of the encoder's network, when it is not float32."""
     h = hashlib.sha256()
     head = {
         "spec": spec.model_dump(mode="json"),
@@ -228,6 +271,8 @@ def cache_key(spec, form: str, weights: Any, items: Sequence[Any]) -> str:
         "weights": weights,
         "version": PREPROCESS_VERSION,
     }
+    if dtype is not None and dtype != torch.float32:
+        head["dtype"] = str(dtype).removeprefix("torch.")
     h.update(json.dumps(head, sort_keys=True).encode())
     for item in items:
         h.update(json.dumps(_identity(item)).encode())
@@ -244,11 +289,14 @@ def extract_features(
     cache: bool = True,
     progress: bool = True,
     extractor: Extractor | None = None,
+    placement: Placement | None = None,
 ) -> torch.Tensor:
-    """Features of ``samples`` under a frozen encoder: ``[N, D]`` (pooled) or ``[N, P, D]`` (tokens).
+    """Features of ``samples`` under a frozen encoder: ``[N, D]`` (pooled) or ``[N, P, D]`` (tokens), on
+    the CPU in float32.
 
     ``modality`` must be the encoder's input kind (image, audio or text). Cached on disk unless
-    ``cache=False``; ``extractor`` may inject an already built extractor (tests, repeated calls)."""
+    ``cache=False``; ``extractor`` may inject an already built extractor (tests, repeated calls);
+    ``placement``: where the encoder's network runs (default: the CPU in float32)."""
     kind = encoder_spec.reads.value
     if modality != kind:
         raise OmnifuseError(f"the {encoder_spec.type} encoder reads the {kind}, not the {modality}")
@@ -259,10 +307,10 @@ def extract_features(
     items = [sample_input(s, kind) for s in samples]
     path = None
     if cache:
-        path = (
-            features_cache_dir()
-            / f"{cache_key(encoder_spec, form, _weights_of(encoder_spec), items)}.safetensors"
-        )
+        networked = type(encoder_spec) in WEIGHTS_IDENTITY  # pixels and log-mel run no network
+        dtype = placement.dtype if placement is not None and networked else None
+        key = cache_key(encoder_spec, form, _weights_of(encoder_spec), items, dtype)
+        path = features_cache_dir() / f"{key}.safetensors"
         if path.is_file():
             with safe_open(str(path), "pt") as f:
                 return f.get_tensor("features")
@@ -273,6 +321,8 @@ def extract_features(
         with torch.random.fork_rng():
             torch.manual_seed(0)
             extractor = EXTRACTORS[type(encoder_spec)](encoder_spec)
+    if placement is not None:
+        extractor.place(placement)
     # Many samples share an input (one image, many questions; templated questions): encode each once.
     index: dict[str, int] = {}
     unique, where = [], []
@@ -288,7 +338,8 @@ def extract_features(
             chunk = unique[start : start + extractor.batch]
             chunks.append(extractor.encode(chunk, form).float())
             bar.advance(len(chunk))
-    features = torch.cat(chunks)[torch.tensor(where)].contiguous()
+    features = torch.cat(chunks)
+    features = features[torch.tensor(where, device=features.device)].contiguous()
     if path is not None:
         meta = {"spec": json.dumps(encoder_spec.model_dump(mode="json")), "form": form, "n": str(len(items))}
         save_tensors_atomic({"features": features}, path, meta)
@@ -348,7 +399,7 @@ class Normalizer:
         if mode != "standardize":
             return cls(mode)
         flat = train.reshape(-1, train.shape[-1])
-        std = flat.std(0) if flat.shape[0] > 1 else torch.zeros(flat.shape[-1])
+        std = flat.std(0) if flat.shape[0] > 1 else torch.zeros(flat.shape[-1], device=flat.device)
         floor = max(cls.STD_FLOOR * float(std.median()), 1e-6)
         return cls(mode, flat.mean(0), std.clamp(min=floor))
 

@@ -66,11 +66,13 @@ def _built_on_the_cpu(monkeypatch) -> None:
     ids=["concat-dropout", "late-stacking", "dp-sgd"],
 )
 def test_training_creates_nothing_off_the_model_device(changes, tmp_path, monkeypatch):
-    """Features, labels, batches, presence masks, robustness noise: a tensor made without a device would be
-    a meta tensor here and fail (or, read as garbage, change the scores, which are compared)."""
+    """Features (extracted with a cold cache), labels, batches, presence masks, robustness noise: a tensor
+    made without a device would be a meta tensor here and fail (or, read as garbage, change the scores,
+    which are compared)."""
     _built_on_the_cpu(monkeypatch)
     recipe = parse_recipe(toy_recipe(tmp_path, **changes) | {"runtime": {"device": "cpu"}})
     train_classifier(recipe, tmp_path / "plain", progress=False)
+    monkeypatch.setenv("OMNIFUSE_CACHE", str(tmp_path / "cold"))  # features extracted again, under meta
     with torch.device("meta"):
         train_classifier(recipe, tmp_path / "meta", progress=False)
         evaluate_classifier_run(RunDir(tmp_path / "meta"), progress=False)

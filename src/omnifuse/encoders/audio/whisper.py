@@ -116,7 +116,7 @@ class WhisperAudioEncoder(nn.Module):
 
 def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """[n_mels, T_i] spectrograms → a zero-padded batch [B, n_mels, T_max] and the frame counts [B]."""
-    lengths = torch.tensor([m.shape[-1] for m in mels], dtype=torch.long)
+    lengths = torch.tensor([m.shape[-1] for m in mels], dtype=torch.long, device=mels[0].device)
     batch = nn.utils.rnn.pad_sequence([m.transpose(0, 1) for m in mels], batch_first=True)
     return batch.transpose(1, 2).contiguous(), lengths
 

@@ -70,11 +70,10 @@ class MiniLMEncoder(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         )
+        ids, attention = enc["input_ids"].to(self.bert.device), enc["attention_mask"].to(self.bert.device)
         with torch.no_grad():
-            states = self.bert(
-                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
-            ).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
+            states = self.bert(input_ids=ids, attention_mask=attention).last_hidden_state
+        mask = attention.unsqueeze(-1).to(states.dtype)
         return states * mask, mask
 
     def pooled(self, texts: Sequence[str]) -> torch.Tensor:

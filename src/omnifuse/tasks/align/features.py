@@ -20,6 +20,7 @@ from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.features import Normalizer, extract_features
 from omnifuse.recipe import AlignRecipe
+from omnifuse.runtime import Placement
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,24 @@ def _text_sample(sample_id: str, text: str) -> Sample:
 
 
 def _features(
-    samples: Sequence[Sample], modality: str, spec, text_source: str, progress: bool
+    samples: Sequence[Sample],
+    modality: str,
+    spec,
+    text_source: str,
+    progress: bool,
+    placement: Placement | None,
 ) -> torch.Tensor:
     if spec.reads != "text" or text_source == "question":
-        return extract_features(samples, modality, spec, progress=progress)
+        return extract_features(samples, modality, spec, progress=progress, placement=placement)
     # The answers (captions, class names) repeat: encode each distinct one once.
     answers = [s.answer() for s in samples]
     unique = list(dict.fromkeys(answers))
     feats = extract_features(
-        [_text_sample(f"answer-{i}", t) for i, t in enumerate(unique)], modality, spec, progress=progress
+        [_text_sample(f"answer-{i}", t) for i, t in enumerate(unique)],
+        modality,
+        spec,
+        progress=progress,
+        placement=placement,
     )
     row = {t: i for i, t in enumerate(unique)}
     return feats[[row[t] for t in answers]]
@@ -65,11 +75,12 @@ def paired_features(
     progress: bool = True,
     exclude_train: frozenset[str] = frozenset(),
     norms: dict[str, Normalizer] | None = None,
+    placement: Placement | None = None,
 ) -> tuple[Pairs, Pairs, dict[str, Normalizer], list[str]]:
     """Train and eval pairs (normalised with train statistics, on the CPU), the normalisers, the modality names.
     Training pairs whose key is in ``exclude_train`` are left out, before the statistics are taken
     (DeViSE's held-out classes must stay unseen). ``norms``: a trained run's normalisers, used instead
-    of fitting them again."""
+    of fitting them again. ``placement``: where the encoders' networks run."""
     model = recipe.model
     names = list(model.encoders)
     splits = {}
@@ -81,7 +92,7 @@ def paired_features(
         samples = select_subset(load_data(ref), limit, seed)
         if len(samples) < 2:
             raise OmnifuseError(f"data.{split} ({ref}) has {len(samples)} samples; alignment needs pairs")
-        feats = {m: _features(samples, m, model.encoders[m], model.text, progress) for m in names}
+        feats = {m: _features(samples, m, model.encoders[m], model.text, progress, placement) for m in names}
         keys, ids = [s.answer() for s in samples], [s.id for s in samples]
         if split == "train" and exclude_train:  # after extraction, so the cached features stay shared
             keep = [i for i, k in enumerate(keys) if k not in exclude_train]

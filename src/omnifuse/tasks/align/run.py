@@ -107,7 +107,7 @@ def _context(recipe: AlignRecipe, train: Pairs, evl: Pairs, names: list[str], pr
 
 
 def _fit(recipe: AlignRecipe, run: RunDir, progress: bool, placement: Placement) -> dict:
-    train, evl, norms, names = paired_features(recipe, progress, _heldout(recipe))
+    train, evl, norms, names = paired_features(recipe, progress, _heldout(recipe), placement=placement)
     # Seeded right before the method's own random numbers (initialisation, shuffling).
     seed_everything(recipe.seed)
     ctx = _context(recipe, train, evl, names, progress, placement)
@@ -173,7 +173,7 @@ def evaluate_align_run(
     norms = {
         m: Normalizer.from_tensors(recipe.model.normalization(m), tensors, f"normalize.{m}") for m in names
     }
-    train, evl, _, names = paired_features(recipe, progress, _heldout(recipe), norms)
+    train, evl, _, names = paired_features(recipe, progress, _heldout(recipe), norms, placement)
     ctx = _context(recipe, train, evl, names, progress, placement)
     method = METHODS[type(recipe.method)]
     trained = method.restore(ctx, tensors, metadata.get("cca_converged") != "false")

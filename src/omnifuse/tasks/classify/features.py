@@ -67,10 +67,13 @@ def label_indices(samples: list[Sample], classes: list[str], what: str) -> torch
     return torch.tensor([index[s.answer().strip()] for s in samples], device="cpu")
 
 
-def raw_features(recipe: ClassifierRecipe, samples: list[Sample], progress: bool) -> dict[str, torch.Tensor]:
+def raw_features(
+    recipe: ClassifierRecipe, samples: list[Sample], progress: bool, placement: Placement | None = None
+) -> dict[str, torch.Tensor]:
+    """Each modality's frozen-encoder features (CPU float32; the encoders' networks run on ``placement``)."""
     form = recipe.model.feature_form()
     return {
-        m: extract_features(samples, m, spec, form=form, progress=progress)
+        m: extract_features(samples, m, spec, form=form, progress=progress, placement=placement)
         for m, spec in sorted(recipe.model.encoders.items())
     }
 

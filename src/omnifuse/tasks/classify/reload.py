@@ -82,7 +82,11 @@ def evaluate_classifier_run(
     if not samples:
         raise OmnifuseError(f"{d.eval} holds no samples to evaluate")
     split = make_split(
-        samples, raw_features(recipe, samples, progress), trained.normalizers, trained.classes, "eval"
+        samples,
+        raw_features(recipe, samples, progress, placement),
+        trained.normalizers,
+        trained.classes,
+        "eval",
     )
     return evaluate_classifier(
         run, recipe, trained.model, split, trained.classes, trained.epsilon, progress, placement
