@@ -86,3 +86,35 @@ def test_checkpointing_an_encoder_that_cannot_is_refused_by_name(color_data):
     recipe, model, _ = _built(color_data, ["runtime.gradient_checkpointing=[encoders]"])
     with pytest.raises(OmnifuseError, match="does not support gradient checkpointing"):
         configure_model(model, recipe.runtime)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loaded"),
+    [
+        (["runtime.dtype=bfloat16"], torch.bfloat16),  # LoRA only: the frozen base loads in bf16
+        (["runtime.dtype=bfloat16", "stages.1.trainable.llm=full"], torch.float32),  # trained whole
+        ([], torch.float32),
+    ],
+    ids=["lora-bf16", "full-bf16", "float32"],
+)
+def test_a_frozen_llm_is_loaded_in_the_compute_dtype(tmp_path, color_data, monkeypatch, overrides, loaded):
+    """The LLM is read from its folder in the dtype it will be stored in, never as a float32 copy first."""
+    from omnifuse.models import builders
+
+    folder, parts = tmp_path / "llm", make_parts()
+    parts["llm"].save_pretrained(folder)
+    parts["tokenizer"].save_pretrained(folder)
+    seen = []
+
+    def spy(name, progress=True, dtype=torch.float32):
+        llm, tok = real(name, progress=progress, dtype=dtype)
+        seen.append(next(llm.parameters()).dtype)
+        return llm, tok
+
+    real = builders.load_llm
+    monkeypatch.setattr(builders, "load_llm", spy)
+    raw = tiny_recipe_dict(color_data)
+    raw["model"]["llm"]["name"] = str(folder)
+    recipe = parse_recipe(raw, overrides=[*overrides, "stages.0.steps=1", "stages.1.steps=1"])
+    train(recipe, tmp_path / "run", parts={"encoders": parts["encoders"]}, progress=False)
+    assert seen == [loaded]

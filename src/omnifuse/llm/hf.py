@@ -8,9 +8,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from omnifuse.assets import AssetKind, load_pretrained, pretrained_kwargs, resolve
 
 
-def load_llm(name: str, progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_llm(
+    name: str, progress: bool = True, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a packaged asset name, a local folder or a hub id (weights in
-    safetensors only, unless ``OMNIFUSE_ALLOW_PICKLE=1``: see :mod:`omnifuse.assets.folders`)."""
+    safetensors only, unless ``OMNIFUSE_ALLOW_PICKLE=1``: see :mod:`omnifuse.assets.folders`). ``dtype``:
+    the storage dtype its weights are loaded in (a frozen LLM loads directly in the compute dtype, so the
+    load never holds a float32 copy)."""
     path = resolve(name, AssetKind.LLM, progress=progress)
     hint = (
         "Use a packaged name (see `omnifuse assets`), a local folder with config.json, safetensors weights "
@@ -20,7 +24,7 @@ def load_llm(name: str, progress: bool = True) -> tuple[PreTrainedModel, PreTrai
         lambda: AutoTokenizer.from_pretrained(path), "LLM tokenizer", name, path, hint
     )
     model = load_pretrained(
-        lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs()),
+        lambda: AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **pretrained_kwargs()),
         "LLM",
         name,
         path,

@@ -6,6 +6,7 @@ from omnifuse.runtime.distributed import World, current_world, init_world, sum_a
 from omnifuse.runtime.placement import (
     Placement,
     configure_model,
+    load_dtype,
     place,
     place_model,
     placement_of,
@@ -18,6 +19,7 @@ __all__ = [
     "configure_model",
     "current_world",
     "init_world",
+    "load_dtype",
     "place",
     "place_model",
     "placement_of",

@@ -124,6 +124,14 @@ def place_model(model: nn.Module, placement: Placement, trained: Collection[str]
     return model
 
 
+def load_dtype(placement: Placement, float32_storage: bool = False) -> torch.dtype:
+    """The dtype a base part's weights are loaded in: under mixed precision a part that no stage trains
+    whole is stored in the compute dtype anyway (:func:`place_model`), so it is loaded in it — the load
+    never holds a float32 copy of an 8B LLM. ``float32_storage``: the part trains whole, or FSDP keeps
+    float32 storage."""
+    return placement.dtype if placement.mixed and not float32_storage else torch.float32
+
+
 def place(model: nn.Module, processor, placement: Placement, trained: Collection[str] | None = None) -> None:
     """:func:`place_model`, and the processor's batches on the same device: the one call that puts a
     built (model, processor) pair somewhere."""

@@ -40,6 +40,7 @@ from omnifuse.runtime import (
     World,
     configure_model,
     init_world,
+    load_dtype,
     place,
     resolve_placement,
     sum_across,
@@ -456,9 +457,11 @@ def train(
         return TrainResult(run, 0.0, 0, None, already_finished=True)
     with run.training() if world.main else contextlib.nullcontext():
         seed_everything(recipe.seed)
-        model, processor = build_model(recipe.model, progress=progress and world.main, **(parts or {}))
-        prepare_lora(model, recipe.lora_components(), recipe.lora)
         fsdp = recipe.runtime.distributed.strategy == "fsdp"
+        whole = fsdp or any(s.trainable.get("llm") == "full" for s in recipe.stages)
+        parts = {"llm_dtype": load_dtype(placement, float32_storage=whole), **(parts or {})}
+        model, processor = build_model(recipe.model, progress=progress and world.main, **parts)
+        prepare_lora(model, recipe.lora_components(), recipe.lora)
         # FSDP keeps one storage dtype per unit (float32) and computes in its mixed-precision policy.
         trained = (
             [n for n, _ in model.named_parameters()] if fsdp else changed_parameters(model, recipe.stages)

@@ -9,7 +9,7 @@ from omnifuse.models.stages import changed_parameters, prepare_lora
 from omnifuse.models.weights import load_weights
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir
-from omnifuse.runtime import current_world, place, resolve_placement
+from omnifuse.runtime import current_world, load_dtype, place, resolve_placement
 
 
 def load_model(
@@ -31,7 +31,8 @@ def load_model(
     # Under a launcher (sharded eval) each process takes the GPU of its local rank.
     local_rank = current_world().local_rank
     placement = resolve_placement(recipe.runtime, device=device, dtype=dtype, local_rank=local_rank)
-    model, processor = build_model(recipe.model, progress=progress, **(parts or {}))
+    parts = {"llm_dtype": load_dtype(placement), **(parts or {})}
+    model, processor = build_model(recipe.model, progress=progress, **parts)
     prepare_lora(model, recipe.lora_components(), recipe.lora)
     load_weights(model, run.weights_file, expected=changed_parameters(model, recipe.stages))
     place(model, processor, placement)
