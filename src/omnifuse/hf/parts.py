@@ -160,4 +160,11 @@ def build_connector_shape(spec, shape: dict, out_dim: int) -> nn.Module | None:
 
 
 def build_llm(config: dict) -> nn.Module:
-    return AutoModelForCausalLM.from_config(_config(config, "LLM")).float().eval()
+    """The LLM of ``config`` without initialising its weights (every one is then read from the folder,
+    checked by name: 3 s saved on SmolLM2-135M); tied embeddings tied as from_config ties them."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        llm = AutoModelForCausalLM.from_config(_config(config, "LLM"))
+    llm.tie_weights()
+    return llm.float().eval()
