@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -46,6 +47,17 @@ def _flamingo(recipe: dict) -> dict:
     return recipe
 
 
+def _multi(recipe: dict, tower) -> dict:
+    """Prismatic-style: a CLIP tower (its own preprocessing, tiled in 2×2 views) and a CNN, by channel."""
+    recipe["model"]["encoders"]["image"] = {
+        "type": "multi", "combine": "channel",
+        "encoders": [{"type": "hf", "name": str(tower), "layer": -2, "drop_cls": True},
+                     {"type": "mobilenet_v2", "weights": None, "image_size": 32, "crop": False}],
+    }  # fmt: skip
+    recipe["model"]["tiling"] = {"image": {"max_tiles": 4, "tile_size": 32}}
+    return recipe
+
+
 def write_recipe(kind: str, root) -> tuple:
     """(recipe file, the folders of its pretrained parts, an image, a clip or None)."""
     llm = write_llm_folder(root / "llm")
@@ -67,6 +79,14 @@ def write_recipe(kind: str, root) -> tuple:
         recipe, folders = _qformer(recipe, bert), [llm, bert]
     elif kind == "flamingo":
         recipe = _flamingo(recipe)
+    elif kind == "multi":
+        from export.test_llava_format import write_tower
+
+        tower = write_tower(root / "tower")
+        recipe, folders = _multi(recipe, tower), [llm, tower]
+        big = root / "big.png"  # larger than one tile: a global view and tiles
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(big)
+        return write_yaml(root / "recipe.yaml", recipe), folders, big, None
     return write_yaml(root / "recipe.yaml", recipe), folders, data.parent / "img" / "1.png", None
 
 
@@ -104,10 +124,10 @@ def hf_side(folder, image, clip) -> dict:
     answer = out[0, n:].tolist()
     text = processor.decode(out[0, n:], skip_special_tokens=True).strip()
     return {"ids": inputs["input_ids"][0].tolist(), "logits": logits, "answer": answer, "chat": text,
-            "type": type(model).__name__}  # fmt: skip
+            "type": type(model).__name__, "views": inputs["pixel_values"].shape[0]}  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["cnn", "qformer", "flamingo", "audio"])
+@pytest.mark.parametrize("kind", ["cnn", "qformer", "flamingo", "audio", "multi"])
 def test_hf_folder_answers_like_omnifuse(kind, tmp_path):
     recipe, folders, image, clip = write_recipe(kind, tmp_path / "parts")
     run, out = tmp_path / "run", tmp_path / "hf"
@@ -118,6 +138,7 @@ def test_hf_folder_answers_like_omnifuse(kind, tmp_path):
         folder.rename(folder.with_name(folder.name + "-gone"))
     theirs = hf_side(out, image, clip)
     assert theirs["type"] == "OmnifuseForConditionalGeneration"
+    assert theirs["views"] == (5 if kind == "multi" else 1)  # tiling: the global view and 2×2 tiles
     assert theirs["ids"] == ours["ids"]
     diff = float((theirs["logits"] - ours["logits"]).abs().max())
     assert diff <= 1e-4, diff
