@@ -8,11 +8,12 @@ import json
 
 import pytest
 import torch
+from rich.console import Console
 
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.builders import build_model
-from omnifuse.models.stages import changed_parameters, prepare_lora
+from omnifuse.models.stages import apply_stage, changed_parameters, prepare_lora
 from omnifuse.recipe import parse_recipe
 from omnifuse.runtime import configure_model, place, resolve_placement
 from omnifuse.training.loop import train
@@ -54,6 +55,10 @@ def test_frozen_parameters_are_stored_in_bf16_and_trained_ones_in_float32(color_
     frozen = [n for n in dtypes if n not in trained]
     assert frozen and all(dtypes[n] == torch.bfloat16 for n in frozen)
     assert any(n.startswith("llm.") and "lora_" not in n for n in frozen)
+    console = Console(record=True, width=200)
+    apply_stage(model, recipe.stages[1], recipe.lora, console)  # the stage table says where weights live
+    row = next(line for line in console.export_text().splitlines() if line.startswith("│ llm"))
+    assert "trained float32 · frozen bfloat16" in row
 
 
 def _loss_and_grads(color_data, overrides=()):

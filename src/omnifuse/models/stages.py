@@ -74,6 +74,7 @@ class ParamGroupInfo:
     lr: float
     trainable: int
     total: int
+    dtypes: str = ""  # storage dtypes of the trained / the frozen parameters (mixed precision)
 
 
 def select_parameters(
@@ -123,7 +124,8 @@ def apply_stage(
         for _, p in chosen:
             p.requires_grad_(True)
         lr = stage.lr.get(comp, 0.0)
-        infos.append(ParamGroupInfo(comp, mode, lr, sum(p.numel() for _, p in chosen), total))
+        stored = _storage(model, comp, chosen)
+        infos.append(ParamGroupInfo(comp, mode, lr, sum(p.numel() for _, p in chosen), total, stored))
         if chosen:
             groups.append({"params": [p for _, p in chosen], "lr": lr, "name": comp})
     if console is not None:
@@ -133,13 +135,26 @@ def apply_stage(
     return groups
 
 
+def _storage(model: nn.Module, comp: str, chosen: list[tuple[str, nn.Parameter]]) -> str:
+    """'trained float32 · frozen bfloat16': where a component's master weights and frozen weights live."""
+    trained = [p for _, p in chosen]
+    ids = {id(p) for p in trained}
+    frozen = [p for p in model.get_submodule(comp).parameters() if id(p) not in ids]
+    parts = [
+        f"{label} {'/'.join(sorted({str(p.dtype).removeprefix('torch.') for p in params}))}"
+        for label, params in (("trained", trained), ("frozen", frozen))
+        if params
+    ]
+    return " · ".join(parts)
+
+
 def _stage_table(model: nn.Module, stage: StageSpec, infos: list[ParamGroupInfo]) -> Table:
     table = Table(title=f"stage {stage.name}")
-    for col in ("component", "mode", "lr", "trainable", "total"):
-        table.add_column(col, justify="left" if col in ("component", "mode") else "right")
+    for col in ("component", "mode", "lr", "trainable", "total", "stored in"):
+        table.add_column(col, justify="right" if col in ("lr", "trainable", "total") else "left")
     for i in infos:
         label = escape("[Frozen]" if i.mode == "frozen" else f"[TRAINABLE] {i.mode}")
-        table.add_row(i.component, label, f"{i.lr:g}", f"{i.trainable:,}", f"{i.total:,}")
+        table.add_row(i.component, label, f"{i.lr:g}", f"{i.trainable:,}", f"{i.total:,}", i.dtypes)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     table.caption = f"trainable {n_train:,} of {n_all:,} parameters ({100 * n_train / n_all:.2f} %)"
