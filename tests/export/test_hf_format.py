@@ -23,7 +23,7 @@ from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.generation.chat import ChatSession
 from omnifuse.generation.engine import Engine, GenerationConfig
-from omnifuse.hf import OmnifuseForConditionalGeneration
+from omnifuse.hf import OmnifuseForConditionalGeneration, OmnifuseProcessor
 from omnifuse.processing.processor import load_clip
 from omnifuse.rundir import RunDir
 from omnifuse.tasks.generate.load import load_model
@@ -231,3 +231,39 @@ def test_generate_refuses_settings_it_does_not_take(exported):
         model.generate(**inputs, num_beams=4)
     with pytest.raises(OmnifuseError, match="unknown input"):
         model(**inputs, audio_values=torch.zeros(1, 80, 10))
+
+
+def test_untied_head_round_trips_through_save_pretrained(tmp_path):
+    """The library path (no run directory): a built model wrapped, saved and loaded back, with an LLM
+    whose output head is not tied to its embeddings (both matrices stored)."""
+    from omnifuse.hf.modeling import wrap
+    from omnifuse.hf.processing import settings
+    from omnifuse.models.builders import build_model
+    from omnifuse.recipe import ModelSpec
+    from tiny import CHATML, make_llm, make_tokenizer
+
+    tokenizer = make_tokenizer(CHATML)
+    llm = make_llm(len(tokenizer))
+    llm.config.tie_word_embeddings = False
+    llm.lm_head.weight = torch.nn.Parameter(llm.lm_head.weight.detach().clone() + 0.01)
+    llm.save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    data = write_color_dataset(tmp_path / "data", n=1)
+    spec = ModelSpec.model_validate(cnn_recipe(tmp_path / "llm", data)["model"])
+    model, processor = build_model(spec, progress=False)
+    wrap(spec, model.eval(), processor).save_pretrained(tmp_path / "hf")
+    OmnifuseProcessor(processor, settings(model, processor)).save_pretrained(tmp_path / "hf")
+    assert {"llm.lm_head.weight", "llm.model.embed_tokens.weight"} <= set(
+        load_file(tmp_path / "hf" / "model.safetensors")
+    )
+    back = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf", device_map="auto")
+    inputs = AutoProcessor.from_pretrained(tmp_path / "hf")(
+        images=Image.open(data.parent / "img" / "0.png"), text=QUESTION
+    )
+    batch = processor.collate(
+        [processor.encode(sample_of(data.parent / "img" / "0.png", None), for_generation=True)],
+        padding_side="left",
+    )
+    with torch.no_grad():
+        expected = model(batch.input_ids, batch.attention_mask, batch.media, batch.media_counts).logits
+        assert torch.equal(back(**inputs).logits, expected)

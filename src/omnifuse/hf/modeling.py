@@ -105,11 +105,16 @@ class OmnifuseForConditionalGeneration(PreTrainedModel):
             model, processor = build_parts(config, tokenizer)
         self.model = model
         self.processor = processor
+        if getattr(self, "generation_config", None) is None:
+            self.generation_config = None  # the folder's generation_config.json, when loaded from one
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, dtype=None, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *args, config=None, dtype=None, device_map=None, **kwargs
+    ):
         """Rebuild from ``config.json`` and load every weight from the folder's safetensors (never a
-        pickle). Hub-download arguments transformers' Auto classes pass along are accepted and unused."""
+        pickle). ``dtype`` stores the weights in that type; ``device_map`` is one device ("cpu", "cuda",
+        "auto": the GPU if there is one). Hub-download arguments the Auto classes pass along are unused."""
         folder = local_folder(pretrained_model_name_or_path)
         config = config if isinstance(config, OmnifuseConfig) else OmnifuseConfig.from_pretrained(folder)
         model, processor = build_parts(config, AutoTokenizer.from_pretrained(folder))
@@ -120,6 +125,7 @@ class OmnifuseForConditionalGeneration(PreTrainedModel):
         dtype = dtype or kwargs.get("torch_dtype")
         if isinstance(dtype, torch.dtype):
             wrapper.to(dtype)
+        wrapper.to(_device(device_map))
         return wrapper.eval()
 
     def save_pretrained(self, save_directory, max_shard_size: str = "2GB", dtype=None, **kwargs) -> None:
@@ -149,7 +155,7 @@ class OmnifuseForConditionalGeneration(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         values, counts, lengths = media_inputs(self.model, media, input_ids.shape[0])
         rows = encoded_rows(input_ids, attention_mask, values, counts, lengths)
-        self.processor.device = input_ids.device
+        self.processor.device = self.device  # the engine's batches go where the model is
         answers: list[list[int]] = [[] for _ in rows]
         for step in Engine(self.model, self.processor).stream(rows, [cfg] * len(rows)):
             if step.errors:
@@ -180,6 +186,17 @@ class OmnifuseForConditionalGeneration(PreTrainedModel):
             top_p=float(settings.get("top_p") or 1.0) if sample else 1.0,
             seed=settings.get("seed") if sample else None,
         )
+
+
+def _device(device_map) -> torch.device:
+    if device_map is None or device_map == "auto":
+        return torch.device("cuda" if device_map == "auto" and torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, (str, torch.device, int)):
+        return torch.device(device_map)
+    raise OmnifuseError(
+        f"device_map {device_map!r}: an omnifuse model loads onto one device; give 'cpu', 'cuda', 'cuda:1' "
+        "or 'auto'"
+    )
 
 
 def wrap(spec: ModelSpec, model: MultimodalLM, processor: Processor) -> OmnifuseForConditionalGeneration:

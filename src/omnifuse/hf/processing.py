@@ -29,7 +29,6 @@ from omnifuse.hf.media import features_of
 from omnifuse.hf.modeling import build_parts, local_folder
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
-from omnifuse.processing.processor import load_clip
 from omnifuse.untrusted import read_json
 
 PROCESSOR_CONFIG = "processor_config.json"
@@ -93,7 +92,8 @@ class OmnifuseProcessor:
         for i, question in enumerate(texts):
             parts = [ImagePart(image=_image(x)) if isinstance(x, Image.Image) else ImagePart(Path(x))
                      for x in image_rows[i]]  # fmt: skip
-            parts += [AudioPart(waveform=_clip(x)) for x in audio_rows[i]]
+            parts += [AudioPart(waveform=x.astype(np.float32)) if isinstance(x, np.ndarray) else AudioPart(Path(x))
+                      for x in audio_rows[i]]  # fmt: skip
             if question:
                 parts.append(TextPart(question))
             turns = (Message("user", tuple(parts)), Message("assistant", (TextPart(""),)))
@@ -123,12 +123,6 @@ def _rows(items, batch: int, what: str) -> list[list]:
 
 def _image(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
-
-
-def _clip(source) -> np.ndarray:
-    if isinstance(source, np.ndarray):
-        return source.astype(np.float32)
-    return load_clip(Path(source), "processor")
 
 
 __all__ = ["OmnifuseProcessor", "settings", "PROCESSOR_CONFIG"]
