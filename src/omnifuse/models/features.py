@@ -280,6 +280,12 @@ def cache_key(spec, form: str, weights: Any, items: Sequence[Any], dtype: torch.
     return h.hexdigest()
 
 
+def _cache_path(spec, form: str, items: Sequence[Any], placement: Placement | None) -> Path:
+    networked = type(spec) in WEIGHTS_IDENTITY  # pixels and log-mel run no network: no dtype in their key
+    dtype = placement.dtype if placement is not None and networked else None
+    return features_cache_dir() / f"{cache_key(spec, form, _weights_of(spec), items, dtype)}.safetensors"
+
+
 def extract_features(
     samples: Sequence[Sample],
     modality: str,
@@ -305,15 +311,10 @@ def extract_features(
     if not samples:
         raise OmnifuseError("no samples to extract features from")
     items = [sample_input(s, kind) for s in samples]
-    path = None
-    if cache:
-        networked = type(encoder_spec) in WEIGHTS_IDENTITY  # pixels and log-mel run no network
-        dtype = placement.dtype if placement is not None and networked else None
-        key = cache_key(encoder_spec, form, _weights_of(encoder_spec), items, dtype)
-        path = features_cache_dir() / f"{key}.safetensors"
-        if path.is_file():
-            with safe_open(str(path), "pt") as f:
-                return f.get_tensor("features")
+    path = _cache_path(encoder_spec, form, items, placement) if cache else None
+    if path is not None and path.is_file():
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("features")
     if extractor is None:
         # Building an encoder draws initial weights: from a fixed seed, on a forked RNG, so that a cache miss
         # leaves the caller's random state (and so its training) as a cache hit would, and an encoder

@@ -142,3 +142,18 @@ def test_cli_refuses_what_this_machine_cannot_place_in_one_paragraph(how, tmp_pa
     assert message and "\n\n" not in message, captured.err
     assert ("DP-SGD" if "privacy" in str(how) else NO_SUCH_GPU) in message
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+def test_float16_steps_go_through_the_gradient_scaler(tmp_path, monkeypatch):
+    """float16 runs on CUDA only (resolve_placement refuses it on a CPU); the loop's scaler path is checked
+    here with a float16 placement forced on the CPU: every step goes through GradScaler, the run trains."""
+    from omnifuse.runtime import Placement
+
+    monkeypatch.setattr(clf, "resolve_placement", lambda spec: Placement(torch.device("cpu"), torch.float16))
+    scaled = []
+    real = torch.amp.GradScaler.step
+    monkeypatch.setattr(torch.amp.GradScaler, "step", lambda self, opt: scaled.append(1) or real(self, opt))
+    recipe = parse_recipe(toy_recipe(tmp_path, train={"epochs": 3}))
+    res = train_classifier(recipe, tmp_path / "run", progress=False)
+    assert len(scaled) == res.steps == 9
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["accuracy"] > 0.8

@@ -16,6 +16,17 @@ from omnifuse.runtime import Placement, placement_of
 Loss = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
 
 
+def _update(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:  # float16: an overflowing step is skipped by the scaler
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
 def fit(
     model: nn.Module,
     loss: Loss,
@@ -68,14 +79,7 @@ def fit(
                         f"{description} epoch {epoch + 1} batch {k + 1}: the loss is not finite ({value.item()}; "
                         "training diverged); nothing was saved. Lower train.lr and train again"
                     )
-                opt.zero_grad(set_to_none=True)
-                if scaler is None:
-                    value.backward()
-                    opt.step()
-                else:  # float16: an overflowing step is skipped by the scaler
-                    scaler.scale(value).backward()
-                    scaler.step(opt)
-                    scaler.update()
+                _update(opt, scaler, value)
                 total += value.item()
             history.append(total / batches)
             if on_epoch is not None:
