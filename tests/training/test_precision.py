@@ -123,3 +123,25 @@ def test_a_frozen_llm_is_loaded_in_the_compute_dtype(tmp_path, color_data, monke
     recipe = parse_recipe(raw, overrides=[*overrides, "stages.0.steps=1", "stages.1.steps=1"])
     train(recipe, tmp_path / "run", parts={"encoders": parts["encoders"]}, progress=False)
     assert seen == [loaded]
+
+
+def test_bf16_with_a_frozen_batch_norm_cnn_trains(tmp_path, color_data):
+    """A frozen MobileNetV2 (random weights, batch norm in eval mode) under bf16: its running statistics
+    follow its bf16 weights (torch's batch_norm refuses mixed dtypes); the rotary frequencies of the LLM
+    (a module without parameters of its own) stay float32."""
+    parts = make_parts()
+    del parts["encoders"]  # the recipe's mobilenet_v2, weights: null
+    recipe = parse_recipe(
+        tiny_recipe_dict(color_data),
+        overrides=["runtime.dtype=bfloat16", "stages.0.steps=1", "stages.1.steps=1"],
+    )
+    train(recipe, tmp_path / "run", parts=parts, progress=False)
+    assert losses(tmp_path / "run")[0] > 0
+    _, model, processor = _built(color_data)
+    model.encoders["image"] = build_model(recipe.model, **{**make_parts(), "encoders": None})[0].encoders[
+        "image"
+    ]
+    place(model, processor, resolve_placement(dtype="bfloat16"))
+    buffers = dict(model.named_buffers())
+    assert {b.dtype for n, b in buffers.items() if n.endswith("running_var")} == {torch.bfloat16}
+    assert {b.dtype for n, b in buffers.items() if n.endswith("inv_freq")} == {torch.float32}

@@ -121,7 +121,21 @@ def place_model(model: nn.Module, placement: Placement, trained: Collection[str]
         for name, param in model.named_parameters():
             if param.is_floating_point():
                 param.data = param.data.to(torch.float32 if name in keep else placement.dtype)
+        _match_buffers(model)
     return model
+
+
+def _match_buffers(model: nn.Module) -> None:
+    """A module's floating buffers follow its own parameters' dtype where those are all in one low dtype:
+    a frozen batch norm's running statistics must match its bf16 weight (torch's batch_norm refuses mixed
+    dtypes). Buffers of modules without parameters of their own (rotary frequencies) stay as they are."""
+    for module in model.modules():
+        dtypes = {p.dtype for p in module.parameters(recurse=False) if p.is_floating_point()}
+        if len(dtypes) != 1 or dtypes == {torch.float32}:
+            continue
+        for name, buf in module.named_buffers(recurse=False):
+            if buf.is_floating_point():
+                setattr(module, name, buf.to(next(iter(dtypes))))
 
 
 def load_dtype(placement: Placement, float32_storage: bool = False) -> torch.dtype:
