@@ -116,6 +116,26 @@ def explain(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="folder for explain.json and the PNGs (default RUN/explain)")
     ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="maps to compute: attention, gradient, occlusion, shap, lime (repeat or comma list; "
+            "default attention,gradient)"
+        ),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option(help="model evaluations for shap and lime (more: steadier, slower)")
+    ] = 200,  # omnifuse.explain.perturbation.DEFAULT_SAMPLES (a test keeps them equal)
+    seed: Annotated[int, typer.Option(help="seed of the shap / lime sampling (same seed, same map)")] = 0,
+    regions: Annotated[
+        str, typer.Option(help="image features for shap / lime / occlusion: patches or superpixels (SLIC)")
+    ] = "patches",
+    grid: Annotated[
+        int | None,
+        typer.Option(
+            help="patches per side (default: the encoder's token grid, else 8); superpixels: ~grid²"
+        ),
+    ] = None,
     layers: Annotated[
         str | None,
         typer.Option(help="LLM layers for the attention map: all (default), lastN, A-B, or a list"),
@@ -131,22 +151,41 @@ def explain(
     device: Device = None,
     dtype: Dtype = None,
 ) -> None:
-    """Explain an answer: attention to image regions, gradient × input, with/without image, logit lens."""
-    from omnifuse.explain import explain as run_explain
-    from omnifuse.explain import open_image, write_explanation
-    from omnifuse.progress import progress_bar
+    """Explain an answer: attention to image regions, gradient × input, SHAP / LIME / occlusion of image
+    regions and question tokens, with/without image, logit lens."""
+    from omnifuse.explain import open_image
+    from omnifuse.explain.perturbation import PerturbationSettings, check_settings, parse_methods
     from omnifuse.rundir import RunDir
-    from omnifuse.tasks import load_language_model
     from omnifuse.untrusted import check_out_dir
 
     check_placement(device, dtype)
-    run = RunDir(run_dir).require_trained()  # bad input fails before the model loads
+    methods = parse_methods(method)  # bad input fails before the model loads
+    check_settings(samples, grid, regions)
+    run = RunDir(run_dir).require_trained()
     picture = open_image(image)
     folder = check_out_dir(out_dir or Path(run_dir) / "explain")
+    settings = PerturbationSettings(samples=samples, seed=seed, regions=regions, grid=grid)
+    _explain_language_model(
+        run, picture, question, folder, str(image), methods, settings, layers, answer, max_new_tokens,
+        progress, device, dtype,
+    )  # fmt: skip
+
+
+def _explain_language_model(
+    run, picture, question, folder, image_path, methods, settings, layers, answer, max_new_tokens,
+    progress, device, dtype,
+) -> None:  # fmt: skip
+    from omnifuse.explain import explain as run_explain
+    from omnifuse.explain import write_explanation
+    from omnifuse.explain.perturbation import planned_evaluations
+    from omnifuse.progress import progress_bar
+    from omnifuse.tasks import load_language_model
+
     recipe, model, processor = load_language_model(run, progress=progress, device=device, dtype=dtype)
-    # two steps: the answer with its attributions (generation, forward + backward, contributions, logit
-    # lens), then the heatmap PNGs
-    with progress_bar("explaining", 2, progress) as bar:
+    evaluations = planned_evaluations(model, processor, picture, question, methods, settings)
+    # one bar: the answer with its attributions (generation, forward + backward, contributions, logit
+    # lens), each model evaluation of shap / lime / occlusion, then the PNGs
+    with progress_bar("explaining", 2 + evaluations, progress) as bar:
         expl = run_explain(
             model,
             processor,
@@ -155,8 +194,11 @@ def explain(
             answer=answer,
             layers=layers,
             max_new_tokens=max_new_tokens or recipe.generation.max_new_tokens,
+            methods=methods,
+            settings=settings,
+            on_eval=bar.advance,
         )
         bar.advance()
-        obj = write_explanation(expl, picture, folder, str(image))
+        obj = write_explanation(expl, picture, folder, image_path)
         bar.advance()
     print_explanation(expl, obj, folder)

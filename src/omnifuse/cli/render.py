@@ -110,6 +110,8 @@ def print_explanation(expl, obj: dict, folder: Path) -> None:
     grad = obj["gradient_x_input"]
     if "skipped" in grad:
         console.out.print(f"gradient × input: skipped ({escape(grad['skipped'])})")
+    if expl.perturbations:
+        console.out.print(perturbation_table(expl.perturbations))
     lens = Table(title=f"logit lens for {expl.target_tokens[0]!r}")
     for col in ("layer", "p(answer)", "rank", "top token", "p(top)"):
         lens.add_column(col, justify="right" if col != "top token" else "left")
@@ -124,6 +126,38 @@ def print_explanation(expl, obj: dict, folder: Path) -> None:
     console.out.print(lens)
     files = ", ".join(str(folder / f) for f in ["explain.json", *[v for v in obj["files"].values() if v]])
     console.out.print(f"written: {escape(files)}")
+
+
+def perturbation_table(results: dict) -> Table:
+    """One row per perturbation method: the sums per modality (nats of log p(answer)), the share of
+    |attribution| on the image, the strongest region and question token."""
+    table = Table(title="perturbation attributions of log p(answer) (nats; + for the answer, − against)")
+    cols = ("method", "evaluations", "image Σ", "question Σ", "log p − log p(baseline)", "image share of Σ|·|",
+            "top region", "top question token", "time")  # fmt: skip
+    for col in cols:
+        table.add_column(
+            col, justify="left" if col in ("method", "top region", "top question token") else "right"
+        )
+    for method, r in results.items():
+        k = int(r.region_values.argmax())
+        where = (
+            f"row {k // r.regions.grid[1]}, col {k % r.regions.grid[1]}"
+            if r.regions.grid
+            else f"superpixel {k}"
+        )
+        top_token = max(zip(r.token_values, r.tokens, strict=True), default=None)
+        table.add_row(
+            method,
+            str(r.evaluations),
+            f"{r.image_total:+.3f}",
+            f"{r.question_total:+.3f}",
+            f"{r.full_log_prob - r.baseline_log_prob:+.3f}",
+            f"{100 * r.image_abs_share():.1f} %",
+            f"{where} ({r.region_values[k]:+.3f})",
+            "—" if top_token is None else f"{escape(repr(top_token[1]))} ({top_token[0]:+.3f})",
+            f"{r.seconds:.1f} s",
+        )
+    return table
 
 
 def span(layers: list[int]) -> str:

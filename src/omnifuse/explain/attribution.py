@@ -15,7 +15,7 @@ gradient of the answer's log-probability reaches the pixels even when the encode
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -25,8 +25,8 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from omnifuse.components import ImageEncoder
 from omnifuse.errors import OmnifuseError
+from omnifuse.explain.imagemap import input_box, to_image
 from omnifuse.explain.inputs import (
     MODALITY,
     ExplainInputs,
@@ -37,6 +37,13 @@ from omnifuse.explain.inputs import (
     question_sample,
 )
 from omnifuse.explain.lens import LensResult, logit_lens
+from omnifuse.explain.perturbation import (
+    DEFAULT_METHODS,
+    PerturbationResult,
+    PerturbationSettings,
+    parse_methods,
+    perturbation_maps,
+)
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
 from omnifuse.runtime import placement_of
@@ -211,36 +218,6 @@ def image_attention(
     )
 
 
-# ---------------------------------------------------------------------- mapping back to the image
-def input_box(encoder: nn.Module, width: int, height: int) -> tuple[int, int, int, int]:
-    """Where the encoder's input square lies in the original image (the whole image unless the
-    encoder's preprocessing crops; encoders say so through ``input_region``)."""
-    whole = (0, 0, width, height)
-    left, top, right, bottom = (
-        encoder.input_region(width, height) if isinstance(encoder, ImageEncoder) else whole
-    )
-    left, top = max(0, round(left)), max(0, round(top))
-    right, bottom = min(width, max(left + 1, round(right))), min(height, max(top + 1, round(bottom)))
-    return left, top, right, bottom
-
-
-def to_image(
-    values: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int], mode: str
-) -> np.ndarray:
-    """A [h, w] map over the encoder's input, resized onto ``box`` of a ``size`` = (W, H) image; zero
-    outside the box (pixels the encoder never saw)."""
-    left, top, right, bottom = box
-    resized = F.interpolate(
-        values[None, None].float(),
-        size=(bottom - top, right - left),
-        mode=mode,
-        **({"align_corners": False} if mode == "bilinear" else {}),
-    )[0, 0]
-    out = np.zeros((size[1], size[0]), dtype=np.float32)
-    out[top:bottom, left:right] = resized.cpu().numpy()
-    return out
-
-
 @dataclass
 class GradientResult:
     heatmap: np.ndarray | None = field(repr=False)  # [H, W] at the original image size, ≥ 0
@@ -356,6 +333,8 @@ class Explanation:
     contributions: list[Contribution]
     lens: LensResult
     image_size: tuple[int, int]
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    perturbations: dict[str, PerturbationResult] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -371,6 +350,12 @@ class Explanation:
             "gradient_x_input": self.gradient.to_json(),
             "modality_contribution": [c.to_json() for c in self.contributions],
             "logit_lens": self.lens.to_json(),
+            "methods": list(self.methods),
+            **(
+                {"perturbation": {m: r.to_json() for m, r in self.perturbations.items()}}
+                if self.perturbations
+                else {}
+            ),
         }
 
 
@@ -387,24 +372,14 @@ def greedy_first_token(model: MultimodalLM, prompt_ids: Sequence[int], pixels: t
     return int(logits[0, -1].argmax())
 
 
-def explain(
-    model: MultimodalLM,
-    processor: Processor,
-    image: Image.Image,
-    question: str,
-    answer: str | None = None,
-    layers: str | None = None,
-    max_new_tokens: int = 16,
-    contributions: bool = True,
-) -> Explanation:
-    """Explain the model's answer to ``question`` about ``image`` (see the module docstring)."""
+def explained_answer(
+    model: MultimodalLM, processor: Processor, image: Image.Image, question: str, answer: str | None,
+    max_new_tokens: int,
+) -> tuple[list[int], torch.Tensor | None, list[int], str]:  # fmt: skip
+    """(prompt ids, pixels, the explained token ids, the answer text): the given answer's tokens, or the
+    model's greedy first token (and its greedy answer of ``max_new_tokens``, shown)."""
     from omnifuse.generation.engine import Engine, GenerationConfig
 
-    check_supported(model, processor)
-    num_layers = len(decoder_layers(model.llm))
-    chosen = parse_layers(layers, num_layers)
-    image = image.convert("RGB")
-    placeholder = model.placeholder_ids[MODALITY]
     if answer is not None:
         prompt_ids, target_ids = answer_token_ids(processor, image, question, answer)
         _, pixels = encode_prompt(processor, image, question)
@@ -419,6 +394,34 @@ def explain(
             if max_new_tokens > 0
             else processor.tokenizer.decode(target_ids, skip_special_tokens=True).strip()
         )
+    return prompt_ids, pixels, target_ids, answer_text
+
+
+def explain(
+    model: MultimodalLM,
+    processor: Processor,
+    image: Image.Image,
+    question: str,
+    answer: str | None = None,
+    layers: str | None = None,
+    max_new_tokens: int = 16,
+    contributions: bool = True,
+    methods: Sequence[str] | None = None,
+    settings: PerturbationSettings | None = None,
+    on_eval: Callable[[int], None] | None = None,
+) -> Explanation:
+    """Explain the model's answer to ``question`` about ``image`` (see the module docstring).
+    ``methods``: which maps (default attention and gradient); shap, lime and occlusion add perturbation
+    maps (:mod:`omnifuse.explain.perturbation`, ``settings``; ``on_eval(n)`` after each n evaluations)."""
+    check_supported(model, processor)
+    chosen_methods = parse_methods(methods)
+    num_layers = len(decoder_layers(model.llm))
+    chosen = parse_layers(layers, num_layers)
+    image = image.convert("RGB")
+    placeholder = model.placeholder_ids[MODALITY]
+    prompt_ids, pixels, target_ids, answer_text = explained_answer(
+        model, processor, image, question, answer, max_new_tokens
+    )
     inputs = ExplainInputs.build(
         prompt_ids,
         pixels,
@@ -435,6 +438,8 @@ def explain(
     else:
         reason = "cross-attention fusion: the image never enters the text, so no text token attends to image tokens"
     contrib = modality_contribution(model, processor, image, question, target_ids) if contributions else []
+    perturbations = perturbation_maps(model, processor, image, question, inputs, chosen_methods,
+                                      settings or PerturbationSettings(), on_eval)  # fmt: skip
     tok = processor.tokenizer
     return Explanation(
         question=question,
@@ -450,4 +455,6 @@ def explain(
         contributions=contrib,
         lens=logit_lens(model.llm, fwd.layer_outputs, inputs.target_positions, target_ids, tok),
         image_size=image.size,
+        methods=chosen_methods,
+        perturbations=perturbations,
     )

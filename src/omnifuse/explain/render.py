@@ -15,10 +15,13 @@ from PIL import Image  # noqa: E402
 from omnifuse.atomic import atomic_write_text  # noqa: E402
 from omnifuse.explain.attribution import Explanation  # noqa: E402
 from omnifuse.explain.lens import LensResult  # noqa: E402
+from omnifuse.explain.perturbation import PerturbationResult  # noqa: E402
 
 ATTENTION_PNG = "attention.png"
 GRADIENT_PNG = "gradient.png"
 LENS_PNG = "logit_lens.png"
+MODALITY_PNG = "modality.png"
+METHOD_TITLES = {"shap": "Kernel SHAP", "lime": "LIME", "occlusion": "occlusion"}
 JSON_FILE = "explain.json"
 
 
@@ -41,6 +44,73 @@ def heatmap_png(
     axes[1].set_title(title, fontsize=9)
     for ax in axes:
         ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def perturbation_png(image: Image.Image, result: PerturbationResult, token: str, out: Path) -> None:
+    """The image, the signed region values over it (red supports the answer, blue speaks against it)
+    and the question tokens' values as bars; every value in nats of log p(answer)."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.3), gridspec_kw={"width_ratios": [1, 1.15, 1]})
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    heat = result.heatmap if result.heatmap is not None else np.zeros((image.height, image.width))
+    limit = max(
+        float(np.abs(result.region_values).max()), float(np.abs(result.token_values).max(initial=0)), 1e-12
+    )
+    axes[1].imshow(image.convert("L"), cmap="gray", alpha=0.5)
+    shown = axes[1].imshow(heat, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.7, interpolation="nearest")
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+    for ax in axes[:2]:
+        ax.axis("off")
+    runs = "" if result.samples is None else f", {result.samples} samples, seed {result.seed}"
+    regions = (
+        "x".join(map(str, result.regions.grid)) + " patches"
+        if result.regions.grid
+        else f"{result.regions.count} superpixels"
+    )
+    axes[1].set_title(
+        f"{METHOD_TITLES[result.method]} of log p({token!r})\n({regions}{runs})\nred: for the answer, blue: against",
+        fontsize=9,
+    )
+    ys = np.arange(len(result.tokens))
+    axes[2].barh(
+        ys, result.token_values, color=["tab:red" if v >= 0 else "tab:blue" for v in result.token_values]
+    )
+    axes[2].set_yticks(ys, [repr(t) for t in result.tokens], fontsize=8)
+    axes[2].invert_yaxis()
+    axes[2].axvline(0, color="black", linewidth=0.6)
+    axes[2].set_xlim(-limit * 1.05, limit * 1.05)
+    axes[2].set_xlabel("nats of log p(answer)", fontsize=8)
+    axes[2].set_title("question tokens", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def modality_png(results: dict[str, PerturbationResult], token: str, out: Path) -> None:
+    """Per method, the sum of the image regions' values and of the question tokens' values (nats). For
+    SHAP the two bars add up to log p(answer) − log p(baseline), the black tick."""
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(results), 4))
+    xs = np.arange(len(results))
+    image = [r.image_total for r in results.values()]
+    question = [r.question_total for r in results.values()]
+    ax.bar(xs - 0.2, image, width=0.4, label="image regions", color="tab:orange")
+    ax.bar(xs + 0.2, question, width=0.4, label="question tokens", color="tab:purple")
+    for x, r in zip(xs, results.values(), strict=True):
+        ax.plot([x - 0.4, x + 0.4], [r.full_log_prob - r.baseline_log_prob] * 2, color="black", linewidth=1.2)
+    ax.axhline(0, color="gray", linewidth=0.6)
+    labels = [
+        f"{METHOD_TITLES[m]}\nimage: {100 * r.image_abs_share():.0f} % of Σ|value|"
+        for m, r in results.items()
+    ]
+    ax.set_xticks(xs, labels, fontsize=8)
+    ax.set_ylabel("sum of attributions (nats of log p)")
+    ax.set_title(
+        f"modality contribution to log p({token!r})\nblack: log p(input) − log p(baseline)", fontsize=9
+    )
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -85,19 +155,25 @@ def write_explanation(
     token = expl.target_tokens[0]
     files: dict[str, str | None] = {"attention": None, "gradient": None, "logit_lens": LENS_PNG}
     att = expl.attention
-    if att is not None and att.heatmap is not None:
+    if "attention" in expl.methods and att is not None and att.heatmap is not None:
         layers = (
             f"layers {att.layers[0]}-{att.layers[-1]}" if len(att.layers) > 1 else f"layer {att.layers[0]}"
         )
         heatmap_png(image, att.heatmap, f"attention of {token!r} to image tokens\n(mean over heads, {layers}; "
                     f"image share {100 * att.image_share:.1f} %)", out_dir / ATTENTION_PNG, att.grid)  # fmt: skip
         files["attention"] = ATTENTION_PNG
-    if expl.gradient.heatmap is not None:
+    if "gradient" in expl.methods and expl.gradient.heatmap is not None:
         heatmap_png(
             image, expl.gradient.heatmap, f"|gradient × input| of log p({token!r})", out_dir / GRADIENT_PNG
         )
         files["gradient"] = GRADIENT_PNG
     lens_png(expl.lens, token, out_dir / LENS_PNG)
+    for method, result in expl.perturbations.items():
+        perturbation_png(image, result, token, out_dir / f"{method}.png")
+        files[method] = f"{method}.png"
+    if expl.perturbations:
+        modality_png(expl.perturbations, token, out_dir / MODALITY_PNG)
+        files["modality"] = MODALITY_PNG
     obj = expl.to_json()
     obj["image"] = image_path
     obj["files"] = files
