@@ -1,0 +1,96 @@
+"""Caption metrics against values computed by hand on a two-image corpus, and the caption task's wiring."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
+from omnifuse.errors import OmnifuseError
+from omnifuse.eval.captioning import CiderD, caption_references, caption_scores, rouge_l
+from omnifuse.eval.metrics import cider_d
+from omnifuse.eval.task_metrics import score_tasks
+
+# Image A is captioned exactly; image B gets the wrong shape.
+HYPS = ["A small red circle.", "a big blue circle"]
+REFS = [["a small red circle"], ["a big blue square"]]
+
+
+def test_bleu4_by_hand():
+    # 8 hypothesis words, 8 reference words: brevity penalty 1.
+    # 1-grams: A 4/4, B 3/4 ("circle" misses) -> 7/8;  2-grams: A 3/3, B 2/3 -> 5/6
+    # 3-grams: A 2/2, B 1/2 -> 3/4;                     4-grams: A 1/1, B 0/1 -> 1/2
+    # BLEU-4 = 100 · (7/8 · 5/6 · 3/4 · 1/2)^(1/4) = 100 · (105/384)^(1/4) = 72.31
+    expected = 100 * (7 / 8 * 5 / 6 * 3 / 4 * 1 / 2) ** 0.25
+    assert caption_scores(HYPS, REFS, n_resamples=50).metrics["bleu4"].score == pytest.approx(expected)
+
+
+def test_cider_d_by_hand():
+    # N = 2 images. "a" is in both references: idf = log 2 − log 2 = 0. Every other n-gram has
+    # df = 1 (or 0 for n-grams only in a hypothesis, clipped to 1): idf = log 2 =: L.
+    # A (exact): per order the vectors are equal -> cosine 1 for n = 1..4; equal lengths -> penalty 1;
+    #   CIDEr-D(A) = 10 · (1 + 1 + 1 + 1) / 4 = 10.
+    # B: n=1 {big, blue, circle} vs {big, blue, square} (weights L, "a" weighs 0): 2L² / (√3L · √3L) = 2/3
+    #    n=2 {a big, big blue, blue circle} vs {a big, big blue, blue square}: 2/3
+    #    n=3 {a big blue, big blue circle} vs {a big blue, big blue square}: 1/2;  n=4: 0
+    #   CIDEr-D(B) = 10 · (2/3 + 2/3 + 1/2 + 0) / 4 = 10 · 11/24 = 4.583
+    # corpus = (10 + 110/24) / 2 = 350/48 = 7.2917
+    res = caption_scores(HYPS, REFS, n_resamples=50)
+    assert res.metrics["cider_d"].score == pytest.approx(350 / 48)
+    assert [p["cider_d"] for p in res.per_sample] == pytest.approx([10.0, 110 / 24])
+
+
+def test_rouge_l_by_hand():
+    # A: LCS 4 of 4 -> P = R = 1 -> F = 1.  B: LCS "a big blue" = 3 -> P = R = 3/4 -> F = 3/4.
+    res = caption_scores(HYPS, REFS, n_resamples=50)
+    assert [p["rouge_l"] for p in res.per_sample] == pytest.approx([1.0, 0.75])
+    assert res.metrics["rouge_l"].score == pytest.approx(0.875)
+    # Several references: precision and recall are maxed separately (pycocoevalcap's Rouge).
+    # vs "a big blue square": LCS "a blue" = 2 -> P 2/3, R 2/4;  vs "blue circle": LCS 2 -> P 2/3, R 2/2.
+    # P = 2/3, R = 1, β = 1.2: F = 2.44 · (2/3) / (1 + 1.44 · 2/3) = 1.62667 / 1.96 = 0.82993
+    f = rouge_l("a blue circle", ["a big blue square", "blue circle"])
+    assert f == pytest.approx((1 + 1.44) * (2 / 3) / (1 + 1.44 * 2 / 3))
+    assert rouge_l("red", ["a blue square"]) == 0.0
+
+
+def test_sparse_cider_equals_the_reference_implementation_and_resamples():
+    rng = np.random.default_rng(0)
+    words = "a red blue green circle square triangle big small the shape".split()
+    hyps = [" ".join(rng.choice(words, rng.integers(2, 7))) for _ in range(12)]
+    refs = [
+        [" ".join(rng.choice(words, rng.integers(2, 7))) for _ in range(rng.integers(1, 4))] for _ in hyps
+    ]
+    sparse_cider = CiderD(hyps, refs)
+    assert sparse_cider.per_image() == pytest.approx(cider_d(hyps, refs).per_sample)
+    # A resample with repeats is the plain CIDEr-D of the repeated list (document frequencies count repeats).
+    pick = [0, 0, 3, 5, 5, 5, 11]
+    direct = cider_d([hyps[i] for i in pick], [refs[i] for i in pick]).score
+    assert sparse_cider.score_of(np.asarray(pick)) == pytest.approx(direct)
+
+
+def test_intervals_hold_the_estimate_and_are_seeded():
+    hyps = [*HYPS, "a green triangle", "a red square", "a shape"]
+    refs = [*REFS, ["a green triangle"], ["a small red square"], ["a big green circle"]]
+    one, two = caption_scores(hyps, refs, n_resamples=200), caption_scores(hyps, refs, n_resamples=200)
+    for name, m in one.metrics.items():
+        low, high = m.ci95
+        assert low <= m.score <= high and low < high, name
+        assert two.metrics[name].ci95 == m.ci95  # seed 0: the same interval every time
+
+
+def test_caption_task_reads_meta_captions_or_the_answer():
+    def sample(i, meta, answer="a red circle"):
+        msgs = (Message("user", (ImagePart("x.png"),)), Message("assistant", (TextPart(answer),)))
+        return Sample(f"c{i}", msgs, {"task": "caption", **meta})
+
+    with_refs = sample(0, {"captions": ["one", "two"]})
+    assert caption_references(with_refs) == ["one", "two"]
+    assert caption_references(sample(1, {})) == ["a red circle"]
+    with pytest.raises(OmnifuseError, match="no reference"):
+        caption_references(sample(2, {}, answer=" "))
+    scores = score_tasks([sample(3, {}), sample(4, {}, "a blue square")], ["a red circle", "a blue circle"])
+    summary = scores["caption"].summary()
+    assert summary["n"] == 2 and set(summary["metrics"]) == {"bleu4", "cider_d", "rouge_l"}
+    assert math.isfinite(summary["metrics"]["cider_d"]["score"])
