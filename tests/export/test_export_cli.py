@@ -109,3 +109,11 @@ def test_format_that_does_not_fit_is_refused_before_loading(cnn_run, tmp_path, c
     err = _err(capsys)
     assert "encoders.image (mobilenet_v2" in err and "--format llm" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_hf_needs_lora_merged(cnn_run, tmp_path, capsys):
+    run, _ = cnn_run
+    assert _export(run, tmp_path / "x", "--format", "hf", "--no-merge-lora") == 2
+    err = _err(capsys)
+    assert "--format hf stores the LoRA adapters merged" in err and "--format llm --no-merge-lora" in err
+    assert not (tmp_path / "x").exists()

@@ -58,6 +58,17 @@ def _multi(recipe: dict, tower) -> dict:
     return recipe
 
 
+def write_asr_folder(folder):
+    """A tiny random Whisper (with tokenizer and generation settings) that Transcriber.load reads."""
+    from omnifuse.assets import whisper
+    from tiny_whisper import write_tiny_ct2
+
+    _, parts, tokenizer, config = write_tiny_ct2(folder.parent / "ct2")
+    folder.mkdir()
+    whisper.write_hf_whisper(parts, tokenizer, config, folder)
+    return folder
+
+
 def write_recipe(kind: str, root) -> tuple:
     """(recipe file, the folders of its pretrained parts, an image, a clip or None)."""
     llm = write_llm_folder(root / "llm")
@@ -72,6 +83,13 @@ def write_recipe(kind: str, root) -> tuple:
             data.parent / "img" / "1.png",
             (data.parent / "audio" / "1.wav"),
         )
+    if kind == "cascade":
+        asr = write_asr_folder(root / "asr")
+        data = write_spoken_dataset(root / "data", n=6)
+        recipe = cnn_recipe(llm, data)
+        recipe["model"]["asr"] = {"name": str(asr), "batch_size": 4}
+        clip = data.parent / "audio" / "1.wav"
+        return write_yaml(root / "recipe.yaml", recipe), [llm, asr], data.parent / "img" / "1.png", clip
     data = write_color_dataset(root / "data", n=6)
     recipe, folders = cnn_recipe(llm, data), [llm]
     if kind == "qformer":
@@ -127,7 +145,7 @@ def hf_side(folder, image, clip) -> dict:
             "type": type(model).__name__, "views": inputs["pixel_values"].shape[0]}  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["cnn", "qformer", "flamingo", "audio", "multi"])
+@pytest.mark.parametrize("kind", ["cnn", "qformer", "flamingo", "audio", "multi", "cascade"])
 def test_hf_folder_answers_like_omnifuse(kind, tmp_path):
     recipe, folders, image, clip = write_recipe(kind, tmp_path / "parts")
     run, out = tmp_path / "run", tmp_path / "hf"
@@ -151,6 +169,7 @@ def test_hf_folder_answers_like_omnifuse(kind, tmp_path):
     stored = load_file(out / "model.safetensors")
     assert not any("lora" in k for k in stored)
     assert any(k.startswith("encoders.image.") for k in stored)  # frozen parts are in the folder too
+    assert (out / "asr" / "model.safetensors").is_file() == (kind == "cascade")
 
 
 # ---------------------------------------------------------------------------- the folder as a contract

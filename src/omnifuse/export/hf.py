@@ -23,11 +23,6 @@ class HFFormat:
     )
 
     def check(self, recipe: Recipe, options: ExportOptions) -> None:
-        if recipe.model.asr is not None:
-            raise OmnifuseError(
-                "--format hf does not yet hold an ASR cascade (model.asr: a whole Whisper beside the LLM); "
-                "export the language model, which reads the transcripts, with --format llm"
-            )
         if not options.merge_lora and recipe.lora_components():
             raise OmnifuseError(
                 "--format hf stores the LoRA adapters merged into the base weights; drop --no-merge-lora "

@@ -38,8 +38,6 @@ from omnifuse.recipe import ModelSpec
 
 def config_of(spec: ModelSpec, model: MultimodalLM) -> OmnifuseConfig:
     """The config.json of a built model: its recipe section and the shapes of its asset-backed parts."""
-    if spec.asr is not None:
-        raise OmnifuseError("an ASR cascade (model.asr) has no place in the hf format yet")
     return OmnifuseConfig(
         recipe_model=spec.model_dump(mode="json", exclude={"init_from"}),
         llm_config=model.llm.config.to_dict(),
@@ -52,14 +50,19 @@ def config_of(spec: ModelSpec, model: MultimodalLM) -> OmnifuseConfig:
     )
 
 
-def build_parts(config: OmnifuseConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[MultimodalLM, Processor]:
-    """The model (random weights, in the exported shapes) and its processor, from a config alone."""
+def model_spec(config: OmnifuseConfig) -> ModelSpec:
     try:
-        spec = ModelSpec.model_validate(config.recipe_model)
+        return ModelSpec.model_validate(config.recipe_model)
     except ValueError as exc:
         raise OmnifuseError(
             f"config.json: its recipe_model section is not a valid model section ({exc})"
         ) from None
+
+
+def build_parts(config: OmnifuseConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[MultimodalLM, Processor]:
+    """The model (random weights, in the exported shapes) and its processor, from a config alone. An ASR
+    cascade is left out: it belongs to the processor (:mod:`omnifuse.hf.processing` loads it)."""
+    spec = model_spec(config).model_copy(update={"asr": None})
     shapes = config.parts or {}
     llm = build_llm(config.llm_config)
     encoders = {

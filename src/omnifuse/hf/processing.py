@@ -8,6 +8,10 @@ rebuilt from ``config.json`` and the tokenizer in the folder: the model's parts 
 audio sampling rate and hop), the token counts and the placeholder ids, and is checked against the
 rebuilt processor when loaded.
 
+An ASR cascade (``model.asr``) is part of the processor, as in omnifuse: its Whisper is a plain Hugging
+Face Whisper folder in ``asr/`` (safetensors, tokenizer, feature extractor), loaded when the processor
+is, and a clip becomes its transcript in the user turn.
+
 ``processor(text=QUESTION, images=IMAGE, audio=CLIP)`` makes the prompt ``omnifuse chat`` makes: one
 user turn with the images, then the clips, then the text; then the assistant's turn begins.
 """
@@ -23,15 +27,18 @@ from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
+from omnifuse.encoders.audio.asr import Transcriber
 from omnifuse.errors import OmnifuseError
+from omnifuse.fusion.late import SpeechToText
 from omnifuse.hf.config import OmnifuseConfig
 from omnifuse.hf.media import features_of
-from omnifuse.hf.modeling import build_parts, local_folder
+from omnifuse.hf.modeling import build_parts, local_folder, model_spec
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
 from omnifuse.untrusted import read_json
 
 PROCESSOR_CONFIG = "processor_config.json"
+ASR_FOLDER = "asr"
 SETTINGS = ("image_size", "crop", "resize_shorter", "mean", "std", "resample", "sample_rate", "hop_length")
 
 
@@ -49,7 +56,9 @@ def settings(model: MultimodalLM, processor: Processor) -> dict:
         entry["tokens_per_item"] = slot.tokens_per_item  # None: per clip, from its length
         entry["tiling"] = None if slot.tiling is None else vars(slot.tiling)
         media[m] = entry
-    return {"processor_class": "OmnifuseProcessor", "system_prompt": processor.system_prompt, "media": media}
+    asr = None if processor.speech_to_text is None else ASR_FOLDER
+    return {"processor_class": "OmnifuseProcessor", "system_prompt": processor.system_prompt, "media": media,
+            "asr": asr}  # fmt: skip
 
 
 class OmnifuseProcessor:
@@ -64,6 +73,11 @@ class OmnifuseProcessor:
         config = OmnifuseConfig.from_pretrained(folder)
         with torch.device("meta"):
             model, processor = build_parts(config, AutoTokenizer.from_pretrained(folder))
+        asr = model_spec(config).asr
+        if asr is not None:
+            transcriber = Transcriber.load(str(folder / ASR_FOLDER))
+            cascade = SpeechToText(transcriber, batch_size=asr.batch_size, max_seconds=asr.max_seconds)
+            processor = Processor(processor.tokenizer, processor.media, processor.system_prompt, cascade)
         found = json.loads(json.dumps(settings(model, processor)))
         recorded = read_json(folder / PROCESSOR_CONFIG, "processor config")
         if recorded != found:
@@ -77,6 +91,12 @@ class OmnifuseProcessor:
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(folder)
+        cascade = self.processor.speech_to_text
+        if cascade is not None:
+            transcriber = cascade.transcriber
+            transcriber.model.save_pretrained(folder / ASR_FOLDER)
+            transcriber.tokenizer.save_pretrained(folder / ASR_FOLDER)
+            transcriber.feature_extractor.save_pretrained(folder / ASR_FOLDER)
         text = json.dumps(self.settings, indent=2, sort_keys=True) + "\n"
         (folder / PROCESSOR_CONFIG).write_text(text, encoding="utf-8")
 
