@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
-from omnifuse.eval.captioning import CiderD, caption_references, caption_scores, rouge_l
+from omnifuse.eval.captioning import (
+    CiderD,
+    caption_references,
+    caption_scores,
+    caption_table,
+    rouge_l,
+    score_caption,
+    summarise_captions,
+)
 from omnifuse.eval.metrics import cider_d
-from omnifuse.eval.task_metrics import score_tasks
 
 # Image A is captioned exactly; image B gets the wrong shape.
 HYPS = ["A small red circle.", "a big blue circle"]
@@ -24,7 +29,7 @@ def test_bleu4_by_hand():
     # 3-grams: A 2/2, B 1/2 -> 3/4;                     4-grams: A 1/1, B 0/1 -> 1/2
     # BLEU-4 = 100 · (7/8 · 5/6 · 3/4 · 1/2)^(1/4) = 100 · (105/384)^(1/4) = 72.31
     expected = 100 * (7 / 8 * 5 / 6 * 3 / 4 * 1 / 2) ** 0.25
-    assert caption_scores(HYPS, REFS, n_resamples=50).metrics["bleu4"].score == pytest.approx(expected)
+    assert caption_scores(HYPS, REFS, n_resamples=50).bleu4 == pytest.approx(expected)
 
 
 def test_cider_d_by_hand():
@@ -38,15 +43,15 @@ def test_cider_d_by_hand():
     #   CIDEr-D(B) = 10 · (2/3 + 2/3 + 1/2 + 0) / 4 = 10 · 11/24 = 4.583
     # corpus = (10 + 110/24) / 2 = 350/48 = 7.2917
     res = caption_scores(HYPS, REFS, n_resamples=50)
-    assert res.metrics["cider_d"].score == pytest.approx(350 / 48)
-    assert [p["cider_d"] for p in res.per_sample] == pytest.approx([10.0, 110 / 24])
+    assert res.cider_d == pytest.approx(350 / 48)
+    assert res.cider_per_image == pytest.approx([10.0, 110 / 24])
 
 
 def test_rouge_l_by_hand():
     # A: LCS 4 of 4 -> P = R = 1 -> F = 1.  B: LCS "a big blue" = 3 -> P = R = 3/4 -> F = 3/4.
     res = caption_scores(HYPS, REFS, n_resamples=50)
-    assert [p["rouge_l"] for p in res.per_sample] == pytest.approx([1.0, 0.75])
-    assert res.metrics["rouge_l"].score == pytest.approx(0.875)
+    assert res.rouge_per_image == pytest.approx([1.0, 0.75])
+    assert res.rouge_l == pytest.approx(0.875)
     # Several references: precision and recall are maxed separately (pycocoevalcap's Rouge).
     # vs "a big blue square": LCS "a blue" = 2 -> P 2/3, R 2/4;  vs "blue circle": LCS 2 -> P 2/3, R 2/2.
     # P = 2/3, R = 1, β = 1.2: F = 2.44 · (2/3) / (1 + 1.44 · 2/3) = 1.62667 / 1.96 = 0.82993
@@ -74,10 +79,9 @@ def test_intervals_hold_the_estimate_and_are_seeded():
     hyps = [*HYPS, "a green triangle", "a red square", "a shape"]
     refs = [*REFS, ["a green triangle"], ["a small red square"], ["a big green circle"]]
     one, two = caption_scores(hyps, refs, n_resamples=200), caption_scores(hyps, refs, n_resamples=200)
-    for name, m in one.metrics.items():
-        low, high = m.ci95
-        assert low <= m.score <= high and low < high, name
-        assert two.metrics[name].ci95 == m.ci95  # seed 0: the same interval every time
+    for name, (low, high) in one.ci95.items():
+        assert low <= getattr(one, name) <= high and low < high, name
+    assert two.ci95 == one.ci95  # seed 0: the same intervals every time
 
 
 def test_caption_task_reads_meta_captions_or_the_answer():
@@ -85,12 +89,23 @@ def test_caption_task_reads_meta_captions_or_the_answer():
         msgs = (Message("user", (ImagePart("x.png"),)), Message("assistant", (TextPart(answer),)))
         return Sample(f"c{i}", msgs, {"task": "caption", **meta})
 
-    with_refs = sample(0, {"captions": ["one", "two"]})
-    assert caption_references(with_refs) == ["one", "two"]
+    assert caption_references(sample(0, {"captions": ["one", "two"]})) == ["one", "two"]
     assert caption_references(sample(1, {})) == ["a red circle"]
     with pytest.raises(OmnifuseError, match="no reference"):
         caption_references(sample(2, {}, answer=" "))
-    scores = score_tasks([sample(3, {}), sample(4, {}, "a blue square")], ["a red circle", "a blue circle"])
-    summary = scores["caption"].summary()
-    assert summary["n"] == 2 and set(summary["metrics"]) == {"bleu4", "cider_d", "rouge_l"}
-    assert math.isfinite(summary["metrics"]["cider_d"]["score"])
+    # Per sample: exact match after normalisation (the accuracy column) and ROUGE-L.
+    hit = score_caption("A red circle.", sample(3, {}))
+    assert hit["correct"] and hit["score"] == 1.0 and hit["rouge_l"] == 1.0
+    miss = score_caption("a blue circle", sample(4, {"captions": ["a blue square", "a red circle"]}))
+    assert not miss["correct"] and miss["caption_references"] == ["a blue square", "a red circle"]
+    # Over the records: only caption records count (a VQA record has no caption_references).
+    records = [
+        {"prediction": h, **score_caption(h, sample(5 + k, {"captions": r}))}
+        for k, (h, r) in enumerate(zip(HYPS, REFS, strict=True))
+    ]
+    summary = summarise_captions([*records, {"prediction": "red", "score": 1.0}])
+    assert summary["n"] == 2 and summary["cider_d"] == pytest.approx(350 / 48)
+    assert summarise_captions([{"prediction": "red", "score": 1.0}]) is None
+    title, columns, rows = caption_table(summary)
+    assert [r[0] for r in rows] == ["BLEU-4", "CIDEr-D (×100)", "ROUGE-L (×100)"]
+    assert rows[1][1].startswith("729.2 [")

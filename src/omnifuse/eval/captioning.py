@@ -1,7 +1,7 @@
 """Captioning scored as captioning: BLEU-4, CIDEr-D and ROUGE-L over images, with bootstrap intervals.
 
-Registered as the ``caption`` task of :mod:`omnifuse.eval.task_metrics`: a sample with ``meta.task:
-caption`` is scored here. Its references are ``meta.captions`` (COCO has five per image) or, without
+The ``caption`` entry of :mod:`omnifuse.eval.scoring`'s table: a sample with ``meta.task: caption`` is
+scored here (:func:`score_caption` per sample, :func:`summarise_captions` over them all). Its references are ``meta.captions`` (COCO has five per image) or, without
 them, its assistant turn.
 
 All three metrics see the same tokens, :func:`omnifuse.eval.metrics.caption_tokens` (lower case,
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
@@ -35,7 +36,6 @@ from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.metrics import _ngrams, bleu_from_stats, caption_tokens, corpus_bleu
 from omnifuse.eval.stats import bootstrap_ci
-from omnifuse.eval.task_metrics import Metric, TaskMetrics, TaskScore
 
 CI_RESAMPLES = 1000  # bootstrap resamples of the images (seed 0)
 ROUGE_BETA = 1.2  # pycocoevalcap's Rouge: recall weighted 1.2² against precision
@@ -163,9 +163,29 @@ def _matrix(entries, shape) -> sparse.csr_matrix:
 
 
 # ------------------------------------------------------------------ the three together
+@dataclass(frozen=True)
+class CaptionScores:
+    n: int
+    bleu4: float  # 0..100
+    cider_d: float  # pycocoevalcap's scale (papers print it ×100)
+    rouge_l: float  # 0..1
+    ci95: dict[str, tuple[float, float]]  # metric → 95 % bootstrap interval over images
+    cider_per_image: np.ndarray
+    rouge_per_image: np.ndarray
+    n_resamples: int
+
+    def summary(self) -> dict:
+        out: dict = {"n": self.n}
+        for name in ("bleu4", "cider_d", "rouge_l"):
+            out[name] = getattr(self, name)
+            out[f"{name}_ci95"] = list(self.ci95[name])
+        out["ci"] = f"95 % percentile bootstrap over images, {self.n_resamples} resamples, seed 0"
+        return out
+
+
 def caption_scores(
     hypotheses: Sequence[str], references: Sequence[Sequence[str]], n_resamples: int = CI_RESAMPLES
-) -> TaskScore:
+) -> CaptionScores:
     """BLEU-4 (0..100), CIDEr-D (pycocoevalcap's scale, up to 10; papers print it ×100: 1.17 → 117) and
     ROUGE-L (0..1) of one caption per image, each with a 95 % bootstrap interval over images."""
     if len(hypotheses) != len(references):
@@ -180,28 +200,59 @@ def caption_scores(
     rouge = np.asarray([rouge_l(h, rs) for h, rs in zip(hypotheses, references, strict=True)])
     images = np.arange(len(hypotheses))[:, None].astype(float)  # rows to resample: image indices
 
-    def ci(data, statistic=None):
+    def ci(data, statistic=None) -> tuple[float, float]:
         res = bootstrap_ci(data, statistic, n_resamples=n_resamples, seed=0, method="percentile")
         return (res.low, res.high)
 
-    metrics = {
-        "bleu4": Metric(bleu.score, ci(bleu.stats, bleu_from_stats)),
-        "cider_d": Metric(float(cider_per_image.mean()), ci(images, cider.score_of)),
-        "rouge_l": Metric(float(rouge.mean()), ci(rouge)),
+    intervals = {
+        "bleu4": ci(bleu.stats, bleu_from_stats),
+        "cider_d": ci(images, cider.score_of),
+        "rouge_l": ci(rouge),
     }
-    note = (
-        f"{len(hypotheses)} images; BLEU-4 (sacrebleu, 0–100), CIDEr-D (pycocoevalcap's definition), ROUGE-L "
-        f"(LCS F, β = {ROUGE_BETA}); 95 % percentile bootstrap over images, {n_resamples} resamples, seed 0"
+    return CaptionScores(
+        len(hypotheses),
+        bleu.score,
+        float(cider_per_image.mean()),
+        float(rouge.mean()),
+        intervals,
+        cider_per_image,
+        rouge,
+        n_resamples,
     )
-    per_sample = [
-        {"cider_d": float(c), "rouge_l": float(r)} for c, r in zip(cider_per_image, rouge, strict=True)
+
+
+# ------------------------------------------------------------------ the caption task (eval.scoring)
+REFERENCES = "caption_references"  # the prediction record's field that marks a caption sample
+
+
+def score_caption(prediction: str, sample: Sample) -> dict:
+    """The prediction record's fields for a ``meta.task: caption`` sample: ``score``/``correct`` say whether
+    the caption equals a reference after normalisation (the accuracy column stays exact match); the
+    caption metrics are corpus-level, computed over all caption records by :func:`summarise_captions`."""
+    refs = caption_references(sample)
+    hit = any(caption_tokens(prediction) == caption_tokens(r) for r in refs)
+    return {"score": float(hit), "correct": hit, REFERENCES: refs, "rouge_l": rouge_l(prediction, refs)}
+
+
+def summarise_captions(records: Sequence[dict]) -> dict | None:
+    """BLEU-4, CIDEr-D and ROUGE-L [95 % CI] over the caption records (None when there are none)."""
+    rows = [r for r in records if REFERENCES in r]
+    if not rows:
+        return None
+    return caption_scores([r["prediction"] for r in rows], [r[REFERENCES] for r in rows]).summary()
+
+
+def caption_table(summary: dict) -> tuple[str, tuple[str, ...], list[tuple[str, ...]]]:
+    """Title, columns and rows (metric, score [95 % CI]) for the eval printout and the report."""
+
+    def row(name: str, key: str, scale: float) -> tuple[str, ...]:
+        low, high = summary[f"{key}_ci95"]
+        return (name, f"{scale * summary[key]:.1f} [{scale * low:.1f}, {scale * high:.1f}]")
+
+    rows = [
+        row("BLEU-4", "bleu4", 1.0),
+        row("CIDEr-D (×100)", "cider_d", 100.0),
+        row("ROUGE-L (×100)", "rouge_l", 100.0),
     ]
-    return TaskScore(metrics, len(hypotheses), note, per_sample)
-
-
-def score_caption_samples(predictions: list[str], samples: list[Sample]) -> TaskScore:
-    """The ``caption`` task's scorer (:mod:`omnifuse.eval.task_metrics`)."""
-    return caption_scores(predictions, [caption_references(s) for s in samples])
-
-
-CAPTION = TaskMetrics("caption", "Captioning", score_caption_samples)
+    title = f"captioning: {summary['n']} images ({summary['ci']})"
+    return title, ("metric", "score [95 % CI]"), rows
