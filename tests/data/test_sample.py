@@ -160,8 +160,8 @@ _DELETE = object()
         (("messages", 0, "content"), [], "messages[0].content: is empty"),
         (
             ("messages", 0, "content", 0, "type"),
-            "video",
-            "messages[0].content[0].type: unknown part type 'video'",
+            "hologram",
+            "messages[0].content[0].type: unknown part type 'hologram'",
         ),
         (("messages", 0, "content", 0, "type"), _DELETE, "messages[0].content[0]: missing key 'type'"),
         (("messages", 0, "content", 1, "text"), 3, "messages[0].content[1].text: must be a string"),
@@ -270,7 +270,7 @@ def test_all_malformed_lines_reported_together(data_dir: Path) -> None:
             {"id": "bad-role", "messages": [{"role": "bot", "content": "x"}]},
             "",
             "[1, 2]",
-            _with(_line("bad-part"), ("messages", 0, "content", 0, "type"), "video"),
+            _with(_line("bad-part"), ("messages", 0, "content", 0, "type"), "hologram"),
             _line("ok2"),
             _with(_line(), ("id",), True),
         ],
@@ -282,7 +282,7 @@ def test_all_malformed_lines_reported_together(data_dir: Path) -> None:
     assert "train.jsonl line 2: invalid JSON" in message
     assert "train.jsonl line 3: messages[0].role: 'bot' is not a role" in message
     assert "train.jsonl line 5: expected a JSON object, got a list" in message
-    assert "train.jsonl line 6: messages[0].content[0].type: unknown part type 'video'" in message
+    assert "train.jsonl line 6: messages[0].content[0].type: unknown part type 'hologram'" in message
     assert "train.jsonl line 8: id: must be a string or an integer" in message
     assert "line 1:" not in message and "line 7:" not in message
 

@@ -127,6 +127,30 @@ def data_av_digits(
         console.out.print(f"{split}: {path}")
 
 
+@data_app.command("moving-shapes")
+def data_moving_shapes(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder to write train.jsonl, test*.jsonl and clips/")
+    ],
+    train: Annotated[int, typer.Option(help="train clips (two questions each)")] = 600,
+    test: Annotated[int, typer.Option(help="test clips (two questions each)")] = 160,
+    seed: int = 0,
+    progress: Progress = True,
+) -> None:
+    """Make moving-shapes: short MP4 clips of moving, recolouring, appearing and narrated shapes, with
+    questions that need several frames (and the sound); test-single / test-noaudio ablations (docs/video.md)."""
+    from omnifuse.data.moving_shapes import export_moving_shapes
+    from omnifuse.untrusted import check_out_dir
+
+    t0 = time.perf_counter()
+    files = export_moving_shapes(
+        check_out_dir(out_dir), {"train": train, "test": test}, seed=seed, progress=progress
+    )
+    for split, path in files.items():
+        console.out.print(f"{split}: {path}")
+    console.out.print(f"ready ({time.perf_counter() - t0:.1f} s)")
+
+
 @data_app.command("convert")
 def data_convert(
     kind: Annotated[str, typer.Argument(help="source format: llava or sharegpt")],

@@ -9,7 +9,8 @@ One sample per JSONL line::
      "meta": {"question_type": "color"}}
 
 A spoken question is an audio part, ``{"type": "audio", "audio": "audio/q1.wav"}``, in place of (or
-beside) the text. Relative media paths resolve against the JSONL file's folder, so a data folder can
+beside) the text. A video is ``{"type": "video", "video": "clips/a.mp4"}`` with optional ``"start"`` and
+``"end"`` (seconds: the part of the file to sample frames from; docs/video.md). Relative media paths resolve against the JSONL file's folder, so a data folder can
 be moved as a whole. Loading is strict and reports *every* bad line at once: a data set with a problem on line
 30,000 should fail in a second with the full list, not after an hour of training.
 """
@@ -43,7 +44,8 @@ _LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 _FORMAT_HINT = (
     "Each line must be one JSON object of the form "
     '{"id": ..., "messages": [{"role": "user"|"assistant"|"system", "content": [{"type": "text", "text": ...} '
-    'or {"type": "image", "image": PATH} or {"type": "audio", "audio": PATH}]}, ...], "meta": {...}} '
+    'or {"type": "image", "image": PATH} or {"type": "audio", "audio": PATH} or {"type": "video", "video": PATH, '
+    '"start": SECONDS, "end": SECONDS}]}, ...], "meta": {...}} '
     "with media paths relative to the file's folder."
 )
 
@@ -95,10 +97,34 @@ class AudioPart:
         return self.waveform if self.waveform is not None else self.path
 
 
-Part = TextPart | ImagePart | AudioPart
+@dataclass(frozen=True)
+class VideoPart:
+    """A video inside a message: a file path (data sets, the chat) or the bytes of a file (requests), and
+    the part of it to sample frames from (``start``/``end`` in seconds; None: from the start / to the end).
+    The processor decodes and samples it (omnifuse.video)."""
+
+    path: Path | None = None
+    data: bytes | None = field(default=None, hash=False, repr=False, compare=False)
+    start: float | None = None
+    end: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError("a VideoPart holds exactly one of a path or the bytes of a file")
+        if self.path is not None and not isinstance(self.path, Path):
+            object.__setattr__(self, "path", Path(self.path))
+        if self.start is not None and self.end is not None and not self.start < self.end:
+            raise ValueError(f"a video part's start ({self.start}) must come before its end ({self.end})")
+
+    @property
+    def source(self) -> Path | bytes:
+        return self.data if self.data is not None else self.path
+
+
+Part = TextPart | ImagePart | AudioPart | VideoPart
 
 # The media part classes by modality name: the processor inserts them in this order of kinds.
-MEDIA_PARTS: dict[str, type] = {"image": ImagePart, "audio": AudioPart}
+MEDIA_PARTS: dict[str, type] = {"image": ImagePart, "audio": AudioPart, "video": VideoPart}
 
 
 @dataclass(frozen=True)
@@ -123,6 +149,9 @@ class Message:
     def audios(self) -> list[Path | np.ndarray]:
         return [p.source for p in self.parts if isinstance(p, AudioPart)]
 
+    def videos(self) -> list[VideoPart]:
+        return [p for p in self.parts if isinstance(p, VideoPart)]
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -146,6 +175,10 @@ class Sample:
     def audios(self) -> list[Path | np.ndarray]:
         """All audio clips (paths or waveforms) in conversation order."""
         return [a for m in self.messages for a in m.audios()]
+
+    def videos(self) -> list[VideoPart]:
+        """All video parts in conversation order."""
+        return [v for m in self.messages for v in m.videos()]
 
     def _last_assistant(self) -> int | None:
         for i in range(len(self.messages) - 1, -1, -1):
@@ -181,8 +214,10 @@ class Sample:
             for p in m.parts:
                 if isinstance(p, TextPart):
                     content.append({"type": "text", "text": p.text})
+                elif isinstance(p, VideoPart) and p.path is not None:
+                    content.append(_video_json(p, base))
                 elif p.path is None:
-                    kind = "image" if isinstance(p, ImagePart) else "audio"
+                    kind = {ImagePart: "image", AudioPart: "audio"}.get(type(p), "video")
                     raise ValueError(f"sample {self.id!r} holds a decoded {kind}, which has no JSON form")
                 elif isinstance(p, AudioPart):
                     content.append({"type": "audio", "audio": _portable_path(p.path, base)})
@@ -193,6 +228,12 @@ class Sample:
         if self.meta:
             obj["meta"] = dict(self.meta)
         return obj
+
+
+def _video_json(part: VideoPart, base: Path | None) -> dict[str, Any]:
+    obj: dict[str, Any] = {"type": "video", "video": _portable_path(part.path, base)}
+    obj.update({k: v for k, v in (("start", part.start), ("end", part.end)) if v is not None})
+    return obj
 
 
 def _normabs(path: Path) -> Path:
@@ -266,6 +307,8 @@ def _parse_part(obj: Any, at: str, base_dir: Path, images: dict[str, Part]) -> P
         if not isinstance(obj["text"], str):
             raise _Invalid(f"{at}.text", f"must be a string, got {_type_name(obj['text'])}")
         return TextPart(obj["text"])
+    if kind == "video":
+        return _parse_video(obj, at, base_dir)
     if kind in MEDIA_PARTS:
         _check_keys(obj, at, ("type", kind))
         raw = obj[kind]
@@ -277,8 +320,27 @@ def _parse_part(obj: Any, at: str, base_dir: Path, images: dict[str, Part]) -> P
             images[key] = MEDIA_PARTS[kind](path if path.is_absolute() else base_dir / path)
         return images[key]
     if "type" not in obj:
-        raise _Invalid(at, "missing key 'type' (expected 'text', 'image' or 'audio')")
-    raise _Invalid(f"{at}.type", f"unknown part type {kind!r} (expected 'text', 'image' or 'audio')")
+        raise _Invalid(at, "missing key 'type' (expected 'text', 'image', 'audio' or 'video')")
+    raise _Invalid(f"{at}.type", f"unknown part type {kind!r} (expected 'text', 'image', 'audio' or 'video')")
+
+
+def _parse_video(obj: dict[str, Any], at: str, base_dir: Path) -> VideoPart:
+    _check_keys(obj, at, ("type", "video"), ("start", "end"))
+    raw = obj["video"]
+    if not isinstance(raw, str) or not raw:
+        raise _Invalid(f"{at}.video", f"must be a non-empty path string, got {raw!r}")
+    bounds = {}
+    for key in ("start", "end"):
+        value = obj.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise _Invalid(f"{at}.{key}", f"must be a number of seconds ≥ 0, got {value!r}")
+        bounds[key] = None if value is None else float(value)
+    if bounds["start"] is not None and bounds["end"] is not None and bounds["start"] >= bounds["end"]:
+        raise _Invalid(at, f"start ({bounds['start']:g} s) must come before end ({bounds['end']:g} s)")
+    path = Path(raw)
+    return VideoPart(
+        path if path.is_absolute() else base_dir / path, start=bounds["start"], end=bounds["end"]
+    )
 
 
 def _parse_message(obj: Any, at: str, base_dir: Path, images: dict[str, Part]) -> Message:
@@ -431,7 +493,7 @@ def load_jsonl(path: Path | str) -> list[Sample]:
             )
             continue
         first_line[sample.id] = lineno
-        for media in (*sample.images(), *sample.audios()):
+        for media in (*sample.images(), *sample.audios(), *(v.path for v in sample.videos())):
             if media not in exists:
                 exists[media] = media.is_file()
             if not exists[media]:
