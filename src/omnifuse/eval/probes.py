@@ -14,17 +14,17 @@ Besides accuracy, each row gives how many answers changed against the clean run.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from omnifuse.data.sample import ImagePart, Message, Sample
+from omnifuse.data.sample import ImagePart, Sample
 from omnifuse.errors import OmnifuseError
+from omnifuse.eval.media import derangement, map_media
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa, normalize_answer
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.multimodal import MultimodalLM
@@ -35,18 +35,9 @@ Transform = Callable[[Sequence[Sample], int], list[Sample]]
 
 def replace_images(sample: Sample, make: Callable[[int, Image.Image], Image.Image]) -> Sample:
     """The sample with its k-th image replaced by ``make(k, decoded image)`` (decoded, never written)."""
-    k = 0
-    messages = []
-    for m in sample.messages:
-        parts = []
-        for p in m.parts:
-            if isinstance(p, ImagePart):
-                parts.append(ImagePart(image=make(k, load_image(p.source, sample.id))))
-                k += 1
-            else:
-                parts.append(p)
-        messages.append(Message(m.role, tuple(parts)))
-    return replace(sample, messages=tuple(messages))
+    return map_media(
+        sample, ImagePart, lambda k, p: ImagePart(image=make(k, load_image(p.source, sample.id)))
+    )
 
 
 def blank(samples: Sequence[Sample], seed: int) -> list[Sample]:
@@ -65,16 +56,6 @@ def noise(sigma: float) -> Transform:
         return [replace_images(s, noisy) for s in samples]
 
     return apply
-
-
-def derangement(n: int, seed: int) -> list[int]:
-    """A seeded permutation with no fixed point (every sample gets another one's image); n ≥ 2."""
-    rng = random.Random(seed)
-    order = list(range(n))
-    rng.shuffle(order)
-    # Each element is sent to its successor in a shuffled cycle: never to itself.
-    at = {v: j for j, v in enumerate(order)}
-    return [order[(at[i] + 1) % n] for i in range(n)]
 
 
 def shuffled(samples: Sequence[Sample], seed: int) -> list[Sample]:
