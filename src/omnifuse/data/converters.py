@@ -247,7 +247,19 @@ def from_sharegpt(path: Path | str, image_folder: Path | str | None = None) -> l
     return _convert_entries(src, entries, build, lambda i: f"{src.stem}-{i}", "ShareGPT format")
 
 
-CONVERTERS: dict[str, Callable[..., list[Sample]]] = {"llava": from_llava_json, "sharegpt": from_sharegpt}
+def from_coco_captions(path: Path | str, image_folder: Path | str | None = None) -> list[Sample]:
+    """COCO-captions files: one caption sample per image (:mod:`omnifuse.data.coco_captions`)."""
+    # Imported here: coco_captions uses this module's helpers.
+    from omnifuse.data.coco_captions import from_coco_captions as convert_coco
+
+    return convert_coco(path, image_folder)
+
+
+CONVERTERS: dict[str, Callable[..., list[Sample]]] = {
+    "llava": from_llava_json,
+    "sharegpt": from_sharegpt,
+    "coco-captions": from_coco_captions,
+}
 
 
 def convert(kind: str, src: Path | str, out: Path | str, image_folder: Path | str | None = None) -> int:
