@@ -32,7 +32,6 @@ from omnifuse.recipe.classify import (
     LateStackingSpec,
     LateWeightedSpec,
     LowRankTensorFusionSpec,
-    PrivacySpec,
     RobustnessSpec,
     TensorFusionSpec,
     TransformerFusionSpec,
@@ -90,6 +89,7 @@ from omnifuse.recipe.plugins import (
     FusionPluginSpec,
     PluginSpec,
 )
+from omnifuse.recipe.privacy import GenerativePrivacySpec, PrivacySpec
 from omnifuse.recipe.runtime import DistributedSpec, RuntimeSpec
 from omnifuse.recipe.schema import (
     Modality,
@@ -168,6 +168,7 @@ __all__ = [
     "PixelsSpec",
     "PluginSpec",
     "PoolConnectorSpec",
+    "GenerativePrivacySpec",
     "PrivacySpec",
     "QFormerConnectorSpec",
     "QFormerObjective",

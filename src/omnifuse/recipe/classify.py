@@ -16,6 +16,7 @@ from omnifuse.recipe.features import (
     PixelsSpec,
     check_feature_encoders,
 )
+from omnifuse.recipe.privacy import PrivacySpec
 from omnifuse.recipe.runtime import RuntimeSpec, one_process_only
 from omnifuse.recipe.schema import Seed, Spec
 
@@ -185,14 +186,6 @@ class ClassifierTrainSpec(Spec):
         "fraction of training samples that trains the combiner on the voters' predictions, the rest trains "
         "the voters; 0 = both on every sample",
     )
-
-
-class PrivacySpec(Spec):
-    """Differentially private training (DP-SGD with Opacus) of the trainable head."""
-
-    target_epsilon: float = Field(gt=0, description="privacy budget ε spent by the end of training")
-    delta: float = Field(1e-5, gt=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm")
 
 
 class RobustnessSpec(Spec):

@@ -18,12 +18,13 @@ from omnifuse.recipe.components import (
     TilingSpec,
 )
 from omnifuse.recipe.plugins import PluginSpec
+from omnifuse.recipe.privacy import GenerativePrivacySpec
 from omnifuse.recipe.runtime import RuntimeSpec
 from omnifuse.recipe.schema import Modality, Seed, Spec, check_modality
 from omnifuse.recipe.stages import LoRASpec, QFormerObjective, StageSpec
 
 # The modalities a generative model reads: a sample's media parts.
-MEDIA = (Modality.IMAGE, Modality.AUDIO)
+MEDIA = (Modality.IMAGE, Modality.AUDIO, Modality.VIDEO)
 
 
 class ModelSpec(Spec):
@@ -80,6 +81,39 @@ class ModelSpec(Spec):
                 "model.asr and model.encoders.audio are both set: spoken input reaches the LLM either as a "
                 "transcript (asr, the cascade) or as embeddings (encoders.audio); remove one"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _video(self) -> ModelSpec:
+        for modality, enc in self.encoders.items():
+            connector = self.connectors.get(modality)
+            if isinstance(enc, PluginSpec) or connector is None or isinstance(connector, PluginSpec):
+                continue
+            video_encoder = enc.reads == Modality.VIDEO
+            if video_encoder != (modality == "video"):
+                raise ValueError(
+                    f"model.encoders.{modality}: "
+                    + (
+                        "a frames encoder reads video parts; name it encoders.video"
+                        if video_encoder
+                        else "video parts need {type: frames, image: {type: mobilenet_v2}} (an image encoder per frame)"
+                    )
+                )
+            video_connector = getattr(connector, "video", False)
+            if video_encoder != video_connector:
+                raise ValueError(
+                    f"model.connectors.{modality}: "
+                    + (
+                        "a video needs a temporal connector: {type: video_qformer} or {type: frame_pool}"
+                        if video_encoder
+                        else f"{connector.type} is a connector for video frames (encoders.video)"
+                    )
+                )
+            if video_encoder and enc.audio and "audio" not in self.encoders:
+                raise ValueError(
+                    "model.encoders.video.audio: true gives the clip's audio track to encoders.audio, but there is "
+                    "none; add encoders.audio: {type: whisper} with connectors.audio: {type: stack}, or set audio: false"
+                )
         return self
 
     @model_validator(mode="after")
@@ -163,6 +197,9 @@ class Recipe(Spec):
     generation: GenerationSpec = GenerationSpec()
     eval: EvalSpec = EvalSpec()
     runtime: RuntimeSpec = RuntimeSpec()
+    privacy: GenerativePrivacySpec | None = Field(
+        None, description="DP-SGD over all stages (docs/privacy.md); null = off"
+    )
 
     @field_validator("stages")
     @classmethod
@@ -234,6 +271,49 @@ class Recipe(Spec):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_privacy(self) -> Recipe:
+        if self.privacy is None:
+            return self
+        problem = _privacy_problem(self)
+        if problem:
+            raise ValueError(
+                f"privacy: {problem}. DP-SGD (docs/privacy.md) clips each sample's gradient and adds noise in "
+                "one process, and the ε it reports holds only where every sample's gradient is computed "
+                "alone and exactly; remove that setting, or remove the privacy section"
+            )
+        return self
+
     def lora_components(self) -> list[str]:
         """Components that any stage trains with LoRA (adapters must exist before loading weights)."""
         return sorted({c for s in self.stages for c, m in s.trainable.items() if m == "lora"})
+
+
+def _privacy_problem(recipe: Recipe) -> str | None:
+    """What in a recipe DP-SGD cannot train with a valid ε (None: nothing)."""
+    runtime = recipe.runtime
+    if runtime.distributed.strategy != "ddp":
+        return f"runtime.distributed.strategy {runtime.distributed.strategy} shards the parameters over processes"
+    if runtime.dtype not in ("auto", "float32"):
+        return (
+            f"runtime.dtype {runtime.dtype}: per-sample gradients and their norms in low precision can exceed the "
+            "clipping bound (auto means float32 under DP-SGD)"
+        )
+    if runtime.gradient_checkpointing:
+        return "runtime.gradient_checkpointing recomputes activations, which Opacus' per-sample hooks record twice"
+    if runtime.compile:
+        return "runtime.compile: true compiles the LLM, whose layers Opacus' per-sample hooks must see"
+    if recipe.model.tiling:
+        return "model.tiling turns one image into several views, so the connector's batch is not the samples'"
+    for i, stage in enumerate(recipe.stages):
+        if stage.objective.type != "lm":
+            return (
+                f"stages.{i} ({stage.name}) has objective {stage.objective.type}; per-sample losses are defined "
+                "for the next-token objective (lm) only"
+            )
+        if stage.balance_by:
+            return (
+                f"stages.{i} ({stage.name}) sets balance_by, which draws the samples of small groups more "
+                "often; the accountant assumes Poisson sampling, every sample with the same probability"
+            )
+    return None
