@@ -64,8 +64,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     progress: dict,
     write: bool = True,
+    extra: dict | None = None,
 ) -> None:
-    """Every process of a sharded (FSDP) run calls this (the state is gathered); only ``write`` writes."""
+    """Every process of a sharded (FSDP) run calls this (the state is gathered); only ``write`` writes.
+    ``extra``: more JSON sections of state.json (the privacy accountant's history)."""
     weights = state_of(model, weight_names)
     opt_tensors, opt_meta = optimizer_state(model, optimizer)
     if not write:
@@ -80,6 +82,7 @@ def save_checkpoint(
             "optimizer_scalars": opt_meta,
             "rng": rng_meta,
             "weights": weight_names,
+            **(extra or {}),
         }
         (tmp / "state.json").write_text(json.dumps(state))
 

@@ -46,11 +46,18 @@ from omnifuse.runtime import (
     sum_across,
 )
 from omnifuse.runtime.distributed import barrier, broadcast_error
-from omnifuse.training import parallel
+from omnifuse.training import parallel, privacy
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
-from omnifuse.training.objectives import StepOutput, distill_step, generative_step
+from omnifuse.training.objectives import StepOutput, distill_step, generative_step, private_lm_step
+from omnifuse.training.order import balance_groups, sample_order
 from omnifuse.training.qformer_pretrain import qformer_step
-from omnifuse.training.run_files import checked_progress, prepare_run_dir, truncate_metrics
+from omnifuse.training.run_files import (
+    checked_progress,
+    prepare_run_dir,
+    run_meta,
+    tensorboard_writer,
+    truncate_metrics,
+)
 
 # StageSpec.objective.type → what one micro-batch computes (see training/objectives.py).
 OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample], StageSpec], StepOutput]] = {
@@ -92,50 +99,6 @@ def stage_steps(stage: StageSpec, num_samples: int, processes: int = 1) -> int:
     return max(1, math.ceil(stage.epochs * num_samples / per_step))
 
 
-def _shuffled(num: int, seed: int, stage_index: int, epoch: int, group: int = 0) -> list[int]:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + stage_index * 1009 + epoch * 7919 + group)
-    return torch.randperm(num, generator=g).tolist()
-
-
-def sample_order(
-    num: int, seed: int, stage_index: int, groups: Sequence[Sequence[int]] | None = None
-) -> Callable[[int], int]:
-    """Position in the stage's sample stream → sample index; a fresh seeded shuffle each epoch.
-
-    With ``groups`` (lists of sample indices), positions cycle through the groups in turn and each
-    group is walked in its own seeded shuffle: every group is drawn equally often, however large.
-    """
-    perms: dict[tuple[int, int], list[int]] = {}
-
-    def at(position: int) -> int:
-        if not groups:
-            epoch, k = divmod(position, num)
-            if (0, epoch) not in perms:
-                perms[0, epoch] = _shuffled(num, seed, stage_index, epoch)
-            return perms[0, epoch][k]
-        gi, turn = position % len(groups), position // len(groups)
-        members = groups[gi]
-        epoch, k = divmod(turn, len(members))
-        if (gi, epoch) not in perms:
-            perms[gi, epoch] = _shuffled(len(members), seed, stage_index, epoch, gi + 1)
-        return members[perms[gi, epoch][k]]
-
-    return at
-
-
-def balance_groups(samples: Sequence[Sample], key: str) -> list[list[int]]:
-    """Sample indices grouped by ``meta[key]`` (sorted by value, so the order is reproducible)."""
-    by_value: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        if key not in s.meta:
-            raise OmnifuseError(
-                f"balance_by: {key!r}: sample {s.id} has no meta.{key}; every training sample needs it "
-                "(or remove balance_by from the stage)"
-            )
-        by_value.setdefault(str(s.meta[key]), []).append(i)
-    return [by_value[v] for v in sorted(by_value)]
-
-
 class Trainer:
     def __init__(
         self,
@@ -161,7 +124,10 @@ class Trainer:
         self.progress = progress and main
         self._data: dict[str, list[Sample]] = {}
         self._eval_samples: list[Sample] | None = None
-        self.writer = _tensorboard_writer(run.path / "tensorboard") if tensorboard and main else None
+        self.writer = tensorboard_writer(run.path / "tensorboard") if tensorboard and main else None
+        self.accounting: privacy.Accounting | None = None  # DP-SGD (the recipe's privacy section)
+        self._private: privacy.PrivateStage | None = None  # the stage being trained privately
+        self._resumed_privacy: object = None
 
     def data_for(self, stage: StageSpec) -> list[Sample]:
         ref = stage.data or self.recipe.data.train
@@ -203,6 +169,8 @@ class Trainer:
         recipe, run, model = self.recipe, self.run, self.model
         start = time.perf_counter()
         resume_from = self._resume_point() if resume else None
+        if recipe.privacy is not None:
+            self.accounting = self._start_privacy(resume_from)
         if self.world.main:
             truncate_metrics(run.metrics_file, resume_from, self.console)
         total_steps, last_loss = 0, None
@@ -231,7 +199,17 @@ class Trainer:
                 model, OBJECTIVES[stage.objective.type], self.processor, stage, self.world, self.placement,
                 recipe.runtime,
             )  # fmt: skip
-            last_loss = self._run_stage(si, stage, optimizer, groups, samples, steps, step, changed, module)
+            if self.accounting is not None:
+                module = self._private_stage(si, stage, optimizer, samples)
+            try:
+                last_loss = self._run_stage(
+                    si, stage, optimizer, groups, samples, steps, step, changed, module
+                )
+            finally:
+                if self._private is not None:
+                    self._private.close()
+                    self._private = None
+            self._privacy_done(si)
             total_steps += steps
         if self.writer is not None:
             self.writer.close()
@@ -253,8 +231,42 @@ class Trainer:
         if state is None:
             return None
         point = checked_progress(state, self.recipe, self.run)
+        self._resumed_privacy = state.get("privacy")
         self.processes = int(state["progress"].get("processes", 1))
         return point
+
+    def _start_privacy(self, resume_from: dict | None) -> privacy.Accounting:
+        """Plan every stage, fix the noise multiplier (or refuse the target) and print the ε each stage
+        spends, before anything trains; on resume, restore the accountant's history from the checkpoint."""
+        plans = []
+        for s in self.recipe.stages:
+            n = len(self.data_for(s))
+            plans.append(privacy.StagePlan(s.name, n, s.batch_size * s.grad_accum, stage_steps(s, n)))
+        accounting = privacy.Accounting(self.recipe.privacy, plans)
+        self.console.print(privacy.describe(accounting))
+        if resume_from is not None:
+            done = sum(p.steps for p in plans[: resume_from["stage"]]) + resume_from["step"]
+            accounting.restore(self._resumed_privacy, done, str(self.run.checkpoint / "state.json"))
+        return accounting
+
+    def _private_stage(self, si: int, stage: StageSpec, optimizer, samples: list[Sample]):
+        """The stage's step module under DP-SGD (Opacus' GradSampleModule), refused before training
+        where per-sample gradients cannot be computed exactly."""
+        privacy.check_layers(self.model, stage)
+        privacy.check_samples(samples, list(self.recipe.model.encoders), stage)
+        step_module = parallel.StepModule(self.model, private_lm_step, self.processor, stage)
+        plan = self.accounting.plans[si]
+        self._private = privacy.PrivateStage(
+            step_module, optimizer, stage, self.accounting, plan, self.recipe.seed, si
+        )
+        return self._private.module
+
+    def _privacy_done(self, si: int) -> None:
+        """After a stage: its ε (alone, and composed with the stages before) printed and in privacy.json."""
+        if self.accounting is None or not self.world.main:
+            return
+        self.console.print(privacy.stage_line(self.accounting, si))
+        atomic_write_text(self.run.path / "privacy.json", json.dumps(self.accounting.report(), indent=2))
 
     def micro_batches(self, stage: StageSpec) -> int:
         """This process's micro-batches per optimizer step: ``grad_accum`` when the process count is the
@@ -302,7 +314,9 @@ class Trainer:
 
     def _optimizer_step(self, stage, module, optimizer, groups, samples, order, step):
         """One optimizer step (its micro-batches, gradient averaging, clipping, the update): loss, parts,
-        tokens, sequences, gradient norm."""
+        tokens, sequences, gradient norm. Under DP-SGD the private stage draws and computes the step."""
+        if self._private is not None:
+            return self._private.step(samples, step)
         total_loss, parts, n_tokens, n_seq, weight = self._accumulate(stage, module, samples, order, step)
         params = [p for g in groups for p in g["params"]]
         if self.scaler is not None:
@@ -385,7 +399,10 @@ class Trainer:
             return
         nxt = {"stage": si, "step": step} if step < steps else {"stage": si + 1, "step": 0}
         nxt["processes"] = self.processes
-        save_checkpoint(self.run.checkpoint, self.model, changed, optimizer, nxt, write=self.world.main)
+        extra = {"privacy": self.accounting.state()} if self.accounting is not None else None
+        save_checkpoint(
+            self.run.checkpoint, self.model, changed, optimizer, nxt, write=self.world.main, extra=extra
+        )
 
     def _record(self, stage, step, record) -> None:
         """The main process logs the step (metrics.jsonl, tensorboard)."""
@@ -398,17 +415,6 @@ class Trainer:
                     and record[key] is not None
                 ):
                     self.writer.add_scalar(f"{stage.name}/{key}", record[key], step)
-
-
-def _tensorboard_writer(folder: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise OmnifuseError(
-            "--tensorboard needs the tensorboard package: .venv/bin/pip install tensorboard "
-            "(metrics.jsonl is always written without it)"
-        ) from None
-    return SummaryWriter(str(folder))
 
 
 def _check_finite(stage: StageSpec, step: int, loss: float, grad_norm: float | None, run: RunDir) -> None:
@@ -442,9 +448,11 @@ def train(
     weights from that checkpoint.
     """
     run = RunDir(Path(out))
-    world = init_world(resolve_placement(recipe.runtime).device)  # checked before the process group
-    placement = resolve_placement(recipe.runtime, local_rank=world.local_rank)
+    runtime = privacy.private_runtime(recipe.runtime) if recipe.privacy else recipe.runtime  # float32
+    world = init_world(resolve_placement(runtime).device)  # checked before the process group
+    placement = resolve_placement(runtime, local_rank=world.local_rank)
     parallel.check_strategy(recipe, world)
+    privacy.check_launch(recipe, world)
     finished, error = False, None
     if world.main:  # only the main process writes the run directory; the others learn its outcome
         try:
@@ -471,7 +479,7 @@ def train(
         if fsdp:
             parallel.shard(model, placement, world)
         if world.main:
-            atomic_write_text(run.meta_file, json.dumps(_run_meta(recipe, model, placement, world), indent=2))
+            atomic_write_text(run.meta_file, json.dumps(run_meta(recipe, model, placement, world), indent=2))
         trainer = Trainer(recipe, run, model, processor, console, progress, tensorboard, placement, world)
         trainer.console.print(f"training on {placement.describe()}" + (
             f", {world.size} processes ({recipe.runtime.distributed.strategy}"
@@ -482,19 +490,6 @@ def train(
 
 def _shard_count(model) -> int:
     return sum(1 for m in model.modules() if parallel.sharded(m))
-
-
-def _run_meta(recipe: Recipe, model: MultimodalLM, placement: Placement, world: World) -> dict:
-    return {
-        "omnifuse": __version__,
-        "base": {
-            "llm": recipe.model.llm.name,
-            "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
-        },
-        "tokens_per_item": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
-        "placement": {"device": str(placement.device), "dtype": str(placement.dtype).removeprefix("torch.")},
-        "processes": world.size,
-    }
 
 
 __all__ = ["TrainResult", "Trainer", "lr_factor", "prepare_run_dir", "sample_order", "train"]

@@ -77,3 +77,25 @@ def distill_step(
     loss = w * kd + (1 - w) * student.loss
     parts = {"kd": round(kd.item(), 6), "ce": round(student.loss.item(), 6)}
     return StepOutput(loss, parts, int(heard.attention_mask.sum()), int(s_targets.numel()))
+
+
+def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[B]``: each sample's mean next-token loss over its own label tokens (0 for a sample without any),
+    from the logits ``MultimodalLM`` keeps (the positions where some row has a label)."""
+    targets = labels[:, 1:]
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+    kept = targets[:, keep]
+    ce = F.cross_entropy(logits.float().transpose(1, 2), kept, ignore_index=IGNORE_INDEX, reduction="none")
+    return ce.sum(dim=1) / (kept != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+
+
+def private_lm_step(
+    model: MultimodalLM, processor: Processor, samples: Sequence[Sample], stage: StageSpec
+) -> StepOutput:
+    """The next-token objective as DP-SGD needs it: the *sum* of per-sample losses, each the mean over that
+    sample's answer tokens, so that one sample's gradient does not depend on the rest of its batch (the
+    token-weighted mean of ``generative_step`` divides every sample by the batch's token count)."""
+    batch = processor.collate([processor.encode(s) for s in samples])
+    out = model(**batch.model_inputs())
+    losses = per_sample_losses(out.logits, batch.labels)
+    return StepOutput(losses.sum(), {}, int(batch.attention_mask.sum()), len(samples))

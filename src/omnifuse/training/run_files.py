@@ -9,10 +9,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from omnifuse import __version__
 from omnifuse.atomic import atomic_write_text
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe import Recipe, RecipeDeprecation, Spec, dump_recipe, parse_recipe
 from omnifuse.rundir import RunDir
+from omnifuse.runtime import Placement, World
 from omnifuse.untrusted import check_out_dir, parse_yaml, read_text
 
 
@@ -97,4 +99,29 @@ def prepare_run_dir(run: RunDir, recipe: Spec, resume: bool) -> bool:
     return False
 
 
-__all__ = ["checked_progress", "prepare_run_dir", "truncate_metrics"]
+def tensorboard_writer(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise OmnifuseError(
+            "--tensorboard needs the tensorboard package: .venv/bin/pip install tensorboard "
+            "(metrics.jsonl is always written without it)"
+        ) from None
+    return SummaryWriter(str(folder))
+
+
+def run_meta(recipe: Recipe, model, placement: Placement, world: World) -> dict:
+    """``RUN/run.json``: the base assets, the placeholder counts, where and how many processes trained."""
+    return {
+        "omnifuse": __version__,
+        "base": {
+            "llm": recipe.model.llm.name,
+            "encoders": {m: s.model_dump(mode="json") for m, s in recipe.model.encoders.items()},
+        },
+        "tokens_per_item": {m: model.tokens_per_item(m) for m in recipe.model.encoders},
+        "placement": {"device": str(placement.device), "dtype": str(placement.dtype).removeprefix("torch.")},
+        "processes": world.size,
+    }
+
+
+__all__ = ["checked_progress", "prepare_run_dir", "run_meta", "tensorboard_writer", "truncate_metrics"]
