@@ -119,7 +119,27 @@ def test_the_blind_baseline_is_the_image_removal_and_text_only_data_is_refused(s
     blind.predictions[0]["score"] = 1.0  # marked: the row must come from this result
     summary = _table(spoken, ColourEngine(), blind=blind)
     assert summary["rows"][0]["perturbed"] == pytest.approx(1 / 24)
-    with pytest.raises(OmnifuseError, match="hold no image or audio"):
+    with pytest.raises(OmnifuseError, match="hold no media"):
         _table(remove_media(remove_media(spoken, "image", 0), "audio", 0), ColourEngine())
     with pytest.raises(OmnifuseError, match="needs at least two; there are 1"):
         _table(spoken[:1], ColourEngine())
+
+
+def test_a_video_gets_remove_and_permute_and_a_note_instead_of_noise(spoken):
+    from dataclasses import replace
+
+    from omnifuse.data.sample import Message, VideoPart
+
+    def with_video(s, i):
+        user = s.messages[0]
+        return replace(
+            s, messages=(Message("user", (*user.parts, VideoPart(f"clip{i}.mp4"))), *s.messages[1:])
+        )
+
+    samples = [with_video(s, i) for i, s in enumerate(spoken)]
+    summary = _table(samples, ColourEngine())  # the engine never opens the videos
+    video = [r for r in summary["rows"] if r["modality"] == "video"]
+    assert [r["perturbation"] for r in video] == ["remove", "permute"] and all(
+        r["drop"] == 0.0 for r in video
+    )
+    assert "noise: not measured for video (noise is drawn for images and audio only)" in summary["notes"]

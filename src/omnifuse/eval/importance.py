@@ -33,6 +33,7 @@ import torch
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.media import (
+    NOISY_KINDS,
     derangement,
     media_modalities,
     need_two,
@@ -201,12 +202,15 @@ def generate_importance(
     kinds = media_modalities(samples)
     if not kinds:
         raise OmnifuseError(
-            "--importance measures what each modality (image, audio) adds, but the evaluated samples hold no "
-            "image or audio: evaluate data with media, or drop --importance"
+            "--importance measures what each modality (image, audio, video) adds, but the evaluated samples hold "
+            "no media: evaluate data with media, or drop --importance"
         )
-    rows = []
+    rows, notes = [], []
     for i, kind in enumerate(kinds):
         for perturbation in settings.perturbations:
+            if perturbation == "noise" and kind not in NOISY_KINDS:
+                notes.append(f"noise: not measured for {kind} (noise is drawn for images and audio only)")
+                continue
             if perturbation == "remove" and kind == "image" and blind is not None:
                 result = blind  # the same inputs: every image part left out
             else:
@@ -214,7 +218,11 @@ def generate_importance(
                 label = f"importance: {kind} {perturbation}"
                 result = evaluate_vqa(engine, changed, cfg, batch_size, progress=progress, label=label)
             rows.append(importance_row(kind, perturbation, "accuracy", _scores(intact), _scores(result)))
-    return importance_summary(rows, settings, MEDIA_NOISE)
+    if not rows:
+        raise OmnifuseError(
+            f"--perturbations {','.join(settings.perturbations)}: {'; '.join(notes)}; use remove or permute"
+        )
+    return importance_summary(rows, settings, MEDIA_NOISE, notes)
 
 
 # ------------------------------------------------------------------ the table as text

@@ -103,6 +103,9 @@ def _clip_rms(samples: Sequence[Sample]) -> float:
     return float(np.sqrt(squares / max(count, 1)))
 
 
+NOISY_KINDS = ("image", "audio")  # the media noise_media draws
+
+
 def noise_media(samples: Sequence[Sample], kind: str, seed: int) -> list[Sample]:
     """Each part of the modality replaced by Gaussian noise with the data set's moments (images: per-channel
     mean and standard deviation of all eval pixels, the image's size kept; clips: zero mean and the eval
@@ -118,7 +121,7 @@ def noise_media(samples: Sequence[Sample], kind: str, seed: int) -> list[Sample]
                 return ImagePart(image=Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)))
 
             return image
-    else:
+    elif kind == "audio":
         rms = _clip_rms(samples)
 
         def make(sample: Sample) -> Callable:
@@ -128,4 +131,6 @@ def noise_media(samples: Sequence[Sample], kind: str, seed: int) -> list[Sample]
 
             return clip
 
+    else:
+        raise ValueError(f"no noise is drawn for {kind}; NOISY_KINDS lists the media that have one")
     return [map_media(s, MEDIA_PARTS[kind], make(s)) for s in samples]
