@@ -286,3 +286,31 @@ def test_untied_head_round_trips_through_save_pretrained(tmp_path):
     with torch.no_grad():
         expected = model(batch.input_ids, batch.attention_mask, batch.media, batch.media_counts).logits
         assert torch.equal(back(**inputs).logits, expected)
+
+
+def test_sampled_recipe_answers_like_omnifuse_chat(tmp_path):
+    """A recipe that samples (temperature, top_p, its seed): the folder's generation config carries
+    them, so generate() with no settings samples the answer ``omnifuse chat`` gives."""
+    root = tmp_path / "parts"
+    data = write_color_dataset(root / "data", n=6)
+    recipe = cnn_recipe(write_llm_folder(root / "llm"), data)
+    recipe["seed"] = 7
+    recipe["generation"] = {"max_new_tokens": 12, "temperature": 1.5, "top_p": 0.95}
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert (
+        main(["train", str(write_yaml(root / "recipe.yaml", recipe)), "--out", str(run), "--no-progress"])
+        == 0
+    )
+    assert main(["export", str(run), "--out", str(out), "--no-progress"]) == 0
+    image = data.parent / "img" / "2.png"
+    loaded, ours, processor = load_model(RunDir(run), progress=False)
+    chat = ChatSession(ours, processor, loaded)  # the recipe's length and sampling, as `omnifuse chat`
+    chat.set_image(image)
+    said = chat.ask(QUESTION)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    inputs = AutoProcessor.from_pretrained(out)(images=Image.open(image), text=QUESTION)
+    answer = model.generate(**inputs)[0, inputs["input_ids"].shape[1] :]
+    assert model.generation_config.seed == 7 and model.generation_config.do_sample
+    assert model.processor.tokenizer.decode(answer, skip_special_tokens=True).strip() == said
+    greedy = model.generate(**inputs, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    assert greedy.tolist() != answer.tolist()  # it did sample

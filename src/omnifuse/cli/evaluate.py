@@ -42,6 +42,20 @@ def eval_(
         bool,
         typer.Option(help="also run the robustness probes (blank, noise, shuffled images, token dropout)"),
     ] = False,
+    importance: Annotated[
+        bool,
+        typer.Option(
+            help="also measure each modality's importance: the score's drop when it is removed, permuted "
+            "across samples or replaced by noise, with paired 95 % CIs (eval.json: importance)"
+        ),
+    ] = False,
+    perturbations: Annotated[
+        str | None,
+        typer.Option(help="with --importance: which of remove,permute,noise (default: all that apply)"),
+    ] = None,
+    importance_seed: Annotated[
+        int | None, typer.Option(help="with --importance: the seed of the permutations and the noise (0)")
+    ] = None,
     progress: Progress = True,
     device: Device = None,
     dtype: Dtype = None,
@@ -50,13 +64,17 @@ def eval_(
     """Evaluate a trained run with its task's metrics: exact-match VQA accuracy per question type with a
     blind baseline; a classifier's accuracy, macro-F1 and confusion matrix; an alignment's R@1/5/10 in
     both directions. With --nproc (or under torchrun) a generative run's questions are sharded across
-    the processes, with the predictions of one process."""
+    the processes, with the predictions of one process. --importance adds a table per modality × {remove,
+    permute, noise} of the score intact, perturbed and the drop with a paired 95 % CI (docs: README,
+    Evaluation)."""
+    from omnifuse.eval.importance import importance_settings
     from omnifuse.rundir import RunDir
     from omnifuse.runtime import current_world
     from omnifuse.tasks import task_of_run
     from omnifuse.tasks.base import EvalRequest
 
     check_placement(device, dtype)
+    settings = importance_settings(perturbations, importance_seed, importance)
     run = RunDir(run_dir)
     world = current_world()
     several = world.distributed or (nproc or 1) > 1
@@ -78,6 +96,7 @@ def eval_(
         progress=progress and not as_json,
         device=device,
         dtype=dtype,
+        importance=settings,
     )
     evaluated = task.evaluate(run, request)
     if not world.main:

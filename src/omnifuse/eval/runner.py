@@ -11,6 +11,7 @@ from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import select_subset
 from omnifuse.data.sources import load_data, resolve_data_path
 from omnifuse.errors import OmnifuseError
+from omnifuse.eval.importance import ImportanceSettings, generate_importance
 from omnifuse.eval.manifest import (
     MANIFEST,
     EvalSettings,
@@ -21,6 +22,7 @@ from omnifuse.eval.manifest import (
     version_drift,
 )
 from omnifuse.eval.probes import ProbeRow, run_probes
+from omnifuse.eval.qformer_captions import stage_captions
 from omnifuse.eval.report import write_report
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config
@@ -54,6 +56,8 @@ class EvalOutcome:
     data: str
     probes: list[ProbeRow] | None = None
     reproduction: Reproduction | None = None
+    captions: dict | None = None  # a qformer stage's held-out captions, by stage (eval.qformer_captions)
+    importance: dict | None = None  # eval --importance: omnifuse.eval.importance's summary
 
     def scores(self) -> dict:
         out = {"accuracy": self.result.accuracy, "n": self.result.n}
@@ -67,6 +71,10 @@ class EvalOutcome:
             out["blind"] = {**self.blind.summary(), "seconds": round(self.blind_seconds or 0.0, 1)}
         if self.probes is not None:
             out["robustness"] = [row.summary() for row in self.probes]
+        if self.captions is not None:
+            out["captions"] = self.captions
+        if self.importance is not None:
+            out["importance"] = self.importance
         return out
 
 
@@ -93,9 +101,11 @@ def evaluate_run(
     loaded=None,
     manifest: Path | None = None,
     robustness: bool = False,
+    importance: ImportanceSettings | None = None,
 ) -> EvalOutcome:
     """Evaluate with the recipe's settings (overridden by ``data``/``limit``/``blind``), or with exactly
-    the settings of an earlier evaluation's ``manifest`` (refused when weights or data changed)."""
+    the settings of an earlier evaluation's ``manifest`` (refused when weights or data changed). ``importance``:
+    also each modality's importance on the same samples (:mod:`omnifuse.eval.importance`)."""
     saved = read_manifest(manifest) if manifest is not None else None  # before the model loads
     if loaded is None:  # eval sits below the tasks, which load runs (omnifuse.tasks.load_language_model)
         raise TypeError("pass loaded=(recipe, model, processor) of the run")
@@ -127,6 +137,10 @@ def evaluate_run(
         run_probes(engine, samples, result, cfg, bs, settings.seed, progress=progress) if robustness else None
     )
     outcome = EvalOutcome(result, blind_result, seconds, blind_seconds, settings.data, probes)
+    if importance is not None:
+        outcome.importance = generate_importance(
+            engine, samples, result, cfg, bs, importance, blind_result, progress=progress
+        )
     if saved is not None:
         now = {k: outcome.scores()[k] for k in saved.get("scores", {}) if k in outcome.scores()}
         outcome.reproduction = Reproduction(
@@ -134,6 +148,7 @@ def evaluate_run(
         )
     if not current_world().main:  # sharded evaluation: every process holds all predictions, one writes
         return outcome
+    outcome.captions = stage_captions(recipe, model, processor, bs, progress=progress)
     atomic_write_text(run.path / "eval.json", json.dumps(outcome.summary(), indent=2))
     atomic_write_text(
         run.path / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in result.predictions)
@@ -143,5 +158,5 @@ def evaluate_run(
     if probes is not None:
         atomic_write_text(run.path / ROBUSTNESS, json.dumps([row.summary() for row in probes], indent=2))
     timings = {"evaluation": seconds} | ({"blind evaluation": blind_seconds} if blind_seconds else {})
-    write_report(run, result, blind_result, samples, timings, settings.data, probes)
+    write_report(run, result, blind_result, samples, timings, settings.data, probes, outcome.captions)
     return outcome

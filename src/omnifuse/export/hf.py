@@ -32,6 +32,11 @@ class HFFormat:
     def write(self, loaded: Loaded, folder: Path, options: ExportOptions) -> str:
         model = wrap(loaded.recipe.model, loaded.model, loaded.processor)
         model.generation_config = generation_config(loaded)
+        if model.generation_config.do_sample:  # omnifuse chat seeds sampling with the recipe's seed
+            model.generation_config.seed = loaded.recipe.seed
+        # the recipe's settings, not defaults derived from a model config (transformers drops extra
+        # attributes such as the seed when it reads a config marked as derived)
+        model.generation_config._from_model_config = False
         model.save_pretrained(folder, max_shard_size=options.max_shard_size, dtype=options.dtype)
         OmnifuseProcessor(loaded.processor, settings(loaded.model, loaded.processor)).save_pretrained(folder)
         return SNIPPET

@@ -183,12 +183,16 @@ class OmnifuseForConditionalGeneration(PreTrainedModel):
         base = generation_config.to_dict() if generation_config is not None else {}
         settings = {k: base.get(k) for k in known} | kwargs
         sample = bool(settings.get("do_sample"))
-        return EngineConfig(
-            max_new_tokens=int(settings.get("max_new_tokens") or 16),
-            temperature=float(settings.get("temperature") or 1.0) if sample else 0.0,
-            top_p=float(settings.get("top_p") or 1.0) if sample else 1.0,
-            seed=settings.get("seed") if sample else None,
-        )
+        length = settings.get("max_new_tokens")
+        try:
+            return EngineConfig(
+                max_new_tokens=16 if length is None else int(length),
+                temperature=float(settings.get("temperature") or 1.0) if sample else 0.0,
+                top_p=float(settings.get("top_p") or 1.0) if sample else 1.0,
+                seed=settings.get("seed") if sample else None,  # the recipe's, from the folder, as chat uses
+            )
+        except ValueError as exc:
+            raise OmnifuseError(f"generate(): {exc}") from None
 
 
 def _device(device_map) -> torch.device:

@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rich.console import Console
 
 from omnifuse.errors import OmnifuseError
 from omnifuse.rundir import RunDir
+
+if TYPE_CHECKING:  # the settings' module drives models: imported where importance runs
+    from omnifuse.eval.importance import ImportanceSettings
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ class TrainDone:
 @dataclass(frozen=True)
 class EvalRequest:
     """``omnifuse eval RUN`` options (``blind``, ``manifest`` and ``robustness`` are the VQA evaluator's:
-    other tasks refuse them, :func:`vqa_options_refused`)."""
+    other tasks refuse them, :func:`vqa_options_refused`); ``importance`` (``--importance``): every task
+    adds its modality-importance table to eval.json."""
 
     data: str | None = None
     limit: int | None = None
@@ -60,6 +64,7 @@ class EvalRequest:
     # ``--device`` / ``--dtype``: override the recipe's runtime section (None: the recipe's)
     device: str | None = None
     dtype: str | None = None
+    importance: ImportanceSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -191,8 +196,8 @@ def vqa_options_refused(request: EvalRequest, kind: str, robustness: str) -> Non
     ]
     if given:
         raise OmnifuseError(
-            f"{' and '.join(given)}: for LLM runs (VQA); a {kind} run is evaluated on --data / --limit only"
-            f" ({robustness})"
+            f"{' and '.join(given)}: for LLM runs (VQA); a {kind} run is evaluated on --data / --limit only,"
+            f" with --importance for its modality importance ({robustness})"
         )
 
 
@@ -208,3 +213,18 @@ def no_language_model(run: RunDir, kind: str) -> OmnifuseError:
         f"{run.path} is a {kind} run, which has no language model to load, chat with or serve; score it "
         f"with `omnifuse eval {run.path}` (its scores are in eval.json and report.md)"
     )
+
+
+def importance_printout(importance: dict | None) -> Printout:
+    """eval.json's ``importance`` as a table (modality × perturbation: intact, perturbed, drop [95 % CI], p)
+    and the lines that say how it was measured."""
+    if importance is None:
+        return []
+    from omnifuse.eval.importance import explanation, table
+
+    title, columns, rows = table(importance)
+    left = tuple(range(columns.index("n")))
+    return [
+        TableData(f"{title}; eval.json: importance", columns, tuple(rows), left),
+        *explanation(importance),
+    ]

@@ -10,7 +10,14 @@ from rich.console import Console
 
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir
-from omnifuse.tasks.base import EvalRequest, Evaluated, SweepColumn, SweepRun, TrainDone
+from omnifuse.tasks.base import (
+    EvalRequest,
+    Evaluated,
+    SweepColumn,
+    SweepRun,
+    TrainDone,
+    importance_printout,
+)
 
 
 class GenerateTask:
@@ -62,8 +69,12 @@ class GenerateTask:
             loaded=load_model(run, progress=request.progress, device=request.device, dtype=request.dtype),
             manifest=request.manifest,
             robustness=request.robustness,
+            importance=request.importance,
         )
-        return Evaluated(outcome.summary(), eval_printout(outcome, run.path))
+        printout = eval_printout(outcome, run.path)
+        return Evaluated(
+            outcome.summary(), printout[:-1] + importance_printout(outcome.importance) + printout[-1:]
+        )
 
     def report(
         self, run: RunDir, samples: int, explained: int, progress: bool,
