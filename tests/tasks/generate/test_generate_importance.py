@@ -1,7 +1,10 @@
-"""``omnifuse eval --importance`` on a generate run, end to end: a tiny model whose connector's output layer
-is zeroed cannot see the image (every image becomes the same zero tokens), so permuting the images or
-replacing them by noise changes no answer — a drop of exactly 0 with its interval at 0; the table goes to
-eval.json and the printout, on the --limit subset, with the blind baseline reused as the image removal."""
+"""``omnifuse eval --importance`` on a generate run, end to end through the CLI: a tiny model whose connector's
+output layer is zeroed cannot see the image (every image becomes the same zero tokens), so permuting the images
+or replacing them by noise changes no answer — a drop of exactly 0 with its interval at 0; the table goes to
+eval.json and the printout, on the --limit subset, with the blind baseline reused as the image removal.
+
+The tiny random LLM answers every prompt alike, so this checks the wiring; that a modality the model does use
+shows a clear drop (and one it ignores none) is tested on an engine that looks: tests/eval/test_importance.py."""
 
 from __future__ import annotations
 
