@@ -21,6 +21,7 @@ from omnifuse.tasks.base import (
     SweepRun,
     TableData,
     TrainDone,
+    importance_printout,
     no_html_report,
     no_language_model,
     no_tensorboard,
@@ -66,10 +67,16 @@ class ClassifyTask:
             "its robustness to missing and noisy modalities: eval.robustness in the recipe",
         )
         result = evaluate_classifier_run(
-            run, request.data, request.limit, request.progress, request.device, request.dtype
+            run,
+            request.data,
+            request.limit,
+            request.progress,
+            request.device,
+            request.dtype,
+            request.importance,
         )
         printout = scores_printout(run.path)
-        printout.insert(1, confusion_table(result))
+        printout[1:1] = [confusion_table(result), *importance_printout(result.get("importance"))]
         return Evaluated(result, printout)
 
     def report(

@@ -28,6 +28,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from omnifuse.atomic import atomic_write_text  # noqa: E402
+from omnifuse.errors import OmnifuseError  # noqa: E402
+from omnifuse.eval.importance import (  # noqa: E402
+    ImportanceSettings,
+    importance_markdown,
+    importance_row,
+    importance_summary,
+    need_two,
+    noise_like,
+    permuted_rows,
+)
 from omnifuse.eval.metrics import classification_scores  # noqa: E402
 from omnifuse.eval.runfiles import EPOCH, read_records  # noqa: E402
 from omnifuse.eval.stats import bootstrap_ci  # noqa: E402
@@ -41,6 +51,17 @@ ROBUSTNESS_SEED = 1234
 PREDICTIONS = "predictions.jsonl"
 
 
+def without_modality(split: FeatureSplit, mods: list[str], k: int) -> tuple[FeatureSplit, torch.Tensor]:
+    """The split with modality ``mods[k]``'s features zeroed, and the mask that tells the model it is missing."""
+    m = mods[k]
+    zeroed = FeatureSplit(
+        split.samples, dict(split.features, **{m: torch.zeros_like(split.features[m])}), split.labels
+    )
+    present = torch.ones(len(split), len(mods), device=split.labels.device)
+    present[:, k] = 0
+    return zeroed, present
+
+
 def robustness(
     model: FusionClassifier,
     split: FeatureSplit,
@@ -52,15 +73,10 @@ def robustness(
     changed features are made on the CPU beside the split (the noise from a seeded CPU generator, so it is
     the same on every device) and copied to the model's device chunk by chunk (:func:`predict`)."""
     mods = model.modalities
-    n = len(split)
     out: dict = {"clean": accuracy(model, split, placement=placement), "missing": {}, "noise": {}}
     if missing and len(mods) > 1:
         for k, m in enumerate(mods):
-            zeroed = FeatureSplit(
-                split.samples, dict(split.features, **{m: torch.zeros_like(split.features[m])}), split.labels
-            )
-            present = torch.ones(n, len(mods), device=split.labels.device)
-            present[:, k] = 0
+            zeroed, present = without_modality(split, mods, k)
             out["missing"][m] = {
                 "zeroed": accuracy(model, zeroed, placement=placement),
                 "dropped": accuracy(model, zeroed, present, placement=placement),
@@ -80,6 +96,64 @@ def robustness(
             )
         out["noise"][str(std)] = row
     return out
+
+
+FEATURE_NOISE = (
+    "feature space: the normalised frozen-encoder features (the head's input) replaced by Gaussian noise with "
+    "their per-element mean and standard deviation over the eval samples"
+)
+
+
+def correct(
+    model: FusionClassifier, split: FeatureSplit, present: torch.Tensor | None = None,
+    placement: Placement | None = None,
+) -> list[float]:  # fmt: skip
+    """1.0 where the model's class is the sample's, else 0.0: one score per sample."""
+    guess = predict(model, split.features, present, placement=placement).argmax(-1)
+    return (guess == split.labels.to(guess.device)).double().cpu().tolist()
+
+
+def _perturbed(split: FeatureSplit, mods: list[str], k: int, perturbation: str, seed: int):
+    """(split, present mask) with modality ``mods[k]`` removed (dropped, as the model is told), permuted or
+    replaced by noise."""
+    if perturbation == "remove":
+        return without_modality(split, mods, k)
+    x = split.features[mods[k]]
+    changed = permuted_rows(x, seed) if perturbation == "permute" else noise_like(x, seed)
+    return FeatureSplit(split.samples, dict(split.features, **{mods[k]: changed}), split.labels), None
+
+
+def importance(
+    model: FusionClassifier,
+    split: FeatureSplit,
+    settings: ImportanceSettings,
+    placement: Placement | None = None,
+) -> dict:
+    """Each modality's importance (:mod:`omnifuse.eval.importance`): accuracy intact against accuracy with the
+    modality removed, permuted across samples or replaced by noise, paired over the eval samples."""
+    need_two(len(split))
+    mods = list(model.modalities)
+    intact = correct(model, split, placement=placement)
+    rows, notes = [], []
+    for k, m in enumerate(mods):
+        for perturbation in settings.perturbations:
+            if perturbation == "remove" and len(mods) == 1:
+                notes.append(
+                    f"remove: not measured, {m} is the model's only modality (nothing would be left)"
+                )
+                continue
+            changed, present = _perturbed(split, mods, k, perturbation, settings.seed + k)
+            rows.append(
+                importance_row(
+                    m, perturbation, "accuracy", intact, correct(model, changed, present, placement)
+                )
+            )
+    if not rows:
+        raise OmnifuseError(
+            f"--perturbations {','.join(settings.perturbations)}: nothing to measure on a one-modality classifier "
+            f"({mods[0]}); use permute or noise"
+        )
+    return importance_summary(rows, settings, FEATURE_NOISE, notes)
 
 
 def robustness_table(rob: dict) -> list[str]:
@@ -148,10 +222,12 @@ def evaluate_classifier(
     epsilon: float | None,
     progress: bool = True,
     placement: Placement | None = None,
+    importance_settings: ImportanceSettings | None = None,
 ) -> dict:
     """Score ``model`` on ``split`` and write eval.json, predictions.jsonl, robustness.json, the plots and
     report.md. The same scores at the end of training and in ``omnifuse eval``; forward passes on
-    ``placement`` (default: where the model is, in its parameters' dtype)."""
+    ``placement`` (default: where the model is, in its parameters' dtype). ``importance_settings``
+    (``eval --importance``): each modality's importance too, in eval.json and the report."""
     pred = predict(model, split.features, placement=placement).argmax(-1)
     truth, guess = [classes[i] for i in split.labels.tolist()], [classes[i] for i in pred.tolist()]
     scores = classification_scores(truth, guess, labels=classes)
@@ -173,6 +249,8 @@ def evaluate_classifier(
             "delta": recipe.privacy.delta,
             "max_grad_norm": recipe.privacy.max_grad_norm,
         }
+    if importance_settings is not None:
+        result["importance"] = importance(model, split, importance_settings, placement)
     atomic_write_text(run.path / "eval.json", json.dumps(result, indent=2))
     write_predictions(run, split, truth, guess)
     rob = None
@@ -250,4 +328,5 @@ def write_report(run: RunDir, recipe: ClassifierRecipe, result: dict, rob: dict 
             *robustness_table(rob),
             "",
         ]
+    lines += importance_markdown(result.get("importance"))
     atomic_write_text(run.path / "report.md", "\n".join(lines))

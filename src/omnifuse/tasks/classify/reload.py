@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from omnifuse.data.sample import select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
+from omnifuse.eval.importance import ImportanceSettings
 from omnifuse.models.classifier import FusionClassifier, build_classifier
 from omnifuse.models.features import Normalizer
 from omnifuse.models.weights import load_weights
@@ -64,9 +65,11 @@ def evaluate_classifier_run(
     progress: bool = True,
     device: str | None = None,
     dtype: str | None = None,
+    importance: ImportanceSettings | None = None,
 ) -> dict:
     """Evaluate a trained classifier run on the recipe's eval data (or ``data``, a seeded subset of
-    ``limit`` samples) and rewrite eval.json, predictions.jsonl, robustness.json and the report. It runs
+    ``limit`` samples) and rewrite eval.json, predictions.jsonl, robustness.json and the report (with
+    ``importance``: each modality's importance in them too). It runs
     on the recipe's ``runtime`` placement, or ``device`` / ``dtype`` (``--device`` / ``--dtype``)."""
     run.require_trained()
     placement = resolve_placement(run.recipe().runtime, device=device, dtype=dtype)
@@ -89,5 +92,5 @@ def evaluate_classifier_run(
         "eval",
     )
     return evaluate_classifier(
-        run, recipe, trained.model, split, trained.classes, trained.epsilon, progress, placement
+        run, recipe, trained.model, split, trained.classes, trained.epsilon, progress, placement, importance
     )
