@@ -21,6 +21,7 @@ from omnifuse.tasks.base import (
     SweepRun,
     TableData,
     TrainDone,
+    importance_printout,
     no_html_report,
     no_language_model,
     no_tensorboard,
@@ -73,9 +74,18 @@ class AlignTask:
 
         vqa_options_refused(request, "alignment", "retrieval is scored against its chance level in eval.json")
         evaluation = evaluate_align_run(
-            run, request.data, request.limit, request.progress, request.device, request.dtype
+            run,
+            request.data,
+            request.limit,
+            request.progress,
+            request.device,
+            request.dtype,
+            request.importance,
         )
-        return Evaluated(evaluation, eval_printout(run.path, evaluation))
+        printout = eval_printout(run.path, evaluation)
+        return Evaluated(
+            evaluation, printout[:-1] + importance_printout(evaluation.get("importance")) + printout[-1:]
+        )
 
     def report(
         self, run: RunDir, samples: int, explained: int, progress: bool,

@@ -1,15 +1,26 @@
 """What an alignment run is scored on, the same at the end of training and in ``omnifuse eval``:
 cross-modal retrieval R@1/5/10 in both directions against their chance levels, and one line per query
-in predictions.jsonl (its rank, and whether its first answer is right: ``omnifuse compare`` pairs these)."""
+in predictions.jsonl (its rank, and whether its first answer is right: ``omnifuse compare`` pairs these);
+with ``eval --importance``, each side's importance for retrieval (:func:`importance`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from omnifuse.alignment.retrieval import chance_recall, cross_modal_retrieval
+from omnifuse.errors import OmnifuseError
+from omnifuse.eval.importance import (
+    ImportanceSettings,
+    importance_row,
+    importance_summary,
+    need_two,
+    noise_like,
+    permuted_rows,
+)
 from omnifuse.eval.metrics import RetrievalResult
 from omnifuse.tasks.align.features import Gallery
 
@@ -83,3 +94,44 @@ def score(evaluation: dict) -> float:
     if "zero_shot" in evaluation:
         return float(evaluation["zero_shot"]["zero_shot_accuracy_all"])
     return float(np.mean([r["R@1"] for r in evaluation["retrieval"].values()]))
+
+
+ALIGN_NOISE = (
+    "feature space: one side's normalised frozen-encoder features (the method's input) replaced by Gaussian "
+    "noise with their per-element mean and standard deviation over the eval gallery"
+)
+NO_REMOVE = (
+    "remove: not defined for retrieval (a pair without one side has nothing to rank or be ranked against); "
+    "permute breaks the pairing instead, so both sides' permute rows fall to about chance by design, and noise "
+    "measures how much each side's content carries the ranking"
+)
+
+
+def _hits(results: dict[str, RetrievalResult]) -> dict[str, list[float]]:
+    return {d: (r.ranks == 1).astype(float).tolist() for d, r in results.items()}
+
+
+def importance(similarity: Similarity, g: Gallery, names: list[str], settings: ImportanceSettings) -> dict:
+    """Each side's importance for retrieval (:mod:`omnifuse.eval.importance`): R@1 per direction with one
+    side's gallery items permuted among themselves (their keys stay: a query is right when it still finds
+    its key) or replaced by noise, paired over the same queries."""
+    if settings.explicit and "remove" in settings.perturbations:
+        raise OmnifuseError(
+            f"--perturbations {','.join(settings.perturbations)}: {NO_REMOVE.split(';')[0]}; an alignment run "
+            "is measured with permute and noise (--perturbations permute,noise)"
+        )
+    need_two(min(len(g.keys_a), len(g.keys_b)), "gallery items")
+    intact = _hits(retrieve(similarity, g, names, (1,)))
+    rows = []
+    for k, m in enumerate(names):
+        for perturbation in (p for p in settings.perturbations if p != "remove"):
+            side = g.a if k == 0 else g.b
+            seed = settings.seed + k
+            changed = permuted_rows(side, seed) if perturbation == "permute" else noise_like(side, seed)
+            perturbed = _hits(retrieve(similarity, replace(g, **{"ab"[k]: changed}), names, (1,)))
+            rows += [
+                importance_row(m, perturbation, f"R@1 {d.replace('_', ' ')}", intact[d], perturbed[d])
+                for d in intact
+            ]
+    notes = [NO_REMOVE] if "remove" in settings.perturbations else []
+    return importance_summary(rows, settings, ALIGN_NOISE, notes)

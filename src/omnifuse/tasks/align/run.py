@@ -24,6 +24,7 @@ from pathlib import Path
 
 from omnifuse.atomic import atomic_write_text
 from omnifuse.errors import OmnifuseError
+from omnifuse.eval.importance import ImportanceSettings, importance_markdown
 from omnifuse.models.features import Normalizer
 from omnifuse.models.weights import read_tensors, save_tensors_atomic
 from omnifuse.recipe import (
@@ -37,6 +38,7 @@ from omnifuse.recipe import (
 )
 from omnifuse.rundir import RunDir
 from omnifuse.runtime import Placement, resolve_placement
+from omnifuse.tasks.align.evaluation import importance as retrieval_importance
 from omnifuse.tasks.align.features import Gallery, Pairs, paired_features
 from omnifuse.tasks.align.methods import (
     CCAMethod,
@@ -127,8 +129,16 @@ def _fit(recipe: AlignRecipe, run: RunDir, progress: bool, placement: Placement)
     return _write_evaluation(run, ctx, method, trained, has_plot)
 
 
-def _write_evaluation(run: RunDir, ctx: Context, method: Method, trained, has_plot: bool) -> dict:
-    """eval.json, predictions.jsonl and report.md of ``trained`` on ``ctx``'s eval pairs."""
+def _write_evaluation(
+    run: RunDir,
+    ctx: Context,
+    method: Method,
+    trained,
+    has_plot: bool,
+    importance: ImportanceSettings | None = None,
+) -> dict:
+    """eval.json, predictions.jsonl and report.md of ``trained`` on ``ctx``'s eval pairs (with ``importance``:
+    each side's importance for retrieval too)."""
     evl = ctx.eval
     evaluation = {
         "method": ctx.recipe.method.type,
@@ -140,9 +150,17 @@ def _write_evaluation(run: RunDir, ctx: Context, method: Method, trained, has_pl
     with ctx.autocast():  # forward passes only: evaluation has no backward
         evaluation |= method.evaluate(ctx, trained)
         predictions = method.predictions(ctx, trained)
+        if importance is not None:
+            evaluation["importance"] = retrieval_importance(
+                method.similarity(trained), ctx.gallery, ctx.names, importance
+            )
     atomic_write_text(run.path / "eval.json", json.dumps(evaluation, indent=2))
     atomic_write_text(run.path / PREDICTIONS, "".join(json.dumps(p) + "\n" for p in predictions))
-    atomic_write_text(run.path / "report.md", report_text(ctx.recipe, evaluation, has_plot))
+    report = [
+        report_text(ctx.recipe, evaluation, has_plot),
+        *importance_markdown(evaluation.get("importance")),
+    ]
+    atomic_write_text(run.path / "report.md", "\n".join(report))
     return evaluation
 
 
@@ -153,12 +171,19 @@ def evaluate_align_run(
     progress: bool = True,
     device: str | None = None,
     dtype: str | None = None,
+    importance: ImportanceSettings | None = None,
 ) -> dict:
     """Restore a trained alignment run and evaluate it on the recipe's eval data (or ``data``, a seeded
     subset of ``limit`` pairs); rewrites eval.json, predictions.jsonl and report.md. On the recipe's
-    ``runtime`` placement, or ``device`` / ``dtype`` (``--device`` / ``--dtype``)."""
+    ``runtime`` placement, or ``device`` / ``dtype`` (``--device`` / ``--dtype``). ``importance``
+    (``--importance``): each side's importance for retrieval too (not for DeViSE, which is scored zero-shot)."""
     run.require_trained()
     recipe: AlignRecipe = run.recipe()
+    if importance is not None and isinstance(recipe.method, DeViSEMethodSpec):
+        raise OmnifuseError(
+            f"--importance measures retrieval (R@1 with one side permuted or noised); {run.path} is a DeViSE run, "
+            "scored by zero-shot classification: evaluate it without --importance"
+        )
     placement = resolve_placement(recipe.runtime, device=device, dtype=dtype)
     if data is not None or limit is not None:
         d = recipe.data
@@ -177,4 +202,4 @@ def evaluate_align_run(
     ctx = _context(recipe, train, evl, names, progress, placement)
     method = METHODS[type(recipe.method)]
     trained = method.restore(ctx, tensors, metadata.get("cca_converged") != "false")
-    return _write_evaluation(run, ctx, method, trained, (run.path / "loss.png").is_file())
+    return _write_evaluation(run, ctx, method, trained, (run.path / "loss.png").is_file(), importance)
