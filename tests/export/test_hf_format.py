@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
 import omnifuse.hf  # noqa: F401  (registers omnifuse's classes with the Auto classes)
 from badinput import recipe_dict, write_llm_folder, write_whisper_folder, write_yaml
@@ -92,6 +92,12 @@ def write_recipe(kind: str, root) -> tuple:
         return write_yaml(root / "recipe.yaml", recipe), [llm, asr], data.parent / "img" / "1.png", clip
     data = write_color_dataset(root / "data", n=6)
     recipe, folders = cnn_recipe(llm, data), [llm]
+    if kind == "llava-init":  # model.init_from: a LLaVA checkpoint (CLIP tower, untied head) as the start
+        from export.test_init_from import write_llava
+
+        write_llava(root / "llava", tied=False)
+        recipe["model"] = {"init_from": str(root / "llava"), "llm": {"system_prompt": ""}}
+        folders = [llm, root / "llava"]
     if kind == "qformer":
         bert = write_tiny_bert(root / "bert")
         recipe, folders = _qformer(recipe, bert), [llm, bert]
@@ -145,7 +151,7 @@ def hf_side(folder, image, clip) -> dict:
             "type": type(model).__name__, "views": inputs["pixel_values"].shape[0]}  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["cnn", "qformer", "flamingo", "audio", "multi", "cascade"])
+@pytest.mark.parametrize("kind", ["cnn", "qformer", "flamingo", "audio", "multi", "cascade", "llava-init"])
 def test_hf_folder_answers_like_omnifuse(kind, tmp_path):
     recipe, folders, image, clip = write_recipe(kind, tmp_path / "parts")
     run, out = tmp_path / "run", tmp_path / "hf"
@@ -276,6 +282,7 @@ def test_untied_head_round_trips_through_save_pretrained(tmp_path):
         load_file(tmp_path / "hf" / "model.safetensors")
     )
     back = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf", device_map="auto")
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "hf")) is type(back)  # the other Auto class
     inputs = AutoProcessor.from_pretrained(tmp_path / "hf")(
         images=Image.open(data.parent / "img" / "0.png"), text=QUESTION
     )
