@@ -153,14 +153,15 @@ def data_moving_shapes(
 
 @data_app.command("convert")
 def data_convert(
-    kind: Annotated[str, typer.Argument(help="source format: llava or sharegpt")],
+    kind: Annotated[str, typer.Argument(help="source format: llava, sharegpt or openai")],
     src: Path,
     out_file: Annotated[Path, typer.Option("--out", help="JSONL file to write")],
     images: Annotated[
         Path | None, typer.Option(help="folder the source's image paths are relative to")
     ] = None,
 ) -> None:
-    """Convert LLaVA JSON or ShareGPT data to the native JSONL format."""
+    """Convert LLaVA JSON, ShareGPT or OpenAI messages data to the native JSONL format (OpenAI's inline
+    media are written to media/ beside --out)."""
     from omnifuse.data.converters import convert
     from omnifuse.untrusted import check_out_file
 

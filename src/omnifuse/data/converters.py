@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from omnifuse.data.openai_convert import MEDIA_FOLDER, from_openai
 from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, json_line, problem_list, write_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, check_out_file, parse_json, read_text
@@ -260,16 +261,22 @@ CONVERTERS: dict[str, Callable[..., list[Sample]]] = {
     "sharegpt": from_sharegpt,
     "coco-captions": from_coco_captions,
 }
+# Formats that carry media inside the data: the decoded media are written to MEDIA_FOLDER beside the output.
+MEDIA_CONVERTERS: dict[str, Callable[..., list[Sample]]] = {"openai": from_openai}
 
 
 def convert(kind: str, src: Path | str, out: Path | str, image_folder: Path | str | None = None) -> int:
-    """Convert ``src`` of format ``kind`` ('llava' or 'sharegpt'), write native JSONL to ``out``.
+    """Convert ``src`` of format ``kind`` ('llava', 'sharegpt' or 'openai'), write native JSONL to ``out``.
 
     Returns the number of samples written (what the ``data convert`` CLI verb reports).
     """
-    if kind not in CONVERTERS:
-        raise OmnifuseError(f"unknown data format {kind!r}; use one of {', '.join(CONVERTERS)}.")
+    if kind not in CONVERTERS and kind not in MEDIA_CONVERTERS:
+        known = ", ".join([*CONVERTERS, *MEDIA_CONVERTERS])
+        raise OmnifuseError(f"unknown data format {kind!r}; use one of {known}.")
     check_out_file(out)  # before the conversion: a bad --out fails at once
-    samples = CONVERTERS[kind](src, image_folder)
+    if kind in MEDIA_CONVERTERS:
+        samples = MEDIA_CONVERTERS[kind](src, image_folder, Path(out).parent / MEDIA_FOLDER)
+    else:
+        samples = CONVERTERS[kind](src, image_folder)
     write_jsonl(samples, out)
     return len(samples)

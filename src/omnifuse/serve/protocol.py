@@ -10,10 +10,20 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from omnifuse.data.openai_messages import (  # noqa: F401 (the message schema, shared with the data converter)
+    AudioContent,
+    ChatMessage,
+    ContentPart,
+    ImageContent,
+    ImageURL,
+    InputAudio,
+    TextContent,
+    validation_problem,
+)
 from omnifuse.generation.engine import SEED_MAX, SEED_MIN
 
 
@@ -47,45 +57,6 @@ _ERROR_TYPES = {
     503: "server_overloaded",
     500: "server_error",
 }
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TextContent(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class ImageURL(_Strict):
-    url: str
-    detail: Literal["auto", "low", "high"] | None = None
-
-
-class ImageContent(_Strict):
-    type: Literal["image_url"]
-    image_url: ImageURL
-
-
-class InputAudio(_Strict):
-    data: str
-    format: Literal["wav", "mp3"]
-
-
-class AudioContent(_Strict):
-    type: Literal["input_audio"]
-    input_audio: InputAudio
-
-
-ContentPart = Annotated[TextContent | ImageContent | AudioContent, Field(discriminator="type")]
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. "name", "refusal" from clients echoing history
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
 
 
 class AudioOutput(BaseModel):
@@ -148,12 +119,6 @@ class ChatRequest(BaseModel):
         return total
 
 
-def _loc(loc: tuple) -> str:
-    # Drop pydantic's union-branch names (e.g. "list[...]", "image_url") that are not JSON keys.
-    keep = [str(p) for p in loc if isinstance(p, int) or not any(c in str(p) for c in "[]()")]
-    return ".".join(keep)
-
-
 def parse_request(body: bytes) -> ChatRequest:
     try:
         raw = json.loads(body)
@@ -166,12 +131,8 @@ def parse_request(body: bytes) -> ChatRequest:
     try:
         return ChatRequest.model_validate(raw)
     except ValidationError as exc:
-        errs = exc.errors(include_url=False)
-        first = errs[0]
-        where = _loc(first["loc"])
-        more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
-        msg = first["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
-        raise APIError(400, f"{where}: {msg}{more}", param=where or None) from None
+        where, message = validation_problem(exc)
+        raise APIError(400, message, param=where or None) from None
 
 
 # ------------------------------------------------------------------ responses

@@ -29,12 +29,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omnifuse.audio.tts import espeak_available, synthesize
-from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
+from omnifuse.data.openai_messages import AudioContent, ImageContent, PartError, native_messages
+from omnifuse.data.sample import AudioPart, ImagePart, Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.processing import Encoded
 from omnifuse.serve import protocol as P
-from omnifuse.serve.media import MediaError, MediaLimits, load_audio_data, load_image_url
+from omnifuse.serve.media import MediaLimits, load_audio_data, load_image_url
 from omnifuse.serve.scheduler import Delta, Done, Failed, Job, QueueFull, Scheduler, ShuttingDown
 
 log = logging.getLogger("omnifuse.serve")
@@ -103,6 +104,39 @@ def _error_response(err: P.APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
+class _RequestMedia:
+    """A request's media decoded in memory (omnifuse.data.openai_messages.MediaReader), checked against
+    the model's inputs and the server's limits."""
+
+    def __init__(self, settings: ServerSettings, modalities: set[str]) -> None:
+        self.settings, self.modalities, self.images = settings, modalities, 0
+
+    def audio(self, part: AudioContent, where: str) -> AudioPart:
+        if "audio" not in self.modalities:
+            inputs = ", ".join(sorted(self.modalities))
+            raise PartError(
+                f"{where}: this model has no audio input (its inputs: text{', ' + inputs if inputs else ''}); "
+                "send the question as text",
+                where,
+            )
+        data = part.input_audio.data
+        what = f"the audio at {where}"
+        return AudioPart(waveform=load_audio_data(data, self.settings.media, MAX_AUDIO_SECONDS, what))
+
+    def image(self, part: ImageContent, where: str) -> ImagePart:
+        if "image" not in self.modalities:
+            raise PartError(f"{where}: this model takes no images; send text only", where)
+        self.images += 1
+        if self.images > self.settings.max_images:
+            raise PartError(
+                f"{where}: too many images; this server takes at most {self.settings.max_images} per request",
+                where,
+            )
+        return ImagePart(
+            image=load_image_url(part.image_url.url, self.settings.media, f"the image at {where}")
+        )
+
+
 class ChatService:
     """Turns validated requests into engine jobs and their results into OpenAI responses."""
 
@@ -121,70 +155,16 @@ class ChatService:
             self.modalities.add("audio")  # heard through the ASR cascade
 
     # ------------------------------------------------------------ request → prompt
-    def _content(self, content, at: str, role: str, n_images: list[int]) -> tuple:
-        if content is None:
-            return ()
-        if isinstance(content, str):
-            return (TextPart(content),)
-        parts = []
-        for k, part in enumerate(content):
-            where = f"{at}.content.{k}"
-            if isinstance(part, P.TextContent):
-                parts.append(TextPart(part.text))
-            elif isinstance(part, P.AudioContent):
-                if "audio" not in self.modalities:
-                    raise P.APIError(
-                        400,
-                        f"{where}: this model has no audio input (its inputs: text"
-                        f"{', ' + ', '.join(sorted(self.modalities)) if self.modalities else ''}); "
-                        "send the question as text",
-                        param=where,
-                    )
-                if role != "user":
-                    raise P.APIError(400, f"{where}: audio is only allowed in user messages", param=where)
-                try:
-                    wave = load_audio_data(
-                        part.input_audio.data, self.settings.media, MAX_AUDIO_SECONDS, f"the audio at {where}"
-                    )
-                except MediaError as exc:
-                    raise P.APIError(exc.status, str(exc), param=f"{where}.input_audio.data") from None
-                parts.append(AudioPart(waveform=wave))
-            else:
-                if role != "user":
-                    raise P.APIError(400, f"{where}: images are only allowed in user messages", param=where)
-                if "image" not in self.modalities:
-                    raise P.APIError(400, f"{where}: this model takes no images; send text only", param=where)
-                n_images[0] += 1
-                if n_images[0] > self.settings.max_images:
-                    raise P.APIError(
-                        400,
-                        f"{where}: too many images; this server takes at most {self.settings.max_images} "
-                        "per request",
-                        param=where,
-                    )
-                try:
-                    image = load_image_url(part.image_url.url, self.settings.media, f"the image at {where}")
-                except MediaError as exc:
-                    raise P.APIError(exc.status, str(exc), param=f"{where}.image_url.url") from None
-                parts.append(ImagePart(image=image))
-        return tuple(parts)
-
     def to_sample(self, req: P.ChatRequest) -> Sample:
-        n_images = [0]
-        messages = []
-        for i, m in enumerate(req.messages):
-            role = "system" if m.role == "developer" else m.role
-            parts = self._content(m.content, f"messages.{i}", role, n_images)
-            if role == "system" and any(isinstance(p, ImagePart) for p in parts):
-                raise P.APIError(400, f"messages.{i}: system messages hold text only", param=f"messages.{i}")
-            messages.append(Message(role, parts))
+        try:
+            messages = native_messages(req.messages, _RequestMedia(self.settings, self.modalities))
+        except PartError as exc:
+            raise P.APIError(exc.status, exc.message, param=exc.param) from None
         if messages[-1].role != "user":
             raise P.APIError(
                 400, "the last message must be from the user: it is the question to answer", param="messages"
             )
-        if any(m.role == "system" for m in messages[1:]):
-            raise P.APIError(400, "a system message may only come first", param="messages")
-        return Sample(P.new_id(), tuple(messages), {})
+        return Sample(P.new_id(), messages, {})
 
     def prepare(self, req: P.ChatRequest) -> tuple[Encoded, GenerationConfig]:
         """Check the request's bounds, validate media and encode the prompt (runs in a worker thread:
