@@ -316,4 +316,10 @@ def _privacy_problem(recipe: Recipe) -> str | None:
                 f"stages.{i} ({stage.name}) sets balance_by, which draws the samples of small groups more "
                 "often; the accountant assumes Poisson sampling, every sample with the same probability"
             )
+        if isinstance(stage.data, tuple):
+            return (
+                f"stages.{i} ({stage.name}) draws a weighted mixture of sources, which samples some samples "
+                "more often than others; the accountant assumes Poisson sampling, every sample with the same "
+                "probability (merge the sources into one file instead)"
+            )
     return None

@@ -108,6 +108,13 @@ class LoRASpec(Spec):
 Trainability = Literal["frozen", "lora", "full"]
 
 
+class DataSource(Spec):
+    """One source of a stage's multi-task mixture (Qwen-VL's stage 2: VQA + captions + grounding)."""
+
+    source: str = Field(description="a data reference, as data.train (a JSONL file or a built-in name:split)")
+    weight: float = Field(gt=0, description="relative share of the stage's samples drawn from this source")
+
+
 class StageSpec(Spec):
     name: str
     trainable: dict[str, Trainability] = Field(
@@ -124,7 +131,11 @@ class StageSpec(Spec):
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    data: str | None = Field(None, description="training data of this stage; null = data.train")
+    data: str | tuple[DataSource, ...] | None = Field(
+        None,
+        description="training data of this stage: a data reference, or a weighted mixture "
+        "[{source: X, weight: 0.5}, ...] drawn by a seeded sampler; null = data.train",
+    )
     limit: int | None = Field(None, ge=1, description="use a seeded subset of this many training samples")
     balance_by: str | None = Field(
         None, description="meta key (e.g. question_type) whose values are drawn equally often in this stage"
@@ -155,8 +166,22 @@ class StageSpec(Spec):
     def _check(self) -> StageSpec:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"stage {self.name!r}: give exactly one of steps or epochs")
+        if isinstance(self.data, tuple):
+            self._check_mixture(self.data)
         if not any(mode != "frozen" for mode in self.trainable.values()):
             raise ValueError(
                 f"stage {self.name!r}: nothing is trainable; set e.g. trainable: {{connectors: full}}"
             )
         return self
+
+    def _check_mixture(self, sources: tuple[DataSource, ...]) -> None:
+        names = [s.source for s in sources]
+        if not names:
+            raise ValueError(f"stage {self.name!r}: data is an empty list; name at least one source")
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage {self.name!r}: data names a source twice ({', '.join(names)})")
+        if self.balance_by is not None:
+            raise ValueError(
+                f"stage {self.name!r}: balance_by draws meta values equally often, a data mixture draws "
+                "sources by weight; use one of them"
+            )

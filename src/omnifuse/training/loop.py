@@ -49,7 +49,7 @@ from omnifuse.runtime.distributed import barrier, broadcast_error
 from omnifuse.training import parallel, privacy
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step, private_lm_step
-from omnifuse.training.order import balance_groups, sample_order
+from omnifuse.training.order import sample_order, stage_order, stage_steps
 from omnifuse.training.qformer_pretrain import qformer_step
 from omnifuse.training.run_files import (
     checked_progress,
@@ -91,14 +91,6 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def stage_steps(stage: StageSpec, num_samples: int, processes: int = 1) -> int:
-    """Optimizer steps of a stage; an epoch counts global batches (``batch_size × grad_accum × processes``)."""
-    if stage.steps is not None:
-        return stage.steps
-    per_step = stage.batch_size * stage.grad_accum * processes
-    return max(1, math.ceil(stage.epochs * num_samples / per_step))
-
-
 class Trainer:
     def __init__(
         self,
@@ -130,11 +122,20 @@ class Trainer:
         self._resumed_privacy: object = None
 
     def data_for(self, stage: StageSpec) -> list[Sample]:
-        ref = stage.data or self.recipe.data.train
-        if ref not in self._data:
-            self._data[ref] = load_data(ref)
-        samples = self._data[ref]
-        return select_subset(samples, stage.limit, self.recipe.seed) if stage.limit else samples
+        """The stage's samples; a mixture's sources one after another (``limit``: per source)."""
+        return [s for part in self._sources(stage) for s in part]
+
+    def _sources(self, stage: StageSpec) -> list[list[Sample]]:
+        refs = (
+            [m.source for m in stage.data]
+            if isinstance(stage.data, tuple)
+            else [stage.data or self.recipe.data.train]
+        )
+        for ref in refs:
+            if ref not in self._data:
+                self._data[ref] = load_data(ref)
+        parts = [self._data[ref] for ref in refs]
+        return [select_subset(p, stage.limit, self.recipe.seed) if stage.limit else p for p in parts]
 
     def evaluate_now(self) -> dict[str, float]:
         """Score the model being trained (no second copy) on the seeded eval subset ``eval.during_limit``;
@@ -337,8 +338,12 @@ class Trainer:
 
     def _run_stage(self, si, stage, optimizer, groups, samples, steps, step, changed, module) -> float | None:
         model, main = self.model, self.world.main
-        balanced = balance_groups(samples, stage.balance_by) if stage.balance_by else None
-        order = sample_order(len(samples), self.recipe.seed, si, balanced)
+        order, mixture = stage_order(stage, si, self.recipe.seed, self._sources(stage), self.processes)
+        if step == 0 and mixture:
+            total = sum(mixture.values())
+            self.console.print(f"{stage.name} draws " + ", ".join(
+                f"{n:,} from {src} ({100 * n / total:.1f} %)" for src, n in mixture.items()
+            ))  # fmt: skip
         model.train()
         model.encoders.eval()  # CNN batch-norm statistics stay the pretrained ones
         loss_value = None
@@ -373,6 +378,8 @@ class Trainer:
                     "seconds": round(dt, 4),  # this step's wall time (sweeps sum it over all attempts)
                     "time": round(time.time(), 3),
                 }
+                if step == 1 and mixture:
+                    record["mixture"] = mixture  # the stage's exact draws per source
                 every = self.recipe.eval.every
                 if (
                     main

@@ -104,17 +104,19 @@ class GenerateTask:
     def training_samples(self, recipe: Recipe) -> int:
         """Steps × batch size × accumulation, summed over stages."""
         from omnifuse.data.sources import load_data
-        from omnifuse.training.loop import stage_steps
+        from omnifuse.training.order import stage_steps
 
         sizes: dict[str, int] = {}
         total = 0
         for stage in recipe.stages:
             n = 0
             if stage.steps is None:
-                ref = stage.data or recipe.data.train
-                if ref not in sizes:
-                    sizes[ref] = len(load_data(ref))
-                n = sizes[ref]
+                mixture = isinstance(stage.data, tuple)
+                refs = [m.source for m in stage.data] if mixture else [stage.data or recipe.data.train]
+                for ref in refs:
+                    if ref not in sizes:
+                        sizes[ref] = len(load_data(ref))
+                n = sum(min(sizes[ref], stage.limit or sizes[ref]) for ref in refs)
             total += stage_steps(stage, n) * stage.batch_size * stage.grad_accum
         return total
 
