@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from omnifuse.data.entries import json_entries
 from omnifuse.data.openai_convert import MEDIA_FOLDER, from_openai
-from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, json_line, problem_list, write_jsonl
+from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, problem_list, write_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, check_out_file, parse_json, read_text
 
@@ -212,24 +213,7 @@ def from_sharegpt(path: Path | str, image_folder: Path | str | None = None) -> l
     src = Path(path)
     text = read_text(src, "ShareGPT file", MAX_DATA_BYTES)
     root = _image_root(src, image_folder)
-    entries: list[tuple[str, Any]] = []
-    if src.suffix != ".jsonl" and text.lstrip().startswith("["):
-        data = _read_json(src, "ShareGPT", text)
-        entries = [(f"{src.name} entry {i}", e) for i, e in enumerate(data)]
-    else:
-        bad_lines = []
-        for lineno, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append((f"{src.name} line {lineno}", json_line(line, f"{src.name} line {lineno}")))
-            except OmnifuseError as exc:
-                bad_lines.append(str(exc))
-        if bad_lines:
-            raise OmnifuseError(
-                f"cannot convert {src}: it is neither a JSON list nor valid JSONL; "
-                f"{len(bad_lines)} bad line(s):\n{problem_list(bad_lines)}"
-            )
+    entries = json_entries(src, text, lambda t: _read_json(src, "ShareGPT", t))
     roles = tuple(ROLE_NAMES)
 
     def build(entry: dict[str, Any]) -> tuple[list[Path], list[dict[str, Any]]]:

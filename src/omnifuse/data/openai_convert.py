@@ -29,6 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from omnifuse.atomic import atomic_write_bytes, atomic_write_text
+from omnifuse.data.entries import json_entries
 from omnifuse.data.inline_media import (
     MediaError,
     MediaLimits,
@@ -45,7 +46,7 @@ from omnifuse.data.openai_messages import (
     native_messages,
     validation_problem,
 )
-from omnifuse.data.sample import AudioPart, ImagePart, Sample, TextPart, json_line, problem_list
+from omnifuse.data.sample import AudioPart, ImagePart, Sample, TextPart, problem_list
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, parse_json, read_bytes, read_text
 
@@ -121,22 +122,7 @@ class _FileMedia:
 
 def _entries(src: Path) -> list[tuple[str, Any]]:
     text = read_text(src, "OpenAI messages file", MAX_DATA_BYTES)
-    if src.suffix != ".jsonl" and text.lstrip().startswith("["):
-        data = parse_json(text, f"OpenAI messages file {src}")
-        return [(f"{src.name} entry {i}", e) for i, e in enumerate(data)]
-    entries, bad = [], []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                entries.append((f"{src.name} line {lineno}", json_line(line, f"{src.name} line {lineno}")))
-            except OmnifuseError as exc:
-                bad.append(str(exc))
-    if bad:
-        raise OmnifuseError(
-            f"cannot convert {src}: it is neither a JSON list nor valid JSONL; {len(bad)} bad line(s):\n"
-            f"{problem_list(bad)}"
-        )
-    return entries
+    return json_entries(src, text, lambda t: parse_json(t, f"OpenAI messages file {src}"))
 
 
 def _sample(entry: Any, fallback_id: str, reader: _FileMedia) -> Sample:
