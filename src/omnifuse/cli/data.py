@@ -151,6 +151,28 @@ def data_moving_shapes(
     console.out.print(f"ready ({time.perf_counter() - t0:.1f} s)")
 
 
+@data_app.command("shapes-grounding")
+def data_shapes_grounding(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder to write train.jsonl, test.jsonl and images/")
+    ],
+    train: Annotated[int, typer.Option(min=1, help="training scenes (about 5 samples each)")] = 3000,
+    test: Annotated[int, typer.Option(min=1, help="test scenes")] = 300,
+    seed: int = 0,
+    progress: Progress = True,
+) -> None:
+    """Generate shapes-grounding: scenes of shapes with exact boxes, referring phrases and grounded
+    captions in Qwen-VL's box text (docs/grounding.md)."""
+    from omnifuse.data.shapes_grounding import export_shapes_grounding
+    from omnifuse.untrusted import check_out_dir
+
+    files = export_shapes_grounding(
+        check_out_dir(out_dir), {"train": train, "test": test}, seed=seed, progress=progress
+    )
+    for split, path in files.items():
+        console.out.print(f"{split}: {path}")
+
+
 @data_app.command("convert")
 def data_convert(
     kind: Annotated[str, typer.Argument(help="source format: llava, sharegpt or openai")],

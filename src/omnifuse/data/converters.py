@@ -14,6 +14,7 @@ from typing import Any
 
 from omnifuse.data.entries import json_entries
 from omnifuse.data.openai_convert import MEDIA_FOLDER, from_openai
+from omnifuse.data.refcoco import from_refcoco
 from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, problem_list, write_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, check_out_file, parse_json, read_text
@@ -244,6 +245,7 @@ CONVERTERS: dict[str, Callable[..., list[Sample]]] = {
     "llava": from_llava_json,
     "sharegpt": from_sharegpt,
     "coco-captions": from_coco_captions,
+    "refcoco": from_refcoco,  # referring expressions → Qwen-VL box answers (data/refcoco.py)
 }
 # Formats that carry media inside the data: the decoded media are written to MEDIA_FOLDER beside the output.
 MEDIA_CONVERTERS: dict[str, Callable[..., list[Sample]]] = {"openai": from_openai}

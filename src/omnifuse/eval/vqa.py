@@ -21,6 +21,7 @@ from omnifuse.eval.metrics import (
     vqa_score,
     word_error_rate,
 )
+from omnifuse.eval.scoring import metric_for, metric_summaries
 from omnifuse.eval.stats import bootstrap_ci
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.progress import progress_bar
@@ -68,6 +69,7 @@ class VQAResult:
     predictions: list[dict]
     ci95: tuple[float, float] | None = None  # 95 % bootstrap interval of the accuracy over questions
     asr: dict | None = None  # an ASR cascade: word error rate of what it heard against meta.transcript
+    metrics: dict | None = None  # per-sample metrics' aggregates by name (eval.scoring), e.g. grounding
 
     def summary(self) -> dict:
         out = {"accuracy": self.accuracy, "n": self.n}
@@ -75,6 +77,8 @@ class VQAResult:
             out["ci95"] = list(self.ci95)
         if self.asr is not None:
             out["asr"] = self.asr
+        if self.metrics:
+            out["metrics"] = self.metrics
         return out | {"per_type": self.per_type}
 
 
@@ -99,7 +103,8 @@ def cascade_wer(samples: Sequence[Sample], predictions: Sequence[dict]) -> dict 
 
 def _record(s: Sample, pred: str, asr) -> dict:
     refs = reference_answers(s)
-    score = vqa_score(pred, refs)
+    metric = metric_for(s)  # the sample's own metric (eval.scoring: grounding, ...), else VQA exact match
+    score = vqa_score(pred, refs) if metric is None else 0.0
     record = {
         "id": s.id,
         "question_type": str(s.meta.get("question_type", "all")),
@@ -108,6 +113,8 @@ def _record(s: Sample, pred: str, asr) -> dict:
         "correct": score == 1.0,
         "score": score,
     }
+    if metric is not None:
+        record.update(metric.score(pred, s))
     if len(refs) > 1:
         record["answers"] = refs
     if asr is not None and s.audios():
@@ -161,4 +168,5 @@ def evaluate_vqa(
     scores = [p["score"] for p in predictions]
     acc = sum(scores) / n if n else 0.0
     wer = cascade_wer(samples, predictions) if asr is not None else None
-    return VQAResult(acc, n, per_type, predictions, accuracy_ci(scores) if n else None, wer)
+    ci = accuracy_ci(scores) if n else None
+    return VQAResult(acc, n, per_type, predictions, ci, wer, metric_summaries(predictions) or None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from omnifuse.eval.scoring import metric_tables
 from omnifuse.tasks.base import Printout, TableData, percent
 
 
@@ -19,6 +20,8 @@ def score_table(outcome) -> Printout:
         rows.append(tuple(cells))
     title = f"evaluation on {outcome.data} (accuracy [95 % bootstrap CI])"
     printout: Printout = [TableData(title, tuple(columns), tuple(rows))]
+    for metric_title, metric_columns, metric_rows in metric_tables(r.metrics or {}):  # grounding, ...
+        printout.append(TableData(metric_title, metric_columns, tuple(metric_rows)))
     if r.asr is not None:
         printout.append(
             f"ASR cascade: word error rate {100 * r.asr['wer']:.1f} % over {r.asr['n']} spoken questions, "
