@@ -121,3 +121,38 @@ def test_vqa_only_data_has_no_grounding_summary():
     samples = [_sample("v", "red", question_type="color")]
     result = evaluate_vqa(BoxEngine({"v": "red"}), samples, GenerationConfig(), batch_size=2, progress=False)
     assert "metrics" not in result.summary() and result.accuracy == 1.0
+
+
+def test_a_centre_crop_that_cuts_reference_boxes_is_reported(tmp_path):
+    from omnifuse.encoders.vision.cnn import kept_region
+
+    image = tmp_path / "wide.png"
+    __import__("PIL.Image", fromlist=["Image"]).new("RGB", (400, 200)).save(image)
+
+    def grounded(sid, answer):
+        messages = (
+            Message("user", (ImagePart(image), TextPart("q"))),
+            Message("assistant", (TextPart(answer),)),
+        )
+        return Sample(sid, messages, {"task": "grounding", "question_type": "grounding"})
+
+    samples = [
+        grounded("edge", "<ref>a</ref><box>(0,0),(100,100)</box>"),  # the left edge: outside the centre crop
+        grounded("centre", "<ref>b</ref><box>(400,400),(600,600)</box>"),
+    ]
+    answers = {"edge": samples[0].answer(), "centre": samples[1].answer()}
+
+    def model(crop: bool):
+        region = lambda w, h: kept_region(w, h, 64, 73 if crop else None)  # noqa: E731
+        return SimpleNamespace(encoders={"image": SimpleNamespace(input_region=region)})
+
+    engine = BoxEngine(answers)
+    engine.model = model(crop=True)
+    result = evaluate_vqa(engine, samples, GenerationConfig(), batch_size=2, progress=False)
+    assert result.metrics["grounding"]["view"] == {"boxes": 2, "cut": 1, "outside": 1}
+    ((title, _, _),) = metric_tables(result.metrics)
+    assert "warning: 1 of 2 reference boxes" in title and "crop: false" in title
+    engine.model = model(crop=False)
+    result = evaluate_vqa(engine, samples, GenerationConfig(), batch_size=2, progress=False)
+    assert result.metrics["grounding"]["view"]["cut"] == 0
+    assert "warning" not in metric_tables(result.metrics)[0][0]

@@ -113,4 +113,46 @@ def grounding_table(summary: dict) -> tuple[str, tuple[str, ...], list[tuple[str
              f"{100 * v['parsed']:.1f} %")
         )  # fmt: skip
     title = "grounding: accuracy at IoU ≥ 0.5 and mean IoU [95 % bootstrap CI]"
+    note = view_note(summary.get("view"))
+    if note:
+        title += f"\nwarning: {note}"
     return title, ("question type", "n", "Acc@0.5 %", "mIoU %", "box parsed"), rows
+
+
+def boxes_outside_view(samples: Sequence[Sample], input_region) -> dict | None:
+    """How many reference boxes of these grounding samples (in their first image) the image encoder's view
+    cuts: ``input_region(w, h)`` is the part of a ``w``×``h`` image the encoder keeps (a centre crop keeps
+    less than the whole image).
+    ``{"boxes", "cut", "outside"}``: boxes partly / wholly outside the view; None without grounding
+    samples. A cut box is one the model cannot see whole, yet its reference coordinates are relative to
+    the whole image (Qwen-VL's form), so such an encoder should not be used for grounding (crop: false)."""
+    from PIL import Image
+
+    from omnifuse.data.boxes import box_in_region, denormalise
+
+    total = cut = outside = 0
+    for s in samples:
+        if s.images():
+            source = s.images()[0]
+            try:
+                size = source.size if isinstance(source, Image.Image) else Image.open(source).size
+            except (OSError, ValueError):
+                continue  # the evaluation itself reports unreadable images
+            region = input_region(*size)
+            for _phrase, box in _reference_pairs(parse_grounding(s.answer())):
+                total += 1
+                _, fraction = box_in_region(denormalise(box, *size), region)
+                cut += fraction < 0.999
+                outside += fraction == 0.0
+    return None if total == 0 else {"boxes": total, "cut": cut, "outside": outside}
+
+
+def view_note(view: dict | None) -> str | None:
+    """One line for eval's printout when the encoder's view cut reference boxes."""
+    if not view or not view["cut"]:
+        return None
+    return (
+        f"{view['cut']} of {view['boxes']} reference boxes extend past the part of the image the encoder sees "
+        f"({view['outside']} wholly outside): its centre crop cuts them, while boxes are given relative to the "
+        "whole image; use crop: false (or an encoder without a crop) for grounding (docs/grounding.md)"
+    )

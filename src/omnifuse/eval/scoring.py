@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from omnifuse.data.boxes import has_box
 from omnifuse.data.sample import Sample
 from omnifuse.eval.captioning import caption_table, score_caption, summarise_captions
-from omnifuse.eval.grounding import grounding_table, score_grounding, summarise_grounding
+from omnifuse.eval.grounding import boxes_outside_view, grounding_table, score_grounding, summarise_grounding
 
 Table = tuple[str, tuple[str, ...], list[tuple[str, ...]]]
 
@@ -35,7 +35,9 @@ class SampleMetric:
 
 
 GROUNDING = SampleMetric("grounding", score_grounding, summarise_grounding, grounding_table)
-CAPTION = SampleMetric("caption", score_caption, summarise_captions, caption_table)  # BLEU-4, CIDEr-D, ROUGE-L
+CAPTION = SampleMetric(
+    "caption", score_caption, summarise_captions, caption_table
+)  # BLEU-4, CIDEr-D, ROUGE-L
 
 # meta.task → metric; tasks not listed here (and "vqa") are scored as VQA exact match.
 METRICS: dict[str, SampleMetric] = {
@@ -51,6 +53,17 @@ def metric_for(sample: Sample) -> SampleMetric | None:
     if isinstance(task, str):
         return METRICS.get(task)
     return GROUNDING if has_box(sample.answer()) else None
+
+
+def grounding_view(model, samples: Sequence[Sample]) -> dict | None:
+    """How many reference boxes of the grounding samples the model's image encoder cannot see whole (a
+    centre crop, :func:`omnifuse.eval.grounding.boxes_outside_view`); None without an image encoder or
+    grounding samples."""
+    encoders = getattr(model, "encoders", None)  # evaluation's stand-in engines in tests have no model
+    if encoders is None or "image" not in encoders:
+        return None
+    grounded = [s for s in samples if metric_for(s) is GROUNDING]
+    return boxes_outside_view(grounded, encoders["image"].input_region) if grounded else None
 
 
 def metric_summaries(records: Sequence[dict]) -> dict:

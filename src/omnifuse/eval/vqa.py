@@ -21,7 +21,7 @@ from omnifuse.eval.metrics import (
     vqa_score,
     word_error_rate,
 )
-from omnifuse.eval.scoring import metric_for, metric_summaries
+from omnifuse.eval.scoring import grounding_view, metric_for, metric_summaries
 from omnifuse.eval.stats import bootstrap_ci
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.progress import progress_bar
@@ -169,4 +169,7 @@ def evaluate_vqa(
     acc = sum(scores) / n if n else 0.0
     wer = cascade_wer(samples, predictions) if asr is not None else None
     ci = accuracy_ci(scores) if n else None
-    return VQAResult(acc, n, per_type, predictions, ci, wer, metric_summaries(predictions) or None)
+    metrics = metric_summaries(predictions)
+    if "grounding" in metrics:  # can the image encoder see the reference boxes whole? (a crop cuts them)
+        metrics["grounding"]["view"] = grounding_view(getattr(engine, "model", None), samples)
+    return VQAResult(acc, n, per_type, predictions, ci, wer, metrics or None)
