@@ -46,6 +46,12 @@ def chat(
         Path | None, typer.Option(help="also speak the answer into this wav file (espeak-ng)")
     ] = None,
     voice: Annotated[str, typer.Option(help="espeak-ng voice for --speak")] = "en-us",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="draw the answer's boxes (<ref>/<box> grounding text) on the image, as a PNG"
+        ),
+    ] = None,
     max_new_tokens: Annotated[
         int | None, typer.Option(min=1, help="default: the recipe's generation setting")
     ] = None,
@@ -64,6 +70,8 @@ def chat(
         _check_speech_out(speak)
     if image is not None:  # checked before the model loads: a wrong path fails in milliseconds
         open_image(image, "image file")
+    if out is not None:
+        _check_boxes_out(out, image, question is not None or audio is not None)
     recipe, model, processor = load_language_model(RunDir(run_dir), device=device, dtype=dtype)
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
     if image is not None:
@@ -73,8 +81,41 @@ def chat(
         console.out.print(escape(answer))
         if speak is not None:
             _speak(answer, speak, voice)
+        if out is not None:
+            _draw_boxes(answer, image, out)
         return
     _interactive(session, speak, voice)
+
+
+def _last_image(image) -> Path | None:
+    """The last image of the question (one path, or the list of several): Qwen-VL draws boxes on it."""
+    return image[-1] if isinstance(image, list) and image else image if isinstance(image, Path) else None
+
+
+def _check_boxes_out(out: Path, image, one_question: bool) -> None:
+    if _last_image(image) is None or not one_question:
+        raise OmnifuseError(
+            "--out draws the answer's boxes on the image: ask one question (not the interactive chat) about an "
+            "image given with --image"
+        )
+    if out.suffix.lower() != ".png" or out.is_dir() or not out.parent.is_dir():
+        raise OmnifuseError(f"--out {out}: give a .png file path in an existing folder")
+
+
+def _draw_boxes(answer: str, image, out: Path) -> None:
+    """The answer's boxes drawn on the (last) image (omnifuse.data.boxes) into ``out``; says how many."""
+    import io
+
+    from omnifuse.atomic import atomic_write_bytes
+    from omnifuse.data.boxes import draw_grounding
+    from omnifuse.untrusted import open_image
+
+    canvas, drawn = draw_grounding(open_image(_last_image(image), "image file"), answer)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    atomic_write_bytes(out, buffer.getvalue())
+    what = f"{drawn} box(es) drawn" if drawn else "the answer holds no box; the image is copied unchanged"
+    console.err.print(f"{what}: {out}")
 
 
 def _interactive(session, speak: Path | None, voice: str) -> None:

@@ -228,3 +228,31 @@ def from_tile(tile: TileBox, width: int, height: int, grid: tuple[int, int], til
     ox, oy = tile.col * tile_size - placed[0], tile.row * tile_size - placed[1]
     sx, sy = width / (placed[2] - placed[0]), height / (placed[3] - placed[1])
     return ((x1 + ox) * sx, (y1 + oy) * sy, (x2 + ox) * sx, (y2 + oy) * sy)
+
+
+# ------------------------------------------------------------------ drawing
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
+
+
+def draw_grounding(image, text: str):
+    """A copy of ``image`` (PIL) with every well-formed box in ``text`` outlined and labelled with its
+    phrase (``chat --out``); the number of boxes drawn comes back too. Boxes are read as Qwen-VL writes
+    them, relative to the whole image, so any image size works."""
+    from PIL import ImageDraw
+
+    canvas = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(canvas)
+    width = max(2, round(min(canvas.size) / 150))
+    drawn = 0
+    for k, group in enumerate(parse_grounding(text)):
+        color = PALETTE[k % len(PALETTE)]
+        for box in group.boxes:
+            if not box.valid:
+                continue
+            left, top, right, bottom = denormalise(box, *canvas.size)
+            draw.rectangle((left, top, right, bottom), outline=color, width=width)
+            if group.phrase:
+                label_top = top - 12 if top >= 12 else bottom + 2
+                draw.text((left + 2, label_top), group.phrase, fill=color)
+            drawn += 1
+    return canvas, drawn
