@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from omnifuse.cli import main
@@ -231,10 +232,11 @@ def run(argv, capsys):
 
 
 @pytest.fixture
-def fake_run(tmp_path):
+def fake_run(tmp_path, color_data):
+    """A run folder with a valid (tiny) generate recipe: explain dispatches on the run's task."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "recipe.yaml").write_text("name: x\n")
+    (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe_dict(color_data)))
     return run
 
 

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from scipy.stats import spearmanr
 
@@ -207,12 +208,12 @@ def run(argv, capsys):
 
 
 @pytest.fixture
-def cli_run(tiny, tmp_path, monkeypatch):
+def cli_run(tiny, tmp_path, monkeypatch, color_data):
     import omnifuse.tasks
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "recipe.yaml").write_text("name: x\n")
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe_dict(color_data)))
     (run_dir / "model.safetensors").write_bytes(b"")
     model, processor = tiny
     recipe = parse_recipe(tiny_recipe_dict(tmp_path))

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from omnifuse.cli import console
 from omnifuse.cli.common import Device, Dtype, Progress, app, check_placement
-from omnifuse.cli.render import print_explanation
+from omnifuse.cli.render import print_classifier_explanation, print_explanation
 from omnifuse.errors import OmnifuseError
 
 
@@ -153,10 +153,11 @@ def _interactive(session, speak: Path | None, voice: str) -> None:
 def explain(
     run_dir: Path,
     question: Annotated[str, typer.Argument(help="the question about the image")],
-    image: Annotated[Path, typer.Option(help="image file to ask about")],
+    image: Annotated[Path | None, typer.Option(help="image file to ask about")] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="folder for explain.json and the PNGs (default RUN/explain)")
     ] = None,
+    audio: Annotated[Path | None, typer.Option(help="audio clip (classifier runs that read audio)")] = None,
     method: Annotated[
         list[str] | None,
         typer.Option(
@@ -193,23 +194,63 @@ def explain(
     dtype: Dtype = None,
 ) -> None:
     """Explain an answer: attention to image regions, gradient × input, SHAP / LIME / occlusion of image
-    regions and question tokens, with/without image, logit lens."""
+    regions and question tokens, with/without image, logit lens; for a classifier run, SHAP / LIME /
+    occlusion of each modality's features (the question is its text input)."""
     from omnifuse.explain import open_image
     from omnifuse.explain.perturbation import PerturbationSettings, check_settings, parse_methods
     from omnifuse.rundir import RunDir
+    from omnifuse.tasks import task_of_run
     from omnifuse.untrusted import check_out_dir
 
     check_placement(device, dtype)
     methods = parse_methods(method)  # bad input fails before the model loads
     check_settings(samples, grid, regions)
     run = RunDir(run_dir).require_trained()
-    picture = open_image(image)
     folder = check_out_dir(out_dir or Path(run_dir) / "explain")
     settings = PerturbationSettings(samples=samples, seed=seed, regions=regions, grid=grid)
+    classifier = getattr(task_of_run(run), "explain_inputs", None)  # tasks without a language model
+    if classifier is not None:
+        _explain_classifier(classifier, run, question, image, audio, folder, methods, settings, answer, progress,
+                            device, dtype)  # fmt: skip
+        return
+    if image is None:
+        raise OmnifuseError(
+            f"{run.path} is a language-model run: give the image to ask about with --image PATH"
+        )
+    picture = open_image(image)
     _explain_language_model(
         run, picture, question, folder, str(image), methods, settings, layers, answer, max_new_tokens,
         progress, device, dtype,
     )  # fmt: skip
+
+
+def _explain_classifier(load, run, question, image, audio, folder, methods, settings, answer, progress,
+                        device, dtype) -> None:  # fmt: skip
+    from omnifuse.explain.classifier import explain_classifier, refuse_map_methods
+    from omnifuse.explain.render import write_classifier_explanation
+    from omnifuse.progress import progress_bar
+    from omnifuse.untrusted import open_image
+
+    refuse_map_methods(methods)
+    if image is not None:
+        open_image(image, "--image")
+    if audio is not None and not audio.is_file():
+        raise OmnifuseError(f"--audio {audio} does not exist or is not a file")
+    model, features, classes = load(run, question, image, audio, device=device, dtype=dtype)
+    results = {}
+    total = sum(settings.samples if m != "occlusion" else 0 for m in methods) or None
+    with progress_bar("explaining", total, progress) as bar:
+        for m in methods:
+            results[m] = explain_classifier(
+                model, features, classes, m, settings, answer, on_eval=bar.advance
+            )
+    inputs = {
+        "question": question,
+        "image": str(image) if image else None,
+        "audio": str(audio) if audio else None,
+    }
+    obj = write_classifier_explanation(results, inputs, folder)
+    print_classifier_explanation(results, obj, folder)
 
 
 def _explain_language_model(

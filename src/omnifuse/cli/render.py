@@ -160,6 +160,30 @@ def perturbation_table(results: dict) -> Table:
     return table
 
 
+def print_classifier_explanation(results: dict, obj: dict, folder: Path) -> None:
+    """The predicted class, then per method the sum of each modality's attributions (nats of log p)."""
+    first = next(iter(results.values()))
+    probs = ", ".join(
+        f"{escape(c)} {p:.3f}" for c, p in sorted(first.class_probs.items(), key=lambda kv: -kv[1])[:5]
+    )
+    console.out.print(f"class: {escape(first.target)} (log p {first.log_prob:.3f}); top classes: {probs}")
+    mods = [m.modality for m in first.modalities]
+    table = Table(
+        title=f"attributions of log p({escape(first.target)!r}) per modality (nats; + for, − against)"
+    )
+    for col in ("method", "evaluations", *[f"{m} Σ" for m in mods], "log p − log p(baseline)",
+                *[f"{m} share of Σ|·|" for m in mods], "time"):  # fmt: skip
+        table.add_column(escape(col), justify="left" if col == "method" else "right")
+    for method, r in results.items():
+        shares = r.abs_shares()
+        table.add_row(method, str(r.evaluations), *[f"{m.total:+.3f}" for m in r.modalities],
+                      f"{r.log_prob - r.baseline_log_prob:+.3f}", *[f"{100 * shares[m]:.1f} %" for m in mods],
+                      f"{r.seconds:.1f} s")  # fmt: skip
+    console.out.print(table)
+    files = ", ".join(str(folder / f) for f in ["explain.json", *obj["files"].values()])
+    console.out.print(f"written: {escape(files)}")
+
+
 def span(layers: list[int]) -> str:
     if layers == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])

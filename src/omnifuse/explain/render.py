@@ -179,3 +179,68 @@ def write_explanation(
     obj["files"] = files
     atomic_write_text(out_dir / JSON_FILE, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
     return obj
+
+
+def classifier_png(result, out: Path) -> None:
+    """One panel per modality: the value of each feature group (token or block of dimensions)."""
+    mods = result.modalities
+    fig, axes = plt.subplots(1, len(mods), figsize=(4.2 * len(mods), 3.6), squeeze=False)
+    limit = max([float(np.abs(m.values).max(initial=0)) for m in mods] + [1e-12])
+    for ax, m in zip(axes[0], mods, strict=True):
+        xs = np.arange(len(m.values))
+        ax.bar(xs, m.values, color=["tab:red" if v >= 0 else "tab:blue" for v in m.values])
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_ylim(-limit * 1.05, limit * 1.05)
+        ax.set_xlabel(f"{m.unit} of the {m.modality} features", fontsize=8)
+        ax.set_title(f"{m.modality}: Σ {m.total:+.3f} nats", fontsize=9)
+    axes[0][0].set_ylabel(f"nats of log p({result.target!r})")
+    runs = "" if result.samples is None else f" ({result.samples} samples, seed {result.seed})"
+    fig.suptitle(
+        f"{METHOD_TITLES[result.method]}{runs} of log p({result.target!r}); red: for, blue: against",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def classifier_modality_png(results: dict, out: Path) -> None:
+    """Per method and modality, the sum of its feature groups' values (nats of log p(class))."""
+    methods = list(results)
+    mods = [m.modality for m in results[methods[0]].modalities]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(methods), 4))
+    width = 0.8 / len(mods)
+    for k, mod in enumerate(mods):
+        totals = [next(m.total for m in results[meth].modalities if m.modality == mod) for meth in methods]
+        ax.bar(np.arange(len(methods)) - 0.4 + width * (k + 0.5), totals, width=width, label=mod)
+    for x, r in enumerate(results.values()):
+        ax.plot([x - 0.4, x + 0.4], [r.log_prob - r.baseline_log_prob] * 2, color="black", linewidth=1.2)
+    ax.axhline(0, color="gray", linewidth=0.6)
+    ax.set_xticks(np.arange(len(methods)), [METHOD_TITLES[m] for m in methods], fontsize=8)
+    ax.set_ylabel("sum of attributions (nats of log p)")
+    target = next(iter(results.values())).target
+    ax.set_title(
+        f"modality contribution to log p({target!r})\nblack: log p(input) − log p(all features at 0)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_classifier_explanation(results: dict, inputs: dict, out_dir: Path) -> dict:
+    """PNG per method, modality.png and explain.json for a classifier run; returns the JSON written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for method, result in results.items():
+        classifier_png(result, out_dir / f"{method}.png")
+        files[method] = f"{method}.png"
+    classifier_modality_png(results, out_dir / MODALITY_PNG)
+    files["modality"] = MODALITY_PNG
+    first = next(iter(results.values()))
+    obj = {"task": "classify", "inputs": inputs, "class": first.target, "class_probs": first.class_probs,
+           "methods": list(results), "perturbation": {m: r.to_json() for m, r in results.items()}, "files": files}  # fmt: skip
+    atomic_write_text(out_dir / JSON_FILE, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    return obj

@@ -91,6 +91,15 @@ class ClassifyTask:
     ):  # fmt: skip
         raise no_language_model(run, "classifier")
 
+    def explain_inputs(
+        self, run: RunDir, question: str, image: Path | None, audio: Path | None,
+        device: str | None = None, dtype: str | None = None,
+    ):  # fmt: skip
+        """(model, one sample's normalised features per modality, classes) for ``omnifuse explain``."""
+        from omnifuse.tasks.classify.explainable import explain_inputs
+
+        return explain_inputs(run, question, image, audio, device, dtype)
+
     def training_samples(self, recipe: ClassifierRecipe) -> int:
         from omnifuse.data.sources import load_data
 
