@@ -97,8 +97,8 @@ def test_an_interrupted_run_resumes(tmp_path, color_data, monkeypatch):
     out = tmp_path / "out"
     real_save = loop.save_checkpoint
 
-    def crash(folder, model, names, optimizer, progress):
-        real_save(folder, model, names, optimizer, progress)
+    def crash(folder, model, names, optimizer, progress, **kw):
+        real_save(folder, model, names, optimizer, progress, **kw)
         if "linear" in str(folder) and (progress["stage"], progress["step"]) == (1, 2):
             raise KeyboardInterrupt
 
