@@ -15,7 +15,15 @@ from omnifuse.data.boxes import denormalise, first_box, parse_grounding
 from omnifuse.data.converters import convert
 from omnifuse.data.refcoco import from_refcoco
 from omnifuse.data.sample import load_jsonl
-from omnifuse.data.shapes_grounding import BACKGROUND, SIDE, draw_scene, random_scene, referring_phrase
+from omnifuse.data.shapes_grounding import (
+    BACKGROUND,
+    RELATIONS,
+    SIDE,
+    _related,
+    draw_scene,
+    random_scene,
+    referring_phrase,
+)
 from omnifuse.errors import OmnifuseError
 
 
@@ -31,6 +39,19 @@ def test_drawn_shapes_fill_exactly_their_boxes():
             assert (xs.min() + left - 1, ys.min() + top - 1, xs.max() + left, ys.max() + top) == s.box
 
 
+def _referents(phrase: str, scene) -> list:
+    """The shapes of ``scene`` that ``phrase`` describes, read back from its words."""
+    words = phrase.removeprefix("the ")
+    relation = next((r for r in RELATIONS if f" {r} the " in words), None)
+    own, anchor_shape = words.split(f" {relation} the ") if relation else (words, None)
+    attrs = own.split(" ")
+    fits = [s for s in scene if all(w in (s.size, s.color, s.shape) for w in attrs) and s.shape == attrs[-1]]
+    if relation is None:
+        return fits
+    (anchor,) = [a for a in scene if a.shape == anchor_shape]  # anchors are unique by their kind
+    return [s for s in fits if s is not anchor and _related(s, anchor, relation)]
+
+
 def test_phrases_pick_out_one_shape():
     rng = random.Random(1)
     relational = 0
@@ -40,14 +61,9 @@ def test_phrases_pick_out_one_shape():
             phrase = referring_phrase(s, scene, rng)
             if phrase is None:
                 continue
-            words = phrase.removeprefix("the ").split(" ")
-            relational += " of " in phrase or " above " in phrase or " below " in phrase
-            assert s.shape in words
-            others = [o for o in scene if o is not s and all(getattr(o, k) in words or getattr(s, k) not in words
-                                                             for k in ("shape", "color", "size"))]  # fmt: skip
-            if not any(r in phrase for r in ("left of", "right of", "above", "below")):
-                assert others == []
-    assert relational > 10  # "the small red circle left of the triangle" occurs
+            relational += any(f" {r} the " in phrase for r in RELATIONS)
+            assert _referents(phrase, scene) == [s], phrase
+    assert relational > 100  # "the small red circle left of the triangle" is common
 
 
 def test_export_writes_three_kinds_and_the_cli_reports_the_files(tmp_path, capsys):

@@ -2,8 +2,9 @@
 
 Every scene is a ``SIDE``×``SIDE`` image with 2–4 shapes (circle, square, triangle; red, green, blue,
 yellow; small or large) that never overlap. Each shape gets the shortest phrase that picks it out alone —
-"the circle", "the red circle", "the small red circle" — or, where its own attributes do not, a relation
-to a shape that is unique by its kind: "the small red circle left of the triangle". Boxes are the exact
+"the circle", "the red circle", "the small red circle" — in 30 % of cases with a relation to a shape that
+is unique by its kind added ("the red circle left of the triangle"), and where its own attributes do not
+single it out, all of them and such a relation: "the small red circle left of the triangle". Boxes are the exact
 drawn extents, normalised to ``[0, 1000)`` (:mod:`omnifuse.data.boxes`).
 
 Three kinds of sample per scene (``meta.task`` chooses the metric in ``omnifuse eval``, ``meta.question_type``
@@ -35,13 +36,16 @@ from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, write_jso
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
 
-VERSION = 1  # part of the export's manifest: a change of scene or wording rebuilds cached exports
+VERSION = 2  # part of the export's manifest: a change of scene or wording rebuilds cached exports
 SIDE = 128
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 SIZES = {"small": (16, 22), "large": (32, 42)}  # side of the shape's box in pixels, per size word
 BACKGROUND = (245, 245, 245)
 RELATIONS = ("left of", "right of", "above", "below")
+RELATION_SHARE = (
+    0.3  # share of uniquely described shapes that also get a relation ("... left of the triangle")
+)
 DEFAULT_SCENES = {"train": 3000, "test": 300}
 
 
@@ -111,13 +115,9 @@ def _related(a: Shape, b: Shape, relation: str) -> bool:
     return {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}[relation]
 
 
-def referring_phrase(target: Shape, scene: list[Shape], rng: random.Random) -> str | None:
-    """The shortest attribute phrase unique to ``target``; else its full attributes plus a relation to
-    a shape unique by its kind; None when no such phrase exists (the shape is left out)."""
-    for keys in _ATTRIBUTE_SETS:
-        if sum(_matches(s, keys, target) for s in scene) == 1:
-            return f"the {target.words(keys)}"
-    keys = ("size", "color", "shape")
+def _relations(target: Shape, scene: list[Shape], keys: tuple[str, ...]) -> list[str]:
+    """Phrases "the <keys words> <relation> the <anchor shape>" that pick out ``target`` alone, with
+    anchors unique by their kind of shape."""
     anchors = [a for a in scene if a is not target and sum(s.shape == a.shape for s in scene) == 1]
     options = []
     for anchor in anchors:
@@ -125,6 +125,18 @@ def referring_phrase(target: Shape, scene: list[Shape], rng: random.Random) -> s
             chosen = [s for s in scene if _matches(s, keys, target) and _related(s, anchor, relation)]
             if chosen == [target]:
                 options.append(f"the {target.words(keys)} {relation} the {anchor.shape}")
+    return options
+
+
+def referring_phrase(target: Shape, scene: list[Shape], rng: random.Random) -> str | None:
+    """The shortest attribute phrase unique to ``target`` ("the red circle"), in RELATION_SHARE of the
+    cases with a relation to a shape unique by its kind added ("the red circle left of the triangle");
+    where no attributes are unique, all three plus a relation; None when nothing picks it out."""
+    for keys in _ATTRIBUTE_SETS:
+        if sum(_matches(s, keys, target) for s in scene) == 1:
+            options = _relations(target, scene, keys) if rng.random() < RELATION_SHARE else []
+            return rng.choice(options) if options else f"the {target.words(keys)}"
+    options = _relations(target, scene, ("size", "color", "shape"))
     return rng.choice(options) if options else None
 
 
