@@ -175,7 +175,9 @@ def data_shapes_grounding(
 
 @data_app.command("convert")
 def data_convert(
-    kind: Annotated[str, typer.Argument(help="source format: llava, sharegpt or openai")],
+    kind: Annotated[
+        str, typer.Argument(help="source format: llava, sharegpt, openai, coco-captions or refcoco")
+    ],
     src: Path,
     out_file: Annotated[Path, typer.Option("--out", help="JSONL file to write")],
     images: Annotated[

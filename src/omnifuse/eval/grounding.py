@@ -120,7 +120,7 @@ def grounding_table(summary: dict) -> tuple[str, tuple[str, ...], list[tuple[str
 
 
 def boxes_outside_view(samples: Sequence[Sample], input_region) -> dict | None:
-    """How many reference boxes of these grounding samples (in their first image) the image encoder's view
+    """How many reference boxes of these grounding samples (in their last image) the image encoder's view
     cuts: ``input_region(w, h)`` is the part of a ``w``×``h`` image the encoder keeps (a centre crop keeps
     less than the whole image).
     ``{"boxes", "cut", "outside"}``: boxes partly / wholly outside the view; None without grounding
@@ -133,7 +133,7 @@ def boxes_outside_view(samples: Sequence[Sample], input_region) -> dict | None:
     total = cut = outside = 0
     for s in samples:
         if s.images():
-            source = s.images()[0]
+            source = s.images()[-1]  # boxes refer to the latest image, as Qwen-VL draws them
             try:
                 size = source.size if isinstance(source, Image.Image) else Image.open(source).size
             except (OSError, ValueError):
