@@ -38,7 +38,13 @@ def chat(
     question: Annotated[
         str | None, typer.Argument(help="one question; leave out for an interactive chat")
     ] = None,
-    image: Annotated[Path | None, typer.Option(help="image file to ask about")] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="image file to ask about; repeat for several, placed in order before the question or at its "
+            "<image> markers ('compare <image> with <image>')"
+        ),
+    ] = None,
     audio: Annotated[
         Path | None, typer.Option(help="a spoken question (wav/flac/ogg/mp3; models with audio input)")
     ] = None,
@@ -58,7 +64,7 @@ def chat(
     device: Device = None,
     dtype: Dtype = None,
 ) -> None:
-    """Ask a trained model about an image, typed or spoken (one question, or interactive with /image,
+    """Ask a trained model about images, typed or spoken (one question, or interactive with /image,
     /audio, /reset, /quit)."""
     from omnifuse.generation.chat import ChatSession
     from omnifuse.rundir import RunDir
@@ -68,14 +74,14 @@ def chat(
     check_placement(device, dtype)
     if speak is not None:
         _check_speech_out(speak)
-    if image is not None:  # checked before the model loads: a wrong path fails in milliseconds
-        open_image(image, "image file")
+    for path in image or []:  # checked before the model loads: a wrong path fails in milliseconds
+        open_image(path, "image file")
     if out is not None:
         _check_boxes_out(out, image, question is not None or audio is not None)
     recipe, model, processor = load_language_model(RunDir(run_dir), device=device, dtype=dtype)
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
-    if image is not None:
-        session.set_image(image)
+    for path in image or []:
+        session.add_image(path)
     if question is not None or audio is not None:
         answer = session.ask(question, audio)
         console.out.print(escape(answer))
@@ -121,7 +127,8 @@ def _draw_boxes(answer: str, image, out: Path) -> None:
 def _interactive(session, speak: Path | None, voice: str) -> None:
     """The chat loop: questions, /image PATH, /audio PATH, /reset, /quit; a bad path keeps the chat going."""
     console.err.print(
-        "interactive chat: type a question; /image PATH, /audio PATH (a spoken question), /reset, /quit"
+        "interactive chat: type a question; /image PATH (again for several; <image> in the question places "
+        "them), /audio PATH (a spoken question), /reset, /quit"
     )
     while True:
         try:
@@ -136,8 +143,9 @@ def _interactive(session, speak: Path | None, voice: str) -> None:
             if line == "/reset":
                 session.reset()
             elif line.startswith("/image"):
-                session.set_image(Path(line.removeprefix("/image").strip()))
-                console.err.print("image set")
+                session.add_image(Path(line.removeprefix("/image").strip()))
+                n = len(session.images)
+                console.err.print(f"{n} images attached to the next question" if n > 1 else "image attached")
             else:
                 spoken = line.startswith("/audio")
                 clip = Path(line.removeprefix("/audio").strip()) if spoken else None
