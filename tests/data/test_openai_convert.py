@@ -214,3 +214,51 @@ def test_native_parts_without_an_openai_form_are_refused(tmp_path):
     sample = Sample("s", (Message("user", (AudioPart(tmp_path / "q.flac"),)),))
     with pytest.raises(OmnifuseError, match="wav or mp3"):
         to_openai(sample)
+
+
+# --------------------------------------------------------------------------- video_url
+
+
+def mp4_bytes(tmp_path: Path) -> bytes:
+    from omnifuse.video.write import write_video
+
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    frames[:, :, :16] = 200
+    return write_video(tmp_path / "clip.mp4", frames, fps=4).read_bytes()
+
+
+def test_video_url_round_trip_and_refusals(tmp_path):
+    clip = mp4_bytes(tmp_path)
+    video = {"type": "video_url", "video_url": {"url": data_url(clip, "video/mp4")}}
+    entry = {"id": "v", "messages": [{"role": "user", "content": [text("watch"), video, text("and"), image(RED)]},
+                                     {"role": "assistant", "content": [text("a square")]}]}  # fmt: skip
+    src = write_lines(tmp_path / "v.jsonl", [entry])
+    out = tmp_path / "out" / "v.jsonl"
+    convert("openai", src, out)
+    (sample,) = load_jsonl(out)
+    (part,) = sample.videos()
+    assert part.path.parent == out.parent / "media" and part.path.suffix == ".mp4"
+    assert part.path.read_bytes() == clip
+    assert to_openai(sample) == entry
+    # A file path is referenced where it is; a broken video, a non-video data URL and one in an assistant
+    # message are refused, each named.
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"x" * 100)
+    bad = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "video_url", "video_url": {"url": "broken.mp4"}}]}
+            ]
+        },
+        {"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": RED}}]}]},
+        {"messages": [{"role": "assistant", "content": [video]}]},
+    ]
+    with pytest.raises(OmnifuseError) as exc:
+        from_openai(write_lines(tmp_path / "bad.jsonl", bad), media_dir=tmp_path / "m")
+    rows = str(exc.value).splitlines()
+    assert "not a readable video" in rows[1] or "corrupt" in rows[1], rows[1]
+    assert "of type 'image/png'" in rows[2] and "videos are only allowed in user messages" in rows[3]
+    path_entry = {
+        "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "clip.mp4"}}]}]
+    }
+    (by_path,) = from_openai(write_lines(tmp_path / "p.jsonl", [path_entry]))
+    assert by_path.videos()[0].path == tmp_path / "clip.mp4"

@@ -33,6 +33,7 @@ class MediaError(ValueError):
 class MediaLimits:
     max_bytes: int = 10 * 1024**2  # per media item, after base64 decoding
     max_pixels: int = MAX_PIXELS  # width × height
+    max_video_bytes: int = 64 * 1024**2  # per video, after base64 decoding
     allow_remote: bool = False
     remote_timeout_s: float = 10.0
 
@@ -119,3 +120,25 @@ def image_data_url(url: str, limits: MediaLimits, what: str = "the image") -> tu
     if mime and not mime.startswith("image/"):
         raise MediaError(f"{what} is a data URL of type {mime!r}, not an image")
     return raw, decode_image(raw, limits, what)
+
+
+def video_data_url(url: str, limits: MediaLimits, what: str = "the video") -> tuple[str, bytes]:
+    """A ``data:video/...;base64,`` URL → (its MIME type, the file's bytes); the bytes are not decoded here."""
+    mime, raw = parse_data_url(url, what, limits.max_video_bytes)
+    if not mime.startswith("video/"):
+        shown = f"of type {mime!r}" if mime else "without a type"
+        raise MediaError(
+            f"{what} is a data URL {shown}; send data:video/mp4;base64,... (or another video type)"
+        )
+    return mime, raw
+
+
+def check_video(source: bytes | str, what: str = "the video") -> None:
+    """Refuse a video that cannot be read (one frame is decoded; duration and size within omnifuse.video's
+    bounds)."""
+    from omnifuse.video.io import Sampling, load_video
+
+    try:
+        load_video(source, Sampling(uniform=1), name=what)
+    except OmnifuseError as exc:
+        raise MediaError(str(exc)) from None

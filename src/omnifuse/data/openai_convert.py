@@ -1,16 +1,16 @@
 """OpenAI messages ↔ native samples: ``omnifuse data convert openai SRC --out FILE.jsonl`` and back.
 
 The source holds one conversation per JSONL line (or one JSON list of them), in the message JSON the
-server takes — OpenAI's fine-tuning format ``{"messages": [...]}``, with an optional ``"id"`` and ``"meta"``
+server takes (``text``, ``image_url``, ``input_audio`` and ``video_url`` parts) — OpenAI's fine-tuning format ``{"messages": [...]}``, with an optional ``"id"`` and ``"meta"``
 (other top-level keys, such as a request's ``"model"``, are ignored as the server ignores them). The
 messages are parsed by the server's own parser (:mod:`omnifuse.data.openai_messages`); here the media
 become files:
 
-* a ``data:`` URL (``image_url``) or an ``input_audio`` payload is decoded and checked (size, pixel
-  count, a readable image or clip of at most 30 s) and written to ``media/`` beside the output, named by
+* a ``data:`` URL (``image_url``, ``video_url``) or an ``input_audio`` payload is decoded and checked
+  (size, pixel count, a readable image, a clip of at most 30 s, a video with a frame to decode) and written to ``media/`` beside the output, named by
   its content hash, so a picture used by many samples is stored once;
-* an ``image_url`` that is a file path (relative to ``--images``, default the source's folder) or a
-  ``file://`` URL is referenced where it is; http(s) URLs are refused (nothing is downloaded).
+* an ``image_url`` or ``video_url`` that is a file path (relative to ``--images``, default the source's
+  folder) or a ``file://`` URL is referenced where it is; http(s) URLs are refused (nothing is downloaded).
 
 :func:`to_openai` goes back: every part kept in order, files embedded as data URLs.
 """
@@ -21,6 +21,7 @@ import base64
 import hashlib
 import io
 import json
+import mimetypes
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -34,19 +35,22 @@ from omnifuse.data.inline_media import (
     MediaError,
     MediaLimits,
     b64decode,
+    check_video,
     decode_audio,
     image_data_url,
     is_data_url,
+    video_data_url,
 )
 from omnifuse.data.openai_messages import (
     AudioContent,
     ChatMessage,
     ImageContent,
     PartError,
+    VideoContent,
     native_messages,
     validation_problem,
 )
-from omnifuse.data.sample import AudioPart, ImagePart, Sample, TextPart, problem_list
+from omnifuse.data.sample import AudioPart, ImagePart, Sample, TextPart, VideoPart, problem_list
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, parse_json, read_bytes, read_text
 
@@ -56,7 +60,9 @@ AUDIO_FORMATS = ("wav", "mp3")  # what OpenAI's input_audio takes
 _HINT = (
     'Each entry is {"messages": [{"role": "system"|"user"|"assistant", "content": TEXT or [parts]}, ...], '
     '"id"?: ..., "meta"?: {...}} with parts {"type": "text", "text": ...}, {"type": "image_url", "image_url": '
-    '{"url": DATA_URL or PATH}} or {"type": "input_audio", "input_audio": {"data": BASE64, "format": "wav"|"mp3"}}.'
+    '{"url": DATA_URL or PATH}}, {"type": "input_audio", "input_audio": {"data": BASE64, "format": "wav"|"mp3"}} '
+    "or "
+    '{"type": "video_url", "video_url": {"url": DATA_URL or PATH}}.'
 )
 
 
@@ -94,6 +100,16 @@ class _FileMedia:
         decode_audio(raw, MAX_CLIP_SECONDS, what)  # checked now: a broken clip fails here, not in training
         return AudioPart(self._store(raw, part.input_audio.format))
 
+    def video(self, part: VideoContent, where: str) -> VideoPart:
+        url, what = part.video_url.url, f"the video at {where}"
+        if not is_data_url(url):
+            path = self._local(url, what)
+            check_video(str(path), what)
+            return VideoPart(path)
+        mime, raw = video_data_url(url, self.limits, what)
+        check_video(raw, what)  # one frame decoded: a broken clip fails here, not in training
+        return VideoPart(self._store(raw, (mimetypes.guess_extension(mime) or ".mp4").lstrip(".")))
+
     def _store(self, raw: bytes, ext: str) -> Path:
         path = self.media_dir / f"{hashlib.sha256(raw).hexdigest()[:24]}.{ext}"
         if not (path.is_file() and path.stat().st_size == len(raw)):
@@ -105,7 +121,7 @@ class _FileMedia:
         scheme = urlsplit(url).scheme.lower()
         if scheme in ("http", "https"):
             raise MediaError(
-                f"{what} is a remote URL ({url[:80]}); the converter downloads nothing: download the image "
+                f"{what} is a remote URL ({url[:80]}); the converter downloads nothing: download the file "
                 "and give its path, or embed it as a data URL"
             )
         if scheme == "file":
@@ -201,6 +217,21 @@ def _input_audio(part: AudioPart, limits: MediaLimits) -> dict[str, str]:
     return {"data": base64.b64encode(raw).decode("ascii"), "format": fmt}
 
 
+def _video_url(part: VideoPart, sample_id: str, limits: MediaLimits) -> str:
+    if part.start is not None or part.end is not None:
+        raise OmnifuseError(
+            f"sample {sample_id}: its video {part.path or ''} has a start or an end, which OpenAI's video_url "
+            "cannot say; cut the clip to that part first"
+        )
+    raw = part.data if part.data is not None else read_bytes(part.path, "video file", limits.max_video_bytes)
+    mime = mimetypes.guess_type(part.path.name)[0] if part.path is not None else "video/mp4"
+    if not (mime or "").startswith("video/"):
+        raise OmnifuseError(
+            f"video file {part.path}: its type is not known from its name; give it a video suffix (.mp4, .webm)"
+        )
+    return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
+
+
 def to_openai(sample: Sample, limits: MediaLimits | None = None) -> dict[str, Any]:
     """A sample as one OpenAI messages entry (``id``, ``messages``, ``meta``): each part in order, image
     files as data URLs of their own bytes, clips as ``input_audio``."""
@@ -215,6 +246,8 @@ def to_openai(sample: Sample, limits: MediaLimits | None = None) -> dict[str, An
                 content.append({"type": "image_url", "image_url": {"url": _image_url(p, limits)}})
             elif isinstance(p, AudioPart):
                 content.append({"type": "input_audio", "input_audio": _input_audio(p, limits)})
+            elif isinstance(p, VideoPart):
+                content.append({"type": "video_url", "video_url": {"url": _video_url(p, sample.id, limits)}})
             else:
                 raise OmnifuseError(
                     f"sample {sample.id}: a {type(p).__name__} has no OpenAI message form (text, image_url and "

@@ -1,7 +1,8 @@
 """OpenAI chat messages → native messages: the one parser behind the server's requests and
 ``omnifuse data convert openai``.
 
-The wire schema (pydantic: ``text``, ``image_url``, ``input_audio`` parts), the walk from content parts to
+The wire schema (pydantic: ``text``, ``image_url``, ``input_audio`` and ``video_url`` parts — the last as vLLM
+takes it, ``{"type": "video_url", "video_url": {"url": ...}}``), the walk from content parts to
 native parts and the rules of the roles (media in user messages only, a system message first and text
 only) live here. What a media part becomes is the caller's, through a :class:`MediaReader`: the server
 decodes it in memory and checks it against the model's inputs, the converter writes it to a file beside
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from omnifuse.data.inline_media import MediaError
-from omnifuse.data.sample import AudioPart, ImagePart, Message, Part, TextPart
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Part, TextPart, VideoPart
 
 T = TypeVar("T")
 
@@ -50,7 +51,16 @@ class AudioContent(_Strict):
     input_audio: InputAudio
 
 
-ContentPart = Annotated[TextContent | ImageContent | AudioContent, Field(discriminator="type")]
+class VideoURL(_Strict):
+    url: str
+
+
+class VideoContent(_Strict):
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[TextContent | ImageContent | AudioContent | VideoContent, Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):
@@ -75,6 +85,8 @@ class MediaReader(Protocol):
     def image(self, part: ImageContent, where: str) -> ImagePart: ...
 
     def audio(self, part: AudioContent, where: str) -> AudioPart: ...
+
+    def video(self, part: VideoContent, where: str) -> VideoPart: ...
 
 
 def validation_problem(exc: ValidationError) -> tuple[str, str]:
@@ -103,10 +115,12 @@ def _part(part: Any, where: str, role: str, reader: MediaReader) -> Part:
     if isinstance(part, TextContent):
         return TextPart(part.text)
     if role != "user":
-        what = "audio is" if isinstance(part, AudioContent) else "images are"
+        what = {AudioContent: "audio is", VideoContent: "videos are"}.get(type(part), "images are")
         raise PartError(f"{where}: {what} only allowed in user messages", where)
     if isinstance(part, AudioContent):
         return _read(lambda: reader.audio(part, where), f"{where}.input_audio.data")
+    if isinstance(part, VideoContent):
+        return _read(lambda: reader.video(part, where), f"{where}.video_url.url")
     return _read(lambda: reader.image(part, where), f"{where}.image_url.url")
 
 

@@ -29,8 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omnifuse.audio.tts import espeak_available, synthesize
-from omnifuse.data.openai_messages import AudioContent, ImageContent, PartError, native_messages
-from omnifuse.data.sample import AudioPart, ImagePart, Sample
+from omnifuse.data.inline_media import is_data_url, video_data_url
+from omnifuse.data.openai_messages import AudioContent, ImageContent, PartError, VideoContent, native_messages
+from omnifuse.data.sample import AudioPart, ImagePart, Sample, VideoPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.processing import Encoded
@@ -135,6 +136,16 @@ class _RequestMedia:
         return ImagePart(
             image=load_image_url(part.image_url.url, self.settings.media, f"the image at {where}")
         )
+
+    def video(self, part: VideoContent, where: str) -> VideoPart:
+        if "video" not in self.modalities:
+            raise PartError(f"{where}: this model takes no video; send text or images", where)
+        url, what = part.video_url.url, f"the video at {where}"
+        if not is_data_url(url):  # decoded by the processor, within omnifuse.video's bounds
+            raise PartError(
+                f"{what} must be a base64 data URL (data:video/mp4;base64,...)", f"{where}.video_url.url"
+            )
+        return VideoPart(data=video_data_url(url, self.settings.media, what)[1])
 
 
 class ChatService:
