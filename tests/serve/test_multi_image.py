@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import httpx
+import pytest
 from PIL import Image
 
 from omnifuse.data.sample import ImagePart, TextPart
@@ -58,3 +59,20 @@ def test_video_url_to_a_model_without_video_is_a_400(server):
     res = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
     assert res.status_code == 400 and "takes no video" in res.json()["error"]["message"]
     assert res.json()["error"]["param"] == "messages.0.content.0"
+
+
+def test_video_url_of_a_video_model_becomes_the_clip_bytes(server, monkeypatch):
+    monkeypatch.setattr(server.service, "modalities", {"image", "video"})  # as a model with a video encoder
+    raw = b"\x00\x00\x00\x18ftypmp42 not decoded here"
+    video = lambda url: {"type": "video_url", "video_url": {"url": url}}  # noqa: E731
+    request = lambda *parts: P.ChatRequest.model_validate(  # noqa: E731
+        {"model": "tiny", "messages": [{"role": "user", "content": list(parts)}]}
+    )
+    url = "data:video/mp4;base64," + base64.b64encode(raw).decode()
+    sample = server.service.to_sample(request({"type": "text", "text": "what moves?"}, video(url)))
+    assert [v.data for v in sample.videos()] == [raw]  # the processor decodes it, within its bounds
+    for bad, needle in [("https://example.com/a.mp4", "base64 data URL"), (png_data_url(), "'image/png'")]:
+        with pytest.raises(P.APIError) as exc:
+            server.service.to_sample(request(video(bad)))
+        assert exc.value.status == 400 and needle in exc.value.message
+        assert exc.value.param == "messages.0.content.0.video_url.url"
