@@ -36,7 +36,7 @@ def test_facts_from_questions_and_answers(tmp_path):
         ("image-1", "a blue circle", [Path("b.png")]),
         ("image-3", "a green triangle", [Path("d.png")]),
     ]
-    assert dict(caps[0].meta) == {"color": "red", "shape": "triangle", "image_id": 7}
+    assert dict(caps[0].meta) == {"task": "caption", "color": "red", "shape": "triangle", "image_id": 7}
     # Native format: a user turn with only the image, an assistant turn with the caption; it round-trips.
     (tmp_path / "a.png").write_bytes(b"")
     moved = [Sample(c.id, (Message("user", (ImagePart(tmp_path / "a.png"),)), c.messages[1])) for c in caps]

@@ -4,7 +4,8 @@ easy-vqa has no captions, but every question states or implies facts about its i
 is the triangle?" → red says the shape is a red triangle; "is there not a blue shape?" → no says it
 is blue. Collecting the facts per image gives captions such as "a red triangle". The result is in the
 native format (a user turn with the image, an assistant turn with the caption), so it loads like any
-other data set: ``easy-vqa-captions:train`` in a recipe.
+other data set: ``easy-vqa-captions:train`` in a recipe. ``meta.task: caption`` makes ``omnifuse eval`` score
+it with BLEU-4 / CIDEr-D / ROUGE-L (:mod:`omnifuse.eval.captioning`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from omnifuse.data.easy_vqa import SHAPES, YES_NO, ensure_easy_vqa
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl, write_jsonl
 from omnifuse.errors import OmnifuseError
 
-FORMAT_VERSION = 2  # part of the file name: a change of caption wording writes new files
+FORMAT_VERSION = 3  # part of the file name: a change of caption wording (v3: meta.task) writes new files
 
 
 def _colors() -> frozenset[str]:
@@ -66,7 +67,7 @@ def captions_from_vqa(samples: Sequence[Sample]) -> list[Sample]:
     for k, (image, facts) in enumerate(found.items()):
         if facts["color"] is None or facts["shape"] is None:
             continue
-        meta: dict[str, object] = dict(facts)
+        meta: dict[str, object] = {"task": "caption", **facts}  # task: scored by the caption metrics
         image_id = first[image].meta.get("image_id")
         if image_id is not None:
             meta["image_id"] = image_id

@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omnifuse.data.converters import _image_root, _read_json
 from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, _normabs, problem_list
 from omnifuse.errors import OmnifuseError
+from omnifuse.untrusted import MAX_DATA_BYTES, parse_json, read_text
 
 FORMAT = 'COCO captions ({"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]})'
 
@@ -70,12 +70,16 @@ def from_coco_captions(
     the JSON file's folder). Every problem (bad entries, unknown image ids, images without a caption,
     missing image files) is reported at once."""
     src = Path(path)
-    data = _read_json(src, "COCO captions")
+    data = parse_json(read_text(src, "COCO captions file", MAX_DATA_BYTES), f"COCO captions file {src}")
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations")
     ):
         raise OmnifuseError(f"{src} is not {FORMAT}: it needs the lists 'images' and 'annotations'.")
-    root = _image_root(src, image_folder)
+    root = _normabs(src.parent if image_folder is None else Path(image_folder))
+    if not root.is_dir():
+        raise OmnifuseError(
+            f"image folder {root} does not exist or is not a folder; pass the folder holding the images."
+        )
     problems: list[str] = []
     images = _images(data, src, root, problems)
     captions = _captions(data, src, images, problems)

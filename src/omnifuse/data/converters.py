@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from omnifuse.data.coco_captions import from_coco_captions
 from omnifuse.data.entries import json_entries
 from omnifuse.data.openai_convert import MEDIA_FOLDER, from_openai
 from omnifuse.data.refcoco import from_refcoco
@@ -233,18 +234,10 @@ def from_sharegpt(path: Path | str, image_folder: Path | str | None = None) -> l
     return _convert_entries(src, entries, build, lambda i: f"{src.stem}-{i}", "ShareGPT format")
 
 
-def from_coco_captions(path: Path | str, image_folder: Path | str | None = None) -> list[Sample]:
-    """COCO-captions files: one caption sample per image (:mod:`omnifuse.data.coco_captions`)."""
-    # Imported here: coco_captions uses this module's helpers.
-    from omnifuse.data.coco_captions import from_coco_captions as convert_coco
-
-    return convert_coco(path, image_folder)
-
-
 CONVERTERS: dict[str, Callable[..., list[Sample]]] = {
     "llava": from_llava_json,
     "sharegpt": from_sharegpt,
-    "coco-captions": from_coco_captions,
+    "coco-captions": from_coco_captions,  # omnifuse.data.coco_captions
     "refcoco": from_refcoco,  # referring expressions → Qwen-VL box answers (data/refcoco.py)
 }
 # Formats that carry media inside the data: the decoded media are written to MEDIA_FOLDER beside the output.

@@ -23,6 +23,7 @@ from omnifuse.atomic import atomic_write_text
 from omnifuse.data.sample import Sample
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
+from omnifuse.eval.captioning import caption_table
 from omnifuse.eval.report import plot_loss
 from omnifuse.eval.runfiles import (
     EVALUATION,
@@ -182,6 +183,23 @@ def explanation_figures(
     return figures, reason
 
 
+def caption_tables(evaluation: dict | None, path: Path) -> list[dict]:
+    """Per captioning stage in eval.json (``captions``): its data, decoder, table and example captions."""
+    out = []
+    try:
+        for stage, scores in ((evaluation or {}).get("captions") or {}).items():
+            title, columns, rows = caption_table(scores)
+            examples = [(str(e["id"]), str(e["prediction"]), " / ".join(map(str, e["references"])))
+                        for e in scores.get("examples", [])]  # fmt: skip
+            out.append({"stage": stage, "data": str(scores["data"]), "decoder": str(scores["decoder"]),
+                        "title": title, "columns": columns, "rows": rows, "examples": examples})  # fmt: skip
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise OmnifuseError(
+            f"{path}: its captions section is damaged ({type(exc).__name__}: {exc}); run omnifuse eval again"
+        ) from None
+    return out
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("omnifuse.eval", "templates"),
@@ -209,6 +227,7 @@ def write_html_report(
     metrics = read_records(run.metrics_file, STEP, "metrics file") if run.metrics_file.exists() else []
     recipe_yaml = read_text(run.recipe_file, "run recipe")
     cards = sample_cards(run, samples)
+    captions = caption_tables(evaluation, run.path / "eval.json")
     if loaded is None:  # eval sits below the tasks, which load runs (omnifuse.tasks.load_language_model)
         raise TypeError("pass loaded=(recipe, model, processor) of the run, or a function returning it")
     recipe, model, processor = loaded() if callable(loaded) else loaded
@@ -227,6 +246,7 @@ def write_html_report(
             version=__version__,
             evaluation=evaluation,
             robustness=robustness,
+            captions=captions,
             manifest=manifest,
             curve=png_data_url(curve) if has_curve else None,
             steps=len(metrics),

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omnifuse.atomic import atomic_write_text  # noqa: E402
 from omnifuse.data.sample import Sample  # noqa: E402
 from omnifuse.errors import OmnifuseError  # noqa: E402
+from omnifuse.eval.captioning import caption_table  # noqa: E402
 from omnifuse.eval.probes import ProbeRow  # noqa: E402
 from omnifuse.eval.runfiles import STEP, read_records  # noqa: E402
 from omnifuse.eval.vqa import VQAResult  # noqa: E402
@@ -110,6 +111,24 @@ def _robustness_table(result: VQAResult, probes: list[ProbeRow]) -> list[str]:
     return lines
 
 
+def caption_sections(captions: dict | None) -> list[str]:
+    """Markdown per captioning stage: BLEU-4 / CIDEr-D / ROUGE-L with CIs, then a few captions."""
+    lines: list[str] = []
+    for stage, scores in (captions or {}).items():
+        title, columns, rows = caption_table(scores)
+        lines += [f"## Captioning: stage {stage}", "",
+                  f"Held-out images of `{scores['data']}`, captioned by the {scores['decoder']} decoder; {title}.", "",
+                  "| " + " | ".join(columns) + " |", "|---|---:|", *("| " + " | ".join(r) + " |" for r in rows), ""]  # fmt: skip
+        examples = scores.get("examples") or []
+        if examples:
+            lines += ["| image | caption | references |", "|---|---|---|"]
+            lines += [
+                f"| {e['id']} | {e['prediction']!r} | {' / '.join(e['references'])} |" for e in examples
+            ]
+            lines.append("")
+    return lines
+
+
 def write_report(
     run: RunDir,
     result: VQAResult,
@@ -118,8 +137,10 @@ def write_report(
     timings: dict[str, float],
     data_ref: str,
     probes: list[ProbeRow] | None = None,
+    captions: dict | None = None,
 ) -> Path:
-    """Write RUN/report.md (+ loss.png, samples.png); returns the markdown path."""
+    """Write RUN/report.md (+ loss.png, samples.png); returns the markdown path. ``captions``: a qformer
+    stage's held-out captioning scores by stage (:mod:`omnifuse.eval.qformer_captions`)."""
     recipe = run.recipe()
     lines = [f"# omnifuse run: {recipe.name}", ""]
     lines.append(
@@ -138,6 +159,7 @@ def write_report(
     if probes:
         lines += ["## Robustness probes", "", "Same questions, changed inputs (omnifuse.eval.probes).", ""]
         lines += [*_robustness_table(result, probes), ""]
+    lines += caption_sections(captions)
     try:
         if plot_loss(run.metrics_file, run.path / "loss.png"):
             lines += ["## Training loss", "", "![loss](loss.png)", ""]

@@ -47,6 +47,14 @@ class QFormerObjective(Spec):
     losses: tuple[QFormerLoss, ...] = Field(
         ("itc", "itm", "itg"), min_length=1, description="which of BLIP-2's three losses are summed"
     )
+    eval: str | None = Field(
+        None,
+        description="held-out image-caption data (e.g. easy-vqa-captions:test) the Q-Former captions by ITG after "
+        "training, scored with BLEU-4 / CIDEr-D / ROUGE-L in eval.json and the report (omnifuse.eval.qformer_captions)",
+    )
+    eval_limit: int | None = Field(
+        500, ge=1, description="seeded subset of the eval images (data.eval_seed); null = all"
+    )
 
     @field_validator("losses")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from omnifuse.eval.captioning import caption_table
 from omnifuse.eval.scoring import metric_tables
 from omnifuse.tasks.base import Printout, TableData, percent
 
@@ -39,6 +40,10 @@ def eval_printout(outcome, run_dir) -> Printout:
         ]
         title = "robustness probes (same questions, changed inputs)"
         printout.append(TableData(title, ("probe", "accuracy", "answers changed"), tuple(rows)))
+    for stage, scores in (outcome.captions or {}).items():  # a qformer stage's held-out captions
+        title, columns, rows = caption_table(scores)
+        head = f"stage {stage}, {scores['decoder']} on {scores['data']} — {title}"
+        printout.append(TableData(head, columns, tuple(rows)))
     rep = outcome.reproduction
     if rep is not None:
         if rep.same:
