@@ -56,6 +56,11 @@ def test_every_encoder_satisfies_the_encoder_protocol(tmp_path):
         {"encoders": {"audio": {"type": "whisper"}}, "connectors": {"audio": {"type": "stack"}}}
     ).encoders["audio"]
     built[type(spec)] = make_whisper_encoder()  # its builder loads the packaged Whisper; same class
+    video = {"type": "frames", "image": {"type": "mobilenet_v2", **CNN}}
+    spec = ModelSpec.model_validate(
+        {"encoders": {"video": video}, "connectors": {"video": {"type": "frame_pool"}}}
+    ).encoders["video"]
+    built[type(spec)] = builders.build_encoder(spec)
     assert set(built) == set(builders.ENCODER_BUILDERS) - {EncoderPluginSpec}
     for spec_type, encoder in built.items():
         assert isinstance(encoder, Encoder), (spec_type, missing_members(encoder, Encoder))
@@ -78,7 +83,20 @@ def test_every_connector_and_fusion_satisfies_its_protocol(tmp_path):
             {"encoders": {modality: encoder}, "connectors": {modality: {"type": name, **options}}}
         ).connectors[modality]
         built[type(spec)] = builders.build_connector(spec, 16, 32)
-    assert set(built) == set(builders.CONNECTOR_BUILDERS) - {ConnectorPluginSpec}
+    frames = builders.build_encoder(
+        ModelSpec.model_validate(
+            {"encoders": {"video": {"type": "frames", "image": {"type": "mobilenet_v2", **CNN}}},
+             "connectors": {"video": {"type": "frame_pool"}}}
+        ).encoders["video"]
+    )  # fmt: skip
+    for name, options in {"frame_pool": {}, "video_qformer": {"hidden": 16, "heads": 2}}.items():
+        spec = ModelSpec.model_validate(
+            {"encoders": {"video": {"type": "frames", "image": {"type": "mobilenet_v2", **CNN}}},
+             "connectors": {"video": {"type": name, **options}}}
+        ).connectors["video"]  # fmt: skip
+        built[type(spec)] = builders.build_connector(spec, frames.output_dim, 32, frames)
+    every = set(builders.CONNECTOR_BUILDERS) | set(builders.VIDEO_CONNECTOR_BUILDERS)
+    assert set(built) == every - {ConnectorPluginSpec}
     for spec_type, connector in built.items():
         assert isinstance(connector, Connector), (spec_type, missing_members(connector, Connector))
 

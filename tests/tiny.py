@@ -268,3 +268,67 @@ def write_spoken_dataset(folder: Path, n: int = 12) -> Path:
     path = folder / "spoken.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
+
+
+# ---------------------------------------------------------------------- tiny video parts and clips
+DIRECTIONS = {"left": -1, "right": 1}
+
+
+def write_video_dataset(folder: Path, n: int = 8, frames: int = 6, audio: bool = False) -> Path:
+    """Tiny clips (32×32, 4 fps): a coloured square moving left or right, 'which way does it move?' →
+    direction. Clip i has ``frames + i % 3`` frames (so fps sampling gives clips of different lengths);
+    with ``audio`` every clip carries a tone."""
+    from omnifuse.video import write_video
+
+    (folder / "clips").mkdir(parents=True, exist_ok=True)
+    names, lines = sorted(DIRECTIONS), []
+    for i in range(n):
+        way, color = names[i % 2], sorted(COLORS)[i % 3]
+        count = frames + i % 3
+        clip = np.full((count, 32, 32, 3), 230, dtype=np.uint8)
+        for f in range(count):
+            x = 4 + 3 * f if way == "right" else 24 - 3 * f
+            clip[f, 12:20, max(x, 0) : max(x, 0) + 6] = COLORS[color]
+        tone = None
+        if audio:
+            t = np.arange(int(16000 * count / 4)) / 16000
+            tone = (0.3 * np.sin(2 * np.pi * 300 * (1 + i % 3) * t)).astype(np.float32)
+        write_video(folder / "clips" / f"{i}.mp4", clip, 4, audio=tone)
+        lines.append(
+            {
+                "id": f"v{i}",
+                "messages": [
+                    {"role": "user", "content": [{"type": "video", "video": f"clips/{i}.mp4"},
+                                                 {"type": "text", "text": "which way does it move?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": way}]},
+                ],
+                "meta": {"question_type": "direction"},
+            }
+        )  # fmt: skip
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def video_recipe_dict(data: Path, connector: dict, sampling: dict | None = None, audio: bool = False) -> dict:
+    raw = tiny_recipe_dict(data)
+    raw["model"]["encoders"] = {
+        "video": {"type": "frames", "image": {"type": "mobilenet_v2", "weights": None},
+                  "sampling": sampling or {"uniform": 4}, "audio": audio},
+    }  # fmt: skip
+    raw["model"]["connectors"] = {"video": connector}
+    if audio:
+        raw["model"]["encoders"]["audio"] = {"type": "whisper", "weights": "injected-by-tests"}
+        raw["model"]["connectors"]["audio"] = {"type": "stack", "factor": 4}
+    return raw
+
+
+def make_video_parts(tokenizer, max_frames: int = 4, audio: bool = False) -> dict:
+    """Tiny parts for a video recipe: the tiny image encoder on every frame (+ a tiny Whisper encoder)."""
+    from omnifuse.encoders.video import FrameEncoder
+
+    parts = make_parts(tokenizer)
+    parts["encoders"] = {"video": FrameEncoder(TinyVisionEncoder(), max_frames)}
+    if audio:
+        parts["encoders"]["audio"] = make_whisper_encoder()
+    return parts

@@ -258,7 +258,8 @@ def test_the_cli_says_an_old_spelling_as_one_note_and_hides_library_warnings(tmp
     [
         ("photo", ["'photo' is not a modality", "did you mean 'image'?", "image or audio"]),
         ("imgae", ["did you mean 'image'?"]),
-        ("video", ["'video' is not a modality", "image or audio"]),
+        ("video", ["video parts need {type: frames"]),  # a modality, read by a frames encoder
+        ("movie", ["'movie' is not a modality", "did you mean 'video'?", "image or audio or video"]),
     ],
 )
 def test_modalities_are_a_closed_vocabulary_with_a_guess(name, expected):

@@ -281,3 +281,9 @@ def export_moving_shapes(
         out_dir, manifest, files.values(), lambda tmp: _build(tmp, clips, seed, progress), "moving-shapes"
     )
     return files
+
+
+def ensure_moving_shapes(cache_root: Path | str, progress: bool = True) -> dict[str, Path]:
+    """The default moving-shapes export in the asset cache (``cache_root/data/moving-shapes``): the
+    built-in data set ``moving-shapes:train|test|test-single|test-noaudio``."""
+    return export_moving_shapes(Path(cache_root) / "data" / "moving-shapes", progress=progress)

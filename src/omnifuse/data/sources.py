@@ -9,6 +9,7 @@ from omnifuse.assets import cache_dir
 from omnifuse.data.av_digits import ensure_av_digits
 from omnifuse.data.captions import ensure_easy_vqa_captions
 from omnifuse.data.easy_vqa import ensure_easy_vqa
+from omnifuse.data.moving_shapes import ensure_moving_shapes
 from omnifuse.data.sample import Sample, load_jsonl
 from omnifuse.data.shapes_grounding import ensure_shapes_grounding
 from omnifuse.data.spoken_easy_vqa import ensure_spoken_easy_vqa
@@ -20,6 +21,7 @@ BUILTIN: dict[str, Callable[[Path], dict[str, Path]]] = {
     "easy-vqa-captions": ensure_easy_vqa_captions,  # image–caption pairs for Q-Former stage 1
     "spoken-easy-vqa": ensure_spoken_easy_vqa,  # the questions as speech (espeak-ng), held-out test voices
     "av-digits": ensure_av_digits,  # digit images + spoken digits (classic fusion, alignment)
+    "moving-shapes": ensure_moving_shapes,  # short clips, questions over time and sound (docs/video.md)
     "shapes-grounding": ensure_shapes_grounding,  # shape scenes with Qwen-VL boxes (docs/grounding.md)
 }
 

@@ -21,9 +21,11 @@ from omnifuse.connectors import (
 )
 from omnifuse.connectors.qformer import build_qformer
 from omnifuse.connectors.stack import StackConnector
+from omnifuse.connectors.video import FramePool, VideoQFormer
 from omnifuse.encoders.audio.asr import Transcriber
 from omnifuse.encoders.audio.whisper import build_whisper_encoder
 from omnifuse.encoders.multi import MultiEncoder
+from omnifuse.encoders.video import FrameEncoder
 from omnifuse.encoders.vision.efficientnet import build_efficientnet_lite0
 from omnifuse.encoders.vision.hf import build_hf_vision
 from omnifuse.encoders.vision.mobilenet import build_mobilenet_v2
@@ -57,6 +59,8 @@ from omnifuse.recipe import (
     TilingSpec,
     WhisperEncoderSpec,
 )
+from omnifuse.recipe.components import FramePoolSpec, FramesEncoderSpec, VideoQFormerSpec
+from omnifuse.video import Sampling, load_audio_track, load_video
 
 ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     MobileNetV2Spec: lambda s: build_mobilenet_v2(weights=s.weights, image_size=s.image_size, crop=s.crop),
@@ -66,8 +70,14 @@ ENCODER_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     HFVisionSpec: lambda s: build_hf_vision(s.name, layer=s.layer, drop_cls=s.drop_cls),
     MultiEncoderSpec: lambda s: MultiEncoder([build_encoder(e) for e in s.encoders], s.combine),
     WhisperEncoderSpec: lambda s: build_whisper_encoder(s.weights),
+    FramesEncoderSpec: lambda s: FrameEncoder(build_encoder(s.image), _sampling(s).max_frames),
     EncoderPluginSpec: lambda s: s.component()(**s.options()),
 }
+
+
+def _sampling(spec: FramesEncoderSpec) -> Sampling:
+    s = spec.sampling
+    return Sampling(uniform=s.uniform, fps=s.fps, max_frames=s.uniform or s.max_frames)
 
 
 def _projector(kind: str, in_dim: int, out_dim: int, hidden: int | None) -> nn.Module:
@@ -100,6 +110,17 @@ CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     ConnectorPluginSpec: lambda s, i, o: s.component()(i, o, **s.options()),
 }
 
+# Temporal connectors also get the video encoder: its tokens per frame, frame grid and most frames.
+VIDEO_CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
+    VideoQFormerSpec: lambda s, e, o: VideoQFormer(
+        e.output_dim, o, e.tokens_per_frame, e.frame_grid, e.max_frames, num_queries=s.num_queries,
+        layers=s.layers, hidden=s.hidden, heads=s.heads, frame_tokens=s.frame_tokens, projector=s.projector,
+    ),
+    FramePoolSpec: lambda s, e, o: FramePool(
+        e.output_dim, o, e.tokens_per_frame, e.frame_grid, grid=s.grid, projector=s.projector, hidden=s.hidden
+    ),
+}  # fmt: skip
+
 
 # Fusion builders get the loaded LLM and its width; cross-attention wraps the LLM's decoder layers.
 FUSION_BUILDERS: dict[type, Callable[..., nn.Module | None]] = {
@@ -128,7 +149,13 @@ def build_encoder(spec) -> nn.Module:
     return checked(ENCODER_BUILDERS[type(spec)](spec), Encoder, spec, "encoder")
 
 
-def build_connector(spec, in_dim: int, out_dim: int) -> nn.Module:
+def build_connector(spec, in_dim: int, out_dim: int, encoder: nn.Module | None = None) -> nn.Module:
+    if type(spec) in VIDEO_CONNECTOR_BUILDERS:
+        if not isinstance(encoder, FrameEncoder):
+            raise OmnifuseError(f"connector {spec.type} reads video frames: give it a frames encoder")
+        return checked(
+            VIDEO_CONNECTOR_BUILDERS[type(spec)](spec, encoder, out_dim), Connector, spec, "connector"
+        )
     return checked(CONNECTOR_BUILDERS[type(spec)](spec, in_dim, out_dim), Connector, spec, "connector")
 
 
@@ -176,7 +203,9 @@ def build_model(
     d_llm = hidden_size(llm)
     given = connectors or {}
     connectors = {
-        m: given[m] if m in given else build_connector(spec.connectors[m], encoders[m].output_dim, d_llm)
+        m: given[m]
+        if m in given
+        else build_connector(spec.connectors[m], encoders[m].output_dim, d_llm, encoders[m])
         for m in spec.encoders
     }
     # Placeholder ids sit just past the vocabulary (see omnifuse.fusion.early).
@@ -200,6 +229,8 @@ def _media_slot(model: MultimodalLM, modality: str, spec: ModelSpec) -> MediaSlo
     clips loaded as 16 kHz waveforms with a token count that follows each clip's length."""
     encoder, enc_spec = model.encoders[modality], spec.encoders[modality]
     placeholder_id = model.placeholder_ids[modality]
+    if isinstance(enc_spec, FramesEncoderSpec):
+        return _video_slot(model, modality, spec)
     if not isinstance(enc_spec, WhisperEncoderSpec):
         tiling = build_tiling(spec.tiling.get(modality), encoder, modality)
         return MediaSlot(encoder.preprocess, model.tokens_per_item(modality), placeholder_id, tiling)
@@ -210,4 +241,32 @@ def _media_slot(model: MultimodalLM, modality: str, spec: ModelSpec) -> MediaSlo
         placeholder_id,
         load=lambda source, sample_id: load_clip(source, sample_id, max_seconds),
         tokens_for=lambda features: model.tokens_per_item(modality, features.shape[-1]),
+    )
+
+
+def _video_slot(model: MultimodalLM, modality: str, spec: ModelSpec) -> MediaSlot:
+    """Clips decoded and sampled (bounded, omnifuse.video) into frames with timestamps; the token count
+    follows each clip's frames; with frame_pool's timestamps each frame's time is written before it;
+    with ``audio: true`` the clip's audio track goes to the audio slot."""
+    enc_spec, connector = spec.encoders[modality], spec.connectors[modality]
+    sampling = _sampling(enc_spec)
+
+    def load(part, sample_id: str):
+        name = f"sample {sample_id}: video " + ("data" if part.path is None else f"file {part.path}")
+        return load_video(part.source, sampling, part.start, part.end, enc_spec.max_seconds, name)
+
+    def audio_track(part, sample_id: str):
+        name = f"sample {sample_id}: video " + ("data" if part.path is None else f"file {part.path}")
+        seconds = spec.encoders["audio"].max_seconds
+        return load_audio_track(part.source, part.start, part.end, max_seconds=seconds, name=name)
+
+    stamps = isinstance(connector, FramePoolSpec) and connector.timestamps
+    return MediaSlot(
+        model.encoders[modality].preprocess,
+        None,  # each clip's own count: tokens_for (fps sampling varies the frames)
+        model.placeholder_ids[modality],
+        load=load,
+        tokens_for=lambda pixels: model.tokens_per_item(modality, pixels.shape[-1]),
+        segments=(lambda clip: [f"at {t:.1f} s:" for t in clip.timestamps]) if stamps else None,
+        audio_track=audio_track if enc_spec.audio and "audio" in model.encoders else None,
     )

@@ -35,7 +35,7 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
-from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, VideoPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.processing.tiling import Tiling
 from omnifuse.untrusted import open_image
@@ -95,6 +95,10 @@ class MediaSlot:
     tiling: Tiling | None = None
     load: Callable[[Any, str], Any] = load_image
     tokens_for: Callable[[torch.Tensor], int] | None = None
+    # Video: text before each equal segment of an item's tokens (a frame's time, "at 1.5 s:"), and the
+    # clip's audio track as a waveform for the audio slot (None: no track), both from the loaded item.
+    segments: Callable[[Any], list[str]] | None = None
+    audio_track: Callable[[Any, str], np.ndarray | None] | None = None
 
     def __post_init__(self) -> None:
         if (self.tokens_per_item is None) == (self.tokens_for is None):
@@ -216,10 +220,23 @@ class Processor:
                 elif isinstance(part, AudioPart):
                     text.append(MEDIA_MARKER)
                     items.append(("audio", part.source))
+                elif isinstance(part, VideoPart):
+                    text.append(MEDIA_MARKER)
+                    items.append(("video", part))
+                    track = self._audio_track(part, sample_id)
+                    if track is not None:  # Video-LLaMA's audio branch: the clip's sound after its frames
+                        text.append(MEDIA_MARKER)
+                        items.append(("audio", track))
                 else:  # pragma: no cover - parse_sample admits only the types above
                     raise OmnifuseError(f"unsupported message part {part!r}")
             out.append({"role": msg.role, "content": "".join(text)})
         return out, items
+
+    def _audio_track(self, part: VideoPart, sample_id: str) -> np.ndarray | None:
+        slot = self.media.get("video")
+        if slot is None or slot.audio_track is None or "audio" not in self.media:
+            return None
+        return slot.audio_track(part, sample_id)
 
     def render(
         self, messages: Sequence[Message], add_generation_prompt: bool, sample_id: str = "?"
@@ -282,14 +299,27 @@ class Processor:
                     tensor = slot.transform(view)
                     media.setdefault(modality, []).append(tensor)
                     n = slot.tokens_per_item if slot.tokens_for is None else slot.tokens_for(tensor)
-                    ids.extend([slot.placeholder_id] * n)
-                    labels.extend([IGNORE_INDEX] * n)
+                    for seg_marker, seg_n in self._segments(slot, view, n, sample.id):
+                        seg_ids = self._marker_ids(seg_marker)
+                        ids.extend(seg_ids + [slot.placeholder_id] * seg_n)
+                        labels.extend([IGNORE_INDEX] * (len(seg_ids) + seg_n))
                 offset += len(MEDIA_MARKER)
         if not for_generation and all(lab == IGNORE_INDEX for lab in labels):
             raise OmnifuseError(
                 f"sample {sample.id} has no assistant answer to learn from; add an assistant turn"
             )
         return Encoded(sample.id, ids, labels, media)
+
+    @staticmethod
+    def _segments(slot: MediaSlot, item: Any, n: int, sample_id: str) -> list[tuple[str, int]]:
+        """(text before it, placeholder count) per segment of an item's ``n`` tokens: one segment without
+        ``slot.segments``; with it (video frames) one per marker, the tokens shared equally."""
+        markers = slot.segments(item) if slot.segments is not None and n else [""]
+        if n % len(markers):
+            raise OmnifuseError(
+                f"sample {sample_id}: {n} media tokens cannot be split evenly over {len(markers)} segments"
+            )
+        return [(m, n // len(markers)) for m in markers]
 
     def collate(self, encoded: Sequence[Encoded], padding_side: str = "right") -> Batch:
         """Pad to the longest sample; right padding for training, left padding for generation."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from omnifuse.recipe.plugins import (
     ConnectorPluginSpec,
@@ -119,12 +119,45 @@ class WhisperEncoderSpec(Spec):
     )
 
 
+class VideoSamplingSpec(Spec):
+    """Which frames of a video are encoded: exactly ``uniform`` frames (segment centres), or ``fps``
+    frames per second (at most ``max_frames``; a longer clip gets ``max_frames`` uniform frames)."""
+
+    uniform: int | None = Field(None, ge=1, le=256, description="N frames at the centres of N equal segments")
+    fps: float | None = Field(None, gt=0, le=60, description="frames per second (instead of uniform)")
+    max_frames: int = Field(32, ge=1, le=256, description="most frames per clip with fps sampling")
+
+    @model_validator(mode="after")
+    def _one(self) -> VideoSamplingSpec:
+        if (self.uniform is None) == (self.fps is None):
+            raise ValueError("give exactly one of uniform: N (frames) or fps: F (frames per second)")
+        return self
+
+
+class FramesEncoderSpec(Spec):
+    """A video as sampled frames, each through an image encoder (Video-LLaMA's frame path); the audio
+    track optionally goes to ``encoders.audio`` (omnifuse.encoders.video)."""
+
+    reads: ClassVar[Modality] = Modality.VIDEO
+    type: Literal["frames"]
+    image: SingleEncoderSpec = Field(description="the image encoder run on every frame")
+    sampling: VideoSamplingSpec = VideoSamplingSpec(uniform=8)
+    audio: bool = Field(
+        False, description="also give the clip's audio track to encoders.audio (Video-LLaMA's audio branch)"
+    )
+    max_seconds: float = Field(600.0, gt=0, description="longer videos are refused (from the header)")
+
+    def tiling_problem(self) -> str | None:
+        return "tiling splits images, not video frames; remove model.tiling.video"
+
+
 EncoderSpec = tagged(
     MobileNetV2Spec,
     EfficientNetLite0Spec,
     HFVisionSpec,
     MultiEncoderSpec,
     WhisperEncoderSpec,
+    FramesEncoderSpec,
     plugin=EncoderPluginSpec,
 )
 
@@ -210,7 +243,43 @@ class StackConnectorSpec(Spec):
     hidden: int | None = Field(None, ge=1, description="SwiGLU width; null = the LLM's hidden size")
 
 
+class VideoQFormerSpec(Spec):
+    """Video-LLaMA's video Q-Former: every frame's tokens + a learned frame-position embedding, then
+    learned queries cross-attend to all frames (omnifuse.connectors.video)."""
+
+    video: ClassVar[bool] = True
+    type: Literal["video_qformer"]
+    num_queries: int = Field(32, ge=1, description="learned queries = video tokens given to the LLM")
+    layers: int = Field(2, ge=1, description="Q-Former layers (Video-LLaMA: 2), each with cross-attention")
+    hidden: int = Field(256, ge=8, description="Q-Former width")
+    heads: int = Field(4, ge=1, description="attention heads; must divide hidden")
+    frame_tokens: int | None = Field(
+        4, ge=1, description="average-pool each frame's token grid to this many tokens first; null = all"
+    )
+    projector: Literal["linear", "mlp"] = "linear"
+
+    @model_validator(mode="after")
+    def _heads(self) -> VideoQFormerSpec:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class FramePoolSpec(Spec):
+    """The cheap video baseline: each frame average-pooled to ``grid``² tokens and projected; the frames'
+    tokens follow each other, each frame's led by its time as text ("at 1.5 s:") when ``timestamps``."""
+
+    video: ClassVar[bool] = True
+    type: Literal["frame_pool"]
+    grid: int = Field(1, ge=1, description="tokens per frame = grid²")
+    projector: Literal["linear", "mlp"] = "mlp"
+    hidden: int | None = Field(None, ge=1)
+    timestamps: bool = Field(True, description='write each frame\'s time before its tokens ("at 1.5 s:")')
+
+
 ConnectorSpec = tagged(
+    VideoQFormerSpec,
+    FramePoolSpec,
     LinearConnectorSpec,
     MLPConnectorSpec,
     PoolConnectorSpec,

@@ -52,12 +52,12 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="random seed, 0 … 
 
 class Modality(str, Enum):
     """The kinds of input a sample carries. Recipes name encoders after them (``encoders: {image: …}``);
-    a generative model reads media parts (image, audio), classifiers and alignment also read the text.
-    Video gets a member here when a video encoder exists."""
+    a generative model reads media parts (image, audio, video), classifiers and alignment also read the text."""
 
     IMAGE = "image"
     AUDIO = "audio"
     TEXT = "text"
+    VIDEO = "video"
 
     def __str__(self) -> str:
         return self.value
@@ -68,6 +68,7 @@ _SYNONYMS = {
     "photo": "image", "picture": "image", "img": "image", "vision": "image", "visual": "image",
     "pixels": "image", "speech": "audio", "voice": "audio", "sound": "audio", "wav": "audio",
     "clip": "audio", "spoken": "audio", "language": "text", "caption": "text", "words": "text",
+    "movie": "video", "film": "video", "frames": "video", "mp4": "video",
 }  # fmt: skip
 
 
