@@ -159,3 +159,47 @@ def test_cli_refuses_map_methods_on_a_classifier_run(classifier_run, capsys):
     run, _ = classifier_run
     code, _, err = run_cli(["explain", str(run), "seven", "--method", "attention"], capsys)
     assert code == 2 and "does not apply to a classifier run" in " ".join(err.split())
+
+
+def test_cli_on_a_trained_classifier_run(tmp_path, capsys, monkeypatch):
+    """End to end: a toy classifier (8×8 pixels + log-mel statistics) trained by the classify task, then
+    explained from an image file, a wav file and the question (which modality it relies on is checked on a
+    controlled classifier above: 36 samples of noise audio are enough for this one to lean on the audio)."""
+    import soundfile as sf
+    from PIL import Image
+
+    from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, write_jsonl
+    from omnifuse.recipe import parse_recipe
+    from omnifuse.tasks.classify.trainer import train_classifier
+
+    monkeypatch.setenv("OMNIFUSE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(36):
+        k = i % 3
+        pixels = rng.normal(0.3, 0.2, (12, 12))
+        pixels[4 * k : 4 * k + 4] += 0.5  # a bright band at row group k
+        Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        sf.write(tmp_path / f"{i}.wav", rng.normal(0, 0.3, 3200).astype(np.float32), 16000)  # noise only
+        parts = (ImagePart(tmp_path / f"{i}.png"), AudioPart(tmp_path / f"{i}.wav"), TextPart("which class?"))
+        samples.append(Sample(f"s{i}", (Message("user", parts), Message("assistant", (TextPart("abc"[k]),)))))
+    data = str(write_jsonl(samples, tmp_path / "data.jsonl"))
+    recipe = parse_recipe({
+        "task": "classify", "name": "toy",
+        "model": {"encoders": {"image": {"type": "pixels", "size": 8}, "audio": {"type": "logmel", "n_mels": 16}},
+                  "fusion": {"type": "concat", "dim": 16}, "hidden": 16},
+        "data": {"train": data, "eval": data}, "train": {"epochs": 30, "batch_size": 12, "lr": 1.0e-2},
+    })  # fmt: skip
+    train_classifier(recipe, tmp_path / "run", progress=False)
+    out = tmp_path / "ex"
+    argv = ["explain", str(tmp_path / "run"), "which class?", "--image", str(tmp_path / "0.png"), "--audio",
+            str(tmp_path / "0.wav"), "--method", "occlusion,shap", "--samples", "80", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    code, text, _ = run_cli(argv, capsys)
+    assert code == 0, text
+    saved = json.loads((out / "explain.json").read_text())
+    assert saved["class"] == "a" and set(saved["perturbation"]["shap"]["modalities"]) == {"audio", "image"}
+    shap = saved["perturbation"]["shap"]
+    assert len(shap["modalities"]["image"]["values"]) == 16 and abs(shap["efficiency_gap"]) < 1e-3
+    code, _, err = run_cli([*argv[:5], "--method", "shap", "--no-progress"], capsys)  # no --audio
+    assert code == 2 and "missing audio (--audio)" in err
