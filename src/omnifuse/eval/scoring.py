@@ -84,3 +84,15 @@ def metric_tables(summaries: dict) -> list[Table]:
         for name, summary in summaries.items()
         if name in by_name and by_name[name].table is not None
     ]
+
+
+def metric_markdown(summaries: dict | None) -> list[str]:
+    """report.md's sections for the per-sample metrics' tables (grounding, ...), one markdown table each."""
+    lines: list[str] = []
+    for title, columns, rows in metric_tables(summaries or {}):
+        heading, *notes = title.split("\n")
+        lines += [f"## {heading[0].upper()}{heading[1:]}", ""]
+        lines += [*(f"> {n}" for n in notes), ""] if notes else []
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    return lines

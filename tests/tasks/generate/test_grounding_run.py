@@ -48,3 +48,6 @@ def test_eval_of_a_grounding_run_prints_and_stores_acc_and_miou(tmp_path, capsys
     boxes = [r for r in records if r["question_type"] != "describe"]
     assert boxes and all("iou" in r and 0.0 <= r["iou"] <= 1.0 for r in boxes)
     assert all("iou" not in r for r in records if r["question_type"] == "describe")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Grounding: accuracy at IoU ≥ 0.5 and mean IoU" in report
+    assert "| question type | n | Acc@0.5 % | mIoU % | box parsed |" in report
