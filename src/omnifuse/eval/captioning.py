@@ -1,8 +1,9 @@
 """Captioning scored as captioning: BLEU-4, CIDEr-D and ROUGE-L over images, with bootstrap intervals.
 
 The ``caption`` entry of :mod:`omnifuse.eval.scoring`'s table: a sample with ``meta.task: caption`` is
-scored here (:func:`score_caption` per sample, :func:`summarise_captions` over them all). Its references are ``meta.captions`` (COCO has five per image) or, without
-them, its assistant turn.
+scored here (:func:`score_caption` per sample, :func:`summarise_captions` over them all). Its references
+are ``meta.captions`` (COCO has five per image) or, without them, its assistant turn. docs/captioning.md
+has the measured comparison with pycocoevalcap.
 
 All three metrics see the same tokens, :func:`omnifuse.eval.metrics.caption_tokens` (lower case,
 punctuation removed, split on whitespace: what the COCO evaluation's PTB tokeniser leaves, near enough):
@@ -11,8 +12,8 @@ punctuation removed, split on whitespace: what the COCO evaluation's PTB tokenis
   nothing). Close to, not equal to, pycocoevalcap's Bleu_4 (×100), which uses the closest reference length and
   no smoothing;
 - **CIDEr-D**: :func:`omnifuse.eval.metrics.cider_d` (pycocoevalcap's CiderD, document frequencies from
-  the evaluated references, ×10 as in the papers' tables); here in sparse-matrix form so that a
-  bootstrap resample can recompute it;
+  the evaluated references, on pycocoevalcap's scale: papers print it ×100); here also in sparse-matrix
+  form so that a bootstrap resample can recompute it;
 - **ROUGE-L**: written here (pycocoevalcap's 104 MB wheel, last released 2020, is no package to depend
   on for 20 lines): per image, the longest common subsequence with each reference, precision and recall
   each maxed over the references, F with β = 1.2, as pycocoevalcap's Rouge; the corpus score is the mean
@@ -20,7 +21,7 @@ punctuation removed, split on whitespace: what the COCO evaluation's PTB tokenis
 
 Intervals: BLEU-4 and CIDEr-D are corpus-level (not means over images), so the bootstrap resamples
 *images* and recomputes each score on the resample (``CI_RESAMPLES`` = 1000 resamples, seed 0,
-percentile interval; the same resamples for all three metrics, as scipy draws them from the same seed).
+percentile interval, each metric seeded alike).
 """
 
 from __future__ import annotations
