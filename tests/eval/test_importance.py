@@ -13,6 +13,7 @@ from omnifuse.data.sample import AudioPart, load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.importance import (
     PERTURBATIONS,
+    explanation,
     generate_importance,
     importance_markdown,
     importance_settings,
@@ -143,3 +144,32 @@ def test_a_video_gets_remove_and_permute_and_a_note_instead_of_noise(spoken):
         r["drop"] == 0.0 for r in video
     )
     assert "noise: not measured for video (noise is drawn for images and audio only)" in summary["notes"]
+
+
+def test_repeated_draws_average_each_samples_perturbed_score(spoken):
+    settings = importance_settings("permute,noise,remove", 7, True, 3)
+    assert settings.seeds(1, "permute")[0] == 8 and len(set(settings.seeds(1, "permute"))) == 3
+    assert settings.seeds(1, "remove") == [8] and settings.seeds(0, "noise") == settings.seeds(0, "permute")
+    with pytest.raises(
+        OmnifuseError, match="--importance-repeats 0: draw each permutation and noise at least once"
+    ):
+        importance_settings(None, None, True, 0)
+    with pytest.raises(OmnifuseError, match="--importance-repeats set"):
+        importance_settings(None, None, False, 2)
+    cfg, engine = GenerationConfig(), ColourEngine()
+    intact = evaluate_vqa(engine, spoken, cfg, 8, progress=False)
+    once = generate_importance(
+        engine, spoken, intact, cfg, 8, importance_settings(None, 0, True), progress=False
+    )
+    thrice = generate_importance(
+        engine, spoken, intact, cfg, 8, importance_settings(None, 0, True, 3), progress=False
+    )
+    assert thrice["repeats"] == 3 and "mean over 3 draws" in " ".join(explanation(thrice))
+    first = {(r["modality"], r["perturbation"]): r for r in once["rows"]}
+    for r in thrice["rows"]:
+        if r["modality"] == "audio" or r["perturbation"] == "remove":  # nothing drawn, or nothing seen
+            assert r["drop"] == first[r["modality"], r["perturbation"]]["drop"]
+        else:  # the mean of three derangements / noise draws, the first of which is the single draw
+            assert r["drop"] > 0.4 and r["ci95"][0] > 0.2
+    permute = evaluate_vqa(engine, permute_media(spoken, "image", 0), cfg, 8, progress=False)
+    assert first["image", "permute"]["perturbed"] == permute.accuracy

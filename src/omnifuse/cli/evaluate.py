@@ -56,6 +56,13 @@ def eval_(
     importance_seed: Annotated[
         int | None, typer.Option(help="with --importance: the seed of the permutations and the noise (0)")
     ] = None,
+    importance_repeats: Annotated[
+        int | None,
+        typer.Option(
+            help="with --importance: draws of each permutation and noise, averaged per sample (1; each is "
+            "one more pass: a generation pass on LLM runs)"
+        ),
+    ] = None,
     progress: Progress = True,
     device: Device = None,
     dtype: Dtype = None,
@@ -74,7 +81,7 @@ def eval_(
     from omnifuse.tasks.base import EvalRequest
 
     check_placement(device, dtype)
-    settings = importance_settings(perturbations, importance_seed, importance)
+    settings = importance_settings(perturbations, importance_seed, importance, importance_repeats)
     run = RunDir(run_dir)
     world = current_world()
     several = world.distributed or (nproc or 1) > 1

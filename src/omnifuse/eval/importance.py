@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from omnifuse.data.sample import Sample
@@ -55,30 +56,50 @@ STATISTICS = (
 
 @dataclass(frozen=True)
 class ImportanceSettings:
-    """``omnifuse eval --importance [--perturbations remove,permute,noise] [--importance-seed N]``."""
+    """``omnifuse eval --importance [--perturbations remove,permute,noise] [--importance-seed N]
+    [--importance-repeats K]``: permute and noise are drawn ``repeats`` times and each sample's perturbed
+    score is its mean over the draws (remove draws nothing)."""
 
     perturbations: tuple[str, ...] = PERTURBATIONS
     seed: int = IMPORTANCE_SEED
     explicit: bool = False  # the perturbations were named by the user (not the default set)
+    repeats: int = 1
+
+    def seeds(self, modality_index: int, perturbation: str) -> list[int]:
+        """The seeds of the draws of one modality's perturbation: the first ``seed + modality_index``, the
+        others spread from it (one draw for remove)."""
+        first = self.seed + modality_index
+        if perturbation == "remove":
+            return [first]
+        more = np.random.SeedSequence([self.seed, modality_index]).generate_state(self.repeats - 1)
+        return [first, *(int(x) for x in more)]
 
 
 def importance_settings(
-    perturbations: str | None, seed: int | None, enabled: bool
+    perturbations: str | None, seed: int | None, enabled: bool, repeats: int | None = None
 ) -> ImportanceSettings | None:
-    """The settings from the command line's options; a clear error for an unknown perturbation or for
-    importance options without ``--importance``."""
+    """The settings from the command line's options; a clear error for an unknown perturbation, a repeat
+    count under 1, or importance options without ``--importance``."""
+    options = (
+        ("--perturbations", perturbations),
+        ("--importance-seed", seed),
+        ("--importance-repeats", repeats),
+    )
     if not enabled:
-        given = [
-            f for f, v in (("--perturbations", perturbations), ("--importance-seed", seed)) if v is not None
-        ]
+        given = [f for f, v in options if v is not None]
         if given:
             raise OmnifuseError(
                 f"{' and '.join(given)} set(s) up the modality importance, which runs only with --importance: "
                 "add --importance, or drop them"
             )
         return None
+    if repeats is not None and repeats < 1:
+        raise OmnifuseError(
+            f"--importance-repeats {repeats}: draw each permutation and noise at least once (1 or more)"
+        )
+    common = {"seed": IMPORTANCE_SEED if seed is None else seed, "repeats": repeats or 1}
     if perturbations is None:
-        return ImportanceSettings(seed=IMPORTANCE_SEED if seed is None else seed)
+        return ImportanceSettings(**common)
     names = [p.strip() for p in perturbations.split(",") if p.strip()]
     unknown = [p for p in names if p not in PERTURBATIONS]
     if unknown or not names:
@@ -86,8 +107,12 @@ def importance_settings(
             f"--perturbations {perturbations!r}: {'unknown ' + ', '.join(map(repr, unknown)) if unknown else 'empty'}; "
             f"name one or more of {', '.join(PERTURBATIONS)}, separated by commas (e.g. --perturbations permute,noise)"
         )
-    ordered = tuple(p for p in PERTURBATIONS if p in names)
-    return ImportanceSettings(ordered, IMPORTANCE_SEED if seed is None else seed, explicit=True)
+    return ImportanceSettings(tuple(p for p in PERTURBATIONS if p in names), explicit=True, **common)
+
+
+def mean_over_draws(draws: Sequence[Sequence[float]]) -> list[float]:
+    """Each sample's score averaged over the draws (one list of per-sample scores per draw)."""
+    return np.mean(np.asarray(draws, dtype=float), axis=0).tolist()
 
 
 # ------------------------------------------------------------------ rows and the summary
@@ -150,6 +175,7 @@ def importance_summary(
     return {
         "perturbations": list(settings.perturbations),
         "seed": settings.seed,
+        "repeats": settings.repeats,
         "statistics": STATISTICS,
         "noise": noise,
         "notes": list(notes),
@@ -212,12 +238,16 @@ def generate_importance(
                 notes.append(f"noise: not measured for {kind} (noise is drawn for images and audio only)")
                 continue
             if perturbation == "remove" and kind == "image" and blind is not None:
-                result = blind  # the same inputs: every image part left out
+                perturbed = _scores(blind)  # the same inputs: every image part left out
             else:
-                changed = MEDIA_PERTURBATIONS[perturbation](samples, kind, settings.seed + i)
-                label = f"importance: {kind} {perturbation}"
-                result = evaluate_vqa(engine, changed, cfg, batch_size, progress=progress, label=label)
-            rows.append(importance_row(kind, perturbation, "accuracy", _scores(intact), _scores(result)))
+                draws = []
+                for seed in settings.seeds(i, perturbation):
+                    changed = MEDIA_PERTURBATIONS[perturbation](samples, kind, seed)
+                    label = f"importance: {kind} {perturbation}"
+                    result = evaluate_vqa(engine, changed, cfg, batch_size, progress=progress, label=label)
+                    draws.append(_scores(result))
+                perturbed = mean_over_draws(draws)
+            rows.append(importance_row(kind, perturbation, "accuracy", _scores(intact), perturbed))
     if not rows:
         raise OmnifuseError(
             f"--perturbations {','.join(settings.perturbations)}: {'; '.join(notes)}; use remove or permute"
@@ -248,8 +278,15 @@ def table(summary: dict) -> tuple[str, tuple[str, ...], list[tuple[str, ...]]]:
 
 def explanation(summary: dict) -> list[str]:
     """How the table was measured: the statistics, the noise, the notes."""
+    repeats = summary.get("repeats", 1)
+    draws = (
+        f", each sample's perturbed score its mean over {repeats} draws of permute and noise"
+        if repeats > 1
+        else ""
+    )
     return [
-        f"{summary['statistics']}; lost / gained: samples the perturbation made wrong / right; seed {summary['seed']}",
+        f"{summary['statistics']}; lost / gained: samples the perturbation made wrong / right; seed {summary['seed']}"
+        + draws,
         f"noise: {summary['noise']}",
         *summary["notes"],
     ]

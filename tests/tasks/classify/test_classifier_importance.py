@@ -83,6 +83,12 @@ def test_importance_is_seeded_and_follows_the_options(blind_run, tmp_path, capsy
         ("audio", "noise", 12),
         ("image", "noise", 12),
     ]
+    # Three draws of each permutation, averaged per sample: the unseen audio still loses nothing.
+    assert main(["eval", str(blind_run), "--importance", "--importance-repeats", "3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["importance"]
+    assert summary["repeats"] == 3
+    for r in summary["rows"]:
+        assert r["drop"] == 0.0 if r["modality"] == "audio" else r["ci95"][0] > 0.0
     # Without --importance, eval.json holds no (stale) importance.
     assert main(["eval", str(blind_run), "--json"]) == 0
     assert "importance" not in json.loads(capsys.readouterr().out)
@@ -100,6 +106,7 @@ def test_importance_is_seeded_and_follows_the_options(blind_run, tmp_path, capsy
             "--perturbations set(s) up the modality importance, which runs only with",
         ),
         (["--importance-seed", "2"], "runs only with --importance"),
+        (["--importance", "--importance-repeats", "0"], "draw each permutation and noise at least once"),
         (["--importance", "--limit", "1", "--perturbations", "permute"], "needs at least two; there are 1"),
     ],
 )

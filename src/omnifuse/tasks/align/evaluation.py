@@ -17,6 +17,7 @@ from omnifuse.eval.importance import (
     ImportanceSettings,
     importance_row,
     importance_summary,
+    mean_over_draws,
     need_two,
     noise_like,
     permuted_rows,
@@ -126,11 +127,18 @@ def importance(similarity: Similarity, g: Gallery, names: list[str], settings: I
     for k, m in enumerate(names):
         for perturbation in (p for p in settings.perturbations if p != "remove"):
             side = g.a if k == 0 else g.b
-            seed = settings.seed + k
-            changed = permuted_rows(side, seed) if perturbation == "permute" else noise_like(side, seed)
-            perturbed = _hits(retrieve(similarity, replace(g, **{"ab"[k]: changed}), names, (1,)))
+            draws = []
+            for seed in settings.seeds(k, perturbation):
+                changed = permuted_rows(side, seed) if perturbation == "permute" else noise_like(side, seed)
+                draws.append(_hits(retrieve(similarity, replace(g, **{"ab"[k]: changed}), names, (1,))))
             rows += [
-                importance_row(m, perturbation, f"R@1 {d.replace('_', ' ')}", intact[d], perturbed[d])
+                importance_row(
+                    m,
+                    perturbation,
+                    f"R@1 {d.replace('_', ' ')}",
+                    intact[d],
+                    mean_over_draws([x[d] for x in draws]),
+                )
                 for d in intact
             ]
     notes = [NO_REMOVE] if "remove" in settings.perturbations else []

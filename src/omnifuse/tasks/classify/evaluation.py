@@ -34,6 +34,7 @@ from omnifuse.eval.importance import (  # noqa: E402
     importance_markdown,
     importance_row,
     importance_summary,
+    mean_over_draws,
     need_two,
     noise_like,
     permuted_rows,
@@ -142,12 +143,11 @@ def importance(
                     f"remove: not measured, {m} is the model's only modality (nothing would be left)"
                 )
                 continue
-            changed, present = _perturbed(split, mods, k, perturbation, settings.seed + k)
-            rows.append(
-                importance_row(
-                    m, perturbation, "accuracy", intact, correct(model, changed, present, placement)
-                )
-            )
+            draws = [
+                correct(model, *_perturbed(split, mods, k, perturbation, seed), placement)
+                for seed in settings.seeds(k, perturbation)
+            ]
+            rows.append(importance_row(m, perturbation, "accuracy", intact, mean_over_draws(draws)))
     if not rows:
         raise OmnifuseError(
             f"--perturbations {','.join(settings.perturbations)}: nothing to measure on a one-modality classifier "
