@@ -321,3 +321,19 @@ def test_sampled_recipe_answers_like_omnifuse_chat(tmp_path):
     assert model.processor.tokenizer.decode(answer, skip_special_tokens=True).strip() == said
     greedy = model.generate(**inputs, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     assert greedy.tolist() != answer.tolist()  # it did sample
+
+
+def test_a_batch_answers_as_its_rows_alone(exported):
+    """Prompts of different lengths, left-padded into one batch: each row's answer is its answer alone."""
+    run, _, root = exported
+    model = AutoModelForImageTextToText.from_pretrained(root / "one")
+    processor = AutoProcessor.from_pretrained(root / "one")
+    images = [Image.open(run.parent / "colors" / "img" / f"{i}.png") for i in (0, 1)]
+    texts = [QUESTION, "is there a red circle in the image? answer yes or no"]
+    batch = processor(images=images, text=texts)
+    assert batch["image_counts"].tolist() == [1, 1] and (batch["attention_mask"] == 0).any()
+    together = model.generate(**batch, max_new_tokens=6)[:, batch["input_ids"].shape[1] :]
+    for i in range(2):
+        alone = processor(images=images[i], text=texts[i])
+        answer = model.generate(**alone, max_new_tokens=6)[0, alone["input_ids"].shape[1] :].tolist()
+        assert together[i, : len(answer)].tolist() == answer

@@ -105,12 +105,16 @@ class OmnifuseProcessor:
         list of items per prompt (an image: PIL image or file; a clip: 16 kHz waveform or file)."""
         if kwargs:
             raise OmnifuseError(f"OmnifuseProcessor takes text, images and audio, not {', '.join(kwargs)}")
+        if return_tensors not in (None, "pt"):
+            raise OmnifuseError(
+                f"return_tensors={return_tensors!r}: the processor returns torch tensors ('pt')"
+            )
         texts = [text] if text is None or isinstance(text, str) else list(text)
         batch = len(texts)
         image_rows, audio_rows = _rows(images, batch, "images"), _rows(audio, batch, "audio")
         samples = []
         for i, question in enumerate(texts):
-            parts = [ImagePart(image=_image(x)) if isinstance(x, Image.Image) else ImagePart(Path(x))
+            parts = [ImagePart(image=x.convert("RGB")) if isinstance(x, Image.Image) else ImagePart(Path(x))
                      for x in image_rows[i]]  # fmt: skip
             parts += [AudioPart(waveform=x.astype(np.float32)) if isinstance(x, np.ndarray) else AudioPart(Path(x))
                       for x in audio_rows[i]]  # fmt: skip
@@ -139,10 +143,6 @@ def _rows(items, batch: int, what: str) -> list[list]:
     if len(items) != batch:
         raise OmnifuseError(f"{len(items)} entries of {what} for {batch} texts; give one entry per text")
     return [list(x) if isinstance(x, (list, tuple)) else ([] if x is None else [x]) for x in items]
-
-
-def _image(image: Image.Image) -> Image.Image:
-    return image.convert("RGB")
 
 
 __all__ = ["OmnifuseProcessor", "settings", "PROCESSOR_CONFIG"]
