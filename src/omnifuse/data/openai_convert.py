@@ -60,9 +60,8 @@ AUDIO_FORMATS = ("wav", "mp3")  # what OpenAI's input_audio takes
 _HINT = (
     'Each entry is {"messages": [{"role": "system"|"user"|"assistant", "content": TEXT or [parts]}, ...], '
     '"id"?: ..., "meta"?: {...}} with parts {"type": "text", "text": ...}, {"type": "image_url", "image_url": '
-    '{"url": DATA_URL or PATH}}, {"type": "input_audio", "input_audio": {"data": BASE64, "format": "wav"|"mp3"}} '
-    "or "
-    '{"type": "video_url", "video_url": {"url": DATA_URL or PATH}}.'
+    '{"url": DATA_URL or PATH}}, {"type": "input_audio", "input_audio": {"data": BASE64, "format": "wav"|"mp3"}}'
+    ' or {"type": "video_url", "video_url": {"url": DATA_URL or PATH}}.'
 )
 
 
@@ -86,12 +85,11 @@ class _FileMedia:
     def image(self, part: ImageContent, where: str) -> ImagePart:
         url, what = part.image_url.url, f"the image at {where}"
         if is_data_url(url):
-            raw, _ = image_data_url(
-                url, self.limits, what
-            )  # decoded: a broken image fails here, not in training
+            # decoded now, so that a broken image fails here rather than in training
+            raw, _ = image_data_url(url, self.limits, what)
             with Image.open(io.BytesIO(raw)) as img:
                 fmt = (img.format or "png").lower()
-            return ImagePart(self._store(raw, "jpg" if fmt == "jpeg" else fmt))
+            return ImagePart(self._store(raw, "jpg" if fmt in ("jpeg", "mpo") else fmt))
         return ImagePart(self._local(url, what))
 
     def audio(self, part: AudioContent, where: str) -> AudioPart:
@@ -198,11 +196,15 @@ def _image_url(part: ImagePart, limits: MediaLimits) -> str:
         raw, mime = buf.getvalue(), "image/png"
     else:
         raw = read_bytes(part.path, "image file", limits.max_bytes)
-        try:
-            with Image.open(io.BytesIO(raw)) as img:
-                mime = Image.MIME.get(img.format or "", "application/octet-stream")
-        except Exception:  # noqa: BLE001 - PIL raises many types on a broken file
-            raise OmnifuseError(f"image file {part.path} is not a readable image; replace the file") from None
+        mime = mimetypes.guess_type(part.path.name)[0] or ""
+        if not mime.startswith("image/"):  # no telling suffix: the type the file's header says
+            try:
+                with Image.open(io.BytesIO(raw)) as img:
+                    mime = Image.MIME.get(img.format or "", "application/octet-stream")
+            except Exception:  # noqa: BLE001 - PIL raises many types on a broken file
+                raise OmnifuseError(
+                    f"image file {part.path} is not a readable image; replace the file"
+                ) from None
     return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
 
 
