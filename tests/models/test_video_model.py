@@ -11,7 +11,7 @@ from omnifuse.fusion import scatter_features
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
-from tiny import make_video_parts, video_recipe_dict, write_video_dataset
+from tiny import make_video_parts, tiny_recipe_dict, video_recipe_dict, write_video_dataset
 
 QFORMER = {
     "type": "video_qformer",
@@ -129,3 +129,22 @@ def test_a_few_training_steps_and_generation(clips, chatml_tokenizer, tmp_path):
     engine = Engine(*build_model(recipe.model, **make_video_parts(chatml_tokenizer)))
     out = engine.generate(load_jsonl(clips)[:3], GenerationConfig(max_new_tokens=3))
     assert len(out) == 3 and all(isinstance(x, str) for x in out)
+
+
+def test_chat_about_a_video(clips, chatml_tokenizer, tiny_parts, color_data):
+    from omnifuse.generation.chat import ChatSession
+
+    recipe = parse_recipe(video_recipe_dict(clips, QFORMER))
+    session = ChatSession(
+        *build_model(recipe.model, **make_video_parts(chatml_tokenizer)), recipe, max_new_tokens=2
+    )
+    session.add_video(clips.parent / "clips" / "0.mp4")
+    assert isinstance(session.ask("which way does it move?"), str)
+    sent = session.history[0].parts
+    assert type(sent[0]).__name__ == "VideoPart" and sent[1].text == "which way does it move?"
+    with pytest.raises(OmnifuseError, match="not a readable video"):
+        session.add_video(clips)  # the JSONL file, not a video
+    image_only = parse_recipe(tiny_recipe_dict(color_data))
+    no_video = ChatSession(*build_model(image_only.model, **tiny_parts), image_only)
+    with pytest.raises(OmnifuseError, match="takes no video"):
+        no_video.add_video(clips.parent / "clips" / "0.mp4")

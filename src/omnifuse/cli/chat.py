@@ -48,6 +48,11 @@ def chat(
     audio: Annotated[
         Path | None, typer.Option(help="a spoken question (wav/flac/ogg/mp3; models with audio input)")
     ] = None,
+    video: Annotated[
+        Path | None, typer.Option(help="a video to ask about (mp4/webm/...; models with a video encoder)")
+    ] = None,
+    start: Annotated[float | None, typer.Option(min=0, help="--video: sample from this second")] = None,
+    end: Annotated[float | None, typer.Option(min=0, help="--video: sample up to this second")] = None,
     speak: Annotated[
         Path | None, typer.Option(help="also speak the answer into this wav file (espeak-ng)")
     ] = None,
@@ -64,8 +69,8 @@ def chat(
     device: Device = None,
     dtype: Dtype = None,
 ) -> None:
-    """Ask a trained model about images, typed or spoken (one question, or interactive with /image,
-    /audio, /reset, /quit)."""
+    """Ask a trained model about images or a video, typed or spoken (one question, or interactive with
+    /image, /video, /audio, /reset, /quit)."""
     from omnifuse.generation.chat import ChatSession
     from omnifuse.rundir import RunDir
     from omnifuse.tasks import load_language_model
@@ -82,6 +87,8 @@ def chat(
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
     for path in image or []:
         session.add_image(path)
+    if video is not None:
+        session.add_video(video, start, end)
     if question is not None or audio is not None:
         answer = session.ask(question, audio)
         console.out.print(escape(answer))
@@ -128,7 +135,7 @@ def _interactive(session, speak: Path | None, voice: str) -> None:
     """The chat loop: questions, /image PATH, /audio PATH, /reset, /quit; a bad path keeps the chat going."""
     console.err.print(
         "interactive chat: type a question; /image PATH (again for several; <image> in the question places "
-        "them), /audio PATH (a spoken question), /reset, /quit"
+        "them), /video PATH, /audio PATH (a spoken question), /reset, /quit"
     )
     while True:
         try:
@@ -142,6 +149,9 @@ def _interactive(session, speak: Path | None, voice: str) -> None:
         try:
             if line == "/reset":
                 session.reset()
+            elif line.startswith("/video"):
+                session.add_video(Path(line.removeprefix("/video").strip()))
+                console.err.print("video attached")
             elif line.startswith("/image"):
                 session.add_image(Path(line.removeprefix("/image").strip()))
                 n = len(session.images)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omnifuse.data.converters import IMAGE_MARKER  # where an image stands in a question, as in LLaVA data
-from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, VideoPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.generation.engine import Engine, generation_config
 from omnifuse.processing.processor import load_clip
@@ -19,6 +19,7 @@ class ChatSession:
         self.engine = Engine(model, processor)
         self.cfg = generation_config(recipe, max_new_tokens)
         self.images: list[Path] = []  # attached to the next question
+        self.videos: list[VideoPart] = []  # attached to the next question, placed before its images
         self.history: list[Message] = []
 
     def set_image(self, path: Path) -> None:
@@ -32,9 +33,23 @@ class ChatSession:
         open_image(path, "image file")
         self.images.append(Path(path))
 
+    def add_video(self, path: Path, start: float | None = None, end: float | None = None) -> None:
+        """Attach a video (or its part from ``start`` to ``end`` seconds) to the next question; decoded and
+        sampled now as the model samples it, so a bad or too short file fails before asking."""
+        slot = self.engine.processor.media.get("video")
+        if slot is None:
+            raise OmnifuseError(
+                "this model takes no video: it has no video encoder; train a video recipe "
+                "(`omnifuse cp video-llama DEST`) or ask about images"
+            )
+        part = VideoPart(Path(path), start=start, end=end)
+        slot.load(part, "chat")
+        self.videos.append(part)
+
     def reset(self) -> None:
         self.history.clear()
         self.images.clear()
+        self.videos.clear()
 
     def _question(self, question: str | None) -> list:
         """The question's text with the attached images: at its ``<image>`` markers, else before it."""
@@ -65,14 +80,14 @@ class ChatSession:
 
     def ask(self, question: str | None = None, audio: Path | None = None) -> str:
         """Answer a typed question, a spoken one (``audio``: a clip file), or both (the text follows the clip)."""
-        if not question and audio is None:
+        if not question and audio is None and not self.videos:
             raise OmnifuseError("ask a question: type it or give a clip with --audio")
         text = self._question(question)
         clip = [self._clip(audio)] if audio is not None else []
         # Images placed before the question come first, then the clip, then the text.
         lead = 0 if IMAGE_MARKER in (question or "") else len(self.images)
-        self.history.append(Message("user", (*text[:lead], *clip, *text[lead:])))
-        self.images = []
+        self.history.append(Message("user", (*self.videos, *text[:lead], *clip, *text[lead:])))
+        self.images, self.videos = [], []
         # The prompt of a sample is everything before its last assistant turn, so add an empty one.
         sample = Sample("chat", (*self.history, Message("assistant", (TextPart(""),))), {})
         answer = self.engine.generate([sample], self.cfg)[0]
