@@ -140,12 +140,14 @@ def _storage(model: nn.Module, comp: str, chosen: list[tuple[str, nn.Parameter]]
     trained = [p for _, p in chosen]
     ids = {id(p) for p in trained}
     frozen = [p for p in model.get_submodule(comp).parameters() if id(p) not in ids]
-    parts = [
-        f"{label} {'/'.join(sorted({str(p.dtype).removeprefix('torch.') for p in params}))}"
+    names = {
+        label: "/".join(sorted({str(p.dtype).removeprefix("torch.") for p in params}))
         for label, params in (("trained", trained), ("frozen", frozen))
         if params
-    ]
-    return " · ".join(parts)
+    }
+    if len(set(names.values())) == 1:  # one dtype for all (float32 without mixed precision)
+        return next(iter(names.values()))
+    return " · ".join(f"{label} {dtypes}" for label, dtypes in names.items())
 
 
 def _stage_table(model: nn.Module, stage: StageSpec, infos: list[ParamGroupInfo]) -> Table:
