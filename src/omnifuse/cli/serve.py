@@ -61,6 +61,10 @@ def serve(
     allow_remote_media: Annotated[
         bool, typer.Option(help="fetch http(s) image URLs (public addresses only); default: data URLs only")
     ] = False,
+    allowed_local_media_path: Annotated[
+        Path | None,
+        typer.Option(help="read file:// video URLs of files inside this folder (as vLLM); default: refused"),
+    ] = None,
     max_batch_size: Annotated[int, typer.Option(min=1, help="requests decoded together")] = 8,
     max_queue: Annotated[int, typer.Option(min=1, help="requests waiting before 503 + Retry-After")] = 64,
     max_images: Annotated[int, typer.Option(min=0, help="images per request")] = 4,
@@ -87,7 +91,7 @@ def serve(
     settings = ServerSettings(
         model_name=model_name or Path(run_dir).resolve().name,
         api_key=api_key,
-        media=MediaLimits(allow_remote=allow_remote_media),
+        media=MediaLimits(allow_remote=allow_remote_media, local_media_path=allowed_local_media_path),
         max_body_bytes=int(max_body_mb * 1024**2),
         max_images=max_images,
         max_batch_size=max_batch_size,

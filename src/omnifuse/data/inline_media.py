@@ -13,6 +13,8 @@ import binascii
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -36,6 +38,9 @@ class MediaLimits:
     max_video_bytes: int = 64 * 1024**2  # per video, after base64 decoding
     allow_remote: bool = False
     remote_timeout_s: float = 10.0
+    # file:// URLs of videos inside this folder are read from the server's disk (vLLM's
+    # --allowed-local-media-path); None: refused.
+    local_media_path: Path | None = None
 
 
 def b64decode(data: str, what: str, limit: int) -> bytes:
@@ -131,6 +136,21 @@ def video_data_url(url: str, limits: MediaLimits, what: str = "the video") -> tu
             f"{what} is a data URL {shown}; send data:video/mp4;base64,... (or another video type)"
         )
     return mime, raw
+
+
+def local_file_url(url: str, limits: MediaLimits, what: str = "the video") -> Path:
+    """A ``file://`` URL → the file it names, only inside ``limits.local_media_path`` (after resolving
+    symlinks and ``..``), else a 400 naming the server option."""
+    if limits.local_media_path is None:
+        raise MediaError(
+            f"{what} is a file:// URL, which this server does not read; send a base64 data URL, or start the "
+            "server with --allowed-local-media-path FOLDER"
+        )
+    root = Path(limits.local_media_path).resolve()
+    path = Path(unquote(url[len("file://") :])).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise MediaError(f"{what}: {url} is not a file inside the server's local media folder")
+    return path
 
 
 def check_video(source: bytes | str, what: str = "the video") -> None:

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omnifuse.audio.tts import espeak_available, synthesize
-from omnifuse.data.inline_media import is_data_url, video_data_url
+from omnifuse.data.inline_media import is_data_url, local_file_url, video_data_url
 from omnifuse.data.openai_messages import AudioContent, ImageContent, PartError, VideoContent, native_messages
 from omnifuse.data.sample import AudioPart, ImagePart, Sample, VideoPart
 from omnifuse.errors import OmnifuseError
@@ -141,6 +141,8 @@ class _RequestMedia:
         if "video" not in self.modalities:
             raise PartError(f"{where}: this model takes no video; send text or images", where)
         url, what = part.video_url.url, f"the video at {where}"
+        if url[:7].lower() == "file://":  # only inside --allowed-local-media-path
+            return VideoPart(path=local_file_url(url, self.settings.media, what))
         if not is_data_url(url):  # decoded by the processor, within omnifuse.video's bounds
             raise PartError(
                 f"{what} must be a base64 data URL (data:video/mp4;base64,...)", f"{where}.video_url.url"
