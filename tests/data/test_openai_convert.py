@@ -145,7 +145,7 @@ BAD_LINES = [
     ({"messages": [{"role": "user", "content": [{"type": "video", "video": "x"}]}]}, "messages.0.content.0"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}, "only come first"),
     ({"messages": []}, "messages"),
-    ({"id": True, "messages": [{"role": "user", "content": "a"}]}, "id"),
+    ({"id": True, "messages": [{"role": "user", "content": "a"}]}, "line 9: id: Input should be"),
     (
         {
             "messages": [

@@ -89,16 +89,18 @@ class MediaReader(Protocol):
     def video(self, part: VideoContent, where: str) -> VideoPart: ...
 
 
+_BRANCHES = {"str", "int", "float", "bool", "none"}  # the names pydantic gives a union's plain branches
+
+
 def validation_problem(exc: ValidationError) -> tuple[str, str]:
     """(field path, message) of the first problem pydantic found, with how many more there were."""
     errs = exc.errors(include_url=False)
     # The deepest location is the most specific: for content that is neither a string nor a list of
     # known parts, the part that is wrong rather than "not a string".
     first = max(errs, key=lambda e: len(e["loc"]))
-    # Drop pydantic's union-branch names (e.g. "list[...]", "image_url") that are not JSON keys.
-    where = ".".join(
-        str(p) for p in first["loc"] if isinstance(p, int) or not any(c in str(p) for c in "[]()")
-    )
+    # Drop pydantic's union-branch names (e.g. "list[...]", "image_url", a trailing "str") that are not JSON keys.
+    loc = [str(p) for p in first["loc"] if isinstance(p, int) or not any(c in str(p) for c in "[]()")]
+    where = ".".join(loc[:-1] if len(loc) > 1 and loc[-1] in _BRANCHES else loc)
     more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
     msg = first["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
     return where, f"{where}: {msg}{more}"
