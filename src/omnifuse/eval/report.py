@@ -13,6 +13,7 @@ from omnifuse.atomic import atomic_write_text  # noqa: E402
 from omnifuse.data.sample import Sample  # noqa: E402
 from omnifuse.errors import OmnifuseError  # noqa: E402
 from omnifuse.eval.captioning import caption_table  # noqa: E402
+from omnifuse.eval.importance import importance_markdown
 from omnifuse.eval.probes import ProbeRow  # noqa: E402
 from omnifuse.eval.runfiles import STEP, read_records  # noqa: E402
 from omnifuse.eval.scoring import metric_markdown  # noqa: E402
@@ -139,9 +140,11 @@ def write_report(
     data_ref: str,
     probes: list[ProbeRow] | None = None,
     captions: dict | None = None,
+    importance: dict | None = None,
 ) -> Path:
     """Write RUN/report.md (+ loss.png, samples.png); returns the markdown path. ``captions``: a qformer
-    stage's held-out captioning scores by stage (:mod:`omnifuse.eval.qformer_captions`)."""
+    stage's held-out captioning scores by stage (:mod:`omnifuse.eval.qformer_captions`); ``importance``:
+    eval --importance's table (:mod:`omnifuse.eval.importance`)."""
     recipe = run.recipe()
     lines = [f"# omnifuse run: {recipe.name}", ""]
     lines.append(
@@ -161,6 +164,7 @@ def write_report(
     if probes:
         lines += ["## Robustness probes", "", "Same questions, changed inputs (omnifuse.eval.probes).", ""]
         lines += [*_robustness_table(result, probes), ""]
+    lines += importance_markdown(importance)
     lines += caption_sections(captions)
     try:
         if plot_loss(run.metrics_file, run.path / "loss.png"):

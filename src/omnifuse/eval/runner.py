@@ -158,5 +158,15 @@ def evaluate_run(
     if probes is not None:
         atomic_write_text(run.path / ROBUSTNESS, json.dumps([row.summary() for row in probes], indent=2))
     timings = {"evaluation": seconds} | ({"blind evaluation": blind_seconds} if blind_seconds else {})
-    write_report(run, result, blind_result, samples, timings, settings.data, probes, outcome.captions)
+    write_report(
+        run,
+        result,
+        blind_result,
+        samples,
+        timings,
+        settings.data,
+        probes,
+        outcome.captions,
+        outcome.importance,
+    )
     return outcome

@@ -53,6 +53,7 @@ def test_an_image_the_model_cannot_see_has_no_importance(blind_run, capsys):
     assert rows["remove"]["perturbed"] == summary["blind"]["accuracy"]  # the blind baseline is the removal
     for p in ("permute", "noise"):
         assert rows[p]["drop"] == 0.0 and rows[p]["ci95"] == [0.0, 0.0] and rows[p]["p_value"] == 1.0
+    assert "## Modality importance" in (blind_run / "report.md").read_text()
 
 
 def test_generate_importance_on_its_own_and_seeded(blind_run, capsys):
