@@ -117,3 +117,14 @@ def test_hf_needs_lora_merged(cnn_run, tmp_path, capsys):
     err = _err(capsys)
     assert "--format hf stores the LoRA adapters merged" in err and "--format llm --no-merge-lora" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_run_with_damaged_weights_is_refused(cnn_run, tmp_path, capsys):
+    run, _ = cnn_run
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    assert _export(broken, tmp_path / "x", "--format", "hf") == 2
+    assert "model.safetensors changed since training finished" in _err(capsys)
+    assert not (tmp_path / "x").exists()
