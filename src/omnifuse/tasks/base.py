@@ -66,6 +66,11 @@ class EvalRequest:
     dtype: str | None = None
     importance: ImportanceSettings | None = None
 
+    def run_options(self) -> tuple:
+        """(data, limit, progress, device, dtype, importance): what a classifier or alignment run's evaluation
+        takes after the run."""
+        return self.data, self.limit, self.progress, self.device, self.dtype, self.importance
+
 
 @dataclass(frozen=True)
 class Evaluated:

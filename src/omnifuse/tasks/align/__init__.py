@@ -73,15 +73,7 @@ class AlignTask:
         from omnifuse.tasks.align.run import evaluate_align_run
 
         vqa_options_refused(request, "alignment", "retrieval is scored against its chance level in eval.json")
-        evaluation = evaluate_align_run(
-            run,
-            request.data,
-            request.limit,
-            request.progress,
-            request.device,
-            request.dtype,
-            request.importance,
-        )
+        evaluation = evaluate_align_run(run, *request.run_options())
         printout = eval_printout(run.path, evaluation)
         return Evaluated(
             evaluation, printout[:-1] + importance_printout(evaluation.get("importance")) + printout[-1:]

@@ -66,15 +66,7 @@ class ClassifyTask:
             "classifier",
             "its robustness to missing and noisy modalities: eval.robustness in the recipe",
         )
-        result = evaluate_classifier_run(
-            run,
-            request.data,
-            request.limit,
-            request.progress,
-            request.device,
-            request.dtype,
-            request.importance,
-        )
+        result = evaluate_classifier_run(run, *request.run_options())
         printout = scores_printout(run.path)
         printout[1:1] = [confusion_table(result), *importance_printout(result.get("importance"))]
         return Evaluated(result, printout)
