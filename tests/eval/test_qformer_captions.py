@@ -83,7 +83,7 @@ def evaluated(tmp_path_factory):
     }
     raw["stages"][0].update(objective={"type": "qformer", "eval": str(cap_file), "eval_limit": 10}, data=str(cap_file))  # fmt: skip
     raw["stages"] = raw["stages"][:1]  # the caption stage alone: the LLM only answers the (few) VQA questions
-    raw["data"]["eval_limit"] = 2
+    raw["data"] |= {"eval": str(cap_file), "eval_limit": 2}  # caption samples (meta.task) through the LLM too
     raw["eval"]["blind"] = False
     train(parse_recipe(raw), root / "run", parts=make_parts(), progress=False)
     run = RunDir(root / "run")
@@ -108,6 +108,9 @@ def test_eval_scores_the_caption_stage_on_its_held_out_data(evaluated):
         if isinstance(t, TableData) and t.title.startswith("stage align")
     ]
     assert [row[0] for row in tables[0].rows] == ["BLEU-4", "CIDEr-D (×100)", "ROUGE-L (×100)"]
+    # The LLM's answers to the caption samples of data.eval are scored by the caption metrics (eval.scoring).
+    llm = json.loads((run.path / "eval.json").read_text())["metrics"]["caption"]
+    assert llm["n"] == 2 and {"bleu4", "cider_d", "rouge_l"} <= set(llm)
     report = (run.path / "report.md").read_text()
     assert "## Captioning: stage align" in report and "| BLEU-4 |" in report
 
