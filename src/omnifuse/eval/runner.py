@@ -149,24 +149,24 @@ def evaluate_run(
     if not current_world().main:  # sharded evaluation: every process holds all predictions, one writes
         return outcome
     outcome.captions = stage_captions(recipe, model, processor, bs, progress=progress)
+    _write_files(run, outcome, settings, samples, data_file, processor)
+    return outcome
+
+
+def _write_files(
+    run: RunDir, outcome: EvalOutcome, settings: EvalSettings, samples: list, data_file: Path, processor
+) -> None:
+    """eval.json, predictions.jsonl, the manifest, robustness.json (with probes) and report.md."""
     atomic_write_text(run.path / "eval.json", json.dumps(outcome.summary(), indent=2))
     atomic_write_text(
-        run.path / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in result.predictions)
+        run.path / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in outcome.result.predictions)
     )
     record = build_manifest(settings, data_file, samples, processor, run.weights_file, outcome.scores())
     atomic_write_text(run.path / MANIFEST, json.dumps(record, indent=2))
-    if probes is not None:
-        atomic_write_text(run.path / ROBUSTNESS, json.dumps([row.summary() for row in probes], indent=2))
-    timings = {"evaluation": seconds} | ({"blind evaluation": blind_seconds} if blind_seconds else {})
-    write_report(
-        run,
-        result,
-        blind_result,
-        samples,
-        timings,
-        settings.data,
-        probes,
-        outcome.captions,
-        outcome.importance,
-    )
-    return outcome
+    if outcome.probes is not None:
+        atomic_write_text(
+            run.path / ROBUSTNESS, json.dumps([row.summary() for row in outcome.probes], indent=2)
+        )
+    o = outcome
+    timings = {"evaluation": o.seconds} | ({"blind evaluation": o.blind_seconds} if o.blind_seconds else {})
+    write_report(run, o.result, o.blind, samples, timings, o.data, o.probes, o.captions, o.importance)
