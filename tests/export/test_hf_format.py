@@ -337,3 +337,19 @@ def test_a_batch_answers_as_its_rows_alone(exported):
         alone = processor(images=images[i], text=texts[i])
         answer = model.generate(**alone, max_new_tokens=6)[0, alone["input_ids"].shape[1] :].tolist()
         assert together[i, : len(answer)].tolist() == answer
+
+
+def test_video_recipes_are_refused_until_the_format_holds_them(tmp_path):
+    from omnifuse.export.common import ExportOptions
+    from omnifuse.export.hf import HFFormat
+    from omnifuse.recipe import parse_recipe
+
+    recipe = cnn_recipe(tmp_path / "llm", write_color_dataset(tmp_path / "data", n=1))
+    frames = {
+        "type": "frames",
+        "image": {"type": "mobilenet_v2", "weights": None, "image_size": 32, "crop": False},
+    }
+    recipe["model"]["encoders"] = {"video": frames}
+    recipe["model"]["connectors"] = {"video": {"type": "frame_pool"}}
+    with pytest.raises(OmnifuseError, match=r"does not hold video encoders yet \(encoders.video: frames\)"):
+        HFFormat().check(parse_recipe(recipe), ExportOptions())

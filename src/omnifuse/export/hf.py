@@ -14,6 +14,7 @@ from omnifuse.export.common import ExportOptions, Loaded, generation_config
 from omnifuse.hf.modeling import wrap
 from omnifuse.hf.processing import OmnifuseProcessor, settings
 from omnifuse.recipe import Recipe
+from omnifuse.recipe.components import FramesEncoderSpec
 
 
 class HFFormat:
@@ -23,6 +24,13 @@ class HFFormat:
     )
 
     def check(self, recipe: Recipe, options: ExportOptions) -> None:
+        video = [m for m, enc in recipe.model.encoders.items() if isinstance(enc, FramesEncoderSpec)]
+        if video:
+            raise OmnifuseError(
+                f"--format hf does not hold video encoders yet (encoders.{video[0]}: frames): its processor "
+                "takes no videos and the frame encoder would be rebuilt from its assets; export the language "
+                "model with --format llm"
+            )
         if not options.merge_lora and recipe.lora_components():
             raise OmnifuseError(
                 "--format hf stores the LoRA adapters merged into the base weights; drop --no-merge-lora "
