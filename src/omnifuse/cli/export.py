@@ -23,7 +23,7 @@ def export_(
         str,
         typer.Option(
             "--format",
-            help="hf (default): every recipe, loads through transformers' Auto classes after "
+            help="hf (default): any recipe without video, loads through transformers' Auto classes after "
             "`import omnifuse.hf`; llava: LLaVA-shaped recipes, loads in plain transformers / vLLM / TGI; "
             "llm: the language model alone, a plain causal-LM folder",
         ),

@@ -1,7 +1,7 @@
 """``omnifuse export``: a trained run as a Hugging Face folder, in one of three formats (one module
 each, each an :class:`~omnifuse.export.common.ExportFormat`):
 
-- ``hf`` (the default, every generate recipe): omnifuse's own classes, registered with transformers'
+- ``hf`` (the default, every generate recipe but video for now): omnifuse's own classes, registered with transformers'
   Auto classes by ``import omnifuse.hf``;
 - ``llava`` (recipes shaped like LLaVA): a folder that plain ``LlavaForConditionalGeneration`` loads
   without omnifuse, the format vLLM and TGI serve;
@@ -35,7 +35,7 @@ def export_format(name: str) -> ExportFormat:
     if name not in FORMATS:
         raise OmnifuseError(
             f"unknown export format {name!r}; choose one of {', '.join(FORMATS)} "
-            "(hf, the default: every generate recipe, loaded through transformers' Auto classes after "
+            "(hf, the default: any generate recipe without video, loaded through transformers' Auto classes after "
             "`import omnifuse.hf`; llava: LLaVA-shaped recipes, plain transformers; llm: the language model alone)"
         )
     return FORMATS[name]

@@ -1,5 +1,5 @@
-"""``--format hf`` (the default): a folder for every generate recipe, loaded through transformers' Auto
-classes once ``omnifuse.hf`` is imported (it registers omnifuse's config, model and processor classes;
+"""``--format hf`` (the default): a folder for every generate recipe (video not yet), loaded through
+transformers' Auto classes once ``omnifuse.hf`` is imported (it registers omnifuse's config, model and processor classes;
 no ``trust_remote_code``). The classes, the parameter names (:mod:`omnifuse.hf.weights`: omnifuse's own)
 and the shapes that rebuild the parts without their assets (:mod:`omnifuse.hf.parts`) live in
 :mod:`omnifuse.hf`; this module writes a trained run with them.
@@ -20,7 +20,8 @@ from omnifuse.recipe.components import FramesEncoderSpec
 class HFFormat:
     name = "hf"
     summary = (
-        "every generate recipe: omnifuse's classes through transformers' Auto classes (import omnifuse.hf)"
+        "generate recipes (not video yet): omnifuse's classes through transformers' Auto classes "
+        "(import omnifuse.hf)"
     )
 
     def check(self, recipe: Recipe, options: ExportOptions) -> None:
