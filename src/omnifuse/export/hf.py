@@ -4,6 +4,7 @@ processor classes; no ``trust_remote_code``). The classes, the parameter names
 (:mod:`omnifuse.hf.weights`: omnifuse's own) and the shapes that rebuild the parts without their assets
 (:mod:`omnifuse.hf.parts`) live in :mod:`omnifuse.hf`; this module writes a trained run with them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
