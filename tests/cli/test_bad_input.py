@@ -244,6 +244,7 @@ RUNS = [
     C("eval-importance-unknown-perturbation", "unknown 'blur'", on_run(["eval", "--importance", "--perturbations", "noise,blur", "--no-progress"])),
     C("eval-perturbations-without-importance", "only with --importance", on_run(["eval", "--perturbations", "noise", "--no-progress"])),
     C("eval-importance-one-sample", "needs at least two", on_run(["eval", "--importance", "--limit", "1", "--no-progress"])),
+    C("eval-importance-seed-negative", "a seed is a whole number", on_run(["eval", "--importance", "--importance-seed", "-3", "--no-progress"])),
     C("chat-run-is-file", "run", lambda env, tmp: ["chat", str(write(tmp / "run", "x")), "hi"]),
     C("chat-max-new-tokens-zero", "--max-new-tokens", on_run(["chat", "hi", "--max-new-tokens", "0"])),
     C("explain-max-new-tokens-zero", "--max-new-tokens", on_run(["explain", "what?", "--image", "x.png",

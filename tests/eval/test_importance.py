@@ -45,6 +45,9 @@ def test_the_options_parse_or_say_what_is_wrong():
         importance_settings(" , ", None, True)
     with pytest.raises(OmnifuseError, match="runs only with --importance"):
         importance_settings("noise", None, False)
+    for seed in (-1, 2**32):
+        with pytest.raises(OmnifuseError, match=f"--importance-seed {seed}: a seed is a whole number from 0"):
+            importance_settings(None, seed, True)
 
 
 def test_feature_perturbations_are_seeded_and_carry_no_sample():

@@ -78,8 +78,8 @@ class ImportanceSettings:
 def importance_settings(
     perturbations: str | None, seed: int | None, enabled: bool, repeats: int | None = None
 ) -> ImportanceSettings | None:
-    """The settings from the command line's options; a clear error for an unknown perturbation, a repeat
-    count under 1, or importance options without ``--importance``."""
+    """The settings from the command line's options; a clear error for an unknown perturbation, a seed out of
+    range, a repeat count under 1, or importance options without ``--importance``."""
     options = (
         ("--perturbations", perturbations),
         ("--importance-seed", seed),
@@ -93,6 +93,8 @@ def importance_settings(
                 "add --importance, or drop them"
             )
         return None
+    if seed is not None and not 0 <= seed < 2**32:
+        raise OmnifuseError(f"--importance-seed {seed}: a seed is a whole number from 0 to {2**32 - 1}")
     if repeats is not None and repeats < 1:
         raise OmnifuseError(
             f"--importance-repeats {repeats}: draw each permutation and noise at least once (1 or more)"
