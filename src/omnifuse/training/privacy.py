@@ -50,9 +50,10 @@ MAX_SIGMA = 1e4
 
 @contextlib.contextmanager
 def opacus_quiet() -> Iterator[None]:
-    """Opacus' warnings that say nothing to a user of omnifuse (shown with ``--debug`` through the CLI's
-    own warning filter): its non-cryptographic RNG (documented in docs/privacy.md), the full backward
-    hooks on layers whose inputs need no gradient, and the RDP order at the end of the range."""
+    """Opacus' warnings that say nothing to a user of omnifuse, silenced for library callers too (the CLI
+    hides other libraries' warnings unless ``--debug`` anyway): its non-cryptographic RNG (docs/privacy.md
+    says so), full backward hooks on layers whose inputs need no gradient (the connector's first layer,
+    by design), and the best RDP order at the end of the range (orders go to 4096 here)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
