@@ -52,7 +52,7 @@ def heatmap_png(
 def perturbation_png(image: Image.Image, result: PerturbationResult, token: str, out: Path) -> None:
     """The image, the signed region values over it (red supports the answer, blue speaks against it)
     and the question tokens' values as bars; every value in nats of log p(answer)."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.3), gridspec_kw={"width_ratios": [1, 1.15, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.15, 1]})
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=9)
     heat = result.heatmap if result.heatmap is not None else np.zeros((image.height, image.width))
