@@ -395,6 +395,11 @@ SCALE = [
     C("train-fsdp-qformer", "Q-Former", lambda env, tmp: ["validate", str(Path(CLASSIC).parents[1] / "blip2.yaml"), "--set", FSDP]),
     C("train-fsdp-classify", "task classify trains in one process", lambda env, tmp: ["validate", CLASSIC, "--set", FSDP]),
     C("train-fsdp-dp-sgd", "DP-SGD", lambda env, tmp: ["validate", CLASSIC, "--set", FSDP, "--set", DP]),
+    # DP-SGD on the LLM path (docs/privacy.md): refused before training, or by the recipe.
+    C("train-dp-epsilon-out-of-reach", "out of reach", train({"privacy": {"target_epsilon": 0.01}})),
+    C("train-dp-unsupported-layer", "no per-sample gradient rule",
+      train({"privacy": {"noise_multiplier": 1.0}, f"{ST}.trainable.llm": "full", f"{ST}.lr.llm": 1e-3})),
+    C("train-dp-fsdp", "shards the parameters", validate({"privacy": {"noise_multiplier": 1.0}, **{FSDP.split("=")[0]: "fsdp"}})),
     C("train-device-no-gpu", NO_SUCH_GPU, train(None, "--device", NO_SUCH_GPU)),
     C("train-dtype-float16-cpu", "float16", train(None, "--device", "cpu", "--dtype", "float16")),
     C("train-dtype-unknown", "int8", train(None, "--dtype", "int8")),
