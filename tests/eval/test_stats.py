@@ -124,3 +124,8 @@ def test_continuous_scores_have_no_right_wrong_counts():
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(OmnifuseError, match="same samples"):
         paired_comparison([1, 0, 1], [1, 0])
+
+
+def test_a_paired_comparison_of_one_differing_sample_has_p_one():
+    result = paired_comparison([0.0], [1.0])
+    assert (result.n, result.difference, result.ci, result.p_value) == (1, 1.0, (1.0, 1.0), 1.0)

@@ -193,8 +193,10 @@ def paired_comparison(
                 (a, b), _mean_difference, True, confidence, n_resamples, seed, "percentile", paired=True
             )
         ci = (float(low), float(high))
-    if np.all(d == 0):
-        p = 1.0  # every permutation gives the observed difference, 0
+    if np.all(d == 0) or n == 1:
+        # All differences 0: every permutation gives the observed 0. One sample: its two sign flips give
+        # +d and −d, both as extreme as observed (scipy's test needs two samples).
+        p = 1.0
     else:
         res = stats.permutation_test(
             (a, b),
