@@ -49,7 +49,7 @@ from omnifuse.runtime.distributed import barrier, broadcast_error
 from omnifuse.training import parallel, privacy
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step, private_lm_step
-from omnifuse.training.order import sample_order, stage_order, stage_steps
+from omnifuse.training.order import sample_order, stage_order, stage_refs, stage_steps
 from omnifuse.training.qformer_pretrain import qformer_step
 from omnifuse.training.run_files import (
     checked_progress,
@@ -126,16 +126,13 @@ class Trainer:
         return [s for part in self._sources(stage) for s in part]
 
     def _sources(self, stage: StageSpec) -> list[list[Sample]]:
-        refs = (
-            [m.source for m in stage.data]
-            if isinstance(stage.data, tuple)
-            else [stage.data or self.recipe.data.train]
-        )
-        for ref in refs:
+        parts = []
+        for ref in stage_refs(stage, self.recipe.data.train):
             if ref not in self._data:
                 self._data[ref] = load_data(ref)
-        parts = [self._data[ref] for ref in refs]
-        return [select_subset(p, stage.limit, self.recipe.seed) if stage.limit else p for p in parts]
+            part = self._data[ref]
+            parts.append(select_subset(part, stage.limit, self.recipe.seed) if stage.limit else part)
+        return parts
 
     def evaluate_now(self) -> dict[str, float]:
         """Score the model being trained (no second copy) on the seeded eval subset ``eval.during_limit``;

@@ -107,6 +107,12 @@ def balance_groups(samples: Sequence[Sample], key: str) -> list[list[int]]:
     return [by_value[v] for v in sorted(by_value)]
 
 
+def stage_refs(stage: StageSpec, default: str) -> list[str]:
+    """The data references a stage reads: a mixture's sources in order, or its one source (``default``:
+    the recipe's data.train)."""
+    return [m.source for m in stage.data] if isinstance(stage.data, tuple) else [stage.data or default]
+
+
 def stage_steps(stage: StageSpec, num_samples: int, processes: int = 1) -> int:
     """Optimizer steps of a stage; an epoch counts global batches (``batch_size × grad_accum × processes``)."""
     if stage.steps is not None:
@@ -134,4 +140,4 @@ def stage_order(
     return sample_order(num, seed, stage_index, groups, weights), counts
 
 
-__all__ = ["Mixture", "balance_groups", "sample_order", "stage_order", "stage_steps"]
+__all__ = ["Mixture", "balance_groups", "sample_order", "stage_order", "stage_refs", "stage_steps"]

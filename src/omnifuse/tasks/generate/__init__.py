@@ -104,15 +104,14 @@ class GenerateTask:
     def training_samples(self, recipe: Recipe) -> int:
         """Steps × batch size × accumulation, summed over stages."""
         from omnifuse.data.sources import load_data
-        from omnifuse.training.order import stage_steps
+        from omnifuse.training.order import stage_refs, stage_steps
 
         sizes: dict[str, int] = {}
         total = 0
         for stage in recipe.stages:
             n = 0
             if stage.steps is None:
-                mixture = isinstance(stage.data, tuple)
-                refs = [m.source for m in stage.data] if mixture else [stage.data or recipe.data.train]
+                refs = stage_refs(stage, recipe.data.train)
                 for ref in refs:
                     if ref not in sizes:
                         sizes[ref] = len(load_data(ref))
