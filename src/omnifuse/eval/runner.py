@@ -28,7 +28,7 @@ from omnifuse.eval.vqa import VQAResult, evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir
-from omnifuse.runtime import current_world
+from omnifuse.runtime import current_world, placement_of, threads
 
 ROBUSTNESS = "robustness.json"
 
@@ -121,26 +121,30 @@ def evaluate_run(
         raise OmnifuseError(f"{settings.data} holds no samples to evaluate")
     if saved is not None:
         check_inputs(saved, data_file, samples, run.weights_file)
-    engine = Engine(model, processor)
-    cfg, bs = settings.generation, settings.batch_size
-    t0 = time.perf_counter()
-    result = evaluate_vqa(engine, samples, cfg, bs, progress=progress, label="eval")
-    seconds = time.perf_counter() - t0
-    blind_result, blind_seconds = None, None
-    if settings.blind:
+    # A long evaluation follows the load: torch's threads track the cores other processes leave free.
+    with threads.kept_threads(placement_of(model).device, recipe.runtime.threads):
+        engine = Engine(model, processor)
+        cfg, bs = settings.generation, settings.batch_size
         t0 = time.perf_counter()
-        blind_result = evaluate_vqa(
-            engine, samples, cfg, bs, blind=True, progress=progress, label="eval blind"
+        result = evaluate_vqa(engine, samples, cfg, bs, progress=progress, label="eval")
+        seconds = time.perf_counter() - t0
+        blind_result, blind_seconds = None, None
+        if settings.blind:
+            t0 = time.perf_counter()
+            blind_result = evaluate_vqa(
+                engine, samples, cfg, bs, blind=True, progress=progress, label="eval blind"
+            )
+            blind_seconds = time.perf_counter() - t0
+        probes = (
+            run_probes(engine, samples, result, cfg, bs, settings.seed, progress=progress)
+            if robustness
+            else None
         )
-        blind_seconds = time.perf_counter() - t0
-    probes = (
-        run_probes(engine, samples, result, cfg, bs, settings.seed, progress=progress) if robustness else None
-    )
-    outcome = EvalOutcome(result, blind_result, seconds, blind_seconds, settings.data, probes)
-    if importance is not None:
-        outcome.importance = generate_importance(
-            engine, samples, result, cfg, bs, importance, blind_result, progress=progress
-        )
+        outcome = EvalOutcome(result, blind_result, seconds, blind_seconds, settings.data, probes)
+        if importance is not None:
+            outcome.importance = generate_importance(
+                engine, samples, result, cfg, bs, importance, blind_result, progress=progress
+            )
     if saved is not None:
         now = {k: outcome.scores()[k] for k in saved.get("scores", {}) if k in outcome.scores()}
         outcome.reproduction = Reproduction(

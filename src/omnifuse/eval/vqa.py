@@ -25,7 +25,7 @@ from omnifuse.eval.scoring import grounding_view, metric_for, metric_summaries
 from omnifuse.eval.stats import bootstrap_ci
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.progress import progress_bar
-from omnifuse.runtime import current_world, init_world
+from omnifuse.runtime import current_world, init_world, threads
 from omnifuse.runtime.distributed import gather_dicts
 
 __all__ = [
@@ -150,6 +150,7 @@ def evaluate_vqa(
     answered: dict[int, list[dict]] = {}
     with progress_bar(label, sum(len(c) for _, c in mine), enabled=progress and world.main) as bar:
         for k, chunk in mine:
+            threads.tick()
             prompts = [without_media(s) for s in chunk] if blind else chunk
             answers = engine.generate(prompts, cfg)
             answered[k] = [_record(s, pred, asr) for s, pred in zip(chunk, answers, strict=True)]

@@ -76,6 +76,20 @@ class RuntimeSpec(Spec):
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="the LLM's attention implementation, passed to transformers (auto: its default)"
     )
+    threads: int | Literal["auto"] = Field(
+        "auto",
+        ge=1,
+        description="CPU only: torch's thread count. auto: the cores other processes leave free, re-measured "
+        "every few seconds (OMP_NUM_THREADS, when set, counts as a choice); N: exactly N",
+    )
+    quantize: Literal["none", "int8", "int4"] = Field(
+        "none",
+        description="how the LLM's weights are stored at inference (eval, chat, serve, report; --quantize "
+        "overrides): int8 on a CPU: torch's dynamic int8 quantisation of the decoder's linear layers (LoRA "
+        "merged first; embeddings and the output layer stay float); int8 / int4 on CUDA: bitsandbytes "
+        "(LLM.int8 / 4-bit NF4). On CUDA, training with it freezes the LLM in that form (QLoRA with a LoRA "
+        "stage); on a CPU training refuses it (docs/serving.md)",
+    )
     distributed: DistributedSpec = DistributedSpec()
 
     @field_validator("device")
@@ -84,4 +98,13 @@ class RuntimeSpec(Spec):
         return check_device(value)
 
 
-__all__ = ["DTYPES", "DistributedSpec", "RuntimeSpec", "check_device", "one_process_only"]
+def no_quantize(runtime: RuntimeSpec, task: str) -> None:
+    """Quantisation is of a generative recipe's LLM; a classifier's or an alignment's small models have none."""
+    if runtime.quantize != "none":
+        raise ValueError(
+            f"runtime.quantize: {runtime.quantize}: task {task} has no LLM to quantise (quantisation stores a "
+            "generate recipe's LLM in int8 / int4); remove runtime.quantize"
+        )
+
+
+__all__ = ["DTYPES", "DistributedSpec", "RuntimeSpec", "check_device", "no_quantize", "one_process_only"]

@@ -44,6 +44,7 @@ from omnifuse.runtime import (
     place,
     resolve_placement,
     sum_across,
+    threads,
 )
 from omnifuse.runtime.distributed import barrier, broadcast_error
 from omnifuse.training import parallel, privacy
@@ -361,6 +362,7 @@ class Trainer:
                 )
                 step += 1
                 dt = time.perf_counter() - t0
+                threads.tick()
                 loss_value = total_loss
                 record = {
                     "stage": stage.name,
@@ -373,6 +375,7 @@ class Trainer:
                     "tokens_per_s": round(n_tokens * self.world.size / dt, 1),
                     "samples_per_s": round(n_seq * self.world.size / dt, 2),
                     "seconds": round(dt, 4),  # this step's wall time (sweeps sum it over all attempts)
+                    "threads": torch.get_num_threads(),  # on the CPU: the cores other processes left free
                     "time": round(time.time(), 3),
                 }
                 if step == 1 and mixture:
@@ -467,7 +470,10 @@ def train(
     finished = bool(sum_across([finished], placement.device)[0])
     if finished:
         return TrainResult(run, 0.0, 0, None, already_finished=True)
-    with run.training() if world.main else contextlib.nullcontext():
+    with (
+        run.training() if world.main else contextlib.nullcontext(),
+        threads.kept_threads(placement.device, recipe.runtime.threads),
+    ):
         seed_everything(recipe.seed)
         fsdp = recipe.runtime.distributed.strategy == "fsdp"
         whole = fsdp or any(s.trainable.get("llm") == "full" for s in recipe.stages)

@@ -1,0 +1,114 @@
+"""The CPU thread keeper: torch's thread count follows the cores other processes leave free."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omnifuse.runtime import threads
+from omnifuse.runtime.threads import CpuThreads, free_cores, kept_threads
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("others", "cores", "want"),
+    [(0.0, 2, 2), (0.4, 2, 2), (0.7, 2, 1), (1.0, 2, 1), (1.6, 2, 1), (5.0, 2, 1), (1.0, 8, 7), (0.0, 1, 1)],
+)
+def test_free_cores(others, cores, want):
+    assert free_cores(others, cores) == want
+
+
+class FakeMachine:
+    """A clock and /proc-like counters: `others` cores of other processes' work per second, and this
+    process busy on `own` cores."""
+
+    def __init__(self) -> None:
+        self.now, self.busy, self.own = 0.0, 0.0, 0.0
+        self.others, self.own_rate = 0.0, 1.0
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.busy += (self.others + self.own_rate) * seconds
+        self.own += self.own_rate * seconds
+
+    def keeper(self, **kw) -> CpuThreads:
+        return CpuThreads(cores=2, interval=5.0, clock=lambda: self.now, readings=lambda: (self.busy, self.own), **kw)
+
+
+def test_threads_follow_the_load_after_two_readings_that_agree():
+    m = FakeMachine()
+    keeper = m.keeper().start()  # no other load during the first reading: both cores
+    assert torch.get_num_threads() == 2
+    m.others = 1.0  # another CPU-bound process starts
+    m.advance(6.0)
+    keeper.tick()
+    assert torch.get_num_threads() == 2  # one reading is not enough
+    m.advance(2.0)
+    keeper.tick()  # too soon to measure again: nothing changes
+    assert torch.get_num_threads() == 2
+    m.advance(4.0)
+    keeper.tick()
+    assert torch.get_num_threads() == 1 and keeper.changes == [(2, 1)]
+    m.others = 0.0  # it ended
+    for _ in range(2):
+        m.advance(6.0)
+        keeper.tick()
+    assert torch.get_num_threads() == 2 and keeper.changes == [(2, 1), (1, 2)]
+
+
+def test_one_burst_does_not_change_the_count():
+    m = FakeMachine()
+    keeper = m.keeper().start()
+    m.others = 1.5
+    m.advance(6.0)
+    keeper.tick()
+    m.others = 0.0
+    m.advance(6.0)
+    keeper.tick()
+    m.advance(6.0)
+    keeper.tick()
+    assert torch.get_num_threads() == 2 and keeper.changes == []
+
+
+def test_own_work_is_not_counted_as_load():
+    m = FakeMachine()
+    m.own_rate = 2.0  # this process keeps both cores busy
+    keeper = m.keeper().start()
+    for _ in range(3):
+        m.advance(6.0)
+        keeper.tick()
+    assert torch.get_num_threads() == 2 and keeper.changes == []
+
+
+def test_a_chosen_count_is_kept(monkeypatch):
+    m = FakeMachine()
+    m.others = 1.0
+    keeper = m.keeper(fixed=2).start()
+    for _ in range(3):
+        m.advance(6.0)
+        keeper.tick()
+    assert torch.get_num_threads() == 2 and keeper.changes == []
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with kept_threads(torch.device("cpu"), "auto") as kept:
+        assert kept.fixed == 1 and torch.get_num_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with kept_threads(torch.device("cpu"), 1) as kept:
+        assert kept.fixed == 1 and torch.get_num_threads() == 1
+
+
+def test_kept_threads_restores_the_count_and_is_idle_off_the_cpu():
+    torch.set_num_threads(2)
+    with kept_threads(torch.device("cpu"), 1):
+        threads.tick()
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with kept_threads(torch.device("cuda"), "auto") as kept:
+        assert kept is None
+        threads.tick()  # nothing to keep: no error
+    threads.tick()  # outside any block: a no-op
