@@ -38,7 +38,9 @@ class FakeMachine:
         self.own += self.own_rate * seconds
 
     def keeper(self, **kw) -> CpuThreads:
-        return CpuThreads(cores=2, interval=5.0, clock=lambda: self.now, readings=lambda: (self.busy, self.own), **kw)
+        return CpuThreads(
+            cores=2, interval=5.0, clock=lambda: self.now, readings=lambda: (self.busy, self.own), **kw
+        )
 
 
 def test_threads_follow_the_load_after_two_readings_that_agree():
@@ -112,3 +114,14 @@ def test_kept_threads_restores_the_count_and_is_idle_off_the_cpu():
         assert kept is None
         threads.tick()  # nothing to keep: no error
     threads.tick()  # outside any block: a no-op
+
+
+@pytest.mark.parametrize("bad", [0, -2, "many", True, 1.5])
+def test_a_bad_thread_count_is_refused(bad):
+    from pydantic import ValidationError
+
+    from omnifuse.recipe.runtime import RuntimeSpec
+
+    with pytest.raises(ValidationError, match="threads"):  # True: the generic YAML-boolean refusal
+        RuntimeSpec(threads=bad)
+    assert RuntimeSpec(threads="3").threads == 3 and RuntimeSpec().threads == "auto"

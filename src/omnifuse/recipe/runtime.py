@@ -78,7 +78,6 @@ class RuntimeSpec(Spec):
     )
     threads: int | Literal["auto"] = Field(
         "auto",
-        ge=1,
         description="CPU only: torch's thread count. auto: the cores other processes leave free, re-measured "
         "every few seconds (OMP_NUM_THREADS, when set, counts as a choice); N: exactly N",
     )
