@@ -96,6 +96,15 @@ class RuntimeSpec(Spec):
     def _device(cls, value: str) -> str:
         return check_device(value)
 
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: object) -> int | str:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        if isinstance(value, str) and value.isdigit() and int(value) >= 1:
+            return int(value)
+        raise ValueError("threads is auto or a count of threads ≥ 1")
+
 
 def no_quantize(runtime: RuntimeSpec, task: str) -> None:
     """Quantisation is of a generative recipe's LLM; a classifier's or an alignment's small models have none."""
