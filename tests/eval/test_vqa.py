@@ -7,6 +7,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+import torch
 from rich.console import Console
 
 from omnifuse.cli import console, render
@@ -67,6 +68,39 @@ def test_evaluate_vqa_scores_and_groups(color_data):
     assert blind.accuracy == 0.0
 
 
+class EchoEngine:
+    """Answers each prompt with its question's text (distinct per question) and counts what it was asked."""
+
+    processor = SimpleNamespace(speech_to_text=None)
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def generate(self, prompts, cfg):
+        self.asked += len(prompts)
+        return [p.prompt()[-1].text() for p in prompts]
+
+
+def test_blind_evaluation_asks_each_distinct_question_once(color_data):
+    samples = load_jsonl(color_data)
+    questions = {s.prompt()[-1].text() for s in samples}
+    assert len(questions) < len(samples)  # the fixture repeats its questions over different images
+    blind, seen = EchoEngine(), EchoEngine()
+    res = evaluate_vqa(blind, samples, GenerationConfig(), batch_size=3, blind=True, progress=False)
+    assert blind.asked == len(questions)
+    # every sample still gets its own record, with the answer to its own question
+    assert [p["id"] for p in res.predictions] == [s.id for s in samples]
+    assert [p["prediction"] for p in res.predictions] == [s.prompt()[-1].text() for s in samples]
+    # with the images every prompt is asked (its parts compare by path, not pixels); sampling asks all
+    evaluate_vqa(seen, samples, GenerationConfig(), batch_size=3, progress=False)
+    assert seen.asked == len(samples)
+    sampled = EchoEngine()
+    evaluate_vqa(
+        sampled, samples, GenerationConfig(temperature=0.7), batch_size=3, blind=True, progress=False
+    )
+    assert sampled.asked == len(samples)
+
+
 def test_without_media_keeps_text(color_data):
     s = load_jsonl(color_data)[0]
     b = without_media(s)
@@ -96,7 +130,8 @@ def test_evaluate_run_writes_confidence_intervals(color_data, tmp_path, monkeypa
     monkeypatch.setattr(runner, "Engine", lambda model, processor: FakeEngine())
     # No model here (a fake engine answers), so no weights or prompt for a manifest (tests/eval/test_manifest.py).
     monkeypatch.setattr(runner, "build_manifest", lambda *args: {})
-    outcome = runner.evaluate_run(run, data=str(color_data), progress=False, loaded=(recipe, None, None))
+    model = torch.nn.Linear(1, 1)  # only where the evaluation runs (the CPU: its threads are kept)
+    outcome = runner.evaluate_run(run, data=str(color_data), progress=False, loaded=(recipe, model, None))
     saved = json.loads((run.path / "eval.json").read_text())
     lo, hi = saved["ci95"]
     assert lo < saved["accuracy"] < hi and saved["ci95"] == list(outcome.result.ci95)

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from omnifuse.data.sample import ImagePart, Sample
+from omnifuse.data.sample import ImagePart, Sample, TextPart
 from omnifuse.eval.metrics import (
     exact_match,
     normalize_answer,
@@ -45,6 +45,27 @@ def without_media(sample: Sample) -> Sample:
         replace(m, parts=tuple(p for p in m.parts if not isinstance(p, ImagePart))) for m in sample.messages
     )
     return replace(sample, messages=messages)
+
+
+def distinct_prompts(prompts: Sequence[Sample]) -> tuple[list[Sample], list[int]]:
+    """The prompts to ask, each prompt of text only once (the blind baseline's questions repeat: easy-vqa's
+    1000 test questions are 10 % distinct), and for every prompt the index of the one that answers it.
+    Only for greedy decoding, where a prompt has one answer wherever it sits. A prompt with media is
+    always asked: its parts compare by path, not by the pixels or samples of decoded media."""
+    asked: list[Sample] = []
+    first: dict[tuple, int] = {}
+    where = []
+    for sample in prompts:
+        key = sample.prompt()
+        text_only = all(isinstance(p, TextPart) for m in key for p in m.parts)
+        if not text_only or key not in first:
+            if text_only:
+                first[key] = len(asked)
+            where.append(len(asked))
+            asked.append(sample)
+        else:
+            where.append(first[key])
+    return asked, where
 
 
 def reference_answers(sample: Sample) -> list[str]:
@@ -141,23 +162,24 @@ def evaluate_vqa(
     world = current_world()
     if world.distributed:
         init_world(engine.processor.device)
+    prompts = [without_media(s) for s in samples] if blind else list(samples)
+    asked, where = distinct_prompts(prompts) if cfg.greedy else (prompts, list(range(len(prompts))))
     # With several processes (torchrun / `--nproc`), batch k is answered by process k mod N: each batch is
     # the one a single process would answer, so the predictions are the same; they are gathered in order.
-    batches = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    batches = [asked[i : i + batch_size] for i in range(0, len(asked), batch_size)]
     mine = [(k, chunk) for k, chunk in enumerate(batches) if k % world.size == world.rank]
     if asr is not None:
         asr.prefetch([s for _, chunk in mine for s in chunk], progress=progress)
-    answered: dict[int, list[dict]] = {}
+    answered: dict[int, list[str]] = {}
     with progress_bar(label, sum(len(c) for _, c in mine), enabled=progress and world.main) as bar:
         for k, chunk in mine:
             threads.tick()
-            prompts = [without_media(s) for s in chunk] if blind else chunk
-            answers = engine.generate(prompts, cfg)
-            answered[k] = [_record(s, pred, asr) for s, pred in zip(chunk, answers, strict=True)]
+            answered[k] = engine.generate(chunk, cfg)
             bar.advance(len(chunk))
     if world.distributed:
         answered = gather_dicts(answered)
-    predictions = [r for k in range(len(batches)) for r in answered[k]]
+    answers = [a for k in range(len(batches)) for a in answered[k]]
+    predictions = [_record(s, answers[where[i]], asr) for i, s in enumerate(samples)]
     by_type: dict[str, list[float]] = defaultdict(list)
     for p in predictions:
         by_type[p["question_type"]].append(p["score"])
