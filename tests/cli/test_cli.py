@@ -100,3 +100,26 @@ def test_transformers_bars_are_off_under_the_cli():
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_library_warnings_only_with_debug(debug, monkeypatch, capsys):
+    # e.g. transformers' FutureWarning on past_key_values during `omnifuse chat`: noise for a user, shown
+    # with --debug; omnifuse's own notices (an old recipe spelling) always show, as one line.
+    import warnings
+
+    import omnifuse.cli as cli
+    from omnifuse.recipe import RecipeDeprecation
+
+    def verb(args, prog_name, standalone_mode):
+        warnings.warn("`past_key_values` as a tuple is deprecated", FutureWarning, stacklevel=1)
+        warnings.warn(
+            "`lr: 1e-3` is an old spelling; write lr: {connectors: 1e-3}", RecipeDeprecation, stacklevel=1
+        )
+        return 0
+
+    monkeypatch.setattr(cli, "app", verb)
+    assert cli.main(["train", *(["--debug"] if debug else [])]) == 0
+    err = capsys.readouterr().err
+    assert ("past_key_values" in err) == debug
+    assert "old spelling" in err
