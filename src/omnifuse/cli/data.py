@@ -173,6 +173,26 @@ def data_shapes_grounding(
         console.out.print(f"{split}: {path}")
 
 
+@data_app.command("shapes-rerendered")
+def data_shapes_rerendered(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write test.jsonl and images/")],
+    n: Annotated[int, typer.Option("--n", min=1, help="questions (one image each)")] = 1000,
+    seed: int = 0,
+    progress: Progress = True,
+) -> None:
+    """Generate shapes-rerendered: easy-vqa's questions and vocabulary over shapes drawn differently
+    (other image and shape sizes, edge positions, rotation, muted solid, gradient or noisy backgrounds),
+    a check of generalisation beyond easy-vqa's renderer (docs/experiments.md)."""
+    from omnifuse.data.shapes_rerendered import export_shapes_rerendered
+    from omnifuse.untrusted import check_out_dir
+
+    t0 = time.perf_counter()
+    files = export_shapes_rerendered(check_out_dir(out_dir), n=n, seed=seed, progress=progress)
+    for split, path in files.items():
+        console.out.print(f"{split}: {path}")
+    console.out.print(f"ready ({time.perf_counter() - t0:.1f} s)")
+
+
 @data_app.command("convert")
 def data_convert(
     kind: Annotated[

@@ -12,6 +12,7 @@ from omnifuse.data.easy_vqa import ensure_easy_vqa
 from omnifuse.data.moving_shapes import ensure_moving_shapes
 from omnifuse.data.sample import Sample, load_jsonl
 from omnifuse.data.shapes_grounding import ensure_shapes_grounding
+from omnifuse.data.shapes_rerendered import ensure_shapes_rerendered
 from omnifuse.data.spoken_easy_vqa import ensure_spoken_easy_vqa
 from omnifuse.errors import OmnifuseError
 
@@ -23,6 +24,8 @@ BUILTIN: dict[str, Callable[[Path], dict[str, Path]]] = {
     "av-digits": ensure_av_digits,  # digit images + spoken digits (classic fusion, alignment)
     "moving-shapes": ensure_moving_shapes,  # short clips, questions over time and sound (docs/video.md)
     "shapes-grounding": ensure_shapes_grounding,  # shape scenes with Qwen-VL boxes (docs/grounding.md)
+    # easy-vqa's questions over shapes drawn differently (a generalisation check; docs/experiments.md)
+    "shapes-rerendered": ensure_shapes_rerendered,
 }
 
 
