@@ -143,7 +143,12 @@ class Engine:
         with (
             placement.autocast(),
             model.fuse(
-                batch.input_ids, batch.media, batch.media_counts, batch.sample_ids, batch.media_lengths
+                batch.input_ids,
+                batch.media,
+                batch.media_counts,
+                batch.sample_ids,
+                batch.media_lengths,
+                batch.media_keys,
             ) as embeds,
         ):
             # Cross-attention fusion reads the media in every forward pass. They are bound again around

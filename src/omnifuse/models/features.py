@@ -37,6 +37,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from omnifuse.audio.io import SAMPLE_RATE, load_audio
+from omnifuse.data.content import content_hash
 from omnifuse.data.sample import Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.weights import save_tensors_atomic
@@ -92,9 +93,7 @@ def _identity(item: Any) -> Any:
         return [str(item.resolve()), st.st_size, st.st_mtime_ns]
     if isinstance(item, str):
         return item
-    if isinstance(item, Image.Image):
-        return hashlib.sha256(item.tobytes()).hexdigest()
-    return hashlib.sha256(np.ascontiguousarray(item).tobytes()).hexdigest()  # a decoded waveform
+    return content_hash(item)  # a decoded image or waveform
 
 
 def _open_image(item: Path | Image.Image) -> Image.Image:
@@ -262,17 +261,29 @@ def features_cache_dir() -> Path:
     return cache_dir() / "features"
 
 
-def cache_key(spec, form: str, weights: Any, items: Sequence[Any], dtype: torch.dtype | None = None) -> str:
-    """``dtype``: the compute dtype of the encoder's network, when it is not float32."""
+def cache_key(
+    spec,
+    form: str,
+    weights: Any,
+    items: Sequence[Any],
+    dtype: torch.dtype | None = None,
+    extra: dict | None = None,
+) -> str:
+    """The one key of cached features: the encoder's spec (its preprocessing: image size, crop, …; a spec or
+    its JSON dump), ``form``, the identity of its ``weights``, :data:`PREPROCESS_VERSION` and the ordered
+    identities of ``items``. ``dtype``: the compute dtype of the encoder's network, when it is not float32;
+    ``extra``: anything else the features depend on (the generative cache: the device type)."""
     h = hashlib.sha256()
     head = {
-        "spec": spec.model_dump(mode="json"),
+        "spec": spec if isinstance(spec, dict) else spec.model_dump(mode="json"),
         "form": form,
         "weights": weights,
         "version": PREPROCESS_VERSION,
     }
     if dtype is not None and dtype != torch.float32:
         head["dtype"] = str(dtype).removeprefix("torch.")
+    if extra:
+        head["extra"] = extra
     h.update(json.dumps(head, sort_keys=True).encode())
     for item in items:
         h.update(json.dumps(_identity(item)).encode())
@@ -371,6 +382,29 @@ WEIGHTS_IDENTITY: dict[type, Callable[[Any], Any]] = {
     MiniLMSpec: _minilm_weights,
     WhisperFeaturesSpec: lambda s: s.weights,
 }
+
+
+def _update(h, tensor: torch.Tensor) -> None:
+    t = tensor.detach().contiguous().cpu()
+    h.update(f"{t.dtype} {tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, whatever the dtype (bfloat16 too)
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (a cached tensor's checksum)."""
+    h = hashlib.sha256()
+    _update(h, tensor)
+    return h.hexdigest()
+
+
+def module_weights_hash(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (every parameter's and buffer's name, dtype, shape and bytes): the weights
+    as they are now, so an encoder trained in an earlier stage (fully or by LoRA) has another hash."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        _update(h, tensor)
+    return h.hexdigest()
 
 
 def _weights_of(spec) -> Any:

@@ -51,6 +51,10 @@ class MultimodalLM(nn.Module):
         self.llm = llm
         self.placeholder_ids = dict(placeholder_ids)
         self.fusion = fusion  # None = early fusion
+        # Frozen encoders' outputs on disk, looked up by each item's content hash (Batch.media_keys): a
+        # FeatureCache, attached by whoever runs the model (omnifuse.models.feature_cache; not imported
+        # here, as it imports this module's builders).
+        self.feature_cache = None
 
     def media_tokens_per_item(self, modality: str, length: int | None = None) -> int:
         """How many feature tokens the connector makes of one item (image) of this modality; for
@@ -75,15 +79,23 @@ class MultimodalLM(nn.Module):
         return 0 if self.fusion is not None else self.media_tokens_per_item(modality, length)
 
     def encode(
-        self, modality: str, pixel_values: torch.Tensor, lengths: torch.Tensor | None = None
+        self,
+        modality: str,
+        pixel_values: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        keys: Sequence[str | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Connector outputs ``[N, T, D]`` of a modality's items, and for variable-length media (audio,
         ``lengths`` = each item's real length along the padded last axis) each item's token count.
-        Variable-length encoders and connectors take and return ``(features, lengths)``."""
+        Variable-length encoders and connectors take and return ``(features, lengths)``. ``keys``: each
+        item's content hash; with a feature cache attached, a frozen encoder's outputs come from it."""
         encoder = self.encoders[modality]
         # A frozen encoder needs no autograd graph (saves memory and time), unless the caller asks for
         # gradients with respect to the pixels themselves (attribution, omnifuse.explain).
         trains = any(p.requires_grad for p in encoder.parameters()) or pixel_values.requires_grad
+        cache = self.feature_cache
+        if cache is not None and keys is not None and lengths is None and not trains and not encoder.training:
+            return self.connectors[modality](cache.encode(modality, encoder, pixel_values, keys)), None
         with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
             features = encoder(pixel_values) if lengths is None else encoder(pixel_values, lengths)
         if lengths is None:
@@ -97,12 +109,13 @@ class MultimodalLM(nn.Module):
         media_counts: Mapping[str, Sequence[int]],
         sample_ids: Sequence[str] | None = None,
         media_lengths: Mapping[str, torch.Tensor] | None = None,
+        media_keys: Mapping[str, Sequence[str | None]] | None = None,
     ) -> torch.Tensor:
         """Token embeddings with each modality's placeholders replaced by its connector outputs (early
         fusion; :meth:`fuse` covers both fusions)."""
         is_ph = placeholder_mask(input_ids, list(self.placeholder_ids.values()))
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_ph, 0))
-        media_lengths = media_lengths or {}
+        media_lengths, media_keys = media_lengths or {}, media_keys or {}
         for modality, pid in self.placeholder_ids.items():
             pixels = media.get(modality)
             counts = media_counts.get(modality) or [0] * input_ids.shape[0]
@@ -110,7 +123,9 @@ class MultimodalLM(nn.Module):
             if pixels is None or pixels.shape[0] == 0:
                 features = embeds.new_zeros(0, 0, embeds.shape[-1])
             else:
-                features, lengths = self.encode(modality, pixels, media_lengths.get(modality))
+                features, lengths = self.encode(
+                    modality, pixels, media_lengths.get(modality), media_keys.get(modality)
+                )
             embeds = scatter_features(embeds, input_ids, pid, features, counts, sample_ids, lengths)
         return embeds
 
@@ -120,6 +135,7 @@ class MultimodalLM(nn.Module):
         media_counts: Mapping[str, Sequence[int]],
         batch_size: int,
         media_lengths: Mapping[str, torch.Tensor] | None = None,
+        media_keys: Mapping[str, Sequence[str | None]] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Each sample's connector outputs, all its items (modalities in model order, items in text order)
         concatenated and padded: ``[B, M, D]`` features and a ``[B, M]`` mask; (None, None) without media."""
@@ -134,7 +150,9 @@ class MultimodalLM(nn.Module):
                     f"{modality}: media_counts {counts} do not account for the {pixels.shape[0]} item(s) of a "
                     f"batch of {batch_size}; build batches with omnifuse's Processor.collate"
                 )
-            features, lengths = self.encode(modality, pixels, (media_lengths or {}).get(modality))
+            features, lengths = self.encode(
+                modality, pixels, (media_lengths or {}).get(modality), (media_keys or {}).get(modality)
+            )
             per_item = [features.shape[1]] * features.shape[0] if lengths is None else lengths.tolist()
             start = 0
             for b, n_items in enumerate(counts):
@@ -156,16 +174,19 @@ class MultimodalLM(nn.Module):
         media_counts: Mapping[str, Sequence[int]],
         sample_ids: Sequence[str] | None = None,
         media_lengths: Mapping[str, torch.Tensor] | None = None,
+        media_keys: Mapping[str, Sequence[str | None]] | None = None,
     ) -> Iterator[torch.Tensor]:
         """``with model.fuse(...) as embeds: model.llm(inputs_embeds=embeds, ...)`` — the one way to feed
         a batch to the LLM. Early fusion: the embeddings carry the media. Cross-attention: plain token
         embeddings, and the media stay bound to the gated blocks until the ``with`` ends (a generation
         loop keeps them bound across all its decoding steps)."""
         if self.fusion is None:
-            yield self.embed(input_ids, media, media_counts, sample_ids, media_lengths)
+            yield self.embed(input_ids, media, media_counts, sample_ids, media_lengths, media_keys)
             return
         embeds = self.llm.get_input_embeddings()(input_ids)
-        features, mask = self.media_sequence(media, media_counts, input_ids.shape[0], media_lengths)
+        features, mask = self.media_sequence(
+            media, media_counts, input_ids.shape[0], media_lengths, media_keys
+        )
         if features is None:
             features = embeds.new_zeros(input_ids.shape[0], 0, embeds.shape[-1])
             mask = torch.zeros(input_ids.shape[0], 0, dtype=torch.bool, device=embeds.device)
@@ -181,16 +202,17 @@ class MultimodalLM(nn.Module):
         labels: torch.Tensor | None = None,
         sample_ids: Sequence[str] | None = None,
         media_lengths: Mapping[str, torch.Tensor] | None = None,
+        media_keys: Mapping[str, Sequence[str | None]] | None = None,
     ) -> LMOutput:
         if labels is None:
-            with self.fuse(input_ids, media, media_counts, sample_ids, media_lengths) as embeds:
+            with self.fuse(input_ids, media, media_counts, sample_ids, media_lengths, media_keys) as embeds:
                 out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
             return LMOutput(None, out.logits, 0)
         # Logits only where a label is predicted: the LM head over a 49k vocabulary would otherwise
         # cost about a quarter of a small LLM's forward pass on prompt tokens that carry no loss.
         targets = labels[:, 1:]
         keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        with self.fuse(input_ids, media, media_counts, sample_ids, media_lengths) as embeds:
+        with self.fuse(input_ids, media, media_counts, sample_ids, media_lengths, media_keys) as embeds:
             out = self.llm(
                 inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
             )

@@ -35,6 +35,7 @@ from PIL import Image
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
+from omnifuse.data.content import content_hash
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, VideoPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.processing.tiling import Tiling
@@ -111,6 +112,8 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     media: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    # Each media item's content hash (``Processor.content_keys``; None for an item no feature cache keeps).
+    media_keys: dict[str, list[str | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,6 +126,8 @@ class Batch:
     sample_ids: list[str]
     # Variable-length modalities only: each item's real length along the padded last axis of media[m].
     media_lengths: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Each item's content hash, by modality (``Processor.content_keys``): the model's feature cache reads it.
+    media_keys: dict[str, list[str | None]] = field(default_factory=dict)
 
     def model_inputs(self) -> dict:
         return {
@@ -133,6 +138,7 @@ class Batch:
             "labels": self.labels,
             "sample_ids": self.sample_ids,
             "media_lengths": self.media_lengths,
+            "media_keys": self.media_keys,
         }
 
     def to(self, device: torch.device | str) -> Batch:
@@ -143,7 +149,7 @@ class Batch:
         return Batch(
             self.input_ids.to(device, non_blocking=True),
             self.attention_mask.to(device, non_blocking=True),
-            labels, move, dict(self.media_counts), list(self.sample_ids), lengths,
+            labels, move, dict(self.media_counts), list(self.sample_ids), lengths, dict(self.media_keys),
         )  # fmt: skip
 
 
@@ -172,6 +178,8 @@ class Processor:
         # Where collate puts its batches: the model's device, set by whoever places the model
         # (omnifuse.runtime.place_model's callers); batches are built on the CPU and copied once.
         self.device = torch.device("cpu")
+        # Hash each fixed-size image item's content into Batch.media_keys (set where a feature cache reads them).
+        self.content_keys = False
         self._markers: dict[str, list[int]] = {}
 
     def _stop_ids(self) -> list[int]:
@@ -271,6 +279,7 @@ class Processor:
         ids: list[int] = []
         labels: list[int] = []
         media: dict[str, list[torch.Tensor]] = {}
+        keys: dict[str, list[str | None]] = {}
         offset = 0
         for k, piece in enumerate(pieces):
             if piece:
@@ -298,6 +307,8 @@ class Processor:
                     labels.extend([IGNORE_INDEX] * len(marker_ids))
                     tensor = slot.transform(view)
                     media.setdefault(modality, []).append(tensor)
+                    if self.content_keys:
+                        keys.setdefault(modality, []).append(self._content_key(slot, view))
                     n = slot.tokens_per_item if slot.tokens_for is None else slot.tokens_for(tensor)
                     for seg_marker, seg_n in self._segments(slot, view, n, sample.id):
                         seg_ids = self._marker_ids(seg_marker)
@@ -308,7 +319,13 @@ class Processor:
             raise OmnifuseError(
                 f"sample {sample.id} has no assistant answer to learn from; add an assistant turn"
             )
-        return Encoded(sample.id, ids, labels, media)
+        return Encoded(sample.id, ids, labels, media, keys)
+
+    @staticmethod
+    def _content_key(slot: MediaSlot, view: Any) -> str | None:
+        """The content hash of a decoded image item; None for variable-length media (audio) and video
+        clips, which no feature cache keeps (see omnifuse.models.feature_cache)."""
+        return content_hash(view) if slot.tokens_for is None and isinstance(view, Image.Image) else None
 
     @staticmethod
     def _segments(slot: MediaSlot, item: Any, n: int, sample_id: str) -> list[tuple[str, int]]:
@@ -336,12 +353,14 @@ class Processor:
             ids[b, sl] = torch.tensor(e.input_ids, device=cpu)
             labels[b, sl] = torch.tensor(e.labels, device=cpu)
             mask[b, sl] = 1
-        media, counts, lengths = {}, {}, {}
+        media, counts, lengths, keys = {}, {}, {}, {}
         for modality, slot in self.media.items():
             items = [t for e in encoded for t in e.media.get(modality, [])]
             counts[modality] = [len(e.media.get(modality, [])) for e in encoded]
             if not items:
                 continue
+            if all(modality in e.media_keys or not e.media.get(modality) for e in encoded):
+                keys[modality] = [k for e in encoded for k in e.media_keys.get(modality, [])]
             if slot.tokens_for is None:
                 media[modality] = torch.stack(items)
                 continue
@@ -351,5 +370,5 @@ class Processor:
             media[modality] = torch.stack([F.pad(t, (0, longest - t.shape[-1])) for t in items])
         has_labels = bool((labels != IGNORE_INDEX).any())
         ids_list = [e.sample_id for e in encoded]
-        batch = Batch(ids, mask, labels if has_labels else None, media, counts, ids_list, lengths)
+        batch = Batch(ids, mask, labels if has_labels else None, media, counts, ids_list, lengths, keys)
         return batch if self.device.type == "cpu" else batch.to(self.device)

@@ -89,12 +89,25 @@ class RuntimeSpec(Spec):
         "(LLM.int8 / 4-bit NF4). On CUDA, training with it freezes the LLM in that form (QLoRA with a LoRA "
         "stage); on a CPU training refuses it (docs/serving.md)",
     )
+    # YAML reads a bare `off` / `on` as a boolean: false and true are admitted and read as off and auto.
+    feature_cache: Literal["auto", "off", False, True] = Field(
+        "auto",
+        description="keep frozen encoders' outputs on disk (<run>/feature_cache), keyed by the encoder's weights, "
+        "its preprocessing and each image's content, and read them back instead of encoding again (later steps, "
+        "epochs, stages, evaluation during training): auto = wherever an encoder is frozen in eval mode and the "
+        "item is a fixed-size image (not audio or video); off = encode on every step. Off under DDP / FSDP",
+    )
     distributed: DistributedSpec = DistributedSpec()
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
         return check_device(value)
+
+    @field_validator("feature_cache", mode="before")
+    @classmethod
+    def _feature_cache(cls, value: object) -> object:
+        return ("auto" if value else "off") if isinstance(value, bool) else value
 
     @field_validator("threads", mode="before")
     @classmethod

@@ -47,7 +47,7 @@ from omnifuse.runtime import (
     threads,
 )
 from omnifuse.runtime.distributed import barrier, broadcast_error
-from omnifuse.training import parallel, privacy
+from omnifuse.training import feature_cache, parallel, privacy
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step, private_lm_step
 from omnifuse.training.order import sample_order, stage_order, stage_refs, stage_steps
@@ -344,6 +344,7 @@ class Trainer:
             ))  # fmt: skip
         model.train()
         model.encoders.eval()  # CNN batch-norm statistics stay the pretrained ones
+        feature_cache.before_stage(self, stage, samples, order, step, steps)
         loss_value = None
         if step == 0 and self.world.distributed:
             self.console.print(
@@ -495,7 +496,11 @@ def train(
             f", {world.size} processes ({recipe.runtime.distributed.strategy}"
             + (f": {_shard_count(model)} sharded units)" if fsdp else ")") if world.distributed else ""
         ))  # fmt: skip
-        return trainer.run_stages(resume=resume)
+        cache = feature_cache.attach(recipe, run, model, processor, world.size, trainer.console.print)
+        result = trainer.run_stages(resume=resume)
+        if cache is not None:
+            trainer.console.print(cache.describe())
+        return result
 
 
 def _shard_count(model) -> int:
