@@ -15,6 +15,7 @@ long the prompt. A row whose own token selection fails finishes with reason "err
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from omnifuse.data.sample import Sample
+from omnifuse.generation.packed import PackedLinears, packing_supported
+from omnifuse.generation.prefix import prefill_plan, prefix_first
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Encoded, Processor
 from omnifuse.runtime import placement_of
@@ -105,6 +108,10 @@ class Engine:
         self.model = model
         self.processor = processor
         self._max_token_chars: int | None = None
+        # oneDNN-packed copies of the LLM's linear weights (float32 CPU models): faster decoding steps for
+        # as much memory again as those weights. Set to False before generating to keep memory instead.
+        self.pack_weights = True
+        self._packed: PackedLinears | None = None
 
     @property
     def context_length(self) -> int | None:
@@ -140,6 +147,7 @@ class Engine:
         batch = self.processor.collate(list(encoded), padding_side="left")
         model = self.model
         placement = placement_of(model)  # once per call: every forward pass runs under its autocast
+        weights = self._weights(placement)
         with (
             placement.autocast(),
             model.fuse(
@@ -159,7 +167,7 @@ class Engine:
         def forward(**kwargs):
             # Entered around each pass, not across the generator's yields: autocast is thread state the
             # caller's code between two steps must not run under.
-            with placement.autocast():
+            with placement.autocast(), weights():
                 if bound is None:
                     return model.llm(**kwargs)
                 with model.fusion.bind(bound.features, bound.mask):
@@ -167,24 +175,45 @@ class Engine:
 
         yield from self._decode(batch, embeds, forward, cfgs, use_cache, cancelled, prefill_chunk)
 
+    def _weights(self, placement) -> Callable[[], contextlib.AbstractContextManager]:
+        """The context each forward pass runs the LLM's linear layers under: oneDNN-packed weights on a
+        float32 CPU model (:mod:`omnifuse.generation.packed`), packed again where they changed; else none."""
+        if not self.pack_weights or placement.mixed or not packing_supported(self.model.llm):
+            return contextlib.nullcontext
+        if self._packed is None:
+            self._packed = PackedLinears()
+        self._packed.refresh(self.model.llm)
+        return self._packed.active
+
     def _prefill(self, forward, embeds, mask, positions, chunk: int | None):
         """Run the prompt through the LLM and the cache, ``chunk`` columns at a time; yields a pause
         after every chunk but the last and returns the last chunk's output. Each chunk sees the mask
         of every column up to its end, so left padding is masked exactly as in one pass."""
-        width = embeds.shape[1]
+        n, width = mask.shape
         step = chunk or width
+        # Leading columns every row shares (:mod:`omnifuse.generation.prefix`) run for one row, and their
+        # keys and values are copied to the others. Not with cross-attention: the media reach every token.
+        shared = prefill_plan(embeds, mask) if self.model.fusion is None else 0
         past = None
         for start in range(0, width, step):
             end = min(start + step, width)
-            res = forward(
-                inputs_embeds=embeds[:, start:end],
-                attention_mask=mask[:, :end],
-                position_ids=positions[:, start:end],
-                past_key_values=past,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            past = res.past_key_values
+            for a, b, rows in (
+                (start, min(end, shared), slice(0, 1)),
+                (max(start, shared), end, slice(None)),
+            ):
+                if a >= b:
+                    continue
+                res = forward(
+                    inputs_embeds=embeds[rows, a:b],
+                    attention_mask=mask[rows, :b],
+                    position_ids=positions[rows, a:b],
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                past = res.past_key_values
+                if b == shared:
+                    past.batch_repeat_interleave(n)
             if end < width:
                 yield StepTokens([], {})
         return res
@@ -201,6 +230,8 @@ class Engine:
     ) -> Iterator[StepTokens]:
         mask = batch.attention_mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if use_cache and self.model.fusion is None:  # the shared prompt prefix first
+            embeds, mask, positions = prefix_first(embeds, mask, positions)
         generators = [
             torch.Generator().manual_seed(c.seed) if c.seed is not None and not c.greedy else None
             for c in cfgs
