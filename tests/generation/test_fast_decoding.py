@@ -8,7 +8,7 @@ import torch
 
 from omnifuse.data.sample import Message, Sample, TextPart, load_jsonl
 from omnifuse.generation.engine import Engine, GenerationConfig
-from omnifuse.generation.packed import packing_supported
+from omnifuse.generation.packed import packed_linears, packing_supported
 from omnifuse.generation.prefix import prefill_plan, prefix_first, shared_prefix
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
@@ -48,7 +48,7 @@ def test_packed_weights_give_the_plain_tokens(tiny_parts, color_data):
         engine.pack_weights = False
         assert engine.generate_ids(prompts, cfg) == packed
     linears = [m for m in engine.model.llm.modules() if type(m) is torch.nn.Linear]
-    assert engine._packed is not None and set(engine._packed._packed) == set(linears)
+    assert set(packed_linears(engine.model.llm)._packed) == set(linears)
     # Nothing of the model is left patched once generation is over.
     assert all("forward" not in vars(m) for m in linears)
 
@@ -58,12 +58,12 @@ def test_a_changed_weight_is_packed_again(tiny_parts, color_data):
     engine, prompts = early_engine(tiny_parts, color_data), _prompts(color_data)
     engine.generate_ids(prompts, GenerationConfig(2))
     head = engine.model.llm.lm_head
-    before = engine._packed._packed[head][2]
+    before = packed_linears(engine.model.llm)._packed[head][2]
     with torch.no_grad():
         head.weight.mul_(-1.0)  # in place, as an optimiser step does: the version changes, not the storage
     cfg = GenerationConfig(5)
     packed = engine.generate_ids(prompts, cfg)
-    assert engine._packed._packed[head][2] is not before
+    assert packed_linears(engine.model.llm)._packed[head][2] is not before
     engine.pack_weights = False
     assert engine.generate_ids(prompts, cfg) == packed
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from omnifuse.data.sample import Sample
-from omnifuse.generation.packed import PackedLinears, packing_supported
+from omnifuse.generation.packed import packed_linears, packing_supported
 from omnifuse.generation.prefix import prefill_plan, prefix_first
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Encoded, Processor
@@ -111,7 +111,6 @@ class Engine:
         # oneDNN-packed copies of the LLM's linear weights (float32 CPU models): faster decoding steps for
         # as much memory again as those weights. Set to False before generating to keep memory instead.
         self.pack_weights = True
-        self._packed: PackedLinears | None = None
 
     @property
     def context_length(self) -> int | None:
@@ -180,10 +179,7 @@ class Engine:
         float32 CPU model (:mod:`omnifuse.generation.packed`), packed again where they changed; else none."""
         if not self.pack_weights or placement.mixed or not packing_supported(self.model.llm):
             return contextlib.nullcontext
-        if self._packed is None:
-            self._packed = PackedLinears()
-        self._packed.refresh(self.model.llm)
-        return self._packed.active
+        return packed_linears(self.model.llm).active
 
     def _prefill(self, forward, embeds, mask, positions, chunk: int | None):
         """Run the prompt through the LLM and the cache, ``chunk`` columns at a time; yields a pause

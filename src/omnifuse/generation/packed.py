@@ -10,8 +10,8 @@ under ``freezing``) emits for ``nn.Linear``: ``mkldnn._reorder_linear_weight`` a
 minutes on a small CPU and recompiles whenever the batch or the prompt length changes). Only the
 calls are written here; the kernels are torch's.
 
-The packed copies are kept beside the model (they cost as much memory as the LLM's float32 linear
-weights) and rebuilt for a weight whose storage or version changed since it was packed (training
+The packed copies are kept beside the model, one set per model whichever engine asks (they cost as
+much memory as the LLM's float32 linear weights, and live as long as the model), and rebuilt for a weight whose storage or version changed since it was packed (training
 between two evaluations). They are used inside :meth:`PackedLinears.active` only, which sets each
 packed module's forward for the duration of one forward pass: nothing of the model changes outside it.
 Results match the plain path to float32 rounding (about 1e-6; the sums run in another order).
@@ -20,6 +20,7 @@ Results match the plain path to float32 rounding (about 1e-6; the sums run in an
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -41,6 +42,18 @@ def packing_supported(module: nn.Module) -> bool:
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
     )
+
+
+_BY_MODEL: weakref.WeakKeyDictionary[nn.Module, PackedLinears] = weakref.WeakKeyDictionary()
+
+
+def packed_linears(module: nn.Module) -> PackedLinears:
+    """The packed weights of ``module``'s linear layers, up to date: shared by every engine over it."""
+    packed = _BY_MODEL.get(module)
+    if packed is None:
+        packed = _BY_MODEL[module] = PackedLinears()
+    packed.refresh(module)
+    return packed
 
 
 def _packable(m: nn.Module) -> bool:
