@@ -365,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "timings several times slower and noisier); 0 = torch's default (all cores)",
     )
     ap.add_argument("--no-memory", action="store_true", help="do not sample RSS")
+    ap.add_argument("--no-training", action="store_true", help="measure generation only")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (< 60 s)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -437,6 +438,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return go
 
         interleave(args.repeats, run_gen("omnifuse", ours_generate), run_gen("reference", ref_generate))
+        # Time to first token: the same call for one new token (prompt encoding, prefill, first token).
+        ttft = {"omnifuse": [], "reference": []}
+
+        def run_first(name: str, fn: Callable[[int], list[list[int]]]) -> Callable[[int], None]:
+            def go(_r: int) -> None:
+                t0 = time.perf_counter()
+                fn(1)
+                ttft[name].append(time.perf_counter() - t0)
+
+            return go
+
+        interleave(args.repeats, run_first("omnifuse", ours_generate), run_first("reference", ref_generate))
+        identical = gen_out["omnifuse"] == gen_out["reference"]
         gen_counts = {k: sum(len(x) for x in v) for k, v in gen_out.items()}
         pairs = [
             (a, b)
@@ -444,6 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for a, b in zip(ra, rb, strict=False)
         ]
         agree = sum(a == b for a, b in pairs) / max(1, len(pairs))
+
+        if args.no_training:
+            report_generation(args, gen, ttft, gen_counts, agree, identical)
+            return 0
 
         # ---- training: LLaVA stage 1
         stage = recipe.stages[0]
@@ -508,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"checks: identical input ids/labels/pixels: yes; loss max |omnifuse - reference| over "
         f"{len(losses['omnifuse'])} steps: {loss_diff:.2e}; generated tokens: omnifuse {gen_counts['omnifuse']}, "
         f"reference {gen_counts['reference']} ({'same' if len(set(gen_counts.values())) == 1 else 'DIFFERENT'}), "
-        f"{100 * agree:.1f} % identical"
+        f"{100 * agree:.1f} % identical; identical greedy outputs: {'yes' if identical else 'no'}"
     )
     print()
     header = (
@@ -530,12 +548,56 @@ def main(argv: Sequence[str] | None = None) -> int:
             o, r = [x[1] / mib for x in data["omnifuse"]], [x[1] / mib for x in data["reference"]]
             ratio = f"{med(o) / med(r):8.2f}" if med(r) > 0 else f"{'-':>8s}"
             print(f"{label:30s}{med(o):12.1f}{med(r):12.1f}{ratio}")
+    print_ttft(ttft)
     print(f"process peak RSS (both models): {rss_peak:.0f} MiB; wall time {process_seconds():.0f} s")
     print()
     for label, data in rows:
         o, r = med([x[0] for x in data["omnifuse"]]), med([x[0] for x in data["reference"]])
         print(f"{label}: omnifuse {o:.1f}, reference {r:.1f}, ratio {o / r:.2f}")
+    print_summary(ttft, identical)
     return 0
+
+
+def print_ttft(ttft: dict[str, list[float]]) -> None:
+    o, r = ttft["omnifuse"], ttft["reference"]
+    paired = med([a / b for a, b in zip(o, r, strict=True)])
+    print(
+        f"{'time to first token s':30s}{med(o):12.3f}{med(r):12.3f}{med(o) / med(r):8.2f}{paired:8.2f}   "
+        f"omnifuse {min(o):.3f}-{max(o):.3f}, reference {min(r):.3f}-{max(r):.3f}"
+    )
+
+
+def print_summary(ttft: dict[str, list[float]], identical: bool) -> None:
+    o, r = med(ttft["omnifuse"]), med(ttft["reference"])
+    print(f"time to first token: omnifuse {o:.3f} s, reference {r:.3f} s, ratio {o / r:.2f}")
+    print(f"identical greedy outputs: {'yes' if identical else 'no'}")
+
+
+def report_generation(args, gen, ttft, gen_counts, agree: float, identical: bool) -> None:
+    """The generation part alone (``--no-training``)."""
+    print()
+    print(
+        f"generation only: batch {args.batch_size}, {args.image_tokens} image tokens/sample, {args.new_tokens} new "
+        f"tokens/prompt, {args.repeats} runs each (+1 warm-up), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"checks: generated tokens: omnifuse {gen_counts['omnifuse']}, reference {gen_counts['reference']}, "
+        f"{100 * agree:.1f} % identical; identical greedy outputs: {'yes' if identical else 'no'}"
+    )
+    print()
+    print(f"{'':30s}{'omnifuse':>12s}{'reference':>12s}{'ratio':>8s}{'paired':>8s}")
+    o, r = [x[0] for x in gen["omnifuse"]], [x[0] for x in gen["reference"]]
+    paired = med([a / b for a, b in zip(o, r, strict=True)])
+    print(
+        f"{'generation tokens/s':30s}{med(o):12.1f}{med(r):12.1f}{med(o) / med(r):8.2f}{paired:8.2f}   "
+        f"omnifuse {min(o):.1f}-{max(o):.1f}, reference {min(r):.1f}-{max(r):.1f}"
+    )
+    print_ttft(ttft)
+    print(f"wall time {process_seconds():.0f} s")
+    print()
+    print(f"generation tokens/s: omnifuse {med(o):.1f}, reference {med(r):.1f}, ratio {med(o) / med(r):.2f}")
+    print_summary(ttft, identical)
 
 
 if __name__ == "__main__":
