@@ -11,6 +11,10 @@ caller can forward them as they come and cancel rows it no longer needs. With ``
 prompt goes through the KV cache in chunks of that many columns, with a (token-less) yield after each
 chunk: a caller that interleaves several streams gets control back within one chunk's work, however
 long the prompt. A row whose own token selection fails finishes with reason "error"; the others go on.
+
+Two fast paths keep the tokens of the plain one: on a float32 CPU model the linear layers run on
+oneDNN-packed weights (``packed.py``; ``Engine.pack_weights = False`` turns it off), and the prompt
+prefix every row shares (chat template header, system prompt) is prefilled once (``prefix.py``).
 """
 
 from __future__ import annotations

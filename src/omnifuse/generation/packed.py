@@ -1,20 +1,20 @@
 """oneDNN-packed linear weights for generating on the CPU.
 
 A decoding step multiplies a few rows (one per prompt) by every weight matrix of the LLM. For so few
-rows MKL's ``sgemm`` on the plain row-major weight runs far below the core's peak; oneDNN's matmul on a
-weight reordered once into its blocked layout is about 1.5–2.5× faster there (measured on this
-project's 2-core AVX-512 CPU: the 30 decoder layers of SmolLM2-135M at 8 rows, 55 → 33 ms; its 49k-row
-LM head, 19 → 7.5 ms). These are the ops torch's own compiler (inductor's CPU weight-prepacking pass
-under ``freezing``) emits for ``nn.Linear``: ``mkldnn._reorder_linear_weight`` and
-``mkldnn._linear_pointwise``; here they are called directly, without compiling the model (which takes
-minutes on a small CPU and recompiles whenever the batch or the prompt length changes). Only the
-calls are written here; the kernels are torch's.
+rows MKL's ``sgemm`` on the plain row-major weight runs far below the core's peak; oneDNN's matmul on
+a weight reordered once into its blocked layout is much faster there (the engine's end-to-end gain is
+in benchmarks/README.md, ``bench_llava.py``). These are the ops torch's own compiler emits for
+``nn.Linear`` on the CPU (inductor's weight-prepacking pass under ``freezing``):
+``mkldnn._reorder_linear_weight`` and ``mkldnn._linear_pointwise``. They are called directly here,
+without compiling the model (inductor needs a C++ toolchain, compiles on first use and again when the
+batch or the prompt length changes). Only the calls are written here; the kernels are torch's.
 
-The packed copies are kept beside the model, one set per model whichever engine asks (they cost as
-much memory as the LLM's float32 linear weights, and live as long as the model), and rebuilt for a weight whose storage or version changed since it was packed (training
-between two evaluations). They are used inside :meth:`PackedLinears.active` only, which sets each
-packed module's forward for the duration of one forward pass: nothing of the model changes outside it.
-Results match the plain path to float32 rounding (about 1e-6; the sums run in another order).
+The packed copies are kept beside the model, one set per model whichever engine asks; they cost as
+much memory as the LLM's float32 linear weights and live as long as the model. A weight whose storage
+or version changed since it was packed (training between two evaluations) is packed again. They are
+used inside :meth:`PackedLinears.active` only, which sets each packed module's forward for the
+duration of one forward pass: nothing of the model changes outside it. Results match the plain path
+to float32 rounding (about 1e-6; the sums run in another order).
 """
 
 from __future__ import annotations
