@@ -7,6 +7,7 @@
     RUN/status.json          running | finished | failed, written atomically; when finished, the sha256 of
                              recipe.yaml and model.safetensors, which every verb that loads the run checks
     RUN/model.safetensors    the changed parameters only (connectors, LoRA, anything trained fully)
+    RUN/pruning.safetensors  the LLM's MLP channels a stage kept (``stages.*.prune``), if one pruned
     RUN/checkpoint/          last training checkpoint (weights, optimizer, RNG, progress) for --resume
     RUN/metrics.jsonl        one line per optimizer step
     RUN/eval.json            last evaluation; RUN/report.md with plots
@@ -57,6 +58,11 @@ class RunDir:
     @property
     def weights_file(self) -> Path:
         return self.path / "model.safetensors"
+
+    @property
+    def pruning_file(self) -> Path:
+        """The kept MLP channels of a run a stage pruned (omnifuse.models.prune); absent otherwise."""
+        return self.path / "pruning.safetensors"
 
     @property
     def checkpoint(self) -> Path:

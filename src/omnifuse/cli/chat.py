@@ -9,7 +9,16 @@ import typer
 from rich.markup import escape
 
 from omnifuse.cli import console
-from omnifuse.cli.common import Device, Dtype, Progress, app, check_placement
+from omnifuse.cli.common import (
+    Device,
+    Dtype,
+    FastVKeep,
+    FastVLayer,
+    Progress,
+    app,
+    check_placement,
+    fastv_option,
+)
 from omnifuse.cli.render import print_classifier_explanation, print_explanation
 from omnifuse.errors import OmnifuseError
 
@@ -68,6 +77,8 @@ def chat(
     ] = None,
     device: Device = None,
     dtype: Dtype = None,
+    fastv_keep: FastVKeep = None,
+    fastv_layer: FastVLayer = None,
 ) -> None:
     """Ask a trained model about images or a video, typed or spoken (one question, or interactive with
     /image, /video, /audio, /reset, /quit)."""
@@ -77,6 +88,7 @@ def chat(
     from omnifuse.untrusted import open_image
 
     check_placement(device, dtype)
+    fastv = fastv_option(fastv_keep, fastv_layer)
     if speak is not None:
         _check_speech_out(speak)
     for path in image or []:  # checked before the model loads: a wrong path fails in milliseconds
@@ -84,6 +96,8 @@ def chat(
     if out is not None:
         _check_boxes_out(out, image, question is not None or audio is not None)
     recipe, model, processor = load_language_model(RunDir(run_dir), device=device, dtype=dtype)
+    if fastv is not None:
+        recipe = recipe.with_fastv(fastv)
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
     for path in image or []:
         session.add_image(path)

@@ -104,3 +104,40 @@ def _options(
     # --debug is taken off the command line by omnifuse.cli.main before parsing (so that it works after the
     # verb too); it is declared here so that `omnifuse --help` shows it.
     del version, debug
+
+
+FastVKeep = Annotated[
+    float | None,
+    typer.Option(
+        "--fastv-keep",
+        help="prune media tokens at inference (FastV): keep this share of each prompt's image tokens, the most "
+        "attended, after --fastv-layer decoder layers; in (0, 1] (default: the recipe's generation.fastv, else off)",
+    ),
+]
+FastVLayer = Annotated[
+    int | None,
+    typer.Option("--fastv-layer", help="with --fastv-keep: decoder layers that see every token (default 2)"),
+]
+
+
+def fastv_option(keep: float | None, layer: int | None):
+    """``--fastv-keep`` / ``--fastv-layer`` as a recipe's ``generation.fastv`` (None: the recipe's own),
+    checked before any model loads (the layer against the LLM's depth when the engine is built)."""
+    from omnifuse.errors import OmnifuseError
+
+    if keep is None:
+        if layer is not None:
+            raise OmnifuseError(
+                "--fastv-layer says after which layer FastV prunes; give the share of image tokens to keep "
+                "with --fastv-keep too (e.g. --fastv-keep 0.5)"
+            )
+        return None
+    if not 0 < keep <= 1:
+        raise OmnifuseError(f"--fastv-keep {keep}: give the share of image tokens kept, in (0, 1] (e.g. 0.5)")
+    if layer is not None and layer < 1:
+        raise OmnifuseError(
+            f"--fastv-layer {layer}: give how many decoder layers see every token, at least 1"
+        )
+    from omnifuse.recipe import FastVSpec
+
+    return FastVSpec(layer=2 if layer is None else layer, keep=keep)

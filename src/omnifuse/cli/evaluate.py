@@ -12,10 +12,13 @@ from omnifuse.cli import console
 from omnifuse.cli.common import (
     Device,
     Dtype,
+    FastVKeep,
+    FastVLayer,
     Nproc,
     Progress,
     app,
     check_placement,
+    fastv_option,
     quiet_unless_main,
     relaunch,
 )
@@ -67,6 +70,8 @@ def eval_(
     device: Device = None,
     dtype: Dtype = None,
     nproc: Nproc = None,
+    fastv_keep: FastVKeep = None,
+    fastv_layer: FastVLayer = None,
 ) -> None:
     """Evaluate a trained run with its task's metrics: exact-match VQA accuracy per question type with a
     blind baseline; a classifier's accuracy, macro-F1 and confusion matrix; an alignment's R@1/5/10 in
@@ -82,6 +87,7 @@ def eval_(
 
     check_placement(device, dtype)
     settings = importance_settings(perturbations, importance_seed, importance, importance_repeats)
+    fastv = fastv_option(fastv_keep, fastv_layer)
     run = RunDir(run_dir)
     world = current_world()
     several = world.distributed or (nproc or 1) > 1
@@ -104,6 +110,7 @@ def eval_(
         device=device,
         dtype=dtype,
         importance=settings,
+        fastv=fastv,
     )
     evaluated = task.evaluate(run, request)
     if not world.main:

@@ -25,8 +25,8 @@ from omnifuse.eval.probes import ProbeRow, run_probes
 from omnifuse.eval.qformer_captions import stage_captions
 from omnifuse.eval.report import write_report
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa
-from omnifuse.generation.engine import Engine, generation_config
-from omnifuse.recipe import Recipe
+from omnifuse.generation.engine import Engine, generation_config, token_pruning
+from omnifuse.recipe import FastVSpec, Recipe
 from omnifuse.rundir import RunDir
 from omnifuse.runtime import current_world, placement_of, threads
 
@@ -58,6 +58,7 @@ class EvalOutcome:
     reproduction: Reproduction | None = None
     captions: dict | None = None  # a qformer stage's held-out captions, by stage (eval.qformer_captions)
     importance: dict | None = None  # eval --importance: omnifuse.eval.importance's summary
+    fastv: dict | None = None  # the FastV token pruning the answers were generated with (None: off)
 
     def scores(self) -> dict:
         out = {"accuracy": self.result.accuracy, "n": self.result.n}
@@ -75,6 +76,8 @@ class EvalOutcome:
             out["captions"] = self.captions
         if self.importance is not None:
             out["importance"] = self.importance
+        if self.fastv is not None:
+            out["fastv"] = self.fastv
         return out
 
 
@@ -102,14 +105,18 @@ def evaluate_run(
     manifest: Path | None = None,
     robustness: bool = False,
     importance: ImportanceSettings | None = None,
+    fastv: FastVSpec | None = None,
 ) -> EvalOutcome:
     """Evaluate with the recipe's settings (overridden by ``data``/``limit``/``blind``), or with exactly
     the settings of an earlier evaluation's ``manifest`` (refused when weights or data changed). ``importance``:
-    also each modality's importance on the same samples (:mod:`omnifuse.eval.importance`)."""
+    also each modality's importance on the same samples (:mod:`omnifuse.eval.importance`). ``fastv``: prune
+    image tokens at inference as this says instead of the recipe's ``generation.fastv``."""
     saved = read_manifest(manifest) if manifest is not None else None  # before the model loads
     if loaded is None:  # eval sits below the tasks, which load runs (omnifuse.tasks.load_language_model)
         raise TypeError("pass loaded=(recipe, model, processor) of the run")
     recipe, model, processor = loaded
+    if fastv is not None:
+        recipe = recipe.with_fastv(fastv)
     if saved is not None and (data is not None or limit is not None or blind is not None):
         raise OmnifuseError(
             "--manifest fixes the data, subset and settings: drop --data, --limit and --blind"
@@ -123,7 +130,7 @@ def evaluate_run(
         check_inputs(saved, data_file, samples, run.weights_file)
     # A long evaluation follows the load: torch's threads track the cores other processes leave free.
     with threads.kept_threads(placement_of(model).device, recipe.runtime.threads):
-        engine = Engine(model, processor)
+        engine = Engine(model, processor, token_pruning(recipe))
         cfg, bs = settings.generation, settings.batch_size
         t0 = time.perf_counter()
         result = evaluate_vqa(engine, samples, cfg, bs, progress=progress, label="eval")
@@ -141,6 +148,8 @@ def evaluate_run(
             else None
         )
         outcome = EvalOutcome(result, blind_result, seconds, blind_seconds, settings.data, probes)
+        if recipe.generation.fastv is not None:
+            outcome.fastv = recipe.generation.fastv.model_dump()
         if importance is not None:
             outcome.importance = generate_importance(
                 engine, samples, result, cfg, bs, importance, blind_result, progress=progress

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from omnifuse.data.sample import Sample
+from omnifuse.fusion import placeholder_mask
+from omnifuse.generation.fastv import TokenPruning, check_prunable, pruned_prefill
 from omnifuse.generation.packed import packed_linears, packing_supported
 from omnifuse.generation.prefix import prefill_plan, prefix_first
 from omnifuse.models.multimodal import MultimodalLM
@@ -83,6 +85,12 @@ def generation_config(
     return GenerationConfig(n, g.temperature, g.top_p, seed=recipe.seed)
 
 
+def token_pruning(recipe: Recipe) -> TokenPruning | None:
+    """The recipe's ``generation.fastv`` as the engine takes it (None: off)."""
+    f = recipe.generation.fastv
+    return None if f is None else TokenPruning(f.layer, f.keep)
+
+
 def _sample_row(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> int:
     # Sampled on the CPU, with the row's CPU generator, whatever the model's device: a seed gives the
     # same tokens on every device (a CUDA generator draws another stream).
@@ -108,9 +116,17 @@ class StepTokens:
 
 
 class Engine:
-    def __init__(self, model: MultimodalLM, processor: Processor) -> None:
+    """``pruning``: drop the least attended media tokens after a decoder layer at prefill (FastV,
+    :mod:`omnifuse.generation.fastv`); decoding then runs over the shorter KV cache."""
+
+    def __init__(
+        self, model: MultimodalLM, processor: Processor, pruning: TokenPruning | None = None
+    ) -> None:
+        if pruning is not None:
+            check_prunable(model.llm, pruning, early_fusion=model.fusion is None)
         self.model = model
         self.processor = processor
+        self.pruning = pruning
         self._max_token_chars: int | None = None
         # oneDNN-packed copies of the LLM's linear weights (float32 CPU models): faster decoding steps for
         # as much memory again as those weights. Set to False before generating to keep memory instead.
@@ -147,6 +163,8 @@ class Engine:
             raise ValueError(f"{len(encoded)} prompts but {len(cfgs)} generation configs")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1, not {prefill_chunk}")
+        if self.pruning is not None and not use_cache:
+            raise ValueError("token pruning shortens the KV cache: it needs use_cache=True")
         batch = self.processor.collate(list(encoded), padding_side="left")
         model = self.model
         placement = placement_of(model)  # once per call: every forward pass runs under its autocast
@@ -184,6 +202,11 @@ class Engine:
         if not self.pack_weights or placement.mixed or not packing_supported(self.model.llm):
             return contextlib.nullcontext
         return packed_linears(self.model.llm).active
+
+    def _media_columns(self, batch) -> torch.Tensor | None:
+        """``[B, L]`` True at media placeholder columns, or None when the batch has none to prune."""
+        media = placeholder_mask(batch.input_ids, list(self.model.placeholder_ids.values()))
+        return media if bool(media.any()) else None
 
     def _prefill(self, forward, embeds, mask, positions, chunk: int | None):
         """Run the prompt through the LLM and the cache, ``chunk`` columns at a time; yields a pause
@@ -230,7 +253,7 @@ class Engine:
     ) -> Iterator[StepTokens]:
         mask = batch.attention_mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        if use_cache and self.model.fusion is None:  # the shared prompt prefix first
+        if use_cache and self.model.fusion is None and self.pruning is None:  # the shared prompt prefix first
             embeds, mask, positions = prefix_first(embeds, mask, positions)
         generators = [
             torch.Generator().manual_seed(c.seed) if c.seed is not None and not c.greedy else None
@@ -242,10 +265,17 @@ class Engine:
         step_embeds, step_pos, past = embeds, positions, None
         if not all(active):
             yield StepTokens([], {i: "length" for i in range(n) if not active[i]})
+        media = self._media_columns(batch) if self.pruning is not None else None
         while any(active):
-            res = yield from self._forward(
-                forward, step_embeds, mask, step_pos, past, use_cache, prefill_chunk
-            )
+            if past is None and media is not None:  # FastV: one prefill pass, then a shorter cache
+                res = pruned_prefill(
+                    self.model.llm, step_embeds, mask, step_pos, media, self.pruning, forward
+                )
+                mask, step_pos = res.mask, res.positions
+            else:
+                res = yield from self._forward(
+                    forward, step_embeds, mask, step_pos, past, use_cache, prefill_chunk
+                )
             if use_cache:
                 past = res.past_key_values
             step = self._select(res.logits[:, -1, :], cfgs, generators, active, produced, cancelled)

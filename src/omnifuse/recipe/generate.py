@@ -167,10 +167,25 @@ class DataSpec(Spec):
     eval_seed: Seed = 0
 
 
+class FastVSpec(Spec):
+    """Visual-token pruning at inference (FastV, docs/compression.md): after ``layer`` decoder layers the
+    prompt's media tokens are ranked by the attention the last prompt token pays them, and only the
+    ``keep`` share of them goes on through the other layers and into the KV cache."""
+
+    layer: int = Field(2, ge=1, description="decoder layers that see every token (FastV's K)")
+    keep: float = Field(
+        0.5, gt=0.0, le=1.0, description="share of each prompt's media tokens kept after them"
+    )
+
+
 class GenerationSpec(Spec):
     max_new_tokens: int = Field(16, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    fastv: FastVSpec | None = Field(
+        None,
+        description="drop the least attended media tokens after a decoder layer (early fusion only); null = off",
+    )
 
 
 class EvalSpec(Spec):
@@ -284,9 +299,35 @@ class Recipe(Spec):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_fastv(self) -> Recipe:
+        if self.generation.fastv is not None and not isinstance(self.model.fusion, EarlyFusionSpec):
+            raise ValueError(
+                "generation.fastv prunes media tokens in the text, but cross-attention fusion puts none there; "
+                "remove generation.fastv or use fusion: {type: early}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_prune(self) -> Recipe:
+        pruning = [s.name for s in self.stages if s.prune is not None]
+        problem = (
+            f"stages {pruning} prune; one stage may prune the LLM's MLP" if len(pruning) > 1
+            else "FSDP shards the LLM before training, and pruning replaces its layers; use strategy ddp"
+            if pruning and self.runtime.distributed.strategy == "fsdp"
+            else None
+        )  # fmt: skip
+        if problem:
+            raise ValueError(f"stages.*.prune: {problem}")
+        return self
+
     def lora_components(self) -> list[str]:
         """Components that any stage trains with LoRA (adapters must exist before loading weights)."""
         return sorted({c for s in self.stages for c, m in s.trainable.items() if m == "lora"})
+
+    def with_fastv(self, fastv: FastVSpec | None) -> Recipe:
+        """This recipe with ``generation.fastv`` set to ``fastv`` (a command line's ``--fastv-keep``)."""
+        return self.model_copy(update={"generation": self.generation.model_copy(update={"fastv": fastv})})
 
 
 def _privacy_problem(recipe: Recipe) -> str | None:

@@ -123,6 +123,20 @@ class DataSource(Spec):
     weight: float = Field(gt=0, description="relative share of the stage's samples drawn from this source")
 
 
+class PruneSpec(Spec):
+    """Structured pruning of the LLM's MLP channels at the start of a stage (docs/compression.md); the stage
+    itself is the recovery (e.g. LoRA on the attention, the connector fully)."""
+
+    mlp_keep: float = Field(
+        gt=0.0, lt=1.0, description="share of each decoder layer's MLP intermediate channels kept (e.g. 0.5)"
+    )
+    calibration: int = Field(
+        64,
+        ge=1,
+        description="training samples (a seeded subset of the stage's data) whose activations rank the channels",
+    )
+
+
 class StageSpec(Spec):
     name: str
     trainable: dict[str, Trainability] = Field(
@@ -152,6 +166,9 @@ class StageSpec(Spec):
     objective: Objective = Field(
         LMObjective(),
         description="what one micro-batch computes: {type: lm}, {type: distill} or {type: qformer}",
+    )
+    prune: PruneSpec | None = Field(
+        None, description="prune the LLM's MLP channels before this stage trains (it recovers); null = none"
     )
 
     @model_validator(mode="before")

@@ -65,6 +65,8 @@ class EvalRequest:
     device: str | None = None
     dtype: str | None = None
     importance: ImportanceSettings | None = None
+    # ``--fastv-keep`` / ``--fastv-layer``: a FastVSpec replacing the recipe's generation.fastv (None: the recipe's)
+    fastv: Any = None
 
     def run_options(self) -> tuple:
         """(data, limit, progress, device, dtype, importance): what a classifier or alignment run's evaluation
@@ -193,6 +195,7 @@ def vqa_options_refused(request: EvalRequest, kind: str, robustness: str) -> Non
     given = [
         flag
         for flag, value in (
+            ("--fastv-keep", request.fastv),
             ("--blind", request.blind),
             ("--manifest", request.manifest),
             ("--robustness", request.robustness),

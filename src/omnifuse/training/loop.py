@@ -26,7 +26,7 @@ from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.vqa import evaluate_vqa
-from omnifuse.generation.engine import Engine, generation_config
+from omnifuse.generation.engine import Engine, generation_config, token_pruning
 from omnifuse.models.builders import build_model
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.models.stages import apply_stage, changed_parameters, prepare_lora
@@ -51,6 +51,7 @@ from omnifuse.training import feature_cache, parallel, privacy
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step, private_lm_step
 from omnifuse.training.order import sample_order, stage_order, stage_refs, stage_steps
+from omnifuse.training.pruning import prune_before_stage, resume_pruning
 from omnifuse.training.qformer_pretrain import qformer_step
 from omnifuse.training.run_files import (
     checked_progress,
@@ -149,7 +150,7 @@ class Trainer:
         self.model.eval()
         try:
             result = evaluate_vqa(
-                Engine(self.model, self.processor),
+                Engine(self.model, self.processor, token_pruning(recipe)),
                 self._eval_samples,
                 cfg,
                 recipe.eval.batch_size,
@@ -180,6 +181,8 @@ class Trainer:
         for si, stage in enumerate(recipe.stages):
             if resume_from is not None and si < resume_from["stage"]:
                 continue
+            prune_before_stage(model, self.processor, stage, self.data_for(stage), recipe.seed, run,
+                               self.console, self.world.main)  # fmt: skip
             groups = apply_stage(model, stage, recipe.lora, self.console)
             for g in groups:
                 g["base_lr"] = g["lr"]
@@ -480,6 +483,8 @@ def train(
         whole = fsdp or any(s.trainable.get("llm") == "full" for s in recipe.stages)
         parts = {"llm_dtype": load_dtype(placement, float32_storage=whole), **(parts or {})}
         model, processor = build_model(recipe.model, progress=progress and world.main, **parts)
+        if resume:  # a stage that pruned rebuilds its shapes before LoRA and the checkpoint load
+            resume_pruning(model, run)
         prepare_lora(model, recipe.lora_components(), recipe.lora)
         # FSDP keeps one storage dtype per unit (float32) and computes in its mixed-precision policy.
         trained = (

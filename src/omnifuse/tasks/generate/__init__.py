@@ -70,6 +70,7 @@ class GenerateTask:
             manifest=request.manifest,
             robustness=request.robustness,
             importance=request.importance,
+            fastv=request.fastv,
         )
         printout = eval_printout(outcome, run.path)
         return Evaluated(

@@ -5,6 +5,7 @@ placed on the device and in the precision the recipe's ``runtime`` section (or `
 from __future__ import annotations
 
 from omnifuse.models.builders import build_model
+from omnifuse.models.prune import load_pruning
 from omnifuse.models.stages import changed_parameters, prepare_lora
 from omnifuse.models.weights import load_weights
 from omnifuse.recipe import Recipe
@@ -33,6 +34,7 @@ def load_model(
     placement = resolve_placement(recipe.runtime, device=device, dtype=dtype, local_rank=local_rank)
     parts = {"llm_dtype": load_dtype(placement), **(parts or {})}
     model, processor = build_model(recipe.model, progress=progress, **parts)
+    load_pruning(model, run.pruning_file, expected=any(s.prune is not None for s in recipe.stages))
     prepare_lora(model, recipe.lora_components(), recipe.lora)
     load_weights(model, run.weights_file, expected=changed_parameters(model, recipe.stages))
     place(model, processor, placement)

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.eval.runner import evaluate_run
-from omnifuse.generation.engine import Engine, GenerationConfig, generation_config
+from omnifuse.generation.engine import Engine, GenerationConfig, generation_config, token_pruning
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir
 from omnifuse.tasks.base import SweepRun
@@ -48,7 +48,9 @@ def sweep_run(recipe: Recipe, job: SweepRun) -> dict:
     outcome = evaluate_run(run, blind=False, progress=job.progress, loaded=loaded)
     result = outcome.result
     timed = select_subset(load_data(recipe.data.eval), job.latency_samples, recipe.data.eval_seed)
-    seconds = latency(Engine(model, processor), timed, generation_config(recipe, greedy=True))
+    seconds = latency(
+        Engine(model, processor, token_pruning(recipe)), timed, generation_config(recipe, greedy=True)
+    )
     return {
         "accuracy": result.accuracy,
         "n_eval": result.n,
