@@ -30,7 +30,8 @@ def before_stage(trainer, stage: StageSpec, samples: Sequence[Sample], order, st
     drawn = (samples[order(i)] for i in range(step * n, steps * n))
     with trainer.placement.autocast():
         built = build_cache(
-            trainer.model, trainer.processor, drawn, (steps - step) * n, stage.name, trainer.progress
-        )
+            trainer.model, trainer.processor, drawn, (steps - step) * n, stage.name, trainer.progress,
+            stage.batch_size,
+        )  # fmt: skip
     if built:
         trainer.console.print(cache.describe())
