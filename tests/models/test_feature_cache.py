@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from omnifuse.data.sample import load_jsonl
 from omnifuse.models.builders import build_model
 from omnifuse.models.feature_cache import FeatureCache, attach_feature_cache
 from omnifuse.models.stages import add_lora
@@ -152,3 +153,20 @@ def test_off_detaches_and_several_processes_turn_it_off(tmp_path, tiny_parts, co
         is None
     )
     assert model.feature_cache is None and "2 processes" in notes[0]
+
+
+def test_yaml_off_and_on_are_read_as_off_and_auto(color_data):
+    raw = tiny_recipe_dict(color_data)
+    for value, expected in ((False, "off"), (True, "auto"), ("off", "off"), ("auto", "auto")):
+        raw["runtime"] = {"feature_cache": value}
+        assert parse_recipe(raw).runtime.feature_cache == expected
+
+
+def test_processor_keys_are_content_hashes(tiny_parts, color_data):
+    recipe = parse_recipe(tiny_recipe_dict(color_data))
+    model, processor = build_model(recipe.model, **tiny_parts)
+    samples = load_jsonl(color_data)[:4]  # blue, green, red, blue: files 0 and 3 differ, their pixels do not
+    assert processor.collate([processor.encode(s) for s in samples]).media_keys == {}  # off: nothing hashed
+    processor.content_keys = True
+    keys = processor.collate([processor.encode(s) for s in samples]).media_keys["image"]
+    assert len(keys) == 4 and keys[0] == keys[3] and len(set(keys)) == 3
