@@ -170,3 +170,20 @@ def test_processor_keys_are_content_hashes(tiny_parts, color_data):
     processor.content_keys = True
     keys = processor.collate([processor.encode(s) for s in samples]).media_keys["image"]
     assert len(keys) == 4 and keys[0] == keys[3] and len(set(keys)) == 3
+
+
+@pytest.mark.parametrize("fusion", ["early", "cross_attention"])
+def test_cached_forward_equals_uncached_for_both_fusions(tmp_path, tiny_parts, color_data, fusion):
+    raw = tiny_recipe_dict(color_data)
+    if fusion == "cross_attention":
+        raw["model"]["fusion"] = {"type": "cross_attention", "every_n": 1, "heads": 4}
+    recipe = parse_recipe(raw)
+    model, processor = build_model(recipe.model, **tiny_parts)
+    model.eval().encoders.requires_grad_(False)  # frozen, as a stage that does not train it leaves it
+    samples = load_jsonl(color_data)[:6]
+    plain = model(**processor.collate([processor.encode(s) for s in samples]).model_inputs()).loss
+    cache = attach_feature_cache(model, processor, "auto", tmp_path, recipe.model.encoders)
+    for _ in range(2):  # building, then reading back
+        batch = processor.collate([processor.encode(s) for s in samples])
+        assert torch.equal(model(**batch.model_inputs()).loss, plain)
+    assert cache.built == 3 and cache.reused == 6
