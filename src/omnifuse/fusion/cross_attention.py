@@ -20,18 +20,20 @@ where a media token is real; rows are padded to the longest sample). This is Fla
 image per sample; with several images per sample every token sees all of them (Flamingo would restrict
 a token to the image just before it). Rows without any media get a zero attention output. The text holds
 no placeholder or marker token for the media (the processor inserts nothing), so the token sequence is
-exactly the text-only one. Both gates start at 0 (tanh(0) = 0), so a fresh model computes exactly what
-the pretrained LLM computes.
+exactly the text-only one. Packed rows (several samples in one row, ``runtime.packing``) bind a per-token
+mask instead (:func:`packed_media`): a token sees its own sample's media only. Both gates start at 0
+(tanh(0) = 0), so a fresh model computes exactly what the pretrained LLM computes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from omnifuse.errors import OmnifuseError
 
@@ -49,7 +51,11 @@ class GatedCrossAttentionBlock(nn.Module):
         )
         self.ffn_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, media: torch.Tensor, mask: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if token_mask is not None:
+            return self._per_token(x, media, token_mask)
         has_media = mask.any(dim=1)
         if bool(has_media.any()):
             # A row with no media would attend to nothing (softmax over no keys = NaN); let it attend to
@@ -63,11 +69,26 @@ class GatedCrossAttentionBlock(nn.Module):
         # The feed-forward part runs on every token, with or without media (as in Flamingo).
         return x + self.ffn_gate.tanh().to(x.dtype) * self.ffn(x)
 
+    def _per_token(self, x: torch.Tensor, media: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """The same block where each text token has its own media (``token_mask`` ``[B, L, M]``, packed
+        rows): a token attends to its own sample's media only, a token without any gets zero."""
+        has_media = token_mask.any(dim=-1)  # [B, L]
+        if bool(has_media.any()):
+            # A token without media would attend to nothing (NaN): let it see all keys, then zero it.
+            blocked = ~token_mask & has_media[..., None]
+            blocked = blocked.repeat_interleave(self.attn.num_heads, dim=0)  # [B·heads, L, M]
+            media = media.to(x.dtype)
+            attended = self.attn(self.attn_norm(x), media, media, attn_mask=blocked, need_weights=False)[0]
+            x = x + self.attn_gate.tanh().to(x.dtype) * (attended * has_media[..., None].to(x.dtype))
+        return x + self.ffn_gate.tanh().to(x.dtype) * self.ffn(x)
+
 
 @dataclass
 class BoundMedia:
     features: torch.Tensor  # [B, M, D_llm]: each sample's media tokens, padded
     mask: torch.Tensor  # [B, M] bool: True where a media token is real
+    # Packed rows only: [B, L, M] bool, True where text token l may attend to media token m (its sample's).
+    token_mask: torch.Tensor | None = None
 
 
 class MediaContext:
@@ -100,10 +121,11 @@ class GatedDecoderLayer(nn.Module):
     def forward(self, *args, **kwargs):
         media = self._context.media
         if media is not None:
+            block, bound = self._block[0], (media.features, media.mask, media.token_mask)
             if "hidden_states" in kwargs:
-                kwargs["hidden_states"] = self._block[0](kwargs["hidden_states"], media.features, media.mask)
+                kwargs["hidden_states"] = block(kwargs["hidden_states"], *bound)
             else:
-                args = (self._block[0](args[0], media.features, media.mask), *args[1:])
+                args = (block(args[0], *bound), *args[1:])
         return self.layer(*args, **kwargs)
 
 
@@ -154,14 +176,38 @@ class CrossAttentionFusion(nn.Module):
             layers[i] = GatedDecoderLayer(layers[i], block, self.context)
 
     @contextmanager
-    def bind(self, features: torch.Tensor, mask: torch.Tensor) -> Iterator[None]:
+    def bind(
+        self, features: torch.Tensor, mask: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> Iterator[None]:
         """Make the batch's media visible to the blocks inside the ``with``. A batch without media binds
         ``[B, 0, D]`` features: the blocks still run (their feed-forward part applies to text too), so a
         sample's output never depends on whether other samples of its batch have media."""
         if self.context.media is not None:
             raise RuntimeError("media are already bound: cross-attention forward passes cannot be nested")
-        self.context.media = BoundMedia(features, mask)
+        self.context.media = BoundMedia(features, mask, token_mask)
         try:
             yield
         finally:
             self.context.media = None
+
+
+def packed_media(
+    features: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor, rows: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample media (``[N, M, D]`` features, ``[N, M]`` mask; samples in packed order) as packed rows
+    need them: each row's samples' media tokens end to end (``[R, M', D]``, ``[R, M']``) and the per-token
+    mask ``[R, L, M']`` that lets a text token (``segments`` ``[R, L]``: its sample, -1 for padding) see
+    only the media of its own sample."""
+    num_rows = segments.shape[0]
+    feats: list[list[torch.Tensor]] = [[] for _ in range(num_rows)]
+    owners: list[list[torch.Tensor]] = [[] for _ in range(num_rows)]
+    for s, r in enumerate(rows):
+        real = features[s][mask[s]]
+        feats[r].append(real)
+        owners[r].append(torch.full((real.shape[0],), s, dtype=torch.long, device=segments.device))
+    empty = features.new_zeros(0, features.shape[-1])
+    none = torch.zeros(0, dtype=torch.long, device=segments.device)
+    row_feats = pad_sequence([torch.cat(f) if f else empty for f in feats], batch_first=True)
+    owner = pad_sequence([torch.cat(o) if o else none for o in owners], batch_first=True, padding_value=-1)
+    token_mask = (segments[:, :, None] == owner[:, None, :]) & (segments >= 0)[:, :, None]
+    return row_feats, owner >= 0, token_mask

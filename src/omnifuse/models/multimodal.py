@@ -24,7 +24,8 @@ from torch.nn import functional as F
 
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import CrossAttentionFusion, placeholder_mask, scatter_features
-from omnifuse.processing.processor import IGNORE_INDEX
+from omnifuse.fusion.cross_attention import packed_media
+from omnifuse.processing.processor import IGNORE_INDEX, Packing
 
 
 @dataclass
@@ -175,22 +176,29 @@ class MultimodalLM(nn.Module):
         sample_ids: Sequence[str] | None = None,
         media_lengths: Mapping[str, torch.Tensor] | None = None,
         media_keys: Mapping[str, Sequence[str | None]] | None = None,
+        packing: Packing | None = None,
     ) -> Iterator[torch.Tensor]:
         """``with model.fuse(...) as embeds: model.llm(inputs_embeds=embeds, ...)`` — the one way to feed
         a batch to the LLM. Early fusion: the embeddings carry the media. Cross-attention: plain token
         embeddings, and the media stay bound to the gated blocks until the ``with`` ends (a generation
-        loop keeps them bound across all its decoding steps)."""
+        loop keeps them bound across all its decoding steps). ``packing``: several samples per row
+        (``media_counts`` per sample, omnifuse.processing.packing); each token meets its sample's media."""
+        if packing is not None and self.fusion is None:  # placeholders are scattered row by row
+            media_counts = {m: packing.row_counts(c) for m, c in media_counts.items()}
+            sample_ids = packing.row_names(sample_ids) if sample_ids is not None else None
         if self.fusion is None:
             yield self.embed(input_ids, media, media_counts, sample_ids, media_lengths, media_keys)
             return
         embeds = self.llm.get_input_embeddings()(input_ids)
-        features, mask = self.media_sequence(
-            media, media_counts, input_ids.shape[0], media_lengths, media_keys
-        )
+        samples = input_ids.shape[0] if packing is None else len(packing.rows)
+        features, mask = self.media_sequence(media, media_counts, samples, media_lengths, media_keys)
         if features is None:
-            features = embeds.new_zeros(input_ids.shape[0], 0, embeds.shape[-1])
-            mask = torch.zeros(input_ids.shape[0], 0, dtype=torch.bool, device=embeds.device)
-        with self.fusion.bind(features, mask):
+            features = embeds.new_zeros(samples, 0, embeds.shape[-1])
+            mask = torch.zeros(samples, 0, dtype=torch.bool, device=embeds.device)
+        token_mask = None
+        if packing is not None:
+            features, mask, token_mask = packed_media(features, mask, packing.segments, packing.rows)
+        with self.fusion.bind(features, mask, token_mask):
             yield embeds
 
     def forward(
@@ -203,19 +211,23 @@ class MultimodalLM(nn.Module):
         sample_ids: Sequence[str] | None = None,
         media_lengths: Mapping[str, torch.Tensor] | None = None,
         media_keys: Mapping[str, Sequence[str | None]] | None = None,
+        packing: Packing | None = None,
     ) -> LMOutput:
+        fused = (input_ids, media, media_counts, sample_ids, media_lengths, media_keys, packing)
+        # Packed rows follow transformers' flattening convention: no 2-D mask, positions restarting per
+        # sample, from which the LLM's attention keeps the samples apart (omnifuse.processing.packing).
+        masking = {"attention_mask": attention_mask} if packing is None else \
+            {"attention_mask": None, "position_ids": packing.position_ids}  # fmt: skip
         if labels is None:
-            with self.fuse(input_ids, media, media_counts, sample_ids, media_lengths, media_keys) as embeds:
-                out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+            with self.fuse(*fused) as embeds:
+                out = self.llm(inputs_embeds=embeds, **masking, use_cache=False)
             return LMOutput(None, out.logits, 0)
         # Logits only where a label is predicted: the LM head over a 49k vocabulary would otherwise
         # cost about a quarter of a small LLM's forward pass on prompt tokens that carry no loss.
         targets = labels[:, 1:]
         keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        with self.fuse(input_ids, media, media_counts, sample_ids, media_lengths, media_keys) as embeds:
-            out = self.llm(
-                inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
-            )
+        with self.fuse(*fused) as embeds:
+            out = self.llm(inputs_embeds=embeds, **masking, use_cache=False, logits_to_keep=keep)
         logits = out.logits
         kept_targets = targets[:, keep]
         n = int((kept_targets != IGNORE_INDEX).sum())

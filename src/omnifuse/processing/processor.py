@@ -116,6 +116,36 @@ class Encoded:
     media_keys: dict[str, list[str | None]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Packing:
+    """How a packed batch's rows hold its samples (``Batch.sample_ids`` lists them in row-major order);
+    made by :func:`omnifuse.processing.packing.collate_packed`."""
+
+    position_ids: torch.Tensor  # [R, L]: each sample's positions from 0; a row's tail again from 0
+    segments: torch.Tensor  # [R, L]: each token's sample (an index into Batch.sample_ids), -1 for the tail
+    rows: tuple[int, ...]  # rows[s]: the row that sample s lies in
+
+    def to(self, device: torch.device | str) -> Packing:
+        return Packing(
+            self.position_ids.to(device, non_blocking=True), self.segments.to(device, non_blocking=True),
+            self.rows,
+        )  # fmt: skip
+
+    def row_names(self, sample_ids: Sequence[str]) -> list[str]:
+        """Each row's sample ids joined by "+" (what an error about a row names)."""
+        names: list[list[str]] = [[] for _ in range(int(self.segments.shape[0]))]
+        for row, sid in zip(self.rows, sample_ids, strict=True):
+            names[row].append(sid)
+        return ["+".join(n) for n in names]
+
+    def row_counts(self, counts: Sequence[int]) -> list[int]:
+        """Per-sample counts (media items) summed per row."""
+        out = [0] * int(self.segments.shape[0])
+        for row, n in zip(self.rows, counts, strict=True):
+            out[row] += n
+        return out
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor
@@ -128,9 +158,13 @@ class Batch:
     media_lengths: dict[str, torch.Tensor] = field(default_factory=dict)
     # Each item's content hash, by modality (``Processor.content_keys``): the model's feature cache reads it.
     media_keys: dict[str, list[str | None]] = field(default_factory=dict)
+    # Packed batches only (omnifuse.processing.packing): several samples per row; media_counts are then
+    # per sample, samples (sample_ids) in row-major order.
+    packing: Packing | None = None
 
     def model_inputs(self) -> dict:
-        return {
+        packed = {} if self.packing is None else {"packing": self.packing}
+        return packed | {
             "input_ids": self.input_ids,
             "attention_mask": self.attention_mask,
             "media": self.media,
@@ -150,6 +184,7 @@ class Batch:
             self.input_ids.to(device, non_blocking=True),
             self.attention_mask.to(device, non_blocking=True),
             labels, move, dict(self.media_counts), list(self.sample_ids), lengths, dict(self.media_keys),
+            None if self.packing is None else self.packing.to(device),
         )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from omnifuse.recipe.features import (
     check_feature_encoders,
 )
 from omnifuse.recipe.privacy import PrivacySpec
-from omnifuse.recipe.runtime import RuntimeSpec, one_process_only
+from omnifuse.recipe.runtime import RuntimeSpec, no_packing, one_process_only
 from omnifuse.recipe.schema import Seed, Spec
 
 
@@ -214,4 +214,5 @@ class ClassifierRecipe(Spec):
     @model_validator(mode="after")
     def _check_runtime(self) -> ClassifierRecipe:
         one_process_only(self.runtime, "classify", privacy=self.privacy is not None)
+        no_packing(self.runtime, "classify")
         return self

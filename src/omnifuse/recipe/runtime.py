@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from omnifuse.recipe.schema import Spec
 
@@ -73,6 +73,19 @@ class RuntimeSpec(Spec):
     compile: bool = Field(
         False, description="torch.compile the LLM (first steps are slower while it compiles)"
     )
+    packing: bool = Field(
+        False,
+        description="training: lay several samples end to end in one row of a micro-batch instead of padding "
+        "each to the longest (position ids restart per sample, attention and cross-attention media stay per "
+        "sample; the loss is unchanged). Next-token stages only; refused with DP-SGD (docs/scaling.md)",
+    )
+    packing_length: int | None = Field(
+        None,
+        ge=1,
+        description="with packing: the most tokens in a packed row (never below the micro-batch's longest "
+        "sample); null: all of a micro-batch in one row (no padding at all). With sdpa / eager attention a row "
+        "of L tokens costs L² attention scores, so cap it for long samples; flash_attention_2 needs no cap",
+    )
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="the LLM's attention implementation, passed to transformers (auto: its default)"
     )
@@ -104,6 +117,21 @@ class RuntimeSpec(Spec):
     def _device(cls, value: str) -> str:
         return check_device(value)
 
+    @model_validator(mode="after")
+    def _packing_length(self) -> RuntimeSpec:
+        if self.packing_length is not None and not self.packing:
+            raise ValueError(
+                f"runtime.packing_length: {self.packing_length} sizes packed rows, but runtime.packing is "
+                "false; set runtime.packing: true, or remove packing_length"
+            )
+        if self.packing_length is not None and self.attention == "flash_attention_2":
+            raise ValueError(
+                f"runtime.packing_length: {self.packing_length} with attention flash_attention_2: transformers "
+                "keeps packed samples apart under flash attention only when a micro-batch is one row (its "
+                "variable-length path), which is what packing does without packing_length; remove it"
+            )
+        return self
+
     @field_validator("feature_cache", mode="before")
     @classmethod
     def _feature_cache(cls, value: object) -> object:
@@ -117,6 +145,15 @@ class RuntimeSpec(Spec):
         if isinstance(value, str) and value.isdigit() and int(value) >= 1:
             return int(value)
         raise ValueError("threads is auto or a count of threads ≥ 1")
+
+
+def no_packing(runtime: RuntimeSpec, task: str) -> None:
+    """Packing lays token sequences of a generate recipe end to end; other tasks train on fixed-size inputs."""
+    if runtime.packing:
+        raise ValueError(
+            f"runtime.packing: true: task {task} trains on fixed-size features, not token sequences, so there "
+            "is no padding to pack away (packing is for generate recipes); remove runtime.packing"
+        )
 
 
 def no_quantize(runtime: RuntimeSpec, task: str) -> None:

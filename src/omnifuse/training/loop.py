@@ -47,7 +47,7 @@ from omnifuse.runtime import (
     threads,
 )
 from omnifuse.runtime.distributed import barrier, broadcast_error
-from omnifuse.training import feature_cache, parallel, privacy
+from omnifuse.training import feature_cache, objectives, parallel, privacy
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step, private_lm_step
 from omnifuse.training.order import sample_order, stage_order, stage_refs, stage_steps
@@ -197,9 +197,11 @@ class Trainer:
                 self.console.print(f"resuming stage {stage.name} at step {step}/{steps}")
                 resume_from = None
             changed = changed_parameters(model, recipe.stages[: si + 1])
+            objective = objectives.with_packing(
+                OBJECTIVES[stage.objective.type], stage, recipe.runtime, self.console.print
+            )
             module = parallel.wrap(
-                model, OBJECTIVES[stage.objective.type], self.processor, stage, self.world, self.placement,
-                recipe.runtime,
+                model, objective, self.processor, stage, self.world, self.placement, recipe.runtime
             )  # fmt: skip
             if self.accounting is not None:
                 module = self._private_stage(si, stage, optimizer, samples)

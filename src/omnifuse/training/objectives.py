@@ -7,7 +7,8 @@ for the throughput figure. The table of objectives lives in ``training.loop``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +18,9 @@ from omnifuse.data.sample import Sample, with_transcript
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import Processor
+from omnifuse.processing.packing import collate_packed
 from omnifuse.processing.processor import IGNORE_INDEX
-from omnifuse.recipe import StageSpec
+from omnifuse.recipe import RuntimeSpec, StageSpec
 
 
 @dataclass
@@ -31,6 +33,15 @@ class StepOutput:
     weight: int = 1
 
 
+# Attention implementations for which transformers turns restarting position ids into per-sample
+# attention (masking_utils.find_packed_sequence_indices; flash attention's variable-length path).
+# Flash attention's path takes one row only (modeling_flash_attention_utils._is_packed_sequence).
+PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+ONE_ROW_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+Step = Callable[[MultimodalLM, Processor, Sequence[Sample], StageSpec], StepOutput]
+
+
 def generative_step(
     model: MultimodalLM, processor: Processor, samples: Sequence[Sample], stage: StageSpec
 ) -> StepOutput:
@@ -38,6 +49,49 @@ def generative_step(
     batch = processor.collate([processor.encode(s) for s in samples])
     out = model(**batch.model_inputs())
     return StepOutput(out.loss, {}, int(batch.attention_mask.sum()), out.num_label_tokens)
+
+
+def packed_generative_step(
+    model: MultimodalLM,
+    processor: Processor,
+    samples: Sequence[Sample],
+    stage: StageSpec,
+    budget: int | None = None,
+) -> StepOutput:
+    """:func:`generative_step` over packed rows (``runtime.packing``, omnifuse.processing.packing): the same
+    samples and label tokens, so the same mean loss, with less padding."""
+    attention = getattr(model.llm.config, "_attn_implementation", None)
+    if attention not in PACKED_ATTENTION:
+        raise OmnifuseError(
+            f"runtime.packing: the LLM's attention implementation {attention!r} is not known to keep packed "
+            f"samples apart (transformers does so for {', '.join(PACKED_ATTENTION)}); set runtime.attention "
+            "to sdpa, or remove runtime.packing"
+        )
+    batch = collate_packed(processor, [processor.encode(s) for s in samples], budget)
+    if attention in ONE_ROW_ATTENTION and batch.input_ids.shape[0] > 1:
+        raise OmnifuseError(
+            f"runtime.packing with {attention}: transformers keeps packed samples apart only in a batch of "
+            "one row (its variable-length path), and this micro-batch packs into "
+            f"{batch.input_ids.shape[0]} rows; remove runtime.packing_length"
+        )
+    out = model(**batch.model_inputs())
+    return StepOutput(out.loss, {}, int(batch.attention_mask.sum()), out.num_label_tokens)
+
+
+def with_packing(step: Step, stage: StageSpec, runtime: RuntimeSpec, note: Callable[[str], None]) -> Step:
+    """The stage's step function under ``runtime.packing``: the next-token objective packs its rows; the
+    others train as they are (a Q-Former's image-caption pairs and distillation's paired batches are not
+    LLM rows to pack), said once through ``note``. DP-SGD, which needs one sample per row, is refused by
+    the recipe (privacy with runtime.packing)."""
+    if not runtime.packing:
+        return step
+    if stage.objective.type != "lm":
+        note(
+            f"stage {stage.name}: objective {stage.objective.type} trains unpacked (runtime.packing packs the "
+            "rows of the next-token objective lm only)"
+        )
+        return step
+    return functools.partial(packed_generative_step, budget=runtime.packing_length)
 
 
 def _answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
