@@ -405,6 +405,22 @@ SCALE = [
     C("train-dtype-unknown", "int8", train(None, "--dtype", "int8")),
 ]
 
+# Quantisation (docs/serving.md): an unknown mode; int4 needs CUDA; CPU int8 computes in float32 and
+# cannot train (QLoRA needs CUDA + bitsandbytes); a quantised LLM cannot train fully; no LLM to quantise.
+QUANT_CPU = {"runtime.device": "cpu"}
+QUANTIZE = [
+    *(C(f"{verb}-quantize-{name}", says, on_run([*argv, *flags]))
+      for verb, argv in PLACEMENT_VERBS if verb in ("eval", "chat", "serve")
+      for name, says, flags in [("int3", "int3", ["--quantize", "int3"]),
+                                ("int4-cpu", "int4 needs CUDA", ["--device", "cpu", "--quantize", "int4"])]),
+    C("eval-quantize-int8-bfloat16", "float32", on_run(["eval", "--no-progress", "--device", "cpu", "--dtype", "bfloat16", "--quantize", "int8"])),
+    C("recipe-quantize-int3", "quantize", validate({"runtime.quantize": "int3"})),
+    C("validate-qlora-cpu", "needs a CUDA GPU", validate({**QUANT_CPU, "runtime.quantize": "int4"})),
+    C("train-quantize-int8-cpu", "needs a CUDA GPU", train({**QUANT_CPU, "runtime.quantize": "int8"})),
+    C("recipe-quantize-llm-full", "trains the LLM fully", validate({"runtime.quantize": "int4", f"{ST}.trainable.llm": "full"})),
+    C("recipe-quantize-classify", "no LLM to quantise", lambda env, tmp: ["validate", CLASSIC, "--set", "runtime.quantize=int8"]),
+]
+
 RESUMES = [
     C("resume-state-garbled", "state.json", resume(put("checkpoint/state.json", "{"))),
     C("resume-state-empty", "state.json", resume(put("checkpoint/state.json", ""))),
@@ -439,6 +455,7 @@ CASES = [
     *SERVE,
     *PLACEMENT,
     *SCALE,
+    *QUANTIZE,
     *RESUMES,
 ]
 

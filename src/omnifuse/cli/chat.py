@@ -15,6 +15,7 @@ from omnifuse.cli.common import (
     FastVKeep,
     FastVLayer,
     Progress,
+    Quantize,
     app,
     check_placement,
     fastv_option,
@@ -77,6 +78,7 @@ def chat(
     ] = None,
     device: Device = None,
     dtype: Dtype = None,
+    quantize: Quantize = None,
     fastv_keep: FastVKeep = None,
     fastv_layer: FastVLayer = None,
 ) -> None:
@@ -87,7 +89,7 @@ def chat(
     from omnifuse.tasks import load_language_model
     from omnifuse.untrusted import open_image
 
-    check_placement(device, dtype)
+    check_placement(device, dtype, quantize)
     fastv = fastv_option(fastv_keep, fastv_layer)
     if speak is not None:
         _check_speech_out(speak)
@@ -95,7 +97,9 @@ def chat(
         open_image(path, "image file")
     if out is not None:
         _check_boxes_out(out, image, question is not None or audio is not None)
-    recipe, model, processor = load_language_model(RunDir(run_dir), device=device, dtype=dtype)
+    recipe, model, processor = load_language_model(
+        RunDir(run_dir), device=device, dtype=dtype, quantize=quantize
+    )
     if fastv is not None:
         recipe = recipe.with_fastv(fastv)
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
@@ -295,7 +299,10 @@ def _explain_language_model(
     from omnifuse.progress import progress_bar
     from omnifuse.tasks import load_language_model
 
-    recipe, model, processor = load_language_model(run, progress=progress, device=device, dtype=dtype)
+    # attributions take gradients through the LLM, which quantised layers do not have: always float here
+    recipe, model, processor = load_language_model(
+        run, progress=progress, device=device, dtype=dtype, quantize="none"
+    )
     evaluations = planned_evaluations(model, processor, picture, question, methods, settings)
     # one bar: the answer with its attributions (generation, forward + backward, contributions, logit
     # lens), each model evaluation of shap / lime / occlusion, then the PNGs

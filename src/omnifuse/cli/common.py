@@ -32,6 +32,13 @@ Dtype = Annotated[
         help="auto|float32|bfloat16|float16: the compute precision (default: the recipe's runtime.dtype)"
     ),
 ]
+Quantize = Annotated[
+    str | None,
+    typer.Option(
+        help="none|int8|int4: store the LLM's linear layers in 8 or 4 bits (CPU: int8, torch dynamic "
+        "quantisation; CUDA: bitsandbytes int8/int4; default: the recipe's runtime.quantize)"
+    ),
+]
 
 Nproc = Annotated[
     int | None,
@@ -72,9 +79,13 @@ def quiet_unless_main() -> None:
         console.out.quiet = True
 
 
-def check_placement(device: str | None, dtype: str | None) -> None:
-    """A bad ``--device`` / ``--dtype`` fails here, in a second, before any model loads (the recipe's
-    runtime section is checked against them again when the model is placed)."""
+def check_placement(device: str | None, dtype: str | None, quantize: str | None = None) -> None:
+    """A bad ``--device`` / ``--dtype`` / ``--quantize`` fails here, in a second, before any model loads
+    (the recipe's runtime section is checked against them again when the model is placed)."""
+    if quantize is not None:
+        from omnifuse.models.quantize import check_quantize
+
+        check_quantize(quantize)
     if device is None and dtype is None:
         return
     from omnifuse.runtime import resolve_placement

@@ -16,6 +16,7 @@ from omnifuse.cli.common import (
     FastVLayer,
     Nproc,
     Progress,
+    Quantize,
     app,
     check_placement,
     fastv_option,
@@ -69,6 +70,7 @@ def eval_(
     progress: Progress = True,
     device: Device = None,
     dtype: Dtype = None,
+    quantize: Quantize = None,
     nproc: Nproc = None,
     fastv_keep: FastVKeep = None,
     fastv_layer: FastVLayer = None,
@@ -85,7 +87,7 @@ def eval_(
     from omnifuse.tasks import task_of_run
     from omnifuse.tasks.base import EvalRequest
 
-    check_placement(device, dtype)
+    check_placement(device, dtype, quantize)
     settings = importance_settings(perturbations, importance_seed, importance, importance_repeats)
     fastv = fastv_option(fastv_keep, fastv_layer)
     run = RunDir(run_dir)
@@ -111,6 +113,7 @@ def eval_(
         dtype=dtype,
         importance=settings,
         fastv=fastv,
+        quantize=quantize,
     )
     evaluated = task.evaluate(run, request)
     if not world.main:

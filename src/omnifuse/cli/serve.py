@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from omnifuse.cli import console
-from omnifuse.cli.common import Device, Dtype, app, check_placement
+from omnifuse.cli.common import Device, Dtype, Quantize, app, check_placement
 from omnifuse.errors import OmnifuseError
 
 
@@ -74,6 +74,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
     device: Device = None,
     dtype: Dtype = None,
+    quantize: Quantize = None,
 ) -> None:
     """Serve a trained model through an OpenAI-compatible API (/v1/chat/completions) and a chat page at /."""
     import uvicorn
@@ -84,9 +85,11 @@ def serve(
     from omnifuse.serve.server import ServerSettings, create_app
     from omnifuse.tasks import load_language_model
 
-    check_placement(device, dtype)
+    check_placement(device, dtype, quantize)
     log_level = _check_listen_options(host, port, log_level)
-    recipe, model, processor = load_language_model(RunDir(run_dir), device=device, dtype=dtype)
+    recipe, model, processor = load_language_model(
+        RunDir(run_dir), device=device, dtype=dtype, quantize=quantize
+    )
     g = recipe.generation
     settings = ServerSettings(
         model_name=model_name or Path(run_dir).resolve().name,

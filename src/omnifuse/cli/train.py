@@ -33,6 +33,10 @@ def validate(recipe: Path, set_: Overrides = None) -> None:
         validate_sweep(recipe, set_ or [])
         return
     r = load_recipe(recipe, set_ or [])
+    if r.runtime.quantize != "none":  # QLoRA: a CUDA GPU with bitsandbytes, or one paragraph here
+        from omnifuse.models.quantize import training_quantize
+
+        training_quantize(r.runtime)
     console.out.print(f"{recipe}: {escape(task_for(r).describe(r))}")
 
 

@@ -186,19 +186,21 @@ def build_model(
     progress: bool = True,
     connectors: dict[str, nn.Module] | None = None,
     llm_dtype: torch.dtype = torch.float32,
+    llm_kwargs: dict | None = None,
 ) -> tuple[MultimodalLM, Processor]:
     """Build the model and its processor. ``llm``/``tokenizer``/``encoders`` may be injected (tests use
     tiny random ones); otherwise they are loaded from the pretrained assets the spec names. Injected
     ``connectors`` (some modalities or all) replace the spec's builders for theirs (an exported folder
     rebuilds a Q-Former from its stored shape instead of the BERT asset). ``llm_dtype``: the dtype the
-    LLM's weights are loaded in (see :func:`omnifuse.runtime.load_dtype`)."""
+    LLM's weights are loaded in (see :func:`omnifuse.runtime.load_dtype`); ``llm_kwargs``: more arguments
+    of its ``from_pretrained`` (bitsandbytes quantisation, :mod:`omnifuse.models.quantize`)."""
     from_llava = (
         llava_parts(spec) if spec.init_from is not None and llm is None and encoders is None else None
     )
     if from_llava is not None:  # a LLaVA checkpoint's parts; its projector once the connector exists
         llm, tokenizer, encoders = from_llava.llm, from_llava.tokenizer, from_llava.encoders
     if llm is None or tokenizer is None:
-        llm, tokenizer = load_llm(spec.llm.name, progress=progress, dtype=llm_dtype)
+        llm, tokenizer = load_llm(spec.llm.name, progress=progress, dtype=llm_dtype, **(llm_kwargs or {}))
     encoders = encoders if encoders is not None else {m: build_encoder(s) for m, s in spec.encoders.items()}
     d_llm = hidden_size(llm)
     given = connectors or {}

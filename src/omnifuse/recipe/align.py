@@ -14,7 +14,7 @@ from omnifuse.recipe.features import (
     FeatureModelSpec,
     check_feature_encoders,
 )
-from omnifuse.recipe.runtime import RuntimeSpec, no_packing, one_process_only
+from omnifuse.recipe.runtime import RuntimeSpec, no_packing, no_quantize, one_process_only
 from omnifuse.recipe.schema import Seed, Spec
 
 
@@ -143,6 +143,7 @@ class AlignRecipe(Spec):
     @model_validator(mode="after")
     def _check(self) -> AlignRecipe:
         one_process_only(self.runtime, "align")
+        no_quantize(self.runtime, "align")
         no_packing(self.runtime, "align")
         if isinstance(self.method, DeepCCAMethodSpec) and self.train.batch_size <= self.method.dim:
             raise ValueError(

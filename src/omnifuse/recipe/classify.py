@@ -17,7 +17,7 @@ from omnifuse.recipe.features import (
     check_feature_encoders,
 )
 from omnifuse.recipe.privacy import PrivacySpec
-from omnifuse.recipe.runtime import RuntimeSpec, no_packing, one_process_only
+from omnifuse.recipe.runtime import RuntimeSpec, no_packing, no_quantize, one_process_only
 from omnifuse.recipe.schema import Seed, Spec
 
 
@@ -214,5 +214,6 @@ class ClassifierRecipe(Spec):
     @model_validator(mode="after")
     def _check_runtime(self) -> ClassifierRecipe:
         one_process_only(self.runtime, "classify", privacy=self.privacy is not None)
+        no_quantize(self.runtime, "classify")
         no_packing(self.runtime, "classify")
         return self

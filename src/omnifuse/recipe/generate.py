@@ -287,6 +287,28 @@ class Recipe(Spec):
         return self
 
     @model_validator(mode="after")
+    def _check_quantize(self) -> Recipe:
+        """A quantised LLM is frozen in int8 / int4 (bitsandbytes has no update rule for its weights): stages
+        train it with LoRA (QLoRA) or not at all; FSDP and DP-SGD are not set up over quantised weights."""
+        q = self.runtime.quantize
+        if q == "none":
+            return self
+        full = [s.name for s in self.stages if s.trainable.get("llm") == "full"]
+        problem = (
+            f"stage {full[0]!r} trains the LLM fully, but its weights are stored in {q}; train it with lora "
+            "(QLoRA) or keep it frozen" if full
+            else "FSDP shards float parameters; use strategy ddp" if self.runtime.distributed.strategy == "fsdp"
+            else "DP-SGD (privacy) computes per-sample gradients in float32 only" if self.privacy is not None
+            else None
+        )  # fmt: skip
+        if problem:
+            raise ValueError(
+                f"runtime.quantize: {q}: {problem}, or remove runtime.quantize (and quantise at inference: "
+                "`omnifuse eval RUN --quantize int8`)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_privacy(self) -> Recipe:
         if self.privacy is None:
             return self

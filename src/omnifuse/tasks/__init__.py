@@ -44,12 +44,13 @@ def load_language_model(
     parts: dict | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
 ):
     """``(recipe, model, processor)`` of a run with a language model (chat, explain, report, serve), on
-    ``device`` in ``dtype`` (None: the recipe's ``runtime`` section); a classifier or alignment run is
-    refused with what to do instead."""
+    ``device`` in ``dtype``, its LLM quantised as ``quantize`` says (None: the recipe's ``runtime``
+    section); a classifier or alignment run is refused with what to do instead."""
     return task_of_run(run).load_language_model(
-        run, progress=progress, parts=parts, device=device, dtype=dtype
+        run, progress=progress, parts=parts, device=device, dtype=dtype, quantize=quantize
     )
 
 

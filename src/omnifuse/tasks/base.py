@@ -67,6 +67,7 @@ class EvalRequest:
     importance: ImportanceSettings | None = None
     # ``--fastv-keep`` / ``--fastv-layer``: a FastVSpec replacing the recipe's generation.fastv (None: the recipe's)
     fastv: Any = None
+    quantize: str | None = None  # ``--quantize``: the LLM's storage (None: the recipe's runtime.quantize)
 
     def run_options(self) -> tuple:
         """(data, limit, progress, device, dtype, importance): what a classifier or alignment run's evaluation
@@ -139,10 +140,11 @@ class Task(Protocol):
 
     def load_language_model(
         self, run: RunDir, progress: bool = True, parts: dict | None = None,
-        device: str | None = None, dtype: str | None = None,
+        device: str | None = None, dtype: str | None = None, quantize: str | None = None,
     ) -> Any:  # fmt: skip
         """(recipe, model, processor) of a run that has a language model, placed on ``device`` in
-        ``dtype``; otherwise a clear error."""
+        ``dtype``, its LLM quantised as ``quantize`` says (None: the recipe's ``runtime.quantize``);
+        otherwise a clear error."""
         ...
 
     def training_samples(self, recipe: Any) -> int:
@@ -199,6 +201,7 @@ def vqa_options_refused(request: EvalRequest, kind: str, robustness: str) -> Non
             ("--blind", request.blind),
             ("--manifest", request.manifest),
             ("--robustness", request.robustness),
+            ("--quantize", request.quantize),
         )
         if value
     ]

@@ -29,6 +29,7 @@ from omnifuse.eval.vqa import evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config, token_pruning
 from omnifuse.models.builders import build_model
 from omnifuse.models.multimodal import MultimodalLM
+from omnifuse.models.quantize import prepare_kbit_training, training_quantize
 from omnifuse.models.stages import apply_stage, changed_parameters, prepare_lora
 from omnifuse.models.weights import save_tensors_atomic, state_of
 from omnifuse.processing import Processor
@@ -464,6 +465,7 @@ def train(
     runtime = privacy.private_runtime(recipe.runtime) if recipe.privacy else recipe.runtime  # float32
     world = init_world(resolve_placement(runtime).device)  # checked before the process group
     placement = resolve_placement(runtime, local_rank=world.local_rank)
+    quant = training_quantize(recipe.runtime, placement)  # QLoRA on CUDA; refused elsewhere, here
     parallel.check_strategy(recipe, world)
     privacy.check_launch(recipe, world)
     finished, error = False, None
@@ -484,7 +486,11 @@ def train(
         fsdp = recipe.runtime.distributed.strategy == "fsdp"
         whole = fsdp or any(s.trainable.get("llm") == "full" for s in recipe.stages)
         parts = {"llm_dtype": load_dtype(placement, float32_storage=whole), **(parts or {})}
-        model, processor = build_model(recipe.model, progress=progress and world.main, **parts)
+        model, processor = build_model(
+            recipe.model, progress=progress and world.main, llm_kwargs=quant.llm_kwargs, **parts
+        )
+        if quant.bitsandbytes:  # the LLM frozen in 4 / 8 bits, LoRA trained on top
+            prepare_kbit_training(model, "llm" in recipe.runtime.gradient_checkpointing)
         if resume:  # a stage that pruned rebuilds its shapes before LoRA and the checkpoint load
             resume_pruning(model, run)
         prepare_lora(model, recipe.lora_components(), recipe.lora)

@@ -87,7 +87,7 @@ class AlignTask:
 
     def load_language_model(
         self, run: RunDir, progress: bool = True, parts: dict | None = None,
-        device: str | None = None, dtype: str | None = None,
+        device: str | None = None, dtype: str | None = None, quantize: str | None = None,
     ):  # fmt: skip
         raise no_language_model(run, "alignment")
 

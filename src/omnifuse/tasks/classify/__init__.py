@@ -79,7 +79,7 @@ class ClassifyTask:
 
     def load_language_model(
         self, run: RunDir, progress: bool = True, parts: dict | None = None,
-        device: str | None = None, dtype: str | None = None,
+        device: str | None = None, dtype: str | None = None, quantize: str | None = None,
     ):  # fmt: skip
         raise no_language_model(run, "classifier")
 

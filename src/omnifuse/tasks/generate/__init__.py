@@ -66,7 +66,13 @@ class GenerateTask:
             request.limit,
             request.blind,
             progress=request.progress,
-            loaded=load_model(run, progress=request.progress, device=request.device, dtype=request.dtype),
+            loaded=load_model(
+                run,
+                progress=request.progress,
+                device=request.device,
+                dtype=request.dtype,
+                quantize=request.quantize,
+            ),
             manifest=request.manifest,
             robustness=request.robustness,
             importance=request.importance,
@@ -88,7 +94,8 @@ class GenerateTask:
 
         return write_html_report(
             run,
-            loaded=lambda: load_model(run, progress=progress, device=device, dtype=dtype),
+            # its heatmaps take gradients, which quantised layers do not have: the float model
+            loaded=lambda: load_model(run, progress=progress, device=device, dtype=dtype, quantize="none"),
             samples=samples,
             explained=explained,
             progress=progress,
@@ -96,11 +103,11 @@ class GenerateTask:
 
     def load_language_model(
         self, run: RunDir, progress: bool = True, parts: dict | None = None,
-        device: str | None = None, dtype: str | None = None,
+        device: str | None = None, dtype: str | None = None, quantize: str | None = None,
     ):  # fmt: skip
         from omnifuse.tasks.generate.load import load_model
 
-        return load_model(run, progress=progress, parts=parts, device=device, dtype=dtype)
+        return load_model(run, progress=progress, parts=parts, device=device, dtype=dtype, quantize=quantize)
 
     def training_samples(self, recipe: Recipe) -> int:
         """Steps × batch size × accumulation, summed over stages."""
