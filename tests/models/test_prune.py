@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from transformers import LlamaForCausalLM
 
 from omnifuse.data.sample import load_jsonl
 from omnifuse.errors import OmnifuseError
+from omnifuse.export import export_run
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
 from omnifuse.models.prune import (
@@ -21,7 +23,7 @@ from omnifuse.models.prune import (
     prune_mlp,
     save_pruning,
 )
-from omnifuse.models.stages import changed_parameters, prepare_lora
+from omnifuse.models.stages import changed_parameters, prepare_lora, unload_lora
 from omnifuse.models.weights import load_weights, save_weights
 from omnifuse.recipe import parse_recipe
 from omnifuse.rundir import RunDir
@@ -120,6 +122,14 @@ def test_a_stage_that_prunes_trains_reloads_and_answers(color_data, tmp_path):
     assert all(layer.mlp.down_proj.in_features == 32 for layer in model.llm.model.layers)
     answers = Engine(model, proc).generate(load_jsonl(color_data)[:2], GenerationConfig(3))
     assert len(answers) == 2
+    # Exported with LoRA merged, the pruned LLM is a standard one that plain transformers loads.
+    folder = export_run(run.path, tmp_path / "llm", fmt="llm", parts=make_parts(), progress=False)
+    exported = LlamaForCausalLM.from_pretrained(folder).eval()
+    assert exported.config.intermediate_size == 32
+    ids = torch.tensor([[1, 5, 9, 14]])
+    with torch.no_grad():
+        unload_lora(model.llm, merge=True)
+        torch.testing.assert_close(exported(input_ids=ids).logits, model.llm(input_ids=ids).logits)
     run.pruning_file.unlink()  # the record is part of the run: without it the run does not load
     with pytest.raises(OmnifuseError, match="pruning.safetensors is missing"):
         load_model(run, progress=False, parts=make_parts())
