@@ -13,6 +13,7 @@ from omnifuse.fusion import placeholder_mask
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.generation.fastv import TokenPruning, last_token_attention, pruned_prefill
 from omnifuse.models.builders import build_model
+from omnifuse.models.stages import prepare_lora
 from omnifuse.recipe import parse_recipe
 from tiny import tiny_recipe_dict
 
@@ -92,8 +93,16 @@ def test_batched_left_padded_prompts_equal_one_by_one(tiny_parts, color_data):
 
 
 def test_ranking_is_the_layers_attention(tiny_parts, color_data):
-    """The attention rebuilt from q_proj / the cached keys equals transformers' eager attention weights."""
+    """The attention rebuilt from q_proj / the cached keys equals transformers' eager attention weights,
+    with LoRA adapters (trained-looking) on the projections as a trained run has them."""
     model, proc = built(tiny_parts, color_data)
+    recipe = parse_recipe(tiny_recipe_dict(color_data))
+    prepare_lora(model, ["llm"], recipe.lora)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
     model.eval()
     b_prompts = prompts(color_data)[:2]
     encoded = [proc.encode(p, for_generation=True) for p in b_prompts]

@@ -115,13 +115,14 @@ def _cache_of(out: Any) -> Any:
 
 def _attention_module(layer: nn.Module) -> nn.Module:
     for module in layer.modules():
-        if isinstance(getattr(module, "q_proj", None), nn.Linear) and isinstance(
-            getattr(module, "k_proj", None), nn.Linear
+        # nn.Linear, or a wrapper of one that computes the same projection (PEFT's LoRA layers)
+        if isinstance(getattr(module, "q_proj", None), nn.Module) and isinstance(
+            getattr(module, "k_proj", None), nn.Module
         ):
             return module
     raise OmnifuseError(
         f"token pruning (FastV): decoder layer {type(layer).__name__} has no attention with q_proj / k_proj "
-        "linear layers, so its attention cannot be ranked; turn token pruning off for this LLM"
+        "projections, so its attention cannot be ranked; turn token pruning off for this LLM"
     )
 
 
