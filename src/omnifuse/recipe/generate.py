@@ -367,7 +367,7 @@ def _privacy_problem(recipe: Recipe) -> str | None:
     if runtime.compile:
         return "runtime.compile: true compiles the LLM, whose layers Opacus' per-sample hooks must see"
     if runtime.packing:
-        return "runtime.packing: true puts several samples in one row; Opacus' per-sample gradients are per row"
+        return "runtime.packing: true puts several samples in a row; Opacus' per-sample gradients are per row"
     if recipe.model.tiling:
         return "model.tiling turns one image into several views, so the connector's batch is not the samples'"
     for i, stage in enumerate(recipe.stages):
