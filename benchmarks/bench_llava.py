@@ -40,7 +40,10 @@ hits both sides alike):
   prompts to token ids: omnifuse's ``Engine.generate_ids`` (which encodes the prompts itself) vs the
   reference's own prompt encoding + ``generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)``.
   tokens/s = generated tokens / time; 1 short warm-up each, then the median of ``--repeats`` runs each.
-  Generation runs before training, while both sides still have the initial (identical) weights.
+  Time to first token: the same calls for one new token. Both are also reported per CPU second of the
+  process, and "identical greedy outputs: yes/no" compares every generated token of the two sides.
+  Generation runs before training, while both sides still have the initial (identical) weights;
+  ``--no-training`` stops after it.
 * **memory**: peak RSS above the RSS at the start of each timed call (a thread samples
   ``/proc/self/statm`` every 2 ms; ``malloc_trim`` runs before each call), i.e. the transient memory of a
   step, not the weights: both models live in the same process. Turn off with ``--no-memory``.
