@@ -9,9 +9,9 @@ Two libraries do the work, one per device kind, and nothing here quantises a wei
   adapters merged (PEFT's merge, :func:`omnifuse.models.stages.unload_lora`). The token embeddings and the
   output layer (``get_output_embeddings``, tied to the embeddings in SmolLM2 and most small LLMs) stay
   float: the output layer decides every argmax, and quantising a tied matrix would store it twice.
-  torch marks ``torch.ao.quantization`` deprecated in favour of torchao, but on this CPU torchao's int8
-  path in eager mode was ~15× slower than torch.ao's fbgemm kernels (and slower than float32;
-  docs/serving.md has the measurement), so torch.ao it is, while torch ships it.
+  torch marks ``torch.ao.quantization`` deprecated in favour of torchao, but on this CPU torchao 0.18's
+  int8 path in eager mode was 20× slower than torch.ao's kernels at a decoding step's shape and slower
+  than float32 (benchmarks/int8_kernels.py, docs/serving.md), so torch.ao it is, while torch ships it.
 - **CUDA, int8 / int4**: bitsandbytes through transformers' ``BitsAndBytesConfig`` (LLM.int8 with
   outlier decomposition; 4-bit NF4 with double quantisation, computing in the placement's dtype), applied
   when the LLM loads. On CUDA a recipe that trains with it freezes the LLM in that form and trains LoRA
