@@ -152,3 +152,22 @@ def test_cpu_int8_inference_needs_nothing_loaded_differently():
     plan = q.plan_quantize("int8", CPU, "--quantize")
     assert plan.dynamic and not plan.llm_kwargs
     assert q.training_quantize(RuntimeSpec()).mode == "none"
+
+
+def test_a_quantised_llm_is_not_pruned_or_trained_fully(tmp_path):
+    """The recipe refuses what cannot act on quantised weights; a bitsandbytes load refuses runs whose LLM
+    is not the base asset's (CPU int8 quantises after loading, so it takes them)."""
+    from omnifuse.tasks.generate.load import _check_bitsandbytes
+
+    raw = tiny_recipe_dict(write_color_dataset(tmp_path / "colors", n=3))
+    raw["stages"][1]["prune"] = {"mlp_keep": 0.5}
+    with pytest.raises(OmnifuseError, match="prunes the LLM.s MLP"):
+        parse_recipe({**raw, "runtime": {"quantize": "int4"}})
+    plan = q.QuantizePlan("int4", llm_kwargs={"quantization_config": object()})
+    with pytest.raises(OmnifuseError, match="pruned its MLP"):
+        _check_bitsandbytes(plan, parse_recipe(raw), "--quantize")
+    raw["stages"][1].pop("prune")
+    raw["stages"][1]["trainable"]["llm"] = "full"
+    with pytest.raises(OmnifuseError, match="trained the LLM fully"):
+        _check_bitsandbytes(plan, parse_recipe(raw), "--quantize")
+    _check_bitsandbytes(q.QuantizePlan("int8", dynamic=True), parse_recipe(raw), "--quantize")

@@ -294,9 +294,12 @@ class Recipe(Spec):
         if q == "none":
             return self
         full = [s.name for s in self.stages if s.trainable.get("llm") == "full"]
+        pruned = [s.name for s in self.stages if s.prune is not None]
         problem = (
             f"stage {full[0]!r} trains the LLM fully, but its weights are stored in {q}; train it with lora "
             "(QLoRA) or keep it frozen" if full
+            else f"stage {pruned[0]!r} prunes the LLM's MLP, whose quantised layers cannot be cut; prune in "
+            "float" if pruned
             else "FSDP shards float parameters; use strategy ddp" if self.runtime.distributed.strategy == "fsdp"
             else "DP-SGD (privacy) computes per-sample gradients in float32 only" if self.privacy is not None
             else None

@@ -61,8 +61,13 @@ def _check_bitsandbytes(plan: QuantizePlan, recipe: Recipe, where: str) -> None:
     if not plan.bitsandbytes:
         return
     full = [s.name for s in recipe.stages if s.trainable.get("llm") == "full"]
-    if full or recipe.model.init_from is not None:
-        why = f"stage {full[0]!r} trained the LLM fully" if full else "its LLM comes from model.init_from"
+    pruned = [s.name for s in recipe.stages if s.prune is not None]
+    if full or pruned or recipe.model.init_from is not None:
+        why = (
+            f"stage {full[0]!r} trained the LLM fully" if full
+            else f"stage {pruned[0]!r} pruned its MLP" if pruned
+            else "its LLM comes from model.init_from"
+        )  # fmt: skip
         raise OmnifuseError(
             f"{where} {plan.mode}: bitsandbytes quantises the base LLM as it loads, but {why}, so its weights "
             "are not the base asset's; use this run unquantised (drop --quantize), or on a CPU with int8"
