@@ -14,7 +14,7 @@ from omnifuse.data.sample import AudioPart, Message, Sample
 from omnifuse.errors import OmnifuseError
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model
-from omnifuse.recipe import ModelSpec
+from omnifuse.recipe import GenerationSpec, ModelSpec
 from omnifuse.serve.server import ServerSettings
 from serve.conftest import MODEL_SPEC, running_server, tiny_engine
 from tiny import make_parts, make_whisper_encoder
@@ -110,7 +110,7 @@ def test_chat_takes_a_spoken_question_and_refuses_one_it_cannot_hear(audio_serve
     from omnifuse.generation.chat import ChatSession
 
     engine = audio_server.service.engine
-    recipe = type("R", (), {"generation": GenerationConfig(3), "seed": 0})()
+    recipe = type("R", (), {"generation": GenerationSpec(max_new_tokens=3), "seed": 0})()
     clip = tmp_path / "q.wav"
     clip.write_bytes(base64.b64decode(wav_b64()))
     session = ChatSession(engine.model, engine.processor, recipe)
