@@ -6,8 +6,7 @@ optimizer steps (its data order, batch 8; one step = processor encode + collate,
 two untimed warm-up steps. Per batch, interleaved: a step that builds the cache (its new images encoded and
 stored), a step with the cache off (the encoder runs), a step with it on (every image read back), and the
 encoder's forward alone on the step's pixels (what the cache can save at most); medians over the batches and
-the ratio off / on are printed, with the cache's size on disk and the time of the trainer's pre-stage build
-(``build_cache``) of the same images into a fresh cache. One torch thread (``--threads``), so that the ratio is
+the ratio off / on are printed, with the cache's size on disk. One torch thread (``--threads``), so that the ratio is
 not the machine's other load.
 
     .venv/bin/python benchmarks/feature_cache.py --steps 20
@@ -26,7 +25,7 @@ import torch
 
 from omnifuse.data.sources import load_data
 from omnifuse.models.builders import build_model
-from omnifuse.models.feature_cache import attach_feature_cache, build_cache
+from omnifuse.models.feature_cache import attach_feature_cache
 from omnifuse.models.stages import apply_stage
 from omnifuse.recipe import load_recipe
 from omnifuse.training.objectives import generative_step
@@ -88,7 +87,7 @@ def main() -> None:
 
     for batch in batches[:2]:  # warm-up (allocator, oneDNN primitives, page cache), not timed
         step(batch)
-    with tempfile.TemporaryDirectory() as root, tempfile.TemporaryDirectory() as other:
+    with tempfile.TemporaryDirectory() as root:
         cache = attach_feature_cache(model, processor, "auto", Path(root), recipe.model.encoders)
         build, on, off, enc = [], [], [], []
         for batch in batches:  # per batch, interleaved: building (misses), off, on (hits), the encoder alone
@@ -100,13 +99,6 @@ def main() -> None:
             on.append(step(batch))
             enc.append(encoder_time(batch))
         size, items, reused = cache.size_bytes(), cache.built, cache.reused
-        # What the trainer does before a stage: the stage's drawn images in batches of its size, into a fresh cache.
-        attach_feature_cache(model, processor, "auto", Path(other), recipe.model.encoders)
-        t0 = time.perf_counter()
-        n_pre = build_cache(
-            model, processor, (s for batch in batches for s in batch), b * len(batches), "bench", False, b
-        )
-        prebuild = time.perf_counter() - t0
     m_build, m_on, m_off, m_enc = (statistics.median(x) for x in (build, on, off, enc))
     print(f"quickstart stage 1, {args.steps} steps of batch {b}, {args.threads} torch thread(s)")
     print(
@@ -117,9 +109,6 @@ def main() -> None:
     )
     print(
         f"speed-up with the cache built (off / on): {m_off / m_on:.3f}x; a building step: {m_build / m_off:.3f}x off"
-    )
-    print(
-        f"prebuild before the stage (batches of {b}): {prebuild:.1f} s for {n_pre} images ({1000 * prebuild / max(n_pre, 1):.1f} ms each)"
     )
     print(
         f"cache: {items} images, {reused} reads, {size / 1e6:.1f} MB ({size / max(items, 1) / 1e3:.0f} kB per image)"

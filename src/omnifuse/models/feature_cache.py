@@ -22,7 +22,7 @@ items carry no key and are encoded every time. One process only: under DDP / FSD
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,6 @@ from torch import nn
 
 from omnifuse.models.features import cache_key, module_weights_hash, tensor_digest
 from omnifuse.models.weights import save_tensors_atomic
-from omnifuse.progress import progress_bar
 
 FORMAT = "omnifuse-feature-cache/1"
 _FORMAT_KEY = "__format__"
@@ -210,51 +209,6 @@ def frozen(encoder: nn.Module) -> bool:
     return not encoder.training and not any(p.requires_grad for p in encoder.parameters())
 
 
-def build_cache(
-    model: nn.Module,
-    processor,
-    samples: Iterable,
-    total: int,
-    label: str,
-    progress: bool = True,
-    batch_size: int = 8,
-) -> int:
-    """Before a stage's steps: encode the images of ``samples`` (the ones the stage will draw, ``total`` of
-    them) that the model's cache lacks, ``batch_size`` at a time (the stage's own: MobileNetV2 on one CPU
-    thread took twice as long per image in batches of 32 as of 8), under a progress bar; the steps then read
-    them back. Only for the model's frozen encoders; nothing without a cache. Returns the items built. The
-    caller enters the placement's autocast (the cache key holds its dtype)."""
-    cache: FeatureCache | None = getattr(model, "feature_cache", None)
-    encoders = {m: e for m, e in model.encoders.items() if frozen(e)} if cache is not None else {}
-    if not encoders:
-        return 0
-    pending: dict[str, dict[str, torch.Tensor]] = {m: {} for m in encoders}
-    seen: set[str] = set()
-    built = 0
-
-    def flush(modality: str) -> int:
-        items, pending[modality] = pending[modality], {}
-        pixels = torch.stack(list(items.values())).to(processor.device)
-        return cache.fill(modality, encoders[modality], pixels, list(items))
-
-    with progress_bar(f"feature cache ({label})", total, enabled=progress) as bar:
-        for sample in samples:
-            bar.advance()
-            if sample.id in seen:
-                continue
-            seen.add(sample.id)
-            encoded = processor.encode(sample)
-            for modality in encoders:
-                keys = encoded.media_keys.get(modality, [])
-                for key, tensor in zip(keys, encoded.media.get(modality, []), strict=True):
-                    if key is not None:
-                        pending[modality][key] = tensor
-                if len(pending[modality]) >= batch_size:
-                    built += flush(modality)
-        built += sum(flush(m) for m in encoders if pending[m])
-    return built
-
-
 def attach_feature_cache(
     model: nn.Module,
     processor,
@@ -283,4 +237,4 @@ def attach_feature_cache(
     return model.feature_cache
 
 
-__all__ = ["FORMAT", "FeatureCache", "attach_feature_cache", "build_cache", "frozen"]
+__all__ = ["FORMAT", "FeatureCache", "attach_feature_cache", "frozen"]

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.eval.vqa import evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config, token_pruning
 from omnifuse.models.builders import build_model
+from omnifuse.models.feature_cache import attach_feature_cache
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.models.quantize import prepare_kbit_training, training_quantize
 from omnifuse.models.stages import apply_stage, changed_parameters, prepare_lora
@@ -48,7 +50,7 @@ from omnifuse.runtime import (
     threads,
 )
 from omnifuse.runtime.distributed import barrier, broadcast_error
-from omnifuse.training import feature_cache, objectives, parallel, privacy
+from omnifuse.training import objectives, parallel, privacy
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step, private_lm_step
 from omnifuse.training.order import sample_order, stage_order, stage_refs, stage_steps
@@ -350,7 +352,6 @@ class Trainer:
             ))  # fmt: skip
         model.train()
         model.encoders.eval()  # CNN batch-norm statistics stay the pretrained ones
-        feature_cache.before_stage(self, stage, samples, order, step, steps)
         loss_value = None
         if step == 0 and self.world.distributed:
             self.console.print(
@@ -509,10 +510,14 @@ def train(
             f", {world.size} processes ({recipe.runtime.distributed.strategy}"
             + (f": {_shard_count(model)} sharded units)" if fsdp else ")") if world.distributed else ""
         ))  # fmt: skip
-        cache = feature_cache.attach(recipe, run, model, processor, world.size, trainer.console.print)
+        cache = attach_feature_cache(
+            model, processor, recipe.runtime.feature_cache, run.path / "feature_cache", recipe.model.encoders,
+            world.size, trainer.console.print,
+        )  # fmt: skip
         result = trainer.run_stages(resume=resume)
-        if cache is not None:
-            trainer.console.print(cache.describe())
+        if cache is not None:  # the run is finished: its training images' features are of no further use
+            trainer.console.print(cache.describe() + " (removed: the run is finished)")
+            shutil.rmtree(cache.root, ignore_errors=True)
         return result
 
 
