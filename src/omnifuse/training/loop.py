@@ -28,11 +28,10 @@ from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.vqa import evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config, token_pruning
-from omnifuse.models.builders import build_model
 from omnifuse.models.feature_cache import attach_feature_cache
 from omnifuse.models.multimodal import MultimodalLM
-from omnifuse.models.quantize import prepare_kbit_training, training_quantize
-from omnifuse.models.stages import apply_stage, changed_parameters, prepare_lora
+from omnifuse.models.quantize import training_quantize
+from omnifuse.models.stages import apply_stage, changed_parameters
 from omnifuse.models.weights import save_tensors_atomic, state_of
 from omnifuse.processing import Processor
 from omnifuse.progress import progress_bar
@@ -41,10 +40,7 @@ from omnifuse.rundir import RunDir
 from omnifuse.runtime import (
     Placement,
     World,
-    configure_model,
     init_world,
-    load_dtype,
-    place,
     resolve_placement,
     sum_across,
     threads,
@@ -54,7 +50,7 @@ from omnifuse.training import objectives, parallel, privacy
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step, private_lm_step
 from omnifuse.training.order import sample_order, stage_order, stage_refs, stage_steps
-from omnifuse.training.pruning import prune_before_stage, resume_pruning
+from omnifuse.training.pruning import prune_before_stage
 from omnifuse.training.qformer_pretrain import qformer_step
 from omnifuse.training.run_files import (
     checked_progress,
@@ -63,6 +59,7 @@ from omnifuse.training.run_files import (
     tensorboard_writer,
     truncate_metrics,
 )
+from omnifuse.training.setup import training_model
 
 # StageSpec.objective.type → what one micro-batch computes (see training/objectives.py).
 OBJECTIVES: dict[str, Callable[[MultimodalLM, Processor, Sequence[Sample], StageSpec], StepOutput]] = {
@@ -184,8 +181,9 @@ class Trainer:
         for si, stage in enumerate(recipe.stages):
             if resume_from is not None and si < resume_from["stage"]:
                 continue
-            prune_before_stage(model, self.processor, stage, self.data_for(stage), recipe.seed, run,
-                               self.console, self.world.main)  # fmt: skip
+            if stage.prune is not None:  # its calibration samples come from the stage's data
+                prune_before_stage(model, self.processor, stage, self.data_for(stage), recipe.seed, run,
+                                   self.console, self.world.main)  # fmt: skip
             groups = apply_stage(model, stage, recipe.lora, self.console)
             for g in groups:
                 g["base_lr"] = g["lr"]
@@ -485,24 +483,7 @@ def train(
     ):
         seed_everything(recipe.seed)
         fsdp = recipe.runtime.distributed.strategy == "fsdp"
-        whole = fsdp or any(s.trainable.get("llm") == "full" for s in recipe.stages)
-        parts = {"llm_dtype": load_dtype(placement, float32_storage=whole), **(parts or {})}
-        model, processor = build_model(
-            recipe.model, progress=progress and world.main, llm_kwargs=quant.llm_kwargs, **parts
-        )
-        if quant.bitsandbytes:  # the LLM frozen in 4 / 8 bits, LoRA trained on top
-            prepare_kbit_training(model, "llm" in recipe.runtime.gradient_checkpointing)
-        if resume:  # a stage that pruned rebuilds its shapes before LoRA and the checkpoint load
-            resume_pruning(model, run)
-        prepare_lora(model, recipe.lora_components(), recipe.lora)
-        # FSDP keeps one storage dtype per unit (float32) and computes in its mixed-precision policy.
-        trained = (
-            [n for n, _ in model.named_parameters()] if fsdp else changed_parameters(model, recipe.stages)
-        )
-        place(model, processor, placement, trained=trained)
-        configure_model(model, recipe.runtime)
-        if fsdp:
-            parallel.shard(model, placement, world)
+        model, processor = training_model(recipe, run, placement, world, quant, parts, progress, resume)
         if world.main:
             atomic_write_text(run.meta_file, json.dumps(run_meta(recipe, model, placement, world), indent=2))
         trainer = Trainer(recipe, run, model, processor, console, progress, tensorboard, placement, world)
