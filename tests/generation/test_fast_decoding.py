@@ -54,6 +54,22 @@ def test_packed_weights_give_the_plain_tokens(tiny_parts, color_data):
 
 
 @needs_onednn
+def test_no_packed_copies_where_they_would_not_fit_in_memory(tiny_parts, color_data, monkeypatch):
+    from omnifuse.generation import packed
+
+    engine, prompts = early_engine(tiny_parts, color_data), _prompts(color_data)
+    monkeypatch.setattr(packed, "MEMORY_SHARE", 0.0)  # no memory to spare: decode unpacked
+    assert not packing_supported(engine.model.llm)
+    tokens = engine.generate_ids(prompts, GenerationConfig(4))
+    assert engine.model.llm not in packed._BY_MODEL
+    monkeypatch.setattr(packed, "MEMORY_SHARE", 0.25)
+    assert packing_supported(engine.model.llm) and engine.generate_ids(prompts, GenerationConfig(4)) == tokens
+    assert engine.model.llm in packed._BY_MODEL
+    monkeypatch.setattr(packed, "MEMORY_SHARE", 0.0)  # once packed, memory taken since does not unpack it
+    assert packing_supported(engine.model.llm)
+
+
+@needs_onednn
 def test_a_changed_weight_is_packed_again(tiny_parts, color_data):
     engine, prompts = early_engine(tiny_parts, color_data), _prompts(color_data)
     engine.generate_ids(prompts, GenerationConfig(2))

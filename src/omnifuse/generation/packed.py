@@ -10,7 +10,8 @@ without compiling the model (inductor needs a C++ toolchain, compiles on first u
 batch or the prompt length changes). Only the calls are written here; the kernels are torch's.
 
 The packed copies are kept beside the model, one set per model whichever engine asks; they cost as
-much memory as the LLM's float32 linear weights and live as long as the model. A weight whose storage
+much memory as the LLM's float32 linear weights and live as long as the model, so they are made only
+when they take under a quarter of the memory available at the time (else the engine decodes unpacked). A weight whose storage
 or version changed since it was packed (training between two evaluations) is packed again. They are
 used inside :meth:`PackedLinears.active` only, which sets each packed module's forward for the
 duration of one forward pass: nothing of the model changes outside it. Results match the plain path
@@ -23,6 +24,7 @@ import contextlib
 import weakref
 from collections.abc import Iterator
 
+import psutil
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -30,6 +32,8 @@ from torch.nn.utils import parametrize
 # The row count the blocked layout is chosen for. One fixed value, so that the packed layout (and the
 # order of the float sums) never depends on which batch came first; it serves 1 to a few hundred rows.
 PACK_ROWS = 64
+# The share of the available memory the packed copies may take (they double the linear weights' memory).
+MEMORY_SHARE = 0.25
 
 
 def packing_supported(module: nn.Module) -> bool:
@@ -41,7 +45,15 @@ def packing_supported(module: nn.Module) -> bool:
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+        and (module in _BY_MODEL or _fits(module))
     )
+
+
+def _fits(module: nn.Module) -> bool:
+    """Whether the packed copies (as large as the linear weights) take under ``MEMORY_SHARE`` of the memory
+    available now: a large LLM on a small machine decodes unpacked rather than risk running out."""
+    need = sum(m.weight.numel() * m.weight.element_size() for m in module.modules() if _packable(m))
+    return need < MEMORY_SHARE * psutil.virtual_memory().available
 
 
 _BY_MODEL: weakref.WeakKeyDictionary[nn.Module, PackedLinears] = weakref.WeakKeyDictionary()
