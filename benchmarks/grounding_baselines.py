@@ -18,7 +18,8 @@ import time
 
 from omnifuse.assets import cache_dir
 from omnifuse.data.boxes import Box, first_box, format_box, parse_grounding
-from omnifuse.data.sample import load_jsonl, select_subset
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import select_subset
 from omnifuse.data.shapes_grounding import ensure_shapes_grounding
 from omnifuse.eval.grounding import grounding_table, summarise_grounding
 from omnifuse.eval.scoring import metric_for

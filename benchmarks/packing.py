@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from omnifuse.cli import main as cli
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.data.sources import load_data
 from omnifuse.models.builders import build_model
 from omnifuse.models.stages import apply_stage

@@ -103,7 +103,7 @@ def _train(recipe, run, times: dict[str, float], console: Console, progress: boo
 
 def chat_examples(loaded, test_file: Path, questions: Sequence[str]) -> tuple[Path, list[tuple[str, str]]]:
     """Each question asked afresh about the first test image, with the trained model ``loaded``."""
-    from omnifuse.data.sample import load_jsonl
+    from omnifuse.data.jsonl import load_jsonl
     from omnifuse.generation.chat import ChatSession
 
     image = load_jsonl(test_file)[0].images()[0]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from omnifuse.connectors import PerceiverResampler
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe

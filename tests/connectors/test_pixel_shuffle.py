@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from omnifuse.connectors import PixelShuffleConnector
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model

@@ -12,7 +12,7 @@ from PIL import Image
 from omnifuse.audio.io import SAMPLE_RATE
 from omnifuse.audio.tts import espeak_available
 from omnifuse.data.av_digits import TEST_VOICES, TRAIN_VOICES, AVDigitsConfig, export_av_digits
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.data.sources import BUILTIN
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from omnifuse.data.captions import captions_from_vqa
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl, write_jsonl
+from omnifuse.data.jsonl import load_jsonl, write_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 
 

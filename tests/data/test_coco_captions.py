@@ -9,7 +9,8 @@ import pytest
 
 from omnifuse.data.coco_captions import from_coco_captions
 from omnifuse.data.converters import convert
-from omnifuse.data.sample import ImagePart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import ImagePart
 from omnifuse.errors import OmnifuseError
 
 COCO = {

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from omnifuse.data.converters import convert, from_llava_json, from_sharegpt
-from omnifuse.data.sample import ImagePart, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import ImagePart, TextPart
 from omnifuse.errors import OmnifuseError
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from omnifuse.data import easy_vqa as evqa
 from omnifuse.data.easy_vqa import ensure_easy_vqa, export_easy_vqa
-from omnifuse.data.sample import ImagePart, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import ImagePart, TextPart
 from omnifuse.errors import OmnifuseError
 
 LIMIT = 4

@@ -13,8 +13,8 @@ from PIL import Image
 from omnifuse.cli import main
 from omnifuse.data.boxes import denormalise, first_box, parse_grounding
 from omnifuse.data.converters import convert
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.data.refcoco import from_refcoco
-from omnifuse.data.sample import load_jsonl
 from omnifuse.data.shapes_grounding import (
     BACKGROUND,
     RELATIONS,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from omnifuse.audio.tts import espeak_available
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.data.moving_shapes import SPLIT_RANGES, make_scene, render
-from omnifuse.data.sample import load_jsonl
 from omnifuse.video import Sampling, load_audio_track, load_video
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")

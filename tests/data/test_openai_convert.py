@@ -16,8 +16,9 @@ from PIL import Image
 
 from omnifuse.cli import main
 from omnifuse.data.converters import convert
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.data.openai_convert import from_openai, to_openai, write_openai
-from omnifuse.data.sample import AudioPart, ImagePart, TextPart, load_jsonl
+from omnifuse.data.sample import AudioPart, ImagePart, TextPart
 from omnifuse.errors import OmnifuseError
 
 

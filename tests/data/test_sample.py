@@ -13,17 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnifuse.data.sample import (
-    AudioPart,
-    ImagePart,
-    Message,
-    Sample,
-    TextPart,
-    load_jsonl,
-    parse_sample,
-    select_subset,
-    write_jsonl,
-)
+from omnifuse.data.jsonl import load_jsonl, parse_sample, write_jsonl
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, select_subset
 from omnifuse.errors import OmnifuseError
 
 

@@ -15,7 +15,8 @@ from omnifuse.audio.tts import espeak_available
 from omnifuse.cli import main
 from omnifuse.data import spoken_easy_vqa as sevqa
 from omnifuse.data.easy_vqa import export_easy_vqa
-from omnifuse.data.sample import AudioPart, ImagePart, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import AudioPart, ImagePart, TextPart
 from omnifuse.data.spoken_easy_vqa import TEST_VOICES, TRAIN_VOICES, export_spoken_easy_vqa
 from omnifuse.errors import OmnifuseError
 

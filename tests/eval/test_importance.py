@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from eval.test_probes import ColourEngine, pixels
-from omnifuse.data.sample import AudioPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import AudioPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.importance import (
     PERTURBATIONS,

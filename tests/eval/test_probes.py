@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.probes import blank, derangement, noise, run_probes, shuffled, token_dropout
 from omnifuse.eval.vqa import evaluate_vqa

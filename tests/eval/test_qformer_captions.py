@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl, write_jsonl
+from omnifuse.data.jsonl import load_jsonl, write_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.eval.html import write_html_report
 from omnifuse.eval.qformer_captions import itg_greedy
 from omnifuse.eval.runner import evaluate_run

@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from omnifuse.cli import console, render
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.eval import runner
 from omnifuse.eval.vqa import evaluate_vqa, exact_match, normalize_answer, reference_answers, without_media
 from omnifuse.generation.engine import GenerationConfig

@@ -168,7 +168,8 @@ def test_cli_on_a_trained_classifier_run(tmp_path, capsys, monkeypatch):
     import soundfile as sf
     from PIL import Image
 
-    from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, write_jsonl
+    from omnifuse.data.jsonl import write_jsonl
+    from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
     from omnifuse.recipe import parse_recipe
     from omnifuse.tasks.classify.trainer import train_classifier
 

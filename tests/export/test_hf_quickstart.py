@@ -14,7 +14,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import omnifuse.hf  # noqa: F401  (registers omnifuse's classes with the Auto classes)
 from omnifuse.cli import main
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.data.sources import resolve_data_path
 from omnifuse.generation.chat import ChatSession
 from omnifuse.models.stages import unload_lora

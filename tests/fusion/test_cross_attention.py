@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from omnifuse.data.sample import Message, Sample, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import CrossAttentionFusion, decoder_layers
 from omnifuse.fusion.cross_attention import GatedDecoderLayer

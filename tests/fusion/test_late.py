@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.vqa import evaluate_vqa
 from omnifuse.fusion.late import SpeechToText

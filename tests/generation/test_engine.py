@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.generation.engine import Engine, GenerationConfig, generation_config
 from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe

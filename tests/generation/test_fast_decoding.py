@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnifuse.data.sample import Message, Sample, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import Message, Sample, TextPart
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.generation.packed import packed_linears, packing_supported
 from omnifuse.generation.prefix import prefill_plan, prefix_first, shared_prefix

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import placeholder_mask
 from omnifuse.generation.engine import Engine, GenerationConfig

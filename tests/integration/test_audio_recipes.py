@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from omnifuse.audio.tts import espeak_available, synthesize
-from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, load_jsonl, write_jsonl
+from omnifuse.data.jsonl import load_jsonl, write_jsonl
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.recipe import load_recipe
 from omnifuse.recipes import RECIPES_DIR

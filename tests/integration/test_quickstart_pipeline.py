@@ -14,7 +14,7 @@ import torch
 
 from omnifuse.audio.tts import espeak_available
 from omnifuse.cli import main
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.data.sources import resolve_data_path
 from omnifuse.llm import load_llm
 from omnifuse.models.builders import build_model

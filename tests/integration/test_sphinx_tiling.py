@@ -11,7 +11,8 @@ import skimage.data
 import torch
 from PIL import Image
 
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.data.sources import resolve_data_path
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models.builders import build_model

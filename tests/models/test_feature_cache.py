@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.models.builders import build_model
 from omnifuse.models.feature_cache import FeatureCache, attach_feature_cache
 from omnifuse.models.stages import add_lora

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from omnifuse.connectors import LinearConnector, MLPConnector, PoolConnector
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import scatter_features
 from omnifuse.models.builders import build_model

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.export import export_run
 from omnifuse.generation.engine import Engine, GenerationConfig

@@ -12,7 +12,7 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from omnifuse.cli import console, main
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.models import quantize as q

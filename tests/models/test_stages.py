@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.models.builders import build_model
 from omnifuse.models.stages import apply_stage, prepare_lora
 from omnifuse.recipe import parse_recipe

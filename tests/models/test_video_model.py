@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import scatter_features
 from omnifuse.generation.engine import Engine, GenerationConfig

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from omnifuse.data.sample import Message, Sample, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import Message, Sample, TextPart
 from omnifuse.models import multimodal
 from omnifuse.models.builders import build_model
 from omnifuse.processing.packing import Packing, collate_packed, padding_fraction, plan_rows

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omnifuse.data.sample import load_jsonl
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.explain import explain
 from omnifuse.explain.attribution import answer_log_prob
 from omnifuse.generation.engine import Engine, GenerationConfig

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl
+from omnifuse.data.jsonl import load_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.eval.runner import evaluate_run
 from omnifuse.generation.chat import ChatSession
 from omnifuse.models.builders import build_model

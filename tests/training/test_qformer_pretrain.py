@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl, write_jsonl
+from omnifuse.data.jsonl import load_jsonl, write_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.recipe import parse_recipe
 from omnifuse.training import loop

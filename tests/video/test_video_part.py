@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from omnifuse.data.sample import VideoPart, load_jsonl, write_jsonl
+from omnifuse.data.jsonl import load_jsonl, write_jsonl
+from omnifuse.data.sample import VideoPart
 from omnifuse.errors import OmnifuseError
 
 

@@ -24,7 +24,8 @@ from PIL import Image
 from omnifuse.audio.io import SAMPLE_RATE, load_audio, save_wav
 from omnifuse.audio.tts import synthesize
 from omnifuse.data.export import is_complete, write_export
-from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, write_jsonl
+from omnifuse.data.jsonl import write_jsonl
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.progress import progress_bar
 
 SPLITS = ("train", "test")

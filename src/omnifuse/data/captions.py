@@ -17,7 +17,8 @@ from pathlib import Path
 from easy_vqa import get_answers
 
 from omnifuse.data.easy_vqa import SHAPES, YES_NO, ensure_easy_vqa
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, load_jsonl, write_jsonl
+from omnifuse.data.jsonl import load_jsonl, write_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 
 FORMAT_VERSION = 3  # part of the file name: a change of caption wording (v3: meta.task) writes new files

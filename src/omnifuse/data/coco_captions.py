@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, _normabs, problem_list
+from omnifuse.data.jsonl import problem_list
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, normabs
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, parse_json, read_text
 
@@ -40,7 +41,7 @@ def _images(data: dict, src: Path, root: Path, problems: list[str]) -> dict[Any,
         elif entry["id"] in images:
             problems.append(f"{at}: image id {entry['id']!r} appears twice")
         else:
-            images[entry["id"]] = _normabs(root / entry["file_name"])
+            images[entry["id"]] = normabs(root / entry["file_name"])
     return images
 
 
@@ -75,7 +76,7 @@ def from_coco_captions(
         isinstance(data.get(k), list) for k in ("images", "annotations")
     ):
         raise OmnifuseError(f"{src} is not {FORMAT}: it needs the lists 'images' and 'annotations'.")
-    root = _normabs(src.parent if image_folder is None else Path(image_folder))
+    root = normabs(src.parent if image_folder is None else Path(image_folder))
     if not root.is_dir():
         raise OmnifuseError(
             f"image folder {root} does not exist or is not a folder; pass the folder holding the images."

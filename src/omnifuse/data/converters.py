@@ -2,7 +2,7 @@
 
 Both formats write images as ``<image>`` markers inside turn text. The marker becomes an image part
 at that position, so a model sees the image where the author placed it. Converted image paths are
-absolute; :func:`~omnifuse.data.sample.write_jsonl` makes those inside the output folder relative.
+absolute; :func:`~omnifuse.data.jsonl.write_jsonl` makes those inside the output folder relative.
 Every problem in a file is reported at once, each naming its entry (list index or JSONL line).
 """
 
@@ -14,9 +14,10 @@ from typing import Any
 
 from omnifuse.data.coco_captions import from_coco_captions
 from omnifuse.data.entries import json_entries
+from omnifuse.data.jsonl import InvalidField, problem_list, sample_from_json, write_jsonl
 from omnifuse.data.openai_convert import MEDIA_FOLDER, from_openai
 from omnifuse.data.refcoco import from_refcoco
-from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, problem_list, write_jsonl
+from omnifuse.data.sample import Sample, normabs
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, check_out_file, parse_json, read_text
 
@@ -44,13 +45,13 @@ def _read_json(path: Path, what: str, text: str | None = None) -> Any:
 
 def _image_root(src: Path, image_folder: Path | str | None) -> Path:
     if image_folder is None:
-        return _normabs(src.parent)
+        return normabs(src.parent)
     root = Path(image_folder)
     if not root.is_dir():
         raise OmnifuseError(
             f"image folder {root} does not exist or is not a folder; pass the folder holding the images."
         )
-    return _normabs(root)
+    return normabs(root)
 
 
 def _split_markers(text: str) -> list[str | None]:
@@ -73,17 +74,17 @@ def _messages(
 ) -> list[dict[str, Any]]:
     """Native message dicts from ``[{"from", "value"}]`` turns, with markers matched to ``images``."""
     if not isinstance(turns, list) or not turns:
-        raise _Invalid("conversations", "must be a non-empty list of turns")
+        raise InvalidField("conversations", "must be a non-empty list of turns")
     roles: list[str] = []
     texts: list[str] = []
     for j, turn in enumerate(turns):
         at = f"conversations[{j}]"
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise _Invalid(at, 'must be an object with "from" and "value"')
+            raise InvalidField(at, 'must be an object with "from" and "value"')
         if turn["from"] not in allowed_roles:
-            raise _Invalid(f"{at}.from", f"{turn['from']!r} is not one of {', '.join(allowed_roles)}")
+            raise InvalidField(f"{at}.from", f"{turn['from']!r} is not one of {', '.join(allowed_roles)}")
         if not isinstance(turn["value"], str):
-            raise _Invalid(f"{at}.value", "must be a string")
+            raise InvalidField(f"{at}.value", "must be a string")
         roles.append(ROLE_NAMES[turn["from"]])
         texts.append(turn["value"])
 
@@ -91,12 +92,12 @@ def _messages(
     if prepend_unmarked and images and markers == 0:
         # LLaVA's own preprocessing puts an unmarked image before the first human turn's text.
         if "user" not in roles:
-            raise _Invalid("conversations", "has an image but no human turn to attach it to")
+            raise InvalidField("conversations", "has an image but no human turn to attach it to")
         first_user = roles.index("user")
         texts[first_user] = f"{IMAGE_MARKER}\n{texts[first_user]}"
         markers = 1
     if markers != len(images):
-        raise _Invalid(
+        raise InvalidField(
             "conversations",
             f"has {markers} {IMAGE_MARKER} marker(s) but {len(images)} image(s); they must match one to one",
         )
@@ -117,8 +118,8 @@ def _messages(
 def _entry_images(value: Any, key: str, root: Path) -> list[Path]:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise _Invalid(key, "must be an image path or a list of image paths")
-    return [_normabs(root / n) for n in names]
+        raise InvalidField(key, "must be an image path or a list of image paths")
+    return [normabs(root / n) for n in names]
 
 
 def _unique_id(raw: Any, fallback: str, taken: set[str]) -> str:
@@ -147,14 +148,14 @@ def _convert_entries(
     for index, (where, entry) in enumerate(entries):
         try:
             if not isinstance(entry, dict):
-                raise _Invalid("", "an entry must be a JSON object")
+                raise InvalidField("", "an entry must be a JSON object")
             images, messages = build(entry)
             raw_id = entry.get("id")
             if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, str | int)):
-                raise _Invalid("id", "must be a string or an integer")
+                raise InvalidField("id", "must be a string or an integer")
             obj = {"id": _unique_id(raw_id, fallback_id(index), taken), "messages": messages}
-            sample = _parse(obj, src.parent)
-        except _Invalid as exc:
+            sample = sample_from_json(obj, src.parent)
+        except InvalidField as exc:
             malformed.append(f"{where}: {exc}")
             continue
         for image in images:
@@ -197,7 +198,7 @@ def from_llava_json(path: Path | str, image_folder: Path | str | None = None) ->
 
     def build(entry: dict[str, Any]) -> tuple[list[Path], list[dict[str, Any]]]:
         if "conversations" not in entry:
-            raise _Invalid("", "missing key 'conversations'")
+            raise InvalidField("", "missing key 'conversations'")
         images = _entry_images(entry["image"], "image", root) if entry.get("image") is not None else []
         return images, _messages(entry["conversations"], images, LLAVA_ROLES, prepend_unmarked=True)
 
@@ -220,13 +221,13 @@ def from_sharegpt(path: Path | str, image_folder: Path | str | None = None) -> l
 
     def build(entry: dict[str, Any]) -> tuple[list[Path], list[dict[str, Any]]]:
         if "conversations" not in entry:
-            raise _Invalid("", "missing key 'conversations'")
+            raise InvalidField("", "missing key 'conversations'")
         images = _entry_images(entry["images"], "images", root) if entry.get("images") is not None else []
         messages = _messages(entry["conversations"], images, roles, prepend_unmarked=False)
         system = entry.get("system")
         if system is not None:
             if not isinstance(system, str):
-                raise _Invalid("system", "must be a string")
+                raise InvalidField("system", "must be a string")
             if system and messages[0]["role"] != "system":
                 messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
         return images, messages

@@ -24,7 +24,8 @@ from easy_vqa import (
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from omnifuse.data.export import is_complete, write_export
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, write_jsonl
+from omnifuse.data.jsonl import write_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 
 SPLITS = ("train", "test")

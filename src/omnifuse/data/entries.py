@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omnifuse.data.sample import json_line, problem_list
+from omnifuse.data.jsonl import json_line, problem_list
 from omnifuse.errors import OmnifuseError
 
 

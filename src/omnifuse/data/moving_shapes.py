@@ -30,7 +30,8 @@ from PIL import Image, ImageDraw
 from omnifuse.audio.io import SAMPLE_RATE, load_audio
 from omnifuse.audio.tts import INSTALL_HINT, espeak_available, synthesize
 from omnifuse.data.export import is_complete, write_export
-from omnifuse.data.sample import Message, Sample, TextPart, VideoPart, write_jsonl
+from omnifuse.data.jsonl import write_jsonl
+from omnifuse.data.sample import Message, Sample, TextPart, VideoPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
 from omnifuse.video import write_video

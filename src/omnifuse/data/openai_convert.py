@@ -41,6 +41,7 @@ from omnifuse.data.inline_media import (
     is_data_url,
     video_data_url,
 )
+from omnifuse.data.jsonl import problem_list
 from omnifuse.data.openai_messages import (
     AudioContent,
     ChatMessage,
@@ -50,7 +51,7 @@ from omnifuse.data.openai_messages import (
     native_messages,
     validation_problem,
 )
-from omnifuse.data.sample import AudioPart, ImagePart, Sample, TextPart, VideoPart, problem_list
+from omnifuse.data.sample import AudioPart, ImagePart, Sample, TextPart, VideoPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, parse_json, read_bytes, read_text
 

@@ -29,7 +29,8 @@ from typing import Any
 from PIL import Image
 
 from omnifuse.data.boxes import PixelBox, format_box, normalise, xywh_to_pixels
-from omnifuse.data.sample import Sample, _Invalid, _normabs, _parse, json_line, problem_list
+from omnifuse.data.jsonl import InvalidField, json_line, problem_list, sample_from_json
+from omnifuse.data.sample import Sample, normabs
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import MAX_DATA_BYTES, parse_json, read_text
 
@@ -43,7 +44,7 @@ def _number_list(value: Any, key: str) -> list[float]:
         isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
     )
     if not ok:
-        raise _Invalid(key, f"must be a list of 4 numbers, got {value!r}")
+        raise InvalidField(key, f"must be a list of 4 numbers, got {value!r}")
     return [float(v) for v in value]
 
 
@@ -53,9 +54,9 @@ def _pixel_box(entry: dict[str, Any]) -> PixelBox:
     elif "bbox" in entry:
         box = xywh_to_pixels(_number_list(entry["bbox"], "bbox"))
     else:
-        raise _Invalid("", "missing key 'bbox' ([x, y, width, height]) or 'bbox_xyxy'")
+        raise InvalidField("", "missing key 'bbox' ([x, y, width, height]) or 'bbox_xyxy'")
     if not (box[2] > box[0] and box[3] > box[1]):
-        raise _Invalid("bbox", f"has no area: {list(box)}")
+        raise InvalidField("bbox", f"has no area: {list(box)}")
     return box  # type: ignore[return-value]
 
 
@@ -66,9 +67,9 @@ def _sentences(entry: dict[str, Any]) -> list[str]:
             items = value if isinstance(value, list) else [value]
             out = [s.get("sent") if isinstance(s, dict) else s for s in items]
             if not out or not all(isinstance(s, str) and s.strip() for s in out):
-                raise _Invalid(key, 'must be a non-empty string or a list of them (or of {"sent": ...})')
+                raise InvalidField(key, 'must be a non-empty string or a list of them (or of {"sent": ...})')
             return [s.strip() for s in out]
-    raise _Invalid("", f"missing the expression: one of {', '.join(_SENTENCE_KEYS)}")
+    raise InvalidField("", f"missing the expression: one of {', '.join(_SENTENCE_KEYS)}")
 
 
 def _size(entry: dict[str, Any], image: Path) -> tuple[int, int]:
@@ -79,7 +80,7 @@ def _size(entry: dict[str, Any], image: Path) -> tuple[int, int]:
         with Image.open(image) as im:  # the header only: no pixels are decoded
             return im.size
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise _Invalid(
+        raise InvalidField(
             "image", f"{image} cannot be read for its size ({exc}); add width and height"
         ) from None
 
@@ -137,13 +138,15 @@ def _entries(src: Path) -> list[tuple[str, Any]]:
 
 def _entry_samples(entry: Any, index: int, root: Path, stem: str) -> tuple[Path, list[Sample]]:
     if not isinstance(entry, dict):
-        raise _Invalid("", "an entry must be a JSON object")
+        raise InvalidField("", "an entry must be a JSON object")
     if "_missing" in entry:
-        raise _Invalid("", entry["_missing"])
+        raise InvalidField("", entry["_missing"])
     name = entry.get("image", entry.get("file_name"))
     if not isinstance(name, str) or not name:
-        raise _Invalid("image", "missing: give 'image' or 'file_name' (a path relative to the image folder)")
-    image = _normabs(root / name)
+        raise InvalidField(
+            "image", "missing: give 'image' or 'file_name' (a path relative to the image folder)"
+        )
+    image = normabs(root / name)
     box, sentences = _pixel_box(entry), _sentences(entry)
     if not image.is_file():
         return image, []
@@ -164,14 +167,14 @@ def _entry_samples(entry: Any, index: int, root: Path, stem: str) -> tuple[Path,
             ],
             "meta": {**meta, "phrase": sent},
         }  # fmt: skip
-        samples.append(_parse(obj, root))
+        samples.append(sample_from_json(obj, root))
     return image, samples
 
 
 def from_refcoco(path: Path | str, image_folder: Path | str | None = None) -> list[Sample]:
     """RefCOCO-style JSON → native grounding samples, one per expression (see the module's docstring)."""
     src = Path(path)
-    root = _normabs(Path(image_folder) if image_folder is not None else src.parent)
+    root = normabs(Path(image_folder) if image_folder is not None else src.parent)
     if image_folder is not None and not root.is_dir():
         raise OmnifuseError(
             f"image folder {root} does not exist or is not a folder; pass the folder holding the images."
@@ -183,7 +186,7 @@ def from_refcoco(path: Path | str, image_folder: Path | str | None = None) -> li
     for index, (where, entry) in enumerate(_entries(src)):
         try:
             image, found = _entry_samples(entry, index, root, src.stem)
-        except _Invalid as exc:
+        except InvalidField as exc:
             malformed.append(f"{where}: {exc}")
             continue
         if not found:

@@ -32,7 +32,8 @@ from PIL import Image, ImageDraw
 
 from omnifuse.data.boxes import Grounded, format_box, format_grounding, normalise
 from omnifuse.data.export import is_complete, write_export
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, write_jsonl
+from omnifuse.data.jsonl import write_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
 

@@ -42,7 +42,8 @@ from PIL import Image, ImageDraw
 
 from omnifuse.data.easy_vqa import SHAPES, _question_types
 from omnifuse.data.export import is_complete, write_export
-from omnifuse.data.sample import ImagePart, Message, Sample, TextPart, write_jsonl
+from omnifuse.data.jsonl import write_jsonl
+from omnifuse.data.sample import ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
 

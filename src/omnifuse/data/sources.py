@@ -9,8 +9,9 @@ from omnifuse.assets import cache_dir
 from omnifuse.data.av_digits import ensure_av_digits
 from omnifuse.data.captions import ensure_easy_vqa_captions
 from omnifuse.data.easy_vqa import ensure_easy_vqa
+from omnifuse.data.jsonl import load_jsonl
 from omnifuse.data.moving_shapes import ensure_moving_shapes
-from omnifuse.data.sample import Sample, load_jsonl
+from omnifuse.data.sample import Sample
 from omnifuse.data.shapes_grounding import ensure_shapes_grounding
 from omnifuse.data.shapes_rerendered import ensure_shapes_rerendered
 from omnifuse.data.spoken_easy_vqa import ensure_spoken_easy_vqa

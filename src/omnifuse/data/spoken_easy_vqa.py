@@ -27,16 +27,15 @@ from omnifuse.audio.io import SAMPLE_RATE, load_audio, save_wav
 from omnifuse.audio.tts import INSTALL_HINT, espeak_available, synthesize
 from omnifuse.data.easy_vqa import ensure_easy_vqa
 from omnifuse.data.export import is_complete, write_export
+from omnifuse.data.jsonl import load_jsonl, write_jsonl
 from omnifuse.data.sample import (
     AudioPart,
     ImagePart,
     Message,
     Sample,
     TextPart,
-    load_jsonl,
     select_subset,
     with_transcript,
-    write_jsonl,
 )
 from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar

@@ -14,7 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, write_jsonl
+from omnifuse.data.jsonl import write_jsonl
+from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart
 from omnifuse.errors import OmnifuseError
 from omnifuse.models.classifier import build_classifier
 from omnifuse.recipe import ClassifierModelSpec, parse_recipe
