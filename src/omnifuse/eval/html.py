@@ -35,6 +35,8 @@ from omnifuse.eval.runfiles import (
     read_optional,
     read_records,
 )
+from omnifuse.eval.stage_eval import FILE as STAGE_EVAL_FILE
+from omnifuse.eval.stage_eval import read_stage_rows, stage_task_table
 from omnifuse.models.stages import select_parameters
 from omnifuse.processing.processor import load_image
 from omnifuse.progress import progress_bar
@@ -228,6 +230,8 @@ def write_html_report(
     recipe_yaml = read_text(run.recipe_file, "run recipe")
     cards = sample_cards(run, samples)
     captions = caption_tables(evaluation, run.path / "eval.json")
+    stage_rows = read_stage_rows(run.path)
+    per_stage = stage_task_table(stage_rows, run.path / STAGE_EVAL_FILE) if stage_rows else None
     if loaded is None:  # eval sits below the tasks, which load runs (omnifuse.tasks.load_language_model)
         raise TypeError("pass loaded=(recipe, model, processor) of the run, or a function returning it")
     recipe, model, processor = loaded() if callable(loaded) else loaded
@@ -247,6 +251,7 @@ def write_html_report(
             evaluation=evaluation,
             robustness=robustness,
             captions=captions,
+            per_stage=per_stage,
             manifest=manifest,
             curve=png_data_url(curve) if has_curve else None,
             steps=len(metrics),

@@ -17,6 +17,7 @@ from omnifuse.eval.importance import importance_markdown
 from omnifuse.eval.probes import ProbeRow  # noqa: E402
 from omnifuse.eval.runfiles import STEP, read_records  # noqa: E402
 from omnifuse.eval.scoring import metric_markdown  # noqa: E402
+from omnifuse.eval.stage_eval import stage_markdown  # noqa: E402
 from omnifuse.eval.vqa import VQAResult  # noqa: E402
 from omnifuse.processing.processor import load_image  # noqa: E402
 from omnifuse.rundir import RunDir  # noqa: E402
@@ -161,6 +162,7 @@ def write_report(
         lines.append(f"- {k}: {v:.1f} s")
     lines += ["", *_type_table(result, blind), ""]
     lines += metric_markdown(result.metrics)  # per-sample metrics' tables (grounding: Acc@0.5, mIoU)
+    lines += stage_markdown(run.path)  # eval.after_stage: stage × task metric
     if probes:
         lines += ["## Robustness probes", "", "Same questions, changed inputs (omnifuse.eval.probes).", ""]
         lines += [*_robustness_table(result, probes), ""]

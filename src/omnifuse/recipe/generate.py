@@ -200,6 +200,13 @@ class EvalSpec(Spec):
     during_limit: int = Field(
         200, ge=1, description="seeded subset of the eval data used during training (data.eval_seed)"
     )
+    after_stage: bool | None = Field(
+        None,
+        description="evaluate the model at the end of each generative stage on that subset and record each "
+        "task's own metric (meta.task: VQA accuracy, caption CIDEr-D / BLEU-4, grounding Acc@0.5 / mIoU) in "
+        "RUN/stage_eval.jsonl and the report's stage × task table; null = on when a stage trains on a "
+        "weighted mixture of several sources (off under fsdp)",
+    )
 
 
 class Recipe(Spec):
@@ -267,6 +274,14 @@ class Recipe(Spec):
                 )
         return self
 
+    def evaluates_stages(self) -> bool:
+        """Whether each generative stage ends with a per-task evaluation (``eval.after_stage``; null: when a
+        stage trains on a mixture of several sources, and the model is not sharded by fsdp)."""
+        if self.eval.after_stage is not None:
+            return self.eval.after_stage
+        mixed = any(isinstance(s.data, tuple) and len(s.data) > 1 for s in self.stages)
+        return mixed and self.runtime.distributed.strategy != "fsdp"
+
     @model_validator(mode="after")
     def _check_sharding(self) -> Recipe:
         if self.runtime.distributed.strategy != "fsdp":
@@ -277,6 +292,12 @@ class Recipe(Spec):
                 f"runtime.distributed.strategy: fsdp: stage {qformer[0]!r} pre-trains a Q-Former (objective "
                 "qformer), which runs the connector outside the model's forward pass, where FSDP gathers the "
                 "sharded parameters; train this recipe with strategy: ddp"
+            )
+        if self.eval.after_stage:
+            raise ValueError(
+                "runtime.distributed.strategy: fsdp with eval.after_stage: true: evaluation after each stage "
+                "runs on one process, but under fsdp each process holds only a shard of the model; set "
+                "eval.after_stage: false and evaluate the finished run (`omnifuse eval RUN`)"
             )
         if self.eval.every:
             raise ValueError(

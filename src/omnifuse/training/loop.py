@@ -26,7 +26,9 @@ from omnifuse.atomic import atomic_write_text, recover_dir
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
-from omnifuse.eval.vqa import evaluate_vqa
+from omnifuse.eval.stage_eval import FILE as STAGE_EVAL_FILE
+from omnifuse.eval.stage_eval import stage_row, write_stage_row
+from omnifuse.eval.vqa import VQAResult, evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config, token_pruning
 from omnifuse.models.feature_cache import attach_feature_cache
 from omnifuse.models.multimodal import MultimodalLM
@@ -118,6 +120,7 @@ class Trainer:
         self.progress = progress and main
         self._data: dict[str, list[Sample]] = {}
         self._eval_samples: list[Sample] | None = None
+        self._last_eval: VQAResult | None = None  # evaluate_now's last result (the stage rows read it)
         self.writer = tensorboard_writer(run.path / "tensorboard") if tensorboard and main else None
         self.accounting: privacy.Accounting | None = None  # DP-SGD (the recipe's privacy section)
         self._private: privacy.PrivateStage | None = None  # the stage being trained privately
@@ -159,6 +162,7 @@ class Trainer:
         finally:
             self.model.train()
             self.model.encoders.eval()
+        self._last_eval = result
         return {
             "eval_accuracy": round(result.accuracy, 6),
             "eval_n": result.n,
@@ -173,6 +177,7 @@ class Trainer:
             self.accounting = self._start_privacy(resume_from)
         if self.world.main:
             truncate_metrics(run.metrics_file, resume_from, self.console)
+            truncate_metrics(run.path / STAGE_EVAL_FILE, resume_from, self.console)  # eval.after_stage rows
         total_steps, last_loss = 0, None
         if resume_from is not None and resume_from["stage"] == len(recipe.stages):
             # Killed after the final checkpoint but before model.safetensors: the checkpoint holds the result.
@@ -386,19 +391,18 @@ class Trainer:
                 }
                 if step == 1 and mixture:
                     record["mixture"] = mixture  # the stage's exact draws per source
-                every = self.recipe.eval.every
-                if (
-                    main
-                    and every
-                    and stage.objective.type != "qformer"
-                    and (step % every == 0 or step == steps)
-                ):
+                every, after_stage = self.recipe.eval.every, step == steps and self.recipe.evaluates_stages()
+                if main and stage.objective.type != "qformer" and (after_stage or (every and (step % every == 0 or step == steps))):  # fmt: skip
                     # On the main process only (the others wait at the next step's gradient exchange).
-                    record |= self.evaluate_now()
+                    scores = self.evaluate_now()
+                    record |= scores if every else {}
                     bar.log(
-                        f"{stage.name} step {step}/{steps}: eval accuracy {100 * record['eval_accuracy']:.1f} % "
-                        f"on {record['eval_n']} samples ({record['eval_seconds']:.1f} s)"
+                        f"{stage.name} step {step}/{steps}: eval accuracy {100 * scores['eval_accuracy']:.1f} % "
+                        f"on {scores['eval_n']} samples ({scores['eval_seconds']:.1f} s)"
                     )
+                    if after_stage:  # eval.after_stage: each task's own metric, RUN/stage_eval.jsonl
+                        write_stage_row(self.run.path, stage_row(stage.name, si, step, self._eval_samples,
+                                                                 self._last_eval, scores["eval_seconds"]))  # fmt: skip
                 bar.advance(loss=total_loss)
                 if main:
                     self._record(stage, step, record)
