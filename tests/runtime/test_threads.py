@@ -42,10 +42,16 @@ class FakeMachine:
             cores=2, interval=5.0, clock=lambda: self.now, readings=lambda: (self.busy, self.own), **kw
         )
 
+    def started(self, **kw) -> CpuThreads:
+        """A keeper started 1 s after an earlier reading (kept_threads': the one taken at import)."""
+        first = (self.now, self.busy, self.own)
+        self.advance(1.0)
+        return self.keeper(first=first, **kw).start()
+
 
 def test_threads_follow_the_load_after_two_readings_that_agree():
     m = FakeMachine()
-    keeper = m.keeper().start()  # no other load during the first reading: both cores
+    keeper = m.started()  # no other load during the first window: both cores, set at once
     assert torch.get_num_threads() == 2
     m.others = 1.0  # another CPU-bound process starts
     m.advance(6.0)
@@ -64,9 +70,49 @@ def test_threads_follow_the_load_after_two_readings_that_agree():
     assert torch.get_num_threads() == 2 and keeper.changes == [(2, 1), (1, 2)]
 
 
+def test_the_first_reading_does_not_wait(monkeypatch):
+    monkeypatch.setattr(threads.time, "sleep", lambda s: pytest.fail(f"slept {s} s"))
+    m = FakeMachine()
+    m.others = 1.0
+    torch.set_num_threads(2)
+    keeper = m.keeper().start()  # no earlier reading: one is taken now, nothing decided yet
+    assert torch.get_num_threads() == 2
+    m.advance(0.1)
+    keeper.tick()  # the window is still too short to say anything
+    assert torch.get_num_threads() == 2
+    m.advance(0.2)
+    keeper.tick()  # the first decision: one reading is enough, as at the start
+    assert torch.get_num_threads() == 1 and keeper.changes == []
+    m.others = 0.0
+    m.advance(1.0)
+    keeper.tick()  # after the first decision, re-measured every `interval` seconds again
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("age", [0.1, 120.0])
+def test_an_earlier_reading_too_recent_or_too_old_is_not_used(age):
+    m = FakeMachine()
+    first = (m.now, m.busy, m.own)
+    m.advance(age)  # idle all along: the earlier reading would say both cores
+    m.others = 1.0
+    torch.set_num_threads(2)
+    keeper = m.keeper(first=first).start()
+    assert torch.get_num_threads() == 2  # undecided: a fresh reading was taken
+    m.advance(0.5)
+    keeper.tick()
+    assert torch.get_num_threads() == 1  # decided from the fresh window, which saw the load
+
+
+def test_kept_threads_starts_without_waiting(monkeypatch):
+    monkeypatch.setattr(threads.time, "sleep", lambda s: pytest.fail(f"slept {s} s"))
+    with kept_threads(torch.device("cpu"), "auto") as kept:
+        assert kept.first is not None and kept._last is not None
+        assert 1 <= torch.get_num_threads()
+
+
 def test_one_burst_does_not_change_the_count():
     m = FakeMachine()
-    keeper = m.keeper().start()
+    keeper = m.started()
     m.others = 1.5
     m.advance(6.0)
     keeper.tick()
@@ -81,7 +127,7 @@ def test_one_burst_does_not_change_the_count():
 def test_own_work_is_not_counted_as_load():
     m = FakeMachine()
     m.own_rate = 2.0  # this process keeps both cores busy
-    keeper = m.keeper().start()
+    keeper = m.started()
     for _ in range(3):
         m.advance(6.0)
         keeper.tick()
@@ -91,7 +137,7 @@ def test_own_work_is_not_counted_as_load():
 def test_a_chosen_count_is_kept(monkeypatch):
     m = FakeMachine()
     m.others = 1.0
-    keeper = m.keeper(fixed=2).start()
+    keeper = m.started(fixed=2)
     for _ in range(3):
         m.advance(6.0)
         keeper.tick()

@@ -8,6 +8,11 @@ processes took (the machine's busy time minus this process's own, read through p
 cores that are left: ``free = cores − others``, at least one thread. A change needs two readings in a
 row that agree, so one burst of another process does not make the count flap.
 
+Nothing waits for a reading. The first one spans the time since this module was imported (a run builds
+its model in between), so the count is set as the work starts; where that is under a quarter second or
+over a minute ago, a reading is taken at the start and the count is decided at the first :func:`tick` a
+quarter second later, torch's count (one thread per core by default) running the work until then.
+
 A count the user chose (``runtime.threads: N``, or ``OMP_NUM_THREADS`` in the environment) is used as
 it is and never changed. torch has no API for this (``torch.set_num_threads`` only sets a count), so
 the measurement is written here.
@@ -43,6 +48,20 @@ def _own_seconds() -> float:
     return t.user + t.system
 
 
+def _reading() -> tuple[float, float, float]:
+    """(monotonic clock, machine busy seconds, own seconds): one end of a measured window."""
+    return time.monotonic(), _busy_seconds(), _own_seconds()
+
+
+# The first window is at least this long (shorter ones are noise) and at most this old (longer ones
+# average away the load of now).
+FIRST_WINDOW = 0.25
+FIRST_WINDOW_MAX = 60.0
+
+# A reading when omnifuse is loaded: the start of the first window of the first run in this process.
+_IMPORTED = _reading()
+
+
 def free_cores(others_busy: float, cores: int) -> int:
     """The thread count for ``others_busy`` cores' worth of other processes' work on ``cores`` cores."""
     return max(1, min(cores, cores - math.ceil(others_busy - SHARE_CORES)))
@@ -59,17 +78,31 @@ class CpuThreads:
     clock: Callable[[], float] = time.monotonic
     readings: Callable[[], tuple[float, float]] = lambda: (_busy_seconds(), _own_seconds())
     changes: list[tuple[int, int]] = field(default_factory=list)  # (from, to), for the run's log
+    # An earlier (clock, busy, own) reading to start the first window at (kept_threads: the one taken
+    # at import); used when it is FIRST_WINDOW to FIRST_WINDOW_MAX seconds old.
+    first: tuple[float, float, float] | None = None
     _last: tuple[float, float, float] | None = None
     _pending: int | None = None
+    _decided: bool = False
 
     def start(self) -> CpuThreads:
+        """Set the count now if the first window is long enough, else at the first tick once it is;
+        never waits."""
         if self.fixed is not None:
             torch.set_num_threads(self.fixed)
             return self
-        self._last = (self.clock(), *self.readings())
-        time.sleep(0.25)  # a first reading before the work starts, set without waiting for a second
-        torch.set_num_threads(self._measure())
+        now = self.clock()
+        first = self.first
+        if first is None or not FIRST_WINDOW <= now - first[0] <= FIRST_WINDOW_MAX:
+            first = (now, *self.readings())
+        self._last = first
+        self._decide_first()
         return self
+
+    def _decide_first(self) -> None:
+        if self.clock() - self._last[0] >= FIRST_WINDOW:
+            torch.set_num_threads(self._measure())
+            self._decided = True
 
     def _measure(self) -> int:
         now, (busy, own) = self.clock(), self.readings()
@@ -79,6 +112,9 @@ class CpuThreads:
 
     def tick(self) -> None:
         if self.fixed is not None or self._last is None:
+            return
+        if not self._decided:
+            self._decide_first()
             return
         if self.clock() - self._last[0] < self.interval:
             return
@@ -108,7 +144,7 @@ def kept_threads(device: torch.device, requested: int | str) -> Iterator[CpuThre
     if requested == "auto" and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         requested = int(os.environ["OMP_NUM_THREADS"])
     before = torch.get_num_threads()
-    keeper = CpuThreads(fixed=None if requested == "auto" else int(requested)).start()
+    keeper = CpuThreads(fixed=None if requested == "auto" else int(requested), first=_IMPORTED).start()
     token = _current.set(keeper)
     try:
         yield keeper
