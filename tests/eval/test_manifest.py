@@ -9,7 +9,7 @@ import pytest
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.manifest import MANIFEST, read_manifest
 from omnifuse.eval.runner import evaluate_run
-from omnifuse.recipe import parse_recipe
+from omnifuse.recipe import FastVSpec, parse_recipe
 from omnifuse.rundir import RunDir
 from omnifuse.tasks.generate.load import load_model
 from omnifuse.training.loop import train
@@ -40,6 +40,7 @@ def test_manifest_records_what_decides_the_number(trained):
     assert m["data"] == str(data) and len(m["data_sha256"]) == 64
     assert m["subset"]["limit"] == 10 and m["subset"]["seed"] == 3 and m["subset"]["n"] == 10
     assert m["generation"]["max_new_tokens"] == 4 and m["batch_size"] == 8 and m["blind"] is True
+    assert m["inference"] == {"quantize": "none", "fastv": None}
     assert (
         "what color is the shape?" in m["prompt"]["example"]
         and "<|im_start|>assistant" in m["prompt"]["example"]
@@ -64,6 +65,35 @@ def test_rerun_from_the_manifest_gives_the_same_scores(trained, tmp_path):
     assert again.reproduction is not None and again.reproduction.same, again.reproduction
     with pytest.raises(OmnifuseError, match="drop --data"):
         evaluate_run(run, progress=False, loaded=loaded(run), manifest=saved, limit=3)
+
+
+def test_quantisation_is_recorded_and_held_to_on_a_rerun(trained, tmp_path):
+    run, _ = trained
+    int8 = load_model(run, progress=False, parts=make_parts(), quantize="int8")
+    evaluate_run(run, progress=False, loaded=int8, limit=4, blind=False)
+    m = read_manifest(run.path / MANIFEST)
+    assert m["inference"] == {"quantize": "int8", "fastv": None}
+    saved = tmp_path / "m.json"
+    saved.write_text((run.path / MANIFEST).read_text())
+    with pytest.raises(OmnifuseError, match="quantised as int8.*loaded as none.*--quantize int8"):
+        evaluate_run(run, progress=False, loaded=loaded(run), manifest=saved)
+    again = evaluate_run(run, progress=False, loaded=int8, manifest=saved)
+    assert again.reproduction is not None and again.reproduction.same
+
+
+def test_fastv_is_recorded_and_taken_back_on_a_rerun(trained, tmp_path):
+    run, _ = trained
+    fastv = FastVSpec(layer=1, keep=0.5)
+    first = evaluate_run(run, progress=False, loaded=loaded(run), limit=4, blind=False, fastv=fastv)
+    m = read_manifest(run.path / MANIFEST)
+    assert m["inference"] == {"quantize": "none", "fastv": {"layer": 1, "keep": 0.5}}
+    saved = tmp_path / "m.json"
+    saved.write_text((run.path / MANIFEST).read_text())
+    with pytest.raises(OmnifuseError, match="drop .*--fastv"):
+        evaluate_run(run, progress=False, loaded=loaded(run), manifest=saved, fastv=fastv)
+    again = evaluate_run(run, progress=False, loaded=loaded(run), manifest=saved)  # FastV from the manifest
+    assert again.fastv == first.fastv == {"layer": 1, "keep": 0.5}
+    assert again.reproduction is not None and again.reproduction.same
 
 
 def test_rerun_refuses_changed_data_or_weights(trained, tmp_path):

@@ -5,6 +5,8 @@ refusals on this machine."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from rich.console import Console
@@ -104,6 +106,7 @@ def test_a_quantised_run_answers_in_eval_and_chat(tiny_run, tiny_cli, capsys):
     run, data = tiny_run
     assert main(["eval", str(run), "--quantize", "int8", "--no-progress", "--no-blind"]) == 0
     assert "evaluation on" in capsys.readouterr().out
+    assert json.loads((run / "eval_manifest.json").read_text())["inference"]["quantize"] == "int8"
     predictions = (run / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == len(load_jsonl(data))
     image = data.parent / "img" / "0.png"

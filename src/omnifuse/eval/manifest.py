@@ -2,8 +2,9 @@
 
 ``RUN/eval_manifest.json`` names the task, the data file and its hash, the subset (size, seed and a
 hash of the chosen sample ids), a hash of the images those samples show, the prompt (chat template
-hash, system prompt, one rendered example), the generation settings, the evaluation batch size, a hash
-of the trained weights and the library versions. ``omnifuse eval RUN --manifest FILE`` re-runs the
+hash, system prompt, one rendered example), the generation settings, how the model ran (the LLM's
+quantisation, FastV token pruning), the evaluation batch size, a hash of the trained weights and the
+library versions. ``omnifuse eval RUN --manifest FILE`` re-runs the
 evaluation from it, refusing when the weights or data changed, so the same number comes back.
 """
 
@@ -66,6 +67,11 @@ class EvalSettings:
     generation: GenerationConfig
     batch_size: int
     blind: bool
+    # How the model ran: the LLM's quantisation (runtime.quantize / --quantize) and FastV's settings
+    # (generation.fastv / --fastv-keep, None: off). None for quantize: a manifest from before they
+    # were recorded (nothing to hold a re-run to).
+    quantize: str | None = None
+    fastv: dict[str, Any] | None = None
 
 
 def build_manifest(
@@ -103,6 +109,7 @@ def build_manifest(
             "top_p": g.top_p,
             "seed": g.seed,
         },
+        "inference": {"quantize": settings.quantize, "fastv": settings.fastv},
         "batch_size": settings.batch_size,
         "blind": settings.blind,
         "weights_sha256": sha256_file(weights_file),
@@ -139,6 +146,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def settings_from(manifest: dict[str, Any]) -> EvalSettings:
     g = manifest["generation"]
     try:
+        inference = manifest.get("inference") or {}
         return EvalSettings(
             data=str(manifest["data"]),
             limit=manifest["subset"]["limit"],
@@ -148,8 +156,10 @@ def settings_from(manifest: dict[str, Any]) -> EvalSettings:
             ),
             batch_size=int(manifest["batch_size"]),
             blind=bool(manifest.get("blind", False)),
+            quantize=inference.get("quantize"),
+            fastv=inference.get("fastv"),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise OmnifuseError(
             f"the evaluation manifest's settings are incomplete or malformed ({e!r})"
         ) from None

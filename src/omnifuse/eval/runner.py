@@ -92,6 +92,8 @@ def recipe_settings(
         generation=generation_config(recipe),
         batch_size=recipe.eval.batch_size,
         blind=blind if blind is not None else recipe.eval.blind,
+        quantize=recipe.runtime.quantize,
+        fastv=None if recipe.generation.fastv is None else recipe.generation.fastv.model_dump(),
     )
 
 
@@ -117,11 +119,17 @@ def evaluate_run(
     recipe, model, processor = loaded
     if fastv is not None:
         recipe = recipe.with_fastv(fastv)
-    if saved is not None and (data is not None or limit is not None or blind is not None):
+    if saved is not None and (
+        data is not None or limit is not None or blind is not None or fastv is not None
+    ):
         raise OmnifuseError(
-            "--manifest fixes the data, subset and settings: drop --data, --limit and --blind"
+            "--manifest fixes the data, subset and settings: drop --data, --limit, --blind and --fastv-*"
         )
-    settings = settings_from(saved) if saved is not None else recipe_settings(recipe, data, limit, blind)
+    if saved is not None:
+        settings = settings_from(saved)
+        recipe = _as_in_manifest(recipe, settings)
+    else:
+        settings = recipe_settings(recipe, data, limit, blind)
     data_file = resolve_data_path(settings.data)
     samples = select_subset(load_data(settings.data), settings.limit, settings.seed)
     if not samples:
@@ -164,6 +172,19 @@ def evaluate_run(
     outcome.captions = stage_captions(recipe, model, processor, bs, progress=progress)
     _write_files(run, outcome, settings, samples, data_file, processor)
     return outcome
+
+
+def _as_in_manifest(recipe: Recipe, settings: EvalSettings) -> Recipe:
+    """The recipe with the manifest's FastV settings; refused when the model loaded with another
+    quantisation than the one evaluated (it is chosen as the model loads, before this)."""
+    if settings.quantize is None:  # a manifest from before the inference settings were recorded
+        return recipe
+    if settings.quantize != recipe.runtime.quantize:
+        raise OmnifuseError(
+            f"the manifest's evaluation ran with the LLM quantised as {settings.quantize}, this model loaded "
+            f"as {recipe.runtime.quantize}: pass --quantize {settings.quantize} to reproduce it"
+        )
+    return recipe.with_fastv(None if settings.fastv is None else FastVSpec(**settings.fastv))
 
 
 def _write_files(
