@@ -152,3 +152,13 @@ def test_resolve_placement_refuses_what_this_machine_cannot_do():
     if not torch.cuda.is_available():
         with pytest.raises(OmnifuseError, match="no CUDA GPU"):
             resolve_placement(device="cuda")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fast_dtype_is_bf16_only_where_the_cpu_computes_it(monkeypatch, native):
+    import omnifuse.runtime.placement as placement
+
+    monkeypatch.setattr(placement, "native_cpu_bf16", lambda: native)
+    fast = resolve_placement(device="cpu", dtype="fast")
+    assert fast.dtype == (torch.bfloat16 if native else torch.float32)
+    assert resolve_placement(device="cpu", dtype="auto").dtype == torch.float32  # auto: float32 on any CPU

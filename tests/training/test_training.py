@@ -98,6 +98,36 @@ def test_balanced_order_draws_groups_equally():
     assert drawn == [sample_order(11, 0, 0, groups)(p) for p in range(60)]  # reproducible
 
 
+def test_nested_balance_makes_the_answer_uninformative_given_the_prompt():
+    from collections import Counter
+
+    from omnifuse.data.sample import Message, Sample, TextPart
+    from omnifuse.training.order import balance_groups, sample_order
+
+    def qa(i: int, kind: str, q: str, a: str) -> Sample:
+        turns = (Message("user", (TextPart(q),)), Message("assistant", (TextPart(a),)))
+        return Sample(f"s{i}", turns, {"kind": kind})
+
+    # the wording predicts the answer: "is there a circle?" is mostly "no", "is there not a circle?" mostly "yes"
+    rows = [("yn", "is there a circle?", "no")] * 9 + [("yn", "is there a circle?", "yes")] * 2
+    rows += [("yn", "is there not a circle?", "yes")] * 6 + [("yn", "is there not a circle?", "no")]
+    rows += [("shape", "what shape?", "circle")] * 5 + [("shape", "what shape?", "square")]
+    samples = [qa(i, *r) for i, r in enumerate(rows)]
+    groups = balance_groups(samples, ["kind", "prompt", "answer"])
+    order = sample_order(len(samples), seed=3, stage_index=1, groups=groups)
+    drawn = [samples[order(p)] for p in range(240)]
+    kinds = Counter(s.meta["kind"] for s in drawn)
+    assert kinds == {"yn": 120, "shape": 120}
+    pairs = Counter((s.messages[0].text(), s.answer()) for s in drawn if s.meta["kind"] == "yn")
+    assert set(pairs.values()) == {30}  # each (question, answer) a quarter of the yes/no draws
+    shapes = Counter(s.answer() for s in drawn if s.meta["kind"] == "shape")
+    assert shapes == {"circle": 60, "square": 60}
+    again = sample_order(len(samples), seed=3, stage_index=1, groups=groups)
+    assert [again(p) for p in range(240)] == [order(p) for p in range(240)]  # a pure function: resumable
+    other = sample_order(len(samples), seed=4, stage_index=1, groups=groups)
+    assert [other(p) for p in range(240)] != [order(p) for p in range(240)]
+
+
 def test_balance_by_needs_the_meta_key(tmp_path, color_data):
     recipe = parse_recipe(tiny_recipe_dict(color_data), overrides=["stages.0.balance_by=topic"])
     with pytest.raises(OmnifuseError, match="meta.topic"):

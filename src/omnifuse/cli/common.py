@@ -29,7 +29,7 @@ Device = Annotated[
 Dtype = Annotated[
     str | None,
     typer.Option(
-        help="auto|float32|bfloat16|float16: the compute precision (default: the recipe's runtime.dtype)"
+        help="auto|fast|float32|bfloat16|float16: the compute precision (default: the recipe's runtime.dtype)"
     ),
 ]
 Quantize = Annotated[

@@ -16,8 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from omnifuse.recipe.schema import Spec
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Dtype = Literal["auto", "fast", "float32", "bfloat16", "float16"]
 
 
 def check_device(value: str) -> str:
@@ -63,6 +62,7 @@ class RuntimeSpec(Spec):
     dtype: Dtype = Field(
         "auto",
         description="compute precision under autocast: auto (bfloat16 on a GPU that supports it, else float32), "
+        "fast (as auto, and bfloat16 on a CPU that computes it natively: AVX512-BF16 or AMX), "
         "float32, bfloat16, float16 (GPU only, with a gradient scaler). Trained parameters keep float32 master "
         "weights; parameters no stage trains are stored in this dtype",
     )
@@ -165,4 +165,4 @@ def no_quantize(runtime: RuntimeSpec, task: str) -> None:
         )
 
 
-__all__ = ["DTYPES", "DistributedSpec", "RuntimeSpec", "check_device", "no_quantize", "one_process_only"]
+__all__ = ["DistributedSpec", "RuntimeSpec", "check_device", "no_quantize", "one_process_only"]

@@ -159,8 +159,13 @@ class StageSpec(Spec):
         "[{source: X, weight: 0.5}, ...] drawn by a seeded sampler; null = data.train",
     )
     limit: int | None = Field(None, ge=1, description="use a seeded subset of this many training samples")
-    balance_by: str | None = Field(
-        None, description="meta key (e.g. question_type) whose values are drawn equally often in this stage"
+    balance_by: tuple[str, ...] | None = Field(
+        None,
+        description="draw groups of samples equally often in this stage: a meta key (e.g. question_type), or "
+        "a list of keys nested in turn (each value of the first equally often, within it each value of the "
+        "second, ...); besides meta keys, `prompt` (the user turns' text) and `answer` (the target text): "
+        "[question_type, prompt, answer] makes every answer equally likely for each question (VQA v2's "
+        "balancing, so the wording alone cannot answer)",
     )
     save_every: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
     objective: Objective = Field(
@@ -170,6 +175,14 @@ class StageSpec(Spec):
     prune: PruneSpec | None = Field(
         None, description="prune the LLM's MLP channels before this stage trains (it recovers); null = none"
     )
+
+    @field_validator("balance_by", mode="before")
+    @classmethod
+    def _one_key(cls, value: Any) -> Any:
+        value = (value,) if isinstance(value, str) else value
+        if isinstance(value, list | tuple) and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"balance_by {list(value)}: name one or more different keys, or leave it out")
+        return value
 
     @model_validator(mode="before")
     @classmethod

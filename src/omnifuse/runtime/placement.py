@@ -81,12 +81,20 @@ def _device(name: str, local_rank: int | None, where: str) -> torch.device:
     return torch.device(name)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX tiles). Without it bfloat16
+    matrix products are emulated and slower than float32, so ``dtype: fast`` keeps float32 there."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def _dtype(name: str, device: torch.device, where: str) -> torch.dtype:
-    if name == "auto":
+    if name in ("auto", "fast"):
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if name == "fast" and device.type == "cpu":
+            bf16 = native_cpu_bf16()
         return torch.bfloat16 if bf16 else torch.float32
     if name not in DTYPES:
-        raise OmnifuseError(f"{where}: dtype {name!r} is not one of auto, {', '.join(DTYPES)}")
+        raise OmnifuseError(f"{where}: dtype {name!r} is not one of auto, fast, {', '.join(DTYPES)}")
     if name == "float16" and device.type != "cuda":
         raise OmnifuseError(
             f"{where}: float16 training and inference run on CUDA GPUs only (with a gradient scaler); on "

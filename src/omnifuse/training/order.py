@@ -11,7 +11,9 @@ seeded shuffle, one epoch after another."""
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -62,49 +64,85 @@ class Mixture:
         return (self._before[b] + torch.bincount(last[:i], minlength=len(self.weights))).tolist()
 
 
+@dataclass(frozen=True)
+class Nested:
+    """Groups drawn equally often within one group of the level above (``balance_by`` with several keys):
+    each cycle through them visits every child once, in a fresh seeded order."""
+
+    children: tuple[Sequence[int] | Nested, ...]
+
+
+def _path_id(path: tuple[int, ...]) -> int:
+    return zlib.crc32(repr(path).encode())
+
+
 def sample_order(
     num: int,
     seed: int,
     stage_index: int,
-    groups: Sequence[Sequence[int]] | None = None,
+    groups: Sequence[Sequence[int] | Nested] | None = None,
     weights: Sequence[float] | None = None,
 ) -> Callable[[int], int]:
     """Position in the stage's sample stream → sample index; a fresh seeded shuffle each epoch.
 
     With ``groups`` (lists of sample indices), positions cycle through the groups in turn and each
-    group is walked in its own seeded shuffle: every group is drawn equally often, however large. With
-    ``weights`` too (one per group), each position draws its group from the seeded :class:`Mixture`.
+    group is walked in its own seeded shuffle: every group is drawn equally often, however large. A
+    :class:`Nested` group splits its turns equally among its children the same way, level by level.
+    With ``weights`` too (one per top-level group), each position draws its group from the seeded
+    :class:`Mixture`.
     """
-    perms: dict[tuple[int, int], list[int]] = {}
+    perms: dict[tuple, list[int]] = {}
     mixture = Mixture(weights, seed, stage_index) if groups and weights else None
+
+    def perm(key: tuple, n: int, epoch: int, group: int) -> list[int]:
+        if key not in perms:
+            perms[key] = _shuffled(n, seed, stage_index, epoch, group)
+        return perms[key]
 
     def at(position: int) -> int:
         if not groups:
             epoch, k = divmod(position, num)
-            if (0, epoch) not in perms:
-                perms[0, epoch] = _shuffled(num, seed, stage_index, epoch)
-            return perms[0, epoch][k]
+            return perm((0, epoch), num, epoch, 0)[k]
         gi, turn = mixture.turn(position) if mixture else (position % len(groups), position // len(groups))
-        members = groups[gi]
-        epoch, k = divmod(turn, len(members))
-        if (gi, epoch) not in perms:
-            perms[gi, epoch] = _shuffled(len(members), seed, stage_index, epoch, gi + 1)
-        return members[perms[gi, epoch][k]]
+        node, path = groups[gi], (gi,)
+        while isinstance(node, Nested):
+            cycle, slot = divmod(turn, len(node.children))
+            child = perm(("cycle", path, cycle), len(node.children), cycle, _path_id(path) + 1)[slot]
+            node, path, turn = node.children[child], (*path, child), cycle
+        epoch, k = divmod(turn, len(node))
+        group = gi + 1 if len(path) == 1 else _path_id(path)  # one level: the order of earlier versions
+        return node[perm((path, epoch), len(node), epoch, group)[k]]
 
     return at
 
 
-def balance_groups(samples: Sequence[Sample], key: str) -> list[list[int]]:
-    """Sample indices grouped by ``meta[key]`` (sorted by value, so the order is reproducible)."""
-    by_value: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        if key not in s.meta:
-            raise OmnifuseError(
-                f"balance_by: {key!r}: sample {s.id} has no meta.{key}; every training sample needs it "
-                "(or remove balance_by from the stage)"
-            )
-        by_value.setdefault(str(s.meta[key]), []).append(i)
-    return [by_value[v] for v in sorted(by_value)]
+def _balance_value(sample: Sample, key: str) -> str:
+    if key == "answer":
+        return sample.answer()
+    if key == "prompt":
+        return "\n".join(m.text() for m in sample.prompt() if m.role == "user")
+    if key not in sample.meta:
+        raise OmnifuseError(
+            f"balance_by: {key!r}: sample {sample.id} has no meta.{key}; every training sample needs it "
+            "(or remove it from the stage's balance_by)"
+        )
+    return str(sample.meta[key])
+
+
+def balance_groups(samples: Sequence[Sample], keys: Sequence[str]) -> list[list[int] | Nested]:
+    """Sample indices grouped by the first key's value (sorted by value, so the order is reproducible),
+    each group split by the next key's value in turn (:class:`Nested`)."""
+
+    def split(indices: Sequence[int], level: int) -> list[list[int] | Nested]:
+        by_value: dict[str, list[int]] = {}
+        for i in indices:
+            by_value.setdefault(_balance_value(samples[i], keys[level]), []).append(i)
+        groups = [by_value[v] for v in sorted(by_value)]
+        if level + 1 == len(keys):
+            return groups
+        return [Nested(tuple(split(g, level + 1))) for g in groups]
+
+    return split(range(len(samples)), 0)
 
 
 def stage_refs(stage: StageSpec, default: str) -> list[str]:
@@ -140,4 +178,4 @@ def stage_order(
     return sample_order(num, seed, stage_index, groups, weights), counts
 
 
-__all__ = ["Mixture", "balance_groups", "sample_order", "stage_order", "stage_refs", "stage_steps"]
+__all__ = ["Mixture", "Nested", "balance_groups", "sample_order", "stage_order", "stage_refs", "stage_steps"]
