@@ -23,6 +23,7 @@ from omnifuse.export.common import ExportFormat, ExportOptions, Loaded
 from omnifuse.export.hf import HFFormat
 from omnifuse.export.llava import LlavaFormat
 from omnifuse.export.llm import LLMFormat
+from omnifuse.llm.grounding_tokens import bake_added_tokens
 from omnifuse.models.stages import unload_lora
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir
@@ -61,6 +62,7 @@ def load_for_export(
     from omnifuse.tasks.generate.load import load_model
 
     recipe, model, processor = load_model(run, progress=progress, parts=parts, device="cpu", dtype="float32")
+    bake_added_tokens(model.llm)  # grounding tokens' rows into a resized plain embedding and head
     merged = not recipe.lora_components()
     if options.merge_lora and not merged:
         unload_lora(model, merge=True)

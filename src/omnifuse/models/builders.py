@@ -33,6 +33,7 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.fusion import CrossAttentionFusion
 from omnifuse.fusion.late import SpeechToText
 from omnifuse.llm import hidden_size, load_llm, vocab_size
+from omnifuse.llm.grounding_tokens import add_grounding_tokens
 from omnifuse.models.llava_import import llava_parts, load_connector
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.processing import MediaSlot, Processor, Tiling
@@ -201,6 +202,8 @@ def build_model(
         llm, tokenizer, encoders = from_llava.llm, from_llava.tokenizer, from_llava.encoders
     if llm is None or tokenizer is None:
         llm, tokenizer = load_llm(spec.llm.name, progress=progress, dtype=llm_dtype, **(llm_kwargs or {}))
+    if spec.llm.grounding_tokens:  # before the placeholder ids, which sit past the grown vocabulary
+        add_grounding_tokens(llm, tokenizer)
     encoders = encoders if encoders is not None else {m: build_encoder(s) for m, s in spec.encoders.items()}
     d_llm = hidden_size(llm)
     given = connectors or {}

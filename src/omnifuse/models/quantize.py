@@ -141,6 +141,7 @@ def dynamic_int8_targets(llm: nn.Module) -> list[str]:
     would round every other value to zero. Measured on the quickstart run (docs/serving.md): with the
     down projections quantised too, 1000-question accuracy fell to 50.3 %."""
     head = llm.get_output_embeddings()
+    head = getattr(head, "base", head)  # inside the grounding tokens' wrapper (llm.grounding_tokens)
     hidden = llm.get_input_embeddings().embedding_dim
     return [
         n

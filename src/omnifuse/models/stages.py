@@ -20,6 +20,7 @@ from rich.table import Table
 from torch import nn
 
 from omnifuse.errors import OmnifuseError
+from omnifuse.llm.grounding_tokens import is_added_rows
 from omnifuse.recipe import LoRASpec, StageSpec
 
 
@@ -83,7 +84,8 @@ def select_parameters(
     """(component, mode, [(full name, parameter) it trains], total parameter count) per component.
 
     More specific components win: with ``encoders: full`` and ``encoders.image: frozen`` the image
-    encoder stays frozen. LoRA components train only their adapter parameters.
+    encoder stays frozen. LoRA components train only their adapter parameters (and an LLM's added
+    grounding-token rows, :mod:`omnifuse.llm.grounding_tokens`).
     """
     order = sorted(stage.trainable.items(), key=lambda kv: -kv[0].count("."))
     claimed: set[int] = set()
@@ -95,7 +97,7 @@ def select_parameters(
             if id(p) in claimed:
                 continue
             claimed.add(id(p))
-            if mode == "full" or (mode == "lora" and _is_lora_param(name)):
+            if mode == "full" or (mode == "lora" and (_is_lora_param(name) or is_added_rows(name))):
                 chosen.append((f"{comp}.{name}", p))
         out.append((comp, mode, chosen, sum(p.numel() for p in module.parameters())))
     return out

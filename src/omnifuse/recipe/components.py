@@ -314,6 +314,11 @@ class LLMSpec(Spec):
     system_prompt: str | None = Field(
         None, description="system turn added to every conversation; null = the chat template's default"
     )
+    grounding_tokens: bool = Field(
+        False,
+        description="add Qwen-VL's <ref> </ref> <box> </box> to the tokenizer as one token each, with new "
+        "embedding rows that train whenever the LLM does (docs/grounding.md)",
+    )
 
 
 class ASRSpec(Spec):
