@@ -113,3 +113,26 @@ def test_a_resumed_run_writes_each_stage_once(mixed, monkeypatch):
     train(recipe, tmp / "run", resume=True, parts=make_parts(), progress=False)
     rows = _rows(tmp / "run")
     assert [(r["stage"], r["stage_index"]) for r in rows] == [("align", 0), ("instruct", 1)]
+
+
+def test_stage_data_evaluates_each_named_set_side_by_side(mixed):
+    raw, tmp = mixed
+    vqa = Path(raw["data"]["train"])
+    others = vqa.parent / "others.jsonl"
+    raw["stages"][1].pop("data")  # no mixture: the switch turns it on
+    raw["eval"] |= {"after_stage": True, "during_limit": 5, "stage_data": [str(vqa), str(others)]}
+    train(parse_recipe(raw), tmp / "run", parts=make_parts(), progress=False)
+    rows = _rows(tmp / "run")
+    assert len(rows) == 2
+    for r in rows:  # 5 of the VQA file, 5 of the caption + grounding file
+        assert r["n"] == 10 and r["tasks"]["vqa"]["n"] == 5
+        assert r["tasks"]["caption"]["n"] + r["tasks"]["grounding"]["n"] == 5
+
+
+def test_stage_data_needs_the_evaluation_on(mixed):
+    from omnifuse.errors import OmnifuseError
+
+    raw, _ = mixed
+    raw["eval"] |= {"after_stage": False, "stage_data": [raw["data"]["eval"]]}
+    with pytest.raises(OmnifuseError, match="eval.stage_data"):
+        parse_recipe(raw)

@@ -2,7 +2,8 @@
 report's "stage × task" table.
 
 At the end of each generative stage the model being trained answers the seeded eval subset
-(``eval.during_limit`` samples of ``data.eval``, the subset ``eval.every`` uses) through the same
+(``eval.during_limit`` samples of ``data.eval``, the subset ``eval.every`` uses; or as many of each data
+set ``eval.stage_data`` names, e.g. VQA, caption and grounding test sets side by side) through the same
 :func:`omnifuse.eval.vqa.evaluate_vqa` as ``omnifuse eval``. Its prediction records are then grouped by
 the sample's task (``meta.task``; a sample without one is ``grounding`` when its answer holds a box, else
 ``vqa``) and each group is summarised with the task's own metric from :mod:`omnifuse.eval.scoring`:
@@ -29,7 +30,8 @@ from pathlib import Path
 
 from omnifuse.atomic import atomic_write_text
 from omnifuse.data.boxes import has_box
-from omnifuse.data.sample import Sample
+from omnifuse.data.sample import Sample, select_subset
+from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.runfiles import read_records
 from omnifuse.eval.scoring import metric_for
@@ -38,6 +40,17 @@ from omnifuse.eval.vqa import VQAResult, accuracy_ci
 FILE = "stage_eval.jsonl"
 # What the report reads back of a row (the task entries are checked where they are shown).
 ROW = {"stage": str, "stage_index": int, "step": int, "n": int, "tasks": {"*": {"metric": str, "n": int}}}
+
+
+def stage_samples(recipe) -> list[Sample]:
+    """``eval.stage_data``'s samples: a seeded subset of ``eval.during_limit`` samples of each reference
+    (``data.eval_seed``), one after another; [] without stage_data (the eval.every subset is used)."""
+    refs = recipe.eval.stage_data or ()
+    return [
+        s
+        for ref in refs
+        for s in select_subset(load_data(ref), recipe.eval.during_limit, recipe.data.eval_seed)
+    ]
 
 
 def task_of(sample: Sample) -> str:
@@ -139,7 +152,8 @@ def stage_markdown(run_path: Path) -> list[str]:
     lines = [
         "## Per-task metrics after each stage",
         "",
-        f"The model at the end of each stage on {rows[0]['n']} eval samples (eval.during_limit), each task "
+        f"The model at the end of each stage on {rows[0]['n']} eval samples (eval.during_limit of data.eval, "
+        "or of each eval.stage_data set), each task "
         "with its own metric and a 95 % bootstrap interval (CIDEr-D ×100; RUN/stage_eval.jsonl).",
         "",
         "| " + " | ".join(columns) + " |",

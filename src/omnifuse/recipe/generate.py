@@ -207,6 +207,12 @@ class EvalSpec(Spec):
         "RUN/stage_eval.jsonl and the report's stage × task table; null = on when a stage trains on a "
         "weighted mixture of several sources (off under fsdp)",
     )
+    stage_data: tuple[str, ...] | None = Field(
+        None,
+        description="data the after-stage evaluation answers instead of the eval.every subset: a seeded "
+        "subset of eval.during_limit samples from each reference, side by side (e.g. VQA, caption and "
+        "grounding test sets, each task scored with its own metric); null = that subset of data.eval",
+    )
 
 
 class Recipe(Spec):
@@ -281,6 +287,18 @@ class Recipe(Spec):
             return self.eval.after_stage
         mixed = any(isinstance(s.data, tuple) and len(s.data) > 1 for s in self.stages)
         return mixed and self.runtime.distributed.strategy != "fsdp"
+
+    @model_validator(mode="after")
+    def _check_stage_data(self) -> Recipe:
+        if self.eval.stage_data is not None and not self.evaluates_stages():
+            raise ValueError(
+                "eval.stage_data names data for the evaluation after each stage, which is off here "
+                "(eval.after_stage false, or null without a mixed stage); set eval.after_stage: true or remove "
+                "eval.stage_data"
+            )
+        if self.eval.stage_data is not None and not self.eval.stage_data:
+            raise ValueError("eval.stage_data is an empty list; name at least one data reference, or null")
+        return self
 
     @model_validator(mode="after")
     def _check_sharding(self) -> Recipe:

@@ -27,7 +27,7 @@ from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.stage_eval import FILE as STAGE_EVAL_FILE
-from omnifuse.eval.stage_eval import stage_row, write_stage_row
+from omnifuse.eval.stage_eval import stage_row, stage_samples, write_stage_row
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa
 from omnifuse.generation.engine import Engine, generation_config, token_pruning
 from omnifuse.models.feature_cache import attach_feature_cache
@@ -120,7 +120,8 @@ class Trainer:
         self.progress = progress and main
         self._data: dict[str, list[Sample]] = {}
         self._eval_samples: list[Sample] | None = None
-        self._last_eval: VQAResult | None = None  # evaluate_now's last result (the stage rows read it)
+        self._last_eval: tuple[list[Sample], VQAResult] | None = None  # evaluate_now's last (for stage rows)
+        self._stage_samples: list[Sample] | None = None  # eval.stage_data's ([]: the eval.every subset)
         self.writer = tensorboard_writer(run.path / "tensorboard") if tensorboard and main else None
         self.accounting: privacy.Accounting | None = None  # DP-SGD (the recipe's privacy section)
         self._private: privacy.PrivateStage | None = None  # the stage being trained privately
@@ -139,22 +140,23 @@ class Trainer:
             parts.append(select_subset(part, stage.limit, self.recipe.seed) if stage.limit else part)
         return parts
 
-    def evaluate_now(self) -> dict[str, float]:
-        """Score the model being trained (no second copy) on the seeded eval subset ``eval.during_limit``;
-        the training mode is restored afterwards. Greedy decoding draws no random numbers, so the data
-        order and a resumed run are unchanged by it."""
+    def evaluate_now(self, samples: list[Sample] | None = None) -> dict[str, float]:
+        """Score the model being trained (no second copy) on ``samples``, by default the seeded eval subset
+        ``eval.during_limit``; the training mode is restored afterwards. Greedy decoding draws no random
+        numbers, so the data order and a resumed run are unchanged by it."""
         recipe = self.recipe
-        if self._eval_samples is None:
+        if samples is None and self._eval_samples is None:
             self._eval_samples = select_subset(
                 load_data(recipe.data.eval), recipe.eval.during_limit, recipe.data.eval_seed
             )
+        samples = self._eval_samples if samples is None else samples
         cfg = generation_config(recipe)
         t0 = time.perf_counter()
         self.model.eval()
         try:
             result = evaluate_vqa(
                 Engine(self.model, self.processor, token_pruning(recipe)),
-                self._eval_samples,
+                samples,
                 cfg,
                 recipe.eval.batch_size,
                 progress=False,
@@ -162,7 +164,7 @@ class Trainer:
         finally:
             self.model.train()
             self.model.encoders.eval()
-        self._last_eval = result
+        self._last_eval = (samples, result)
         return {
             "eval_accuracy": round(result.accuracy, 6),
             "eval_n": result.n,
@@ -391,24 +393,34 @@ class Trainer:
                 }
                 if step == 1 and mixture:
                     record["mixture"] = mixture  # the stage's exact draws per source
-                every, after_stage = self.recipe.eval.every, step == steps and self.recipe.evaluates_stages()
-                if main and stage.objective.type != "qformer" and (after_stage or (every and (step % every == 0 or step == steps))):  # fmt: skip
+                every, generative = self.recipe.eval.every, stage.objective.type != "qformer"
+                if main and generative and every and (step % every == 0 or step == steps):
                     # On the main process only (the others wait at the next step's gradient exchange).
-                    scores = self.evaluate_now()
-                    record |= scores if every else {}
+                    record |= self.evaluate_now()
                     bar.log(
-                        f"{stage.name} step {step}/{steps}: eval accuracy {100 * scores['eval_accuracy']:.1f} % "
-                        f"on {scores['eval_n']} samples ({scores['eval_seconds']:.1f} s)"
+                        f"{stage.name} step {step}/{steps}: eval accuracy {100 * record['eval_accuracy']:.1f} % "
+                        f"on {record['eval_n']} samples ({record['eval_seconds']:.1f} s)"
                     )
-                    if after_stage:  # eval.after_stage: each task's own metric, RUN/stage_eval.jsonl
-                        write_stage_row(self.run.path, stage_row(stage.name, si, step, self._eval_samples,
-                                                                 self._last_eval, scores["eval_seconds"]))  # fmt: skip
+                if main and generative and step == steps and self.recipe.evaluates_stages():
+                    self._evaluate_stage(si, stage.name, step, record, bar)
                 bar.advance(loss=total_loss)
                 if main:
                     self._record(stage, step, record)
                 if step % stage.save_every == 0 or step == steps:
                     self._checkpoint(si, step, steps, optimizer, changed)
         return loss_value
+
+    def _evaluate_stage(self, si: int, name: str, step: int, record: dict, bar) -> None:
+        """eval.after_stage: each task's own metric on eval.stage_data (else the eval.every subset, whose
+        evaluation at this step, if any, is reused), one row of RUN/stage_eval.jsonl."""
+        if self._stage_samples is None:
+            self._stage_samples = stage_samples(self.recipe)
+        scores = record if "eval_accuracy" in record and not self._stage_samples else None
+        scores = scores or self.evaluate_now(self._stage_samples or None)
+        samples, result = self._last_eval
+        seconds = scores["eval_seconds"]
+        write_stage_row(self.run.path, stage_row(name, si, step, samples, result, seconds))
+        bar.log(f"{name}: per-task metrics on {result.n} samples ({seconds:.1f} s) in stage_eval.jsonl")
 
     def _checkpoint(self, si, step, steps, optimizer, changed) -> None:
         """The main process writes the checkpoint; under FSDP every process gathers its shards first."""
