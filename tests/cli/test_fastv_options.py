@@ -40,7 +40,7 @@ def test_evaluation_uses_and_records_the_override(color_data, tmp_path, monkeypa
     class FakeEngine:
         processor = SimpleNamespace(speech_to_text=None)  # no ASR cascade
 
-        def __init__(self, model, processor, pruning=None):
+        def __init__(self, model, processor, pruning=None, pack_weights=True):
             engines.append(pruning)
 
         def generate(self, prompts, cfg):

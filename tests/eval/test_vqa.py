@@ -127,7 +127,9 @@ def test_evaluate_run_writes_confidence_intervals(color_data, tmp_path, monkeypa
     run.path.mkdir()
     shutil.copy(QUICKSTART, run.recipe_file)
     recipe = load_recipe(QUICKSTART, ["eval.blind=true"])
-    monkeypatch.setattr(runner, "Engine", lambda model, processor, pruning=None: FakeEngine())
+    monkeypatch.setattr(
+        runner, "Engine", lambda model, processor, pruning=None, pack_weights=True: FakeEngine()
+    )
     # No model here (a fake engine answers), so no weights or prompt for a manifest (tests/eval/test_manifest.py).
     monkeypatch.setattr(runner, "build_manifest", lambda *args: {})
     model = torch.nn.Linear(1, 1)  # only where the evaluation runs (the CPU: its threads are kept)

@@ -14,11 +14,13 @@ from omnifuse.cli.common import (
     Dtype,
     FastVKeep,
     FastVLayer,
+    PackedWeights,
     Progress,
     Quantize,
     app,
     check_placement,
     fastv_option,
+    packed_weights_option,
 )
 from omnifuse.cli.render import print_classifier_explanation, print_explanation
 from omnifuse.errors import OmnifuseError
@@ -81,6 +83,7 @@ def chat(
     quantize: Quantize = None,
     fastv_keep: FastVKeep = None,
     fastv_layer: FastVLayer = None,
+    packed_weights: PackedWeights = None,
 ) -> None:
     """Ask a trained model about images or a video, typed or spoken (one question, or interactive with
     /image, /video, /audio, /reset, /quit)."""
@@ -91,6 +94,7 @@ def chat(
 
     check_placement(device, dtype, quantize)
     fastv = fastv_option(fastv_keep, fastv_layer)
+    packed_weights = packed_weights_option(packed_weights)
     if speak is not None:
         _check_speech_out(speak)
     for path in image or []:  # checked before the model loads: a wrong path fails in milliseconds
@@ -102,6 +106,7 @@ def chat(
     )
     if fastv is not None:
         recipe = recipe.with_fastv(fastv)
+    recipe = recipe.with_packed_weights(packed_weights)
     session = ChatSession(model, processor, recipe, max_new_tokens=max_new_tokens)
     for path in image or []:
         session.add_image(path)

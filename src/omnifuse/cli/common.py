@@ -152,3 +152,23 @@ def fastv_option(keep: float | None, layer: int | None):
     from omnifuse.recipe import FastVSpec
 
     return FastVSpec(layer=2 if layer is None else layer, keep=keep)
+
+
+PackedWeights = Annotated[
+    str | None,
+    typer.Option(
+        "--packed-weights",
+        help="auto|off: decode a float32 CPU model on oneDNN-packed copies of the LLM's linear weights where "
+        "they fit (faster, as much memory again as those weights), or never (default: the recipe's "
+        "generation.packed_weights, auto)",
+    ),
+]
+
+
+def packed_weights_option(value: str | None) -> str | None:
+    """``--packed-weights`` checked before any model loads (None: the recipe's own)."""
+    from omnifuse.errors import OmnifuseError
+
+    if value is not None and value not in ("auto", "off"):
+        raise OmnifuseError(f"--packed-weights {value}: give auto (where they fit) or off (never)")
+    return value

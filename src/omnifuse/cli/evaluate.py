@@ -15,11 +15,13 @@ from omnifuse.cli.common import (
     FastVKeep,
     FastVLayer,
     Nproc,
+    PackedWeights,
     Progress,
     Quantize,
     app,
     check_placement,
     fastv_option,
+    packed_weights_option,
     quiet_unless_main,
     relaunch,
 )
@@ -74,6 +76,7 @@ def eval_(
     nproc: Nproc = None,
     fastv_keep: FastVKeep = None,
     fastv_layer: FastVLayer = None,
+    packed_weights: PackedWeights = None,
 ) -> None:
     """Evaluate a trained run with its task's metrics: exact-match VQA accuracy per question type with a
     blind baseline; a classifier's accuracy, macro-F1 and confusion matrix; an alignment's R@1/5/10 in
@@ -90,6 +93,7 @@ def eval_(
     check_placement(device, dtype, quantize)
     settings = importance_settings(perturbations, importance_seed, importance, importance_repeats)
     fastv = fastv_option(fastv_keep, fastv_layer)
+    packed_weights = packed_weights_option(packed_weights)
     run = RunDir(run_dir)
     world = current_world()
     several = world.distributed or (nproc or 1) > 1
@@ -114,6 +118,7 @@ def eval_(
         importance=settings,
         fastv=fastv,
         quantize=quantize,
+        packed_weights=packed_weights,
     )
     evaluated = task.evaluate(run, request)
     if not world.main:

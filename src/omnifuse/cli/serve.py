@@ -79,7 +79,7 @@ def serve(
     """Serve a trained model through an OpenAI-compatible API (/v1/chat/completions) and a chat page at /."""
     import uvicorn
 
-    from omnifuse.generation.engine import Engine, token_pruning
+    from omnifuse.generation.engine import Engine, pack_weights, token_pruning
     from omnifuse.rundir import RunDir
     from omnifuse.serve.media import MediaLimits
     from omnifuse.serve.server import ServerSettings, create_app
@@ -105,7 +105,7 @@ def serve(
     where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn logs which)"
     console.err.print(f"serving {settings.model_name} on {where} (chat page at /, API at /v1)")
     uvicorn.run(
-        create_app(Engine(model, processor, token_pruning(recipe)), settings),
+        create_app(Engine(model, processor, token_pruning(recipe), pack_weights(recipe)), settings),
         host=host,
         port=port,
         log_level=log_level,

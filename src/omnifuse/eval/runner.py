@@ -25,7 +25,7 @@ from omnifuse.eval.probes import ProbeRow, run_probes
 from omnifuse.eval.qformer_captions import stage_captions
 from omnifuse.eval.report import write_report
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa
-from omnifuse.generation.engine import Engine, generation_config, token_pruning
+from omnifuse.generation.engine import Engine, generation_config, pack_weights, token_pruning
 from omnifuse.recipe import FastVSpec, Recipe
 from omnifuse.rundir import RunDir
 from omnifuse.runtime import current_world, placement_of, threads
@@ -108,17 +108,20 @@ def evaluate_run(
     robustness: bool = False,
     importance: ImportanceSettings | None = None,
     fastv: FastVSpec | None = None,
+    packed_weights: str | None = None,
 ) -> EvalOutcome:
     """Evaluate with the recipe's settings (overridden by ``data``/``limit``/``blind``), or with exactly
     the settings of an earlier evaluation's ``manifest`` (refused when weights or data changed). ``importance``:
     also each modality's importance on the same samples (:mod:`omnifuse.eval.importance`). ``fastv``: prune
-    image tokens at inference as this says instead of the recipe's ``generation.fastv``."""
+    image tokens at inference as this says instead of the recipe's ``generation.fastv``; ``packed_weights``
+    (auto | off): instead of its ``generation.packed_weights``."""
     saved = read_manifest(manifest) if manifest is not None else None  # before the model loads
     if loaded is None:  # eval sits below the tasks, which load runs (omnifuse.tasks.load_language_model)
         raise TypeError("pass loaded=(recipe, model, processor) of the run")
     recipe, model, processor = loaded
     if fastv is not None:
         recipe = recipe.with_fastv(fastv)
+    recipe = recipe.with_packed_weights(packed_weights)
     if saved is not None and (
         data is not None or limit is not None or blind is not None or fastv is not None
     ):
@@ -138,7 +141,7 @@ def evaluate_run(
         check_inputs(saved, data_file, samples, run.weights_file)
     # A long evaluation follows the load: torch's threads track the cores other processes leave free.
     with threads.kept_threads(placement_of(model).device, recipe.runtime.threads):
-        engine = Engine(model, processor, token_pruning(recipe))
+        engine = Engine(model, processor, token_pruning(recipe), pack_weights(recipe))
         cfg, bs = settings.generation, settings.batch_size
         t0 = time.perf_counter()
         result = evaluate_vqa(engine, samples, cfg, bs, progress=progress, label="eval")

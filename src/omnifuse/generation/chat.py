@@ -9,14 +9,14 @@ from pathlib import Path
 from omnifuse.data.converters import IMAGE_MARKER  # where an image stands in a question, as in LLaVA data
 from omnifuse.data.sample import AudioPart, ImagePart, Message, Sample, TextPart, VideoPart
 from omnifuse.errors import OmnifuseError
-from omnifuse.generation.engine import Engine, generation_config, token_pruning
+from omnifuse.generation.engine import Engine, generation_config, pack_weights, token_pruning
 from omnifuse.processing.processor import load_clip
 from omnifuse.untrusted import open_image
 
 
 class ChatSession:
     def __init__(self, model, processor, recipe, max_new_tokens: int | None = None) -> None:
-        self.engine = Engine(model, processor, token_pruning(recipe))
+        self.engine = Engine(model, processor, token_pruning(recipe), pack_weights(recipe))
         self.cfg = generation_config(recipe, max_new_tokens)
         self.images: list[Path] = []  # attached to the next question
         self.videos: list[VideoPart] = []  # attached to the next question, placed before its images

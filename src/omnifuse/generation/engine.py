@@ -13,7 +13,8 @@ chunk: a caller that interleaves several streams gets control back within one ch
 long the prompt. A row whose own token selection fails finishes with reason "error"; the others go on.
 
 Two fast paths keep the tokens of the plain one: on a float32 CPU model the linear layers run on
-oneDNN-packed weights (``packed.py``; ``Engine.pack_weights = False`` turns it off), and the prompt
+oneDNN-packed weights (``packed.py``; ``Engine(..., pack_weights=False)`` or a recipe's
+``generation.packed_weights: off`` turns it off), and the prompt
 prefix every row shares (chat template header, system prompt) is prefilled once (``prefix.py``).
 """
 
@@ -91,6 +92,11 @@ def token_pruning(recipe: Recipe) -> TokenPruning | None:
     return None if f is None else TokenPruning(f.layer, f.keep)
 
 
+def pack_weights(recipe: Recipe) -> bool:
+    """The recipe's ``generation.packed_weights`` as the engine takes it (False: never packed)."""
+    return recipe.generation.packed_weights != "off"
+
+
 def _sample_row(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> int:
     # Sampled on the CPU, with the row's CPU generator, whatever the model's device: a seed gives the
     # same tokens on every device (a CUDA generator draws another stream).
@@ -117,10 +123,16 @@ class StepTokens:
 
 class Engine:
     """``pruning``: drop the least attended media tokens after a decoder layer at prefill (FastV,
-    :mod:`omnifuse.generation.fastv`); decoding then runs over the shorter KV cache."""
+    :mod:`omnifuse.generation.fastv`); decoding then runs over the shorter KV cache. ``pack_weights``:
+    run a float32 CPU model's linear layers on oneDNN-packed copies of their weights where they fit
+    (:mod:`omnifuse.generation.packed`); False: never make the copies."""
 
     def __init__(
-        self, model: MultimodalLM, processor: Processor, pruning: TokenPruning | None = None
+        self,
+        model: MultimodalLM,
+        processor: Processor,
+        pruning: TokenPruning | None = None,
+        pack_weights: bool = True,
     ) -> None:
         if pruning is not None:
             check_prunable(model.llm, pruning, early_fusion=model.fusion is None)
@@ -129,8 +141,8 @@ class Engine:
         self.pruning = pruning
         self._max_token_chars: int | None = None
         # oneDNN-packed copies of the LLM's linear weights (float32 CPU models): faster decoding steps for
-        # as much memory again as those weights. Set to False before generating to keep memory instead.
-        self.pack_weights = True
+        # as much memory again as those weights. False keeps the memory instead.
+        self.pack_weights = pack_weights
 
     @property
     def context_length(self) -> int | None:

@@ -3,6 +3,8 @@ LoRA, generation and evaluation settings."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from omnifuse.recipe.components import (
@@ -186,6 +188,18 @@ class GenerationSpec(Spec):
         None,
         description="drop the least attended media tokens after a decoder layer (early fusion only); null = off",
     )
+    # YAML reads a bare `off` / `on` as a boolean: false and true are admitted and read as off and auto.
+    packed_weights: Literal["auto", "off", False, True] = Field(
+        "auto",
+        description="decode a float32 CPU model on oneDNN-packed copies of the LLM's linear weights (faster "
+        "decoding steps, as much memory again as those weights): auto = where torch has the ops and the "
+        "copies take under a quarter of the available memory; off = never (--packed-weights off)",
+    )
+
+    @field_validator("packed_weights", mode="before")
+    @classmethod
+    def _packed_weights(cls, value: object) -> object:
+        return ("auto" if value else "off") if isinstance(value, bool) else value
 
 
 class EvalSpec(Spec):
@@ -392,6 +406,14 @@ class Recipe(Spec):
     def with_fastv(self, fastv: FastVSpec | None) -> Recipe:
         """This recipe with ``generation.fastv`` set to ``fastv`` (a command line's ``--fastv-keep``)."""
         return self.model_copy(update={"generation": self.generation.model_copy(update={"fastv": fastv})})
+
+    def with_packed_weights(self, packed_weights: str | None) -> Recipe:
+        """This recipe with ``generation.packed_weights`` set (a command line's ``--packed-weights``;
+        None: unchanged)."""
+        if packed_weights is None:
+            return self
+        g = GenerationSpec.model_validate({**self.generation.model_dump(), "packed_weights": packed_weights})
+        return self.model_copy(update={"generation": g})
 
 
 def _privacy_problem(recipe: Recipe) -> str | None:

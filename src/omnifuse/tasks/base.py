@@ -68,6 +68,8 @@ class EvalRequest:
     # ``--fastv-keep`` / ``--fastv-layer``: a FastVSpec replacing the recipe's generation.fastv (None: the recipe's)
     fastv: Any = None
     quantize: str | None = None  # ``--quantize``: the LLM's storage (None: the recipe's runtime.quantize)
+    # ``--packed-weights``: auto | off (None: the recipe's generation.packed_weights)
+    packed_weights: str | None = None
 
     def run_options(self) -> tuple:
         """(data, limit, progress, device, dtype, importance): what a classifier or alignment run's evaluation
@@ -202,6 +204,7 @@ def vqa_options_refused(request: EvalRequest, kind: str, robustness: str) -> Non
             ("--manifest", request.manifest),
             ("--robustness", request.robustness),
             ("--quantize", request.quantize),
+            ("--packed-weights", request.packed_weights),
         )
         if value
     ]

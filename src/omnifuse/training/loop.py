@@ -29,7 +29,7 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.eval.stage_eval import FILE as STAGE_EVAL_FILE
 from omnifuse.eval.stage_eval import stage_row, stage_samples, write_stage_row
 from omnifuse.eval.vqa import VQAResult, evaluate_vqa
-from omnifuse.generation.engine import Engine, generation_config, token_pruning
+from omnifuse.generation.engine import Engine, generation_config, pack_weights, token_pruning
 from omnifuse.models.feature_cache import attach_feature_cache
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.models.quantize import training_quantize
@@ -155,7 +155,7 @@ class Trainer:
         self.model.eval()
         try:
             result = evaluate_vqa(
-                Engine(self.model, self.processor, token_pruning(recipe)),
+                Engine(self.model, self.processor, token_pruning(recipe), pack_weights(recipe)),
                 samples,
                 cfg,
                 recipe.eval.batch_size,

@@ -77,6 +77,7 @@ class GenerateTask:
             robustness=request.robustness,
             importance=request.importance,
             fastv=request.fastv,
+            packed_weights=request.packed_weights,
         )
         printout = eval_printout(outcome, run.path)
         return Evaluated(

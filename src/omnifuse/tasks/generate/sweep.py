@@ -11,7 +11,13 @@ from safetensors import safe_open
 from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.eval.runner import evaluate_run
-from omnifuse.generation.engine import Engine, GenerationConfig, generation_config, token_pruning
+from omnifuse.generation.engine import (
+    Engine,
+    GenerationConfig,
+    generation_config,
+    pack_weights,
+    token_pruning,
+)
 from omnifuse.recipe import Recipe
 from omnifuse.rundir import RunDir
 from omnifuse.tasks.base import SweepRun
@@ -49,7 +55,9 @@ def sweep_run(recipe: Recipe, job: SweepRun) -> dict:
     result = outcome.result
     timed = select_subset(load_data(recipe.data.eval), job.latency_samples, recipe.data.eval_seed)
     seconds = latency(
-        Engine(model, processor, token_pruning(recipe)), timed, generation_config(recipe, greedy=True)
+        Engine(model, processor, token_pruning(recipe), pack_weights(recipe)),
+        timed,
+        generation_config(recipe, greedy=True),
     )
     return {
         "accuracy": result.accuracy,
