@@ -31,7 +31,7 @@ def no_loading(monkeypatch):
         ),
         (["--host", "no-such-host.invalid"], "not an address of this machine"),
         (["--device", "tpu"], "--device: device 'tpu' is not one of auto, cpu, cuda"),
-        (["--dtype", "int8"], "--dtype: dtype 'int8' is not one of auto, float32, bfloat16, float16"),
+        (["--dtype", "int8"], "--dtype: dtype 'int8' is not one of auto, fast, float32, bfloat16, float16"),
         (["--device", "cpu", "--dtype", "float16"], "float16 training and inference run on CUDA GPUs only"),
     ],
 )
