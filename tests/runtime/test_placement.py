@@ -162,3 +162,5 @@ def test_fast_dtype_is_bf16_only_where_the_cpu_computes_it(monkeypatch, native):
     fast = resolve_placement(device="cpu", dtype="fast")
     assert fast.dtype == (torch.bfloat16 if native else torch.float32)
     assert resolve_placement(device="cpu", dtype="auto").dtype == torch.float32  # auto: float32 on any CPU
+    # answering only (eval, chat, serve): float32, which decodes faster with packed weights on a CPU
+    assert resolve_placement(device="cpu", dtype="fast", inference=True).dtype == torch.float32

@@ -87,11 +87,13 @@ def native_cpu_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def _dtype(name: str, device: torch.device, where: str) -> torch.dtype:
+def _dtype(name: str, device: torch.device, where: str, inference: bool) -> torch.dtype:
     if name in ("auto", "fast"):
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         if name == "fast" and device.type == "cpu":
-            bf16 = native_cpu_bf16()
+            # Training: bf16 autocast steps measured ~1.5x faster than float32 on an AVX512-BF16 CPU.
+            # Inference: float32 with oneDNN-packed weights decoded 2x faster than bf16 (README, "Measured").
+            bf16 = native_cpu_bf16() and not inference
         return torch.bfloat16 if bf16 else torch.float32
     if name not in DTYPES:
         raise OmnifuseError(f"{where}: dtype {name!r} is not one of auto, fast, {', '.join(DTYPES)}")
@@ -110,13 +112,16 @@ def resolve_placement(
     device: str | None = None,
     dtype: str | None = None,
     local_rank: int | None = None,
+    inference: bool = False,
 ) -> Placement:
     """``device`` / ``dtype`` (command-line flags) override the recipe's ``runtime`` section. With several
-    processes, ``local_rank`` picks each one's GPU."""
+    processes, ``local_rank`` picks each one's GPU. ``inference``: the placement of a model that only
+    answers (eval, chat, serve, explain) — ``dtype: fast`` is float32 there on a CPU."""
     spec = spec or RuntimeSpec()
     where = "--device" if device else "runtime.device"
     dev = _device(device or spec.device, local_rank, where)
-    return Placement(dev, _dtype(dtype or spec.dtype, dev, "--dtype" if dtype else "runtime.dtype"))
+    name, where = (dtype, "--dtype") if dtype else (spec.dtype, "runtime.dtype")
+    return Placement(dev, _dtype(name, dev, where, inference))
 
 
 def place_model(model: nn.Module, placement: Placement, trained: Collection[str] | None = None) -> nn.Module:

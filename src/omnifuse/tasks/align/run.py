@@ -184,7 +184,7 @@ def evaluate_align_run(
             f"--importance measures retrieval (R@1 with one side permuted or noised); {run.path} is a DeViSE run, "
             "scored by zero-shot classification: evaluate it without --importance"
         )
-    placement = resolve_placement(recipe.runtime, device=device, dtype=dtype)
+    placement = resolve_placement(recipe.runtime, device=device, dtype=dtype, inference=True)
     if data is not None or limit is not None:
         d = recipe.data
         chosen = limit if limit is not None else (d.eval_limit if data is None else None)

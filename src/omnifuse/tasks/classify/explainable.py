@@ -33,7 +33,7 @@ def explain_inputs(
     parts = [ImagePart(path=image)] if image is not None else []
     parts += [AudioPart(path=audio)] if audio is not None else []
     sample = Sample("explain", (Message("user", (*parts, TextPart(question))),))
-    placement = resolve_placement(recipe.runtime, device=device, dtype=dtype)
+    placement = resolve_placement(recipe.runtime, device=device, dtype=dtype, inference=True)
     trained = load_classifier(run, placement)
     form = recipe.model.feature_form()
     features = {}

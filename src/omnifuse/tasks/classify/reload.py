@@ -72,7 +72,7 @@ def evaluate_classifier_run(
     ``importance``: each modality's importance in them too). It runs
     on the recipe's ``runtime`` placement, or ``device`` / ``dtype`` (``--device`` / ``--dtype``)."""
     run.require_trained()
-    placement = resolve_placement(run.recipe().runtime, device=device, dtype=dtype)
+    placement = resolve_placement(run.recipe().runtime, device=device, dtype=dtype, inference=True)
     trained = load_classifier(run, placement)
     recipe = trained.recipe
     if data is not None or limit is not None:

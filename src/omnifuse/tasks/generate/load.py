@@ -36,7 +36,9 @@ def load_model(
     recipe: Recipe = run.recipe()
     # Under a launcher (sharded eval) each process takes the GPU of its local rank.
     local_rank = current_world().local_rank
-    placement = resolve_placement(recipe.runtime, device=device, dtype=dtype, local_rank=local_rank)
+    placement = resolve_placement(
+        recipe.runtime, device=device, dtype=dtype, local_rank=local_rank, inference=True
+    )
     where = "--quantize" if quantize else "runtime.quantize"
     plan = plan_quantize(quantize or recipe.runtime.quantize, placement, where)
     _check_bitsandbytes(plan, recipe, where)
