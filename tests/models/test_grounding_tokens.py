@@ -19,7 +19,7 @@ from omnifuse.models.builders import build_model
 from omnifuse.recipe import parse_recipe
 from omnifuse.rundir import RunDir
 from omnifuse.tasks.generate.load import load_model
-from omnifuse.training import loop
+from omnifuse.training import evaluation
 from omnifuse.training.loop import train
 from tiny import CHATML, make_llm, make_parts, make_tokenizer, tiny_recipe_dict, write_color_dataset
 
@@ -86,7 +86,7 @@ def test_a_run_with_the_tokens_trains_saves_and_reloads_their_rows(tmp_path, mon
         seen.append(result)
         return result
 
-    monkeypatch.setattr(loop, "evaluate_vqa", recording)
+    monkeypatch.setattr(evaluation, "evaluate_vqa", recording)
     recipe = parse_recipe(raw)
     train(recipe, tmp_path / "run", parts=make_parts(), progress=False)
 

@@ -14,7 +14,7 @@ from omnifuse.generation.engine import Engine, GenerationConfig
 from omnifuse.recipe import parse_recipe
 from omnifuse.rundir import RunDir
 from omnifuse.tasks.generate.load import load_model
-from omnifuse.training import loop
+from omnifuse.training import evaluation
 from omnifuse.training.loop import train
 from tiny import make_parts, tiny_recipe_dict
 
@@ -29,7 +29,7 @@ def test_eval_every_n_steps_logs_scores_and_changes_nothing_else(tmp_path, color
         seen.append(({f"connectors.{k}": v.clone() for k, v in state.items()}, result))
         return result
 
-    monkeypatch.setattr(loop, "evaluate_vqa", recording)
+    monkeypatch.setattr(evaluation, "evaluate_vqa", recording)
     raw = tiny_recipe_dict(color_data)
     raw["eval"] |= {"every": 3, "during_limit": 9}
     train(parse_recipe(raw), tmp_path / "with", parts=make_parts(), progress=False)

@@ -27,9 +27,6 @@ from omnifuse.data.sample import Sample, select_subset
 from omnifuse.data.sources import load_data
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval.stage_eval import FILE as STAGE_EVAL_FILE
-from omnifuse.eval.stage_eval import stage_row, stage_samples, write_stage_row
-from omnifuse.eval.vqa import VQAResult, evaluate_vqa
-from omnifuse.generation.engine import Engine, generation_config, pack_weights, token_pruning
 from omnifuse.models.feature_cache import attach_feature_cache
 from omnifuse.models.multimodal import MultimodalLM
 from omnifuse.models.quantize import training_quantize
@@ -50,6 +47,7 @@ from omnifuse.runtime import (
 from omnifuse.runtime.distributed import barrier, broadcast_error
 from omnifuse.training import objectives, parallel, privacy
 from omnifuse.training.checkpoint import load_checkpoint, read_progress, save_checkpoint
+from omnifuse.training.evaluation import TrainingEvaluation
 from omnifuse.training.objectives import StepOutput, distill_step, generative_step, private_lm_step
 from omnifuse.training.order import sample_order, stage_order, stage_refs, stage_steps
 from omnifuse.training.pruning import prune_before_stage
@@ -119,9 +117,7 @@ class Trainer:
         self.console = console or Console(stderr=True, quiet=not main)
         self.progress = progress and main
         self._data: dict[str, list[Sample]] = {}
-        self._eval_samples: list[Sample] | None = None
-        self._last_eval: tuple[list[Sample], VQAResult] | None = None  # evaluate_now's last (for stage rows)
-        self._stage_samples: list[Sample] | None = None  # eval.stage_data's ([]: the eval.every subset)
+        self.evaluation = TrainingEvaluation(recipe, model, processor, run.path)  # eval.every, after_stage
         self.writer = tensorboard_writer(run.path / "tensorboard") if tensorboard and main else None
         self.accounting: privacy.Accounting | None = None  # DP-SGD (the recipe's privacy section)
         self._private: privacy.PrivateStage | None = None  # the stage being trained privately
@@ -141,35 +137,9 @@ class Trainer:
         return parts
 
     def evaluate_now(self, samples: list[Sample] | None = None) -> dict[str, float]:
-        """Score the model being trained (no second copy) on ``samples``, by default the seeded eval subset
-        ``eval.during_limit``; the training mode is restored afterwards. Greedy decoding draws no random
-        numbers, so the data order and a resumed run are unchanged by it."""
-        recipe = self.recipe
-        if samples is None and self._eval_samples is None:
-            self._eval_samples = select_subset(
-                load_data(recipe.data.eval), recipe.eval.during_limit, recipe.data.eval_seed
-            )
-        samples = self._eval_samples if samples is None else samples
-        cfg = generation_config(recipe)
-        t0 = time.perf_counter()
-        self.model.eval()
-        try:
-            result = evaluate_vqa(
-                Engine(self.model, self.processor, token_pruning(recipe), pack_weights(recipe)),
-                samples,
-                cfg,
-                recipe.eval.batch_size,
-                progress=False,
-            )
-        finally:
-            self.model.train()
-            self.model.encoders.eval()
-        self._last_eval = (samples, result)
-        return {
-            "eval_accuracy": round(result.accuracy, 6),
-            "eval_n": result.n,
-            "eval_seconds": round(time.perf_counter() - t0, 3),
-        }
+        """Score the model being trained on ``samples`` (default: the seeded ``eval.during_limit`` subset);
+        see :meth:`TrainingEvaluation.evaluate`."""
+        return self.evaluation.evaluate(samples)
 
     def run_stages(self, resume: bool = False) -> TrainResult:
         recipe, run, model = self.recipe, self.run, self.model
@@ -393,34 +363,14 @@ class Trainer:
                 }
                 if step == 1 and mixture:
                     record["mixture"] = mixture  # the stage's exact draws per source
-                every, generative = self.recipe.eval.every, stage.objective.type != "qformer"
-                if main and generative and every and (step % every == 0 or step == steps):
-                    # On the main process only (the others wait at the next step's gradient exchange).
-                    record |= self.evaluate_now()
-                    bar.log(
-                        f"{stage.name} step {step}/{steps}: eval accuracy {100 * record['eval_accuracy']:.1f} % "
-                        f"on {record['eval_n']} samples ({record['eval_seconds']:.1f} s)"
-                    )
-                if main and generative and step == steps and self.recipe.evaluates_stages():
-                    self._evaluate_stage(si, stage.name, step, record, bar)
+                if main:  # eval.every, eval.after_stage (the other processes wait at the next step)
+                    self.evaluation.after_step(si, stage, step, steps, record, bar)
                 bar.advance(loss=total_loss)
                 if main:
                     self._record(stage, step, record)
                 if step % stage.save_every == 0 or step == steps:
                     self._checkpoint(si, step, steps, optimizer, changed)
         return loss_value
-
-    def _evaluate_stage(self, si: int, name: str, step: int, record: dict, bar) -> None:
-        """eval.after_stage: each task's own metric on eval.stage_data (else the eval.every subset, whose
-        evaluation at this step, if any, is reused), one row of RUN/stage_eval.jsonl."""
-        if self._stage_samples is None:
-            self._stage_samples = stage_samples(self.recipe)
-        scores = record if "eval_accuracy" in record and not self._stage_samples else None
-        scores = scores or self.evaluate_now(self._stage_samples or None)
-        samples, result = self._last_eval
-        seconds = scores["eval_seconds"]
-        write_stage_row(self.run.path, stage_row(name, si, step, samples, result, seconds))
-        bar.log(f"{name}: per-task metrics on {result.n} samples ({seconds:.1f} s) in stage_eval.jsonl")
 
     def _checkpoint(self, si, step, steps, optimizer, changed) -> None:
         """The main process writes the checkpoint; under FSDP every process gathers its shards first."""
