@@ -15,18 +15,17 @@ Hugging Face id, for machines with hub access).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.metadata
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from omnifuse.assets.cachefiles import save_safetensors, writing_dir
+from omnifuse.assets.display import conversion_steps, quiet_transformers
 from omnifuse.assets.folders import check_local, check_model_folder
 from omnifuse.errors import OmnifuseError
 from omnifuse.untrusted import check_safetensors
@@ -280,75 +279,6 @@ def _convert_weights(asset: PackagedAsset) -> Path:
     return final
 
 
-@contextlib.contextmanager
-def _steps(description: str, total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A spinner + bar + elapsed-time display; yields ``step(label)`` which finishes the current step
-    and names the next one."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[step]}"),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=False,
-    )
-    with progress:
-        task = progress.add_task(description, total=total, step="")
-        started = False
-
-        def step(label: str) -> None:
-            nonlocal started
-            progress.update(task, advance=1 if started else 0, step=label)
-            started = True
-
-        yield step
-        progress.update(task, completed=total, step="done")
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' own tqdm bars/warnings while our progress display runs."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    level = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    # The GGUF reader calls tqdm directly (not through transformers' switch), which garbles our live
-    # display; swap in a pass-through for the duration of the conversion and restore it afterwards.
-    gguf_utils = None
-    with contextlib.suppress(ImportError):
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    original = getattr(gguf_utils, "tqdm", None)
-    if original is not None:
-        gguf_utils.tqdm = _no_bar
-    try:
-        yield
-    finally:
-        if original is not None:
-            gguf_utils.tqdm = original
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _no_bar(iterable=None, *args, **kwargs):
-    return iterable
-
-
 def _convert_llm(asset: PackagedAsset, progress: bool) -> Path:
     """GGUF → fp32 ``model.safetensors`` + ``config.json`` + tokenizer files, once.
 
@@ -361,8 +291,8 @@ def _convert_llm(asset: PackagedAsset, progress: bool) -> Path:
     src = source_path(asset)
     final = cache_path(asset)
     with (
-        _steps(f"converting {asset.name} (once, ~40 s)", 4, progress) as step,
-        _quiet_transformers(),
+        conversion_steps(f"converting {asset.name} (once, ~40 s)", 4, progress) as step,
+        quiet_transformers(),
         writing_dir(final) as tmp,
     ):
         step("reading GGUF tokenizer")
@@ -399,8 +329,8 @@ def _convert_audio(asset: PackagedAsset, progress: bool) -> Path:
     model_part1, tokenizer_file, ct2_config, model_part2 = source_files(asset)
     final = cache_path(asset)
     with (
-        _steps(f"converting {asset.name} (once, ~10 s)", 4, progress) as step,
-        _quiet_transformers(),
+        conversion_steps(f"converting {asset.name} (once, ~10 s)", 4, progress) as step,
+        quiet_transformers(),
         writing_dir(final) as tmp,
     ):
         write_hf_whisper([model_part1, model_part2], tokenizer_file, ct2_config, tmp, step=step)
