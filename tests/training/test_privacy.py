@@ -182,3 +182,12 @@ def test_several_processes_are_refused(color_data):
 def test_the_recipe_refuses_what_dp_cannot_train(color_data, override, match):
     with pytest.raises(OmnifuseError, match=match):
         parse_recipe(tiny_recipe_dict(color_data), overrides=[*PRIVATE, override])
+
+
+def test_auto_and_fast_dtypes_train_privately_in_float32():
+    from omnifuse.recipe.runtime import RuntimeSpec
+    from omnifuse.training.privacy import private_runtime
+
+    for name in ("auto", "fast"):
+        assert private_runtime(RuntimeSpec(dtype=name)).dtype == "float32"
+    assert private_runtime(RuntimeSpec(dtype="bfloat16")).dtype == "bfloat16"  # refused by the recipe check

@@ -421,10 +421,10 @@ def _privacy_problem(recipe: Recipe) -> str | None:
     runtime = recipe.runtime
     if runtime.distributed.strategy != "ddp":
         return f"runtime.distributed.strategy {runtime.distributed.strategy} shards the parameters over processes"
-    if runtime.dtype not in ("auto", "float32"):
+    if runtime.dtype not in ("auto", "fast", "float32"):
         return (
             f"runtime.dtype {runtime.dtype}: per-sample gradients and their norms in low precision can exceed the "
-            "clipping bound (auto means float32 under DP-SGD)"
+            "clipping bound (auto and fast mean float32 under DP-SGD)"
         )
     if runtime.gradient_checkpointing:
         return "runtime.gradient_checkpointing recomputes activations, which Opacus' per-sample hooks record twice"

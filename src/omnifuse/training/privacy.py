@@ -64,8 +64,8 @@ def opacus_quiet() -> Iterator[None]:
 
 # ------------------------------------------------------------------ refusals before anything is built
 def private_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
-    """DP-SGD trains in float32: ``dtype: auto`` means float32 (the recipe refuses other dtypes)."""
-    return runtime.model_copy(update={"dtype": "float32"}) if runtime.dtype == "auto" else runtime
+    """DP-SGD trains in float32: ``dtype: auto`` or ``fast`` means float32 (the recipe refuses other dtypes)."""
+    return runtime.model_copy(update={"dtype": "float32"}) if runtime.dtype in ("auto", "fast") else runtime
 
 
 def check_launch(recipe: Recipe, world: World) -> None:

@@ -122,7 +122,7 @@ def classifier_placement(recipe: ClassifierRecipe) -> Placement:
     """The recipe's ``runtime`` device and dtype (``--device`` / ``--dtype`` write them there). DP-SGD
     trains in float32: ``auto`` means float32 there, and a low-precision dtype is refused."""
     spec = recipe.runtime
-    if recipe.privacy is not None and spec.dtype == "auto":
+    if recipe.privacy is not None and spec.dtype in ("auto", "fast"):
         spec = spec.model_copy(update={"dtype": "float32"})
     placement = resolve_placement(spec)
     if recipe.privacy is not None and placement.mixed:
@@ -132,7 +132,7 @@ def classifier_placement(recipe: ClassifierRecipe) -> Placement:
             f"{name}. Opacus clips every sample's gradient to privacy.max_grad_norm, and the ε it reports "
             f"assumes that bound holds exactly; under {name} autocast those per-sample gradients and their "
             "norms are computed with a few significant digits, so a clipped gradient can exceed the bound. Set "
-            "runtime.dtype to float32 or auto (auto is float32 under DP-SGD), or drop --dtype; the device "
+            "runtime.dtype to float32, auto or fast (both float32 under DP-SGD), or drop --dtype; the device "
             "(runtime.device, --device) can stay as it is."
         )
     return placement
