@@ -4,18 +4,15 @@ answered with (eval.json "fastv")."""
 from __future__ import annotations
 
 import json
-import shutil
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from fake_engine import fake_engine_run
 from omnifuse.cli.common import fastv_option
 from omnifuse.errors import OmnifuseError
 from omnifuse.eval import runner
-from omnifuse.recipe import FastVSpec, load_recipe
-from omnifuse.recipes import RECIPES_DIR
-from omnifuse.rundir import RunDir
+from omnifuse.recipe import FastVSpec
 
 
 def test_options_become_a_spec_or_a_clear_error():
@@ -30,28 +27,11 @@ def test_options_become_a_spec_or_a_clear_error():
 
 
 def test_evaluation_uses_and_records_the_override(color_data, tmp_path, monkeypatch):
-    quickstart = RECIPES_DIR / "quickstart.yaml"
-    run = RunDir(tmp_path / "run")
-    run.path.mkdir()
-    shutil.copy(quickstart, run.recipe_file)
-    recipe = load_recipe(quickstart, ["eval.blind=false"])
-    engines = []
-
-    class FakeEngine:
-        processor = SimpleNamespace(speech_to_text=None)  # no ASR cascade
-
-        def __init__(self, model, processor, pruning=None, pack_weights=True):
-            engines.append(pruning)
-
-        def generate(self, prompts, cfg):
-            return ["red"] * len(prompts)
-
-    monkeypatch.setattr(runner, "Engine", FakeEngine)
-    monkeypatch.setattr(runner, "build_manifest", lambda *args: {})
+    run, recipe, built = fake_engine_run(tmp_path, monkeypatch)
     model = torch.nn.Linear(1, 1)
     override = FastVSpec(layer=3, keep=0.25)
     runner.evaluate_run(
         run, data=str(color_data), progress=False, loaded=(recipe, model, None), fastv=override
     )
-    assert [(p.layer, p.keep) for p in engines] == [(3, 0.25)]
+    assert [(b["pruning"].layer, b["pruning"].keep) for b in built] == [(3, 0.25)]
     assert json.loads((run.path / "eval.json").read_text())["fastv"] == {"layer": 3, "keep": 0.25}

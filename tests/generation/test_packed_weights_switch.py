@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-from types import SimpleNamespace
-
 import pytest
 import torch
 
+from fake_engine import fake_engine_run
 from omnifuse.cli.common import packed_weights_option
 from omnifuse.data.jsonl import load_jsonl
 from omnifuse.errors import OmnifuseError
@@ -16,9 +14,7 @@ from omnifuse.generation import packed
 from omnifuse.generation.chat import ChatSession
 from omnifuse.generation.engine import Engine, GenerationConfig, pack_weights
 from omnifuse.models.builders import build_model
-from omnifuse.recipe import load_recipe, parse_recipe
-from omnifuse.recipes import RECIPES_DIR
-from omnifuse.rundir import RunDir
+from omnifuse.recipe import parse_recipe
 from tiny import tiny_recipe_dict
 
 
@@ -61,25 +57,8 @@ def test_off_means_no_packed_copies(tiny_parts, color_data):
 
 
 def test_eval_takes_the_command_line_switch(color_data, tmp_path, monkeypatch):
-    quickstart = RECIPES_DIR / "quickstart.yaml"
-    run = RunDir(tmp_path / "run")
-    run.path.mkdir()
-    shutil.copy(quickstart, run.recipe_file)
-    recipe = load_recipe(quickstart, ["eval.blind=false"])
-    engines = []
-
-    class FakeEngine:
-        processor = SimpleNamespace(speech_to_text=None)  # no ASR cascade
-
-        def __init__(self, model, processor, pruning=None, pack_weights=True):
-            engines.append(pack_weights)
-
-        def generate(self, prompts, cfg):
-            return ["red"] * len(prompts)
-
-    monkeypatch.setattr(runner, "Engine", FakeEngine)
-    monkeypatch.setattr(runner, "build_manifest", lambda *args: {})
+    run, recipe, built = fake_engine_run(tmp_path, monkeypatch)
     loaded = (recipe, torch.nn.Linear(1, 1), None)
     runner.evaluate_run(run, data=str(color_data), progress=False, loaded=loaded)
     runner.evaluate_run(run, data=str(color_data), progress=False, loaded=loaded, packed_weights="off")
-    assert engines == [True, False]
+    assert [b["pack_weights"] for b in built] == [True, False]
