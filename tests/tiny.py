@@ -160,6 +160,9 @@ def tiny_recipe_dict(data: Path) -> dict:
         "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]},
         "generation": {"max_new_tokens": 4},
         "eval": {"batch_size": 8},
+        # A fixed thread count: `auto` follows the machine's load, and a count changed between two runs a
+        # test compares bit for bit (resume = uninterrupted) changes float32 reduction order.
+        "runtime": {"threads": 2},
     }  # fmt: skip
 
 

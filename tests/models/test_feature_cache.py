@@ -159,7 +159,7 @@ def test_off_detaches_and_several_processes_turn_it_off(tmp_path, tiny_parts, co
 def test_yaml_off_and_on_are_read_as_off_and_auto(color_data):
     raw = tiny_recipe_dict(color_data)
     for value, expected in ((False, "off"), (True, "auto"), ("off", "off"), ("auto", "auto")):
-        raw["runtime"] = {"feature_cache": value}
+        raw["runtime"]["feature_cache"] = value
         assert parse_recipe(raw).runtime.feature_cache == expected
 
 

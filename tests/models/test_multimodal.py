@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from omnifuse.connectors import LinearConnector, MLPConnector, PoolConnector
@@ -37,6 +38,30 @@ def test_connectors_declare_their_token_count(connector, tokens_in, tokens_out):
     assert y.shape == (3, tokens_out, 8) and connector.num_output_tokens(tokens_in) == tokens_out
     y.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_pool_connector_pools_by_mean_max_or_both():
+    # A 2x2 grid of 1-channel features per image: one bright cell (a small object) on a dark background.
+    feats = torch.tensor([[[0.0], [0.0], [0.0], [8.0]]])
+    seen = {}
+    for pooling in ("avg", "max", "avgmax"):
+        width = PoolConnector.width_factor(pooling)
+        connector = PoolConnector(1, nn.Identity(), pooling)
+        seen[pooling] = connector(feats)
+        assert seen[pooling].shape == (1, 1, width)
+    assert seen["avg"].flatten().tolist() == [2.0] and seen["max"].flatten().tolist() == [8.0]
+    assert seen["avgmax"].flatten().tolist() == [2.0, 8.0]
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        PoolConnector(1, nn.Identity(), "median")
+
+
+def test_a_recipe_sizes_the_projector_for_the_pooling(tiny_parts, color_data):
+    raw = tiny_recipe_dict(color_data)
+    raw["model"]["connectors"]["image"] = {"type": "pool", "grid": 1, "pooling": "avgmax", "projector": "linear"}
+    model, processor = build_model(parse_recipe(raw).model, **tiny_parts)
+    samples = load_jsonl(color_data)[:2]
+    batch = processor.collate([processor.encode(s) for s in samples])
+    assert model(**batch.model_inputs()).loss.isfinite()
 
 
 def test_pool_connector_rejects_non_square_grid():

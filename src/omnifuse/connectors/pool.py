@@ -1,4 +1,4 @@
-"""Spatial average pooling of the encoder's square feature grid to k×k tokens, then a projector.
+"""Spatial pooling (average, max or both) of the encoder's square feature grid to k×k tokens, then a projector.
 
 Fewer image tokens is the cheapest speed-up there is: every image token costs the LLM as much as a
 text token (nanoVLM and Idefics3 compress for the same reason).
@@ -14,10 +14,18 @@ from torch.nn import functional as F
 
 
 class PoolConnector(nn.Module):
-    def __init__(self, grid: int, projector: nn.Module) -> None:
+    def __init__(self, grid: int, projector: nn.Module, pooling: str = "avg") -> None:
         super().__init__()
+        if pooling not in _POOLS:
+            raise ValueError(f"pool connector pooling must be one of {sorted(_POOLS)}, got {pooling!r}")
         self.grid = grid
         self.projector = projector
+        self.pooling = pooling
+
+    @staticmethod
+    def width_factor(pooling: str) -> int:
+        """How many feature vectors of the encoder's width each pooled token concatenates."""
+        return len(_POOLS[pooling])
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         side = math.isqrt(num_input_tokens)
@@ -41,5 +49,12 @@ class PoolConnector(nn.Module):
         side = math.isqrt(p)
         self.num_output_tokens(p)
         grid = features.transpose(1, 2).reshape(b, d, side, side)
-        pooled = F.adaptive_avg_pool2d(grid, self.grid).flatten(2).transpose(1, 2)
-        return self.projector(pooled)
+        pooled = torch.cat([pool(grid, self.grid) for pool in _POOLS[self.pooling]], dim=1)
+        return self.projector(pooled.flatten(2).transpose(1, 2))
+
+
+_POOLS = {
+    "avg": (F.adaptive_avg_pool2d,),
+    "max": (F.adaptive_max_pool2d,),
+    "avgmax": (F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
+}

@@ -88,7 +88,9 @@ def _projector(kind: str, in_dim: int, out_dim: int, hidden: int | None) -> nn.M
 CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
     LinearConnectorSpec: lambda s, i, o: LinearConnector(i, o),
     MLPConnectorSpec: lambda s, i, o: MLPConnector(i, o, s.hidden),
-    PoolConnectorSpec: lambda s, i, o: PoolConnector(s.grid, _projector(s.projector, i, o, s.hidden)),
+    PoolConnectorSpec: lambda s, i, o: PoolConnector(
+        s.grid, _projector(s.projector, i * PoolConnector.width_factor(s.pooling), o, s.hidden), s.pooling
+    ),
     PerceiverConnectorSpec: lambda s, i, o: PerceiverResampler(
         i, o, num_latents=s.num_latents, depth=s.depth, heads=s.heads, dim=s.dim, ffn_mult=s.ffn_mult
     ),

@@ -189,7 +189,12 @@ class MLPConnectorSpec(Spec):
 
 class PoolConnectorSpec(Spec):
     type: Literal["pool"]
-    grid: int = Field(2, ge=1, description="average-pool the encoder's feature grid to grid×grid tokens")
+    grid: int = Field(2, ge=1, description="pool the encoder's feature grid to grid×grid tokens")
+    pooling: Literal["avg", "max", "avgmax"] = Field(
+        "avg",
+        description="avg: mean of each cell; max: its strongest activation (a small object over a plain "
+        "background); avgmax: both, concatenated (twice the projector's input width)",
+    )
     projector: Literal["linear", "mlp"] = "mlp"
     hidden: int | None = Field(None, ge=1)
 
