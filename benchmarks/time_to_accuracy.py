@@ -11,7 +11,8 @@ omnifuse's own VQA normalisation and exact match (``omnifuse.eval.metrics.vqa_sc
 * **plain**: this file's :func:`plain_worker`, also a subprocess: the same pretrained MobileNetV2
   (built from the recipe's encoder spec by omnifuse's builder only because the packaged weights are in
   torchvision's layout; a user would load the same CNN the same way), frozen, in eval mode, run on every
-  image at every step (no cache); the same pooled-MLP projector (mean-pool the CNN grid to 1 token,
+  image at every step (no cache); the same pooled-MLP projector (pool the CNN grid to 1 token as the
+  recipe's connector does — the mean, or the maximum per channel for ``pooling: max`` —
   Linear 1280→576 → GELU → Linear 576→576, as ``pool`` + ``mlp`` build it); SmolLM2-135M-Instruct
   with ``AutoModelForCausalLM.from_pretrained`` on the packaged asset folder; an ``<image>`` special token
   added to the tokenizer and the embeddings resized (what LLaVA does); prompts through the tokenizer's chat
@@ -124,7 +125,15 @@ def plain_model(recipe, llm_name: str):
     llm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     llm.resize_token_embeddings(len(tokenizer))
     width = llm.get_input_embeddings().embedding_dim
-    projector = nn.Sequential(nn.Linear(1280, width), nn.GELU(), nn.Linear(width, width))
+    pooling = recipe.model.connectors["image"].pooling
+    if pooling not in ("avg", "max"):
+        raise SystemExit(f"the plain side pools by mean or max; the recipe's connector has pooling {pooling!r}")
+
+    class Pool(nn.Module):  # [B, h·w, C] → [B, 1, C]: one token per image
+        def forward(self, grid):
+            return grid.amax(dim=1, keepdim=True) if pooling == "max" else grid.mean(dim=1, keepdim=True)
+
+    projector = nn.Sequential(Pool(), nn.Linear(1280, width), nn.GELU(), nn.Linear(width, width))
     return encoder, projector, llm, tokenizer
 
 
@@ -176,12 +185,12 @@ class PlainInputs:
 
 
 def embed(encoder, projector, llm, image_id: int, batch: dict):
-    """Input embeddings with the projected, mean-pooled CNN features at the image token."""
+    """Input embeddings with the pooled, projected CNN features at the image token."""
     import torch
 
     with torch.no_grad():
         grid = encoder(batch["pixel_values"])  # [B, h·w, 1280], frozen
-    feats = projector(grid.mean(dim=1, keepdim=True))  # 1 token per image
+    feats = projector(grid)  # 1 token per image
     embeds = llm.get_input_embeddings()(batch["input_ids"])
     where = (batch["input_ids"] == image_id).unsqueeze(-1).expand_as(embeds)
     return embeds.masked_scatter(where, feats.to(embeds.dtype))
