@@ -127,7 +127,9 @@ def plain_model(recipe, llm_name: str):
     width = llm.get_input_embeddings().embedding_dim
     pooling = recipe.model.connectors["image"].pooling
     if pooling not in ("avg", "max"):
-        raise SystemExit(f"the plain side pools by mean or max; the recipe's connector has pooling {pooling!r}")
+        raise SystemExit(
+            f"the plain side pools by mean or max; the recipe's connector has pooling {pooling!r}"
+        )
 
     class Pool(nn.Module):  # [B, h·w, C] → [B, 1, C]: one token per image
         def forward(self, grid):

@@ -57,7 +57,12 @@ def test_pool_connector_pools_by_mean_max_or_both():
 
 def test_a_recipe_sizes_the_projector_for_the_pooling(tiny_parts, color_data):
     raw = tiny_recipe_dict(color_data)
-    raw["model"]["connectors"]["image"] = {"type": "pool", "grid": 1, "pooling": "avgmax", "projector": "linear"}
+    raw["model"]["connectors"]["image"] = {
+        "type": "pool",
+        "grid": 1,
+        "pooling": "avgmax",
+        "projector": "linear",
+    }
     model, processor = build_model(parse_recipe(raw).model, **tiny_parts)
     samples = load_jsonl(color_data)[:2]
     batch = processor.collate([processor.encode(s) for s in samples])
