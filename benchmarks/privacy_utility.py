@@ -7,6 +7,8 @@ markdown table (accuracy with a Wilson 95 % interval, the ε spent, the noise mu
 directories go to ``--out`` (``runs/privacy`` by default); an existing finished run is reused.
 
     .venv/bin/python benchmarks/privacy_utility.py --epsilons 1 4 8 --out runs/privacy
+
+Larger expected batches (what DP-SGD needs to learn): ``--limit 0 --batch-size 16 --grad-accum 16``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ from pathlib import Path
 RECIPE = "src/omnifuse/recipes/quickstart.yaml"
 
 
-def settings(limit: int, steps: tuple[int, int], eval_limit: int) -> list[str]:
+def settings(
+    limit: int, steps: tuple[int, int], eval_limit: int, batch: int = 8, accum: int = 1
+) -> list[str]:
+    """The overrides every run shares; ``limit`` 0 trains on the whole training split."""
+    per_stage = [
+        f"stages.{i}.{k}={v}" for i in (0, 1) for k, v in (("batch_size", batch), ("grad_accum", accum))
+    ]
     return [
-        f"stages.0.limit={limit}",
-        f"stages.1.limit={limit}",
+        *([f"stages.0.limit={limit}", f"stages.1.limit={limit}"] if limit else []),
+        *per_stage,
         f"stages.0.steps={steps[0]}",
         f"stages.1.steps={steps[1]}",
         f"stages.0.warmup={max(1, steps[0] // 3)}",
@@ -73,14 +81,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 8.0])
     ap.add_argument("--out", type=Path, default=Path("runs/privacy"))
-    ap.add_argument("--limit", type=int, default=200, help="training samples (a seeded subset)")
+    ap.add_argument(
+        "--limit", type=int, default=200, help="training samples (a seeded subset; 0: the whole split)"
+    )
+    ap.add_argument("--batch-size", type=int, default=8, help="micro-batch of every stage")
+    ap.add_argument(
+        "--grad-accum", type=int, default=1, help="micro-batches per step (DP: expected batch = the product)"
+    )
     ap.add_argument(
         "--steps", type=int, nargs=2, default=(12, 48), help="steps of the align, instruct stages"
     )
     ap.add_argument("--eval-limit", type=int, default=120)
     ap.add_argument("--delta", type=float, default=1e-5)
     args = ap.parse_args()
-    base = settings(args.limit, tuple(args.steps), args.eval_limit)
+    base = settings(args.limit, tuple(args.steps), args.eval_limit, args.batch_size, args.grad_accum)
     rows = []
     runs = [("∞ (no DP)", args.out / "eps-inf", base)]
     for eps in args.epsilons:

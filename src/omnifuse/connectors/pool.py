@@ -12,6 +12,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# Each pooling's functions; their outputs are concatenated along the channels (avgmax: twice the width).
+_POOLS = {
+    "avg": (F.adaptive_avg_pool2d,),
+    "max": (F.adaptive_max_pool2d,),
+    "avgmax": (F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
+}
+
 
 class PoolConnector(nn.Module):
     def __init__(self, grid: int, projector: nn.Module, pooling: str = "avg") -> None:
@@ -51,10 +58,3 @@ class PoolConnector(nn.Module):
         grid = features.transpose(1, 2).reshape(b, d, side, side)
         pooled = torch.cat([pool(grid, self.grid) for pool in _POOLS[self.pooling]], dim=1)
         return self.projector(pooled.flatten(2).transpose(1, 2))
-
-
-_POOLS = {
-    "avg": (F.adaptive_avg_pool2d,),
-    "max": (F.adaptive_max_pool2d,),
-    "avgmax": (F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
-}
