@@ -67,7 +67,28 @@ def test_frame_pool_writes_each_frames_time_before_its_token(clips, chatml_token
     assert "at 0.0 s" not in no_stamps.tokenizer.decode(no_stamps.encode(load_jsonl(clips)[0]).input_ids[:60])
 
 
-@pytest.mark.parametrize("connector", [QFORMER, POOL], ids=["qformer", "pool"])
+def test_frame_pool_pools_each_frame_by_its_pooling():
+    from omnifuse.connectors.video import FramePool
+
+    # 2 frames of a 2x2 grid of 1-channel features: one bright cell (a small shape) per frame.
+    feats = torch.tensor([[[0.0], [0.0], [0.0], [8.0], [4.0], [0.0], [0.0], [0.0]]])
+    lengths = torch.tensor([8])
+    seen = {}
+    for pooling in ("avg", "max", "avgmax"):
+        pool = FramePool(1, 1, 4, (2, 2), grid=1, projector="linear", pooling=pooling)
+        pool.projector = torch.nn.Identity()  # the pooled values themselves
+        seen[pooling], out_lengths = pool(feats, lengths)
+        assert out_lengths.tolist() == [2]
+    assert seen["avg"].flatten().tolist() == [2.0, 1.0] and seen["max"].flatten().tolist() == [8.0, 4.0]
+    assert seen["avgmax"].tolist() == [[[2.0, 8.0], [1.0, 4.0]]]  # both, per frame, in time order
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        FramePool(1, 1, 4, (2, 2), pooling="median")
+    assert FramePool(3, 5, 4, (2, 2), pooling="avgmax").projector(torch.zeros(1, 6)).shape == (1, 5)
+
+
+@pytest.mark.parametrize(
+    "connector", [QFORMER, POOL, {**POOL, "pooling": "avgmax"}], ids=["qformer", "pool", "pool-avgmax"]
+)
 def test_fps_clips_of_different_lengths_batch_like_alone(clips, chatml_tokenizer, connector):
     model, proc = build(clips, chatml_tokenizer, connector, {"fps": 4, "max_frames": 8}, max_frames=8)
     samples = load_jsonl(clips)[:3]  # 6, 7 and 8 frames

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# Each pooling's functions; their outputs are concatenated along the channels (avgmax: twice the width).
-_POOLS = {
+# Each pooling's 2-D adaptive pooling functions; their outputs are concatenated along the channels
+# (avgmax: twice the width). The frame-pool video connector pools each frame with the same table.
+POOLINGS = {
     "avg": (F.adaptive_avg_pool2d,),
     "max": (F.adaptive_max_pool2d,),
     "avgmax": (F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
@@ -23,8 +24,8 @@ _POOLS = {
 class PoolConnector(nn.Module):
     def __init__(self, grid: int, projector: nn.Module, pooling: str = "avg") -> None:
         super().__init__()
-        if pooling not in _POOLS:
-            raise ValueError(f"pool connector pooling must be one of {sorted(_POOLS)}, got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pool connector pooling must be one of {sorted(POOLINGS)}, got {pooling!r}")
         self.grid = grid
         self.projector = projector
         self.pooling = pooling
@@ -32,7 +33,7 @@ class PoolConnector(nn.Module):
     @staticmethod
     def width_factor(pooling: str) -> int:
         """How many feature vectors of the encoder's width each pooled token concatenates."""
-        return len(_POOLS[pooling])
+        return len(POOLINGS[pooling])
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         side = math.isqrt(num_input_tokens)
@@ -56,5 +57,5 @@ class PoolConnector(nn.Module):
         side = math.isqrt(p)
         self.num_output_tokens(p)
         grid = features.transpose(1, 2).reshape(b, d, side, side)
-        pooled = torch.cat([pool(grid, self.grid) for pool in _POOLS[self.pooling]], dim=1)
+        pooled = torch.cat([pool(grid, self.grid) for pool in POOLINGS[self.pooling]], dim=1)
         return self.projector(pooled.flatten(2).transpose(1, 2))

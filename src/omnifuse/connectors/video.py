@@ -4,7 +4,7 @@
   get a learned embedding of the frame's position in the clip, then learned queries cross-attend to all
   frames in a small BERT (transformers' ``Blip2QFormerModel``, cross-attention in every layer); padded
   frames are masked. Always ``num_queries`` tokens, whatever the number of frames.
-* :class:`FramePool` — the cheap baseline: each frame average-pooled to grid² tokens and projected;
+* :class:`FramePool` — the cheap baseline: each frame pooled (average, max or both) to grid² tokens and projected;
   the frames' tokens follow each other in time order (``n · grid²`` tokens). With ``timestamps`` the
   processor writes each frame's time before its tokens ("at 1.5 s:"), which is how the LLM learns when.
 
@@ -16,26 +16,31 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from omnifuse.connectors.linear import LinearConnector
 from omnifuse.connectors.mlp import MLPConnector
+from omnifuse.connectors.pool import POOLINGS
 from omnifuse.errors import OmnifuseError
 
 
-def _pool_frames(x: torch.Tensor, grid: tuple[int, int] | None, tokens: int | None) -> torch.Tensor:
+def _pool_frames(
+    x: torch.Tensor, grid: tuple[int, int] | None, tokens: int | None, pooling: str = "avg"
+) -> torch.Tensor:
     """``x`` [B, N, P, D] with each frame's P tokens pooled to ``tokens`` (a k×k grid when the frame's
-    tokens are a grid and ``tokens`` is a square, else along the token axis)."""
+    tokens are a grid and ``tokens`` is a square, else along the token axis), by ``pooling`` (a key of
+    :data:`POOLINGS`; avgmax concatenates both: [B, N, tokens, 2·D]). ``tokens`` None: unchanged."""
     b, n, p, d = x.shape
-    if tokens is None or tokens >= p:
+    if tokens is None:
         return x
+    tokens = min(tokens, p)
     k = int(round(tokens**0.5))
     if grid is not None and k * k == tokens and grid[0] * grid[1] == p:
-        maps = x.reshape(b * n, grid[0], grid[1], d).permute(0, 3, 1, 2)
-        return F.adaptive_avg_pool2d(maps, k).flatten(2).transpose(1, 2).reshape(b, n, tokens, d)
-    seq = x.reshape(b * n, p, d).transpose(1, 2)
-    return F.adaptive_avg_pool1d(seq, tokens).transpose(1, 2).reshape(b, n, tokens, d)
+        maps, size = x.reshape(b * n, grid[0], grid[1], d).permute(0, 3, 1, 2), (k, k)
+    else:  # the tokens as a P×1 map
+        maps, size = x.reshape(b * n, p, 1, d).permute(0, 3, 1, 2), (tokens, 1)
+    pooled = torch.cat([pool(maps, size) for pool in POOLINGS[pooling]], dim=1)
+    return pooled.flatten(2).transpose(1, 2).reshape(b, n, tokens, -1)
 
 
 def _projector(kind: str, in_dim: int, out_dim: int, hidden: int | None) -> nn.Module:
@@ -52,15 +57,19 @@ class FramePool(nn.Module):
         grid: int = 1,
         projector: str = "mlp",
         hidden: int | None = None,
+        pooling: str = "avg",
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"frame_pool pooling must be one of {sorted(POOLINGS)}, got {pooling!r}")
         if grid > 1 and (frame_grid is None or min(frame_grid) < grid):
             raise OmnifuseError(
                 f"connectors.video.grid {grid}: the image encoder's frame tokens are {frame_grid or 'no grid'}, "
                 "which cannot be pooled to that grid; use grid: 1"
             )
         self.tokens_per_frame, self.frame_grid, self.grid = tokens_per_frame, frame_grid, grid
-        self.projector = _projector(projector, in_dim, out_dim, hidden)
+        self.pooling = pooling
+        self.projector = _projector(projector, in_dim * len(POOLINGS[pooling]), out_dim, hidden)
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return num_input_tokens // self.tokens_per_frame * self.grid**2
@@ -71,8 +80,8 @@ class FramePool(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, total, d = features.shape
         x = features.reshape(b, total // self.tokens_per_frame, self.tokens_per_frame, d)
-        x = _pool_frames(x, self.frame_grid, self.grid**2)  # [B, N, g², D]
-        out = self.projector(x.reshape(b, -1, d))
+        x = _pool_frames(x, self.frame_grid, self.grid**2, self.pooling)  # [B, N, g², D or 2·D]
+        out = self.projector(x.reshape(b, -1, x.shape[-1]))
         return out, lengths // self.tokens_per_frame * self.grid**2
 
 

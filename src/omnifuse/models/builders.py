@@ -120,7 +120,8 @@ VIDEO_CONNECTOR_BUILDERS: dict[type, Callable[..., nn.Module]] = {
         layers=s.layers, hidden=s.hidden, heads=s.heads, frame_tokens=s.frame_tokens, projector=s.projector,
     ),
     FramePoolSpec: lambda s, e, o: FramePool(
-        e.output_dim, o, e.tokens_per_frame, e.frame_grid, grid=s.grid, projector=s.projector, hidden=s.hidden
+        e.output_dim, o, e.tokens_per_frame, e.frame_grid, grid=s.grid, projector=s.projector, hidden=s.hidden,
+        pooling=s.pooling,
     ),
 }  # fmt: skip
 

@@ -271,12 +271,15 @@ class VideoQFormerSpec(Spec):
 
 
 class FramePoolSpec(Spec):
-    """The cheap video baseline: each frame average-pooled to ``grid``² tokens and projected; the frames'
-    tokens follow each other, each frame's led by its time as text ("at 1.5 s:") when ``timestamps``."""
+    """The cheap video baseline: each frame pooled to ``grid``² tokens and projected; the frames' tokens
+    follow each other, each frame's led by its time as text ("at 1.5 s:") when ``timestamps``."""
 
     video: ClassVar[bool] = True
     type: Literal["frame_pool"]
     grid: int = Field(1, ge=1, description="tokens per frame = grid²")
+    pooling: Literal["avg", "max", "avgmax"] = Field(
+        "avg", description="as the pool connector's: avg, max (a small shape keeps its colour) or both"
+    )
     projector: Literal["linear", "mlp"] = "mlp"
     hidden: int | None = Field(None, ge=1)
     timestamps: bool = Field(True, description='write each frame\'s time before its tokens ("at 1.5 s:")')
