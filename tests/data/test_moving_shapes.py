@@ -37,6 +37,28 @@ def test_a_moving_shape_moves_the_way_the_answer_says():
     assert not any(lo <= a <= hi for a, _ in test_speeds for lo, hi in train_speeds)
 
 
+def test_a_caption_states_every_answer_of_its_clip_in_the_right_place():
+    import random
+
+    rng = random.Random(1)
+    for kind in ("move", "recolour", "sequence", "narrated") * 6:
+        scene = make_scene(kind, "train", rng)
+        answers = {t: a for t, _, a in scene.questions}
+        assert all(f" {a}" in f" {scene.caption}" for a in answers.values()), (scene.caption, answers)
+        if kind == "sequence":  # the word order of the caption is the order of appearance
+            assert (
+                scene.caption
+                == f"the {answers['order_first']} appears first and the {answers['order_last']} appears last"
+            )
+        if kind == "recolour":
+            assert scene.caption.endswith(
+                f"{answers['colour_start']} at the start and {answers['colour_end']} at the end"
+            )
+        if kind == "narrated":  # the named colour's shape moves the way the audio_direction answer says
+            named = next(s for s in scene.sprites if s.colour == answers["audio_colour"])
+            assert f"the {named.colour} {named.shape} moves {answers['audio_direction']}" in scene.caption
+
+
 @needs_espeak
 def test_export_writes_questions_clips_and_ablations(tmp_path):
     from omnifuse.data.moving_shapes import export_moving_shapes
@@ -56,5 +78,9 @@ def test_export_writes_questions_clips_and_ablations(tmp_path):
     assert all(np.abs(f.astype(int) - held.frames[0]).max() <= 8 for f in held.frames)  # one frame, held
     moving = load_video(by_id[mover.id].videos()[0].path, Sampling(uniform=None, fps=6))
     assert np.abs(moving.frames[0].astype(int) - moving.frames[-1]).max() > 100
+    captions = load_jsonl(files["test-captions"])  # one per clip, the clip of its questions
+    assert [c.id.removesuffix("-caption") for c in captions] == sorted({s.id.rsplit("-", 1)[0] for s in test})
+    assert captions[0].videos()[0].path == test[0].videos()[0].path
+    assert len(load_jsonl(files["train-captions"])) == 4
     again = export_moving_shapes(tmp_path / "ms", {"train": 4, "test": 4}, progress=False)
     assert again == files  # a finished export is kept

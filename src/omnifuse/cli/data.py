@@ -132,13 +132,14 @@ def data_moving_shapes(
     out_dir: Annotated[
         Path, typer.Option("--out", help="folder to write train.jsonl, test*.jsonl and clips/")
     ],
-    train: Annotated[int, typer.Option(help="train clips (two questions each)")] = 600,
-    test: Annotated[int, typer.Option(help="test clips (two questions each)")] = 160,
+    train: Annotated[int, typer.Option(help="train clips (two questions and a caption each)")] = 600,
+    test: Annotated[int, typer.Option(help="test clips (two questions and a caption each)")] = 160,
     seed: int = 0,
     progress: Progress = True,
 ) -> None:
     """Make moving-shapes: short MP4 clips of moving, recolouring, appearing and narrated shapes, with
-    questions that need several frames (and the sound); test-single / test-noaudio ablations (docs/video.md)."""
+    questions that need several frames (and the sound); test-single / test-noaudio ablations; a caption per
+    clip in train-captions / test-captions (docs/video.md)."""
     from omnifuse.data.moving_shapes import export_moving_shapes
     from omnifuse.untrusted import check_out_dir
 

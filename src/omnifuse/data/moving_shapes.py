@@ -15,7 +15,10 @@ Each clip (64×64 px, 10–14 frames at 6 fps, MP4 written with PyAV) is one of 
 The test split uses other speeds, sizes, starting positions and voices than training. Beside
 ``test.jsonl`` the export writes the two ablations of the same questions: ``test-single.jsonl`` (every
 clip replaced by its middle frame held for the clip's length, sound kept: the single-frame baseline)
-and ``test-noaudio.jsonl`` (the narrated clips without their sound track).
+and ``test-noaudio.jsonl`` (the narrated clips without their sound track). ``train-captions.jsonl`` and
+``test-captions.jsonl`` hold one caption per clip ("describe the clip." → "the square appears first and the
+circle appears last") naming everything the clip's questions ask: a pre-training stage for a temporal
+connector, as Video-LLaMA pre-trains its video Q-Former on captioned clips.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from omnifuse.errors import OmnifuseError
 from omnifuse.progress import progress_bar
 from omnifuse.video import write_video
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the caption files
+CAPTION_PROMPT = "describe the clip."
 SIZE, FPS = 64, 6
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 230), "yellow": (235, 210, 40)}
@@ -81,6 +85,7 @@ class Scene:
     frames: int
     sprites: list[Sprite]
     questions: list[tuple[str, str, str]]  # (question_type, question, answer)
+    caption: str  # everything the questions ask, in one sentence
     narration: str | None = None
     meta: dict = field(default_factory=dict)
 
@@ -151,7 +156,8 @@ def make_scene(kind: str, split: str, rng: random.Random) -> Scene:
             ("direction", f"which way does the {shape} move?", direction),
             ("shape", "what shape moves?", shape),
         ]
-        return Scene(kind, frames, [_mover(rng, split, frames, direction, shape, colour)], questions)
+        sprite = _mover(rng, split, frames, direction, shape, colour)
+        return Scene(kind, frames, [sprite], questions, f"the {colour} {shape} moves {direction}")
     if kind == "recolour":
         after = rng.choice([c for c in COLOURS if c != colour])
         sprite = _static(rng, split, shape, colour)
@@ -160,7 +166,8 @@ def make_scene(kind: str, split: str, rng: random.Random) -> Scene:
             ("colour_end", f"what colour is the {shape} at the end?", after),
             ("colour_start", f"what colour is the {shape} at the start?", colour),
         ]
-        return Scene(kind, frames, [sprite], questions)
+        caption = f"the {shape} is {colour} at the start and {after} at the end"
+        return Scene(kind, frames, [sprite], questions, caption)
     if kind == "sequence":
         first, last = rng.sample(SHAPES, 2)
         a = _static(rng, split, first, colour)
@@ -170,7 +177,9 @@ def make_scene(kind: str, split: str, rng: random.Random) -> Scene:
             ("order_first", "which shape appears first?", first),
             ("order_last", "which shape appears last?", last),
         ]
-        return Scene(kind, frames, [a, b], questions)
+        return Scene(
+            kind, frames, [a, b], questions, f"the {first} appears first and the {last} appears last"
+        )
     return _narrated(split, rng, frames)
 
 
@@ -181,12 +190,16 @@ def _narrated(split: str, rng: random.Random, frames: int) -> Scene:
         _mover(rng, split, frames, d_named, rng.choice(SHAPES), named),
         _mover(rng, split, frames, d_other, rng.choice(SHAPES), other),
     ]
+    moves = " and ".join(
+        f"the {s.colour} {s.shape} moves {d}" for s, d in zip(sprites, (d_named, d_other), strict=True)
+    )
+    caption = f"the voice says {named}; {moves}"
     rng.shuffle(sprites)
     questions = [
         ("audio_colour", "what colour does the voice say?", named),
         ("audio_direction", "which way does the shape the voice names move?", d_named),
     ]
-    return Scene("narrated", frames, sprites, questions, narration=f"look at the {named} one")
+    return Scene("narrated", frames, sprites, questions, caption, narration=f"look at the {named} one")
 
 
 def _middle_held(frames: np.ndarray) -> np.ndarray:
@@ -248,21 +261,32 @@ def _build(root: Path, clips: dict[str, int], seed: int, progress: bool) -> None
                             Message("assistant", (TextPart(answer),)),
                         )
                         variants.setdefault(variant, []).append(Sample(f"{name}-{qtype}", messages, meta))
+                variants.setdefault("-captions", []).append(_caption_sample(name, paths[""], scene))
                 bar.advance()
         for variant, samples in variants.items():
             write_jsonl(samples, root / f"{split}{variant}.jsonl")
 
 
+def _caption_sample(name: str, path: Path, scene: Scene) -> Sample:
+    messages = (
+        Message("user", (VideoPart(path), TextPart(CAPTION_PROMPT))),
+        Message("assistant", (TextPart(scene.caption),)),
+    )
+    meta = {"question_type": "caption", "scene": scene.kind, "frames": scene.frames, "fps": FPS}
+    return Sample(f"{name}-caption", messages, meta)
+
+
 def _files(out_dir: Path) -> dict[str, Path]:
-    names = ("train", "test", "test-single", "test-noaudio")
+    names = ("train", "test", "test-single", "test-noaudio", "train-captions", "test-captions")
     return {n: out_dir / f"{n}.jsonl" for n in names}
 
 
 def export_moving_shapes(
     out_dir: Path | str, clips: dict[str, int] | None = None, seed: int = 0, progress: bool = True
 ) -> dict[str, Path]:
-    """Write the clips and ``train.jsonl``, ``test.jsonl``, ``test-single.jsonl``, ``test-noaudio.jsonl``
-    under ``out_dir`` (each clip gives two questions). Returns at once when a matching export exists."""
+    """Write the clips and ``train.jsonl``, ``test.jsonl``, ``test-single.jsonl``, ``test-noaudio.jsonl``,
+    ``train-captions.jsonl``, ``test-captions.jsonl`` under ``out_dir`` (each clip gives two questions and
+    a caption). Returns at once when a matching export exists."""
     out_dir = Path(out_dir)
     clips = {**DEFAULT_CLIPS, **(clips or {})}
     for split, n in clips.items():
@@ -286,5 +310,5 @@ def export_moving_shapes(
 
 def ensure_moving_shapes(cache_root: Path | str, progress: bool = True) -> dict[str, Path]:
     """The default moving-shapes export in the asset cache (``cache_root/data/moving-shapes``): the
-    built-in data set ``moving-shapes:train|test|test-single|test-noaudio``."""
+    built-in data set ``moving-shapes:train|test|test-single|test-noaudio|train-captions|test-captions``."""
     return export_moving_shapes(Path(cache_root) / "data" / "moving-shapes", progress=progress)
