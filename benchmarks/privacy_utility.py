@@ -8,7 +8,8 @@ directories go to ``--out`` (``runs/privacy`` by default); an existing finished 
 
     .venv/bin/python benchmarks/privacy_utility.py --epsilons 1 4 8 --out runs/privacy
 
-Larger expected batches (what DP-SGD needs to learn): ``--limit 0 --batch-size 16 --grad-accum 16``.
+Larger expected batches (what DP-SGD needs to learn; docs/privacy.md): ``--limit 0 --batch-size 16
+--grad-accum 8 --steps 6 18`` (expected batch 128 from the whole split).
 """
 
 from __future__ import annotations

@@ -21,11 +21,17 @@ POOLINGS = {
 }
 
 
+def pooling_functions(pooling: str, owner: str) -> tuple:
+    """``pooling``'s functions from :data:`POOLINGS`, or a ValueError naming ``owner`` and the choices."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"{owner} pooling must be one of {sorted(POOLINGS)}, got {pooling!r}")
+    return POOLINGS[pooling]
+
+
 class PoolConnector(nn.Module):
     def __init__(self, grid: int, projector: nn.Module, pooling: str = "avg") -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pool connector pooling must be one of {sorted(POOLINGS)}, got {pooling!r}")
+        pooling_functions(pooling, "pool connector")
         self.grid = grid
         self.projector = projector
         self.pooling = pooling
@@ -33,7 +39,7 @@ class PoolConnector(nn.Module):
     @staticmethod
     def width_factor(pooling: str) -> int:
         """How many feature vectors of the encoder's width each pooled token concatenates."""
-        return len(POOLINGS[pooling])
+        return len(pooling_functions(pooling, "pool connector"))
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         side = math.isqrt(num_input_tokens)

@@ -20,7 +20,7 @@ from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from omnifuse.connectors.linear import LinearConnector
 from omnifuse.connectors.mlp import MLPConnector
-from omnifuse.connectors.pool import POOLINGS
+from omnifuse.connectors.pool import POOLINGS, pooling_functions
 from omnifuse.errors import OmnifuseError
 
 
@@ -60,8 +60,7 @@ class FramePool(nn.Module):
         pooling: str = "avg",
     ) -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"frame_pool pooling must be one of {sorted(POOLINGS)}, got {pooling!r}")
+        width = len(pooling_functions(pooling, "frame_pool"))  # avgmax: both, concatenated
         if grid > 1 and (frame_grid is None or min(frame_grid) < grid):
             raise OmnifuseError(
                 f"connectors.video.grid {grid}: the image encoder's frame tokens are {frame_grid or 'no grid'}, "
@@ -69,7 +68,7 @@ class FramePool(nn.Module):
             )
         self.tokens_per_frame, self.frame_grid, self.grid = tokens_per_frame, frame_grid, grid
         self.pooling = pooling
-        self.projector = _projector(projector, in_dim * len(POOLINGS[pooling]), out_dim, hidden)
+        self.projector = _projector(projector, in_dim * width, out_dim, hidden)
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return num_input_tokens // self.tokens_per_frame * self.grid**2
