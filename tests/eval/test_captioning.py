@@ -107,5 +107,20 @@ def test_caption_task_reads_meta_captions_or_the_answer():
     assert summary["n"] == 2 and summary["cider_d"] == pytest.approx(350 / 48)
     assert summarise_captions([{"prediction": "red", "score": 1.0}]) is None
     title, columns, rows = caption_table(summary)
-    assert [r[0] for r in rows] == ["BLEU-4", "CIDEr-D (×100)", "ROUGE-L (×100)"]
+    assert [r[0] for r in rows] == ["BLEU-4", "CIDEr-D (×100)", "ROUGE-L (×100)", "exact match %"]
     assert rows[1][1].startswith("729.2 [")
+    assert rows[3][1].startswith("50.0 [") and "by definition" not in rows[0][1]
+
+
+def test_exact_match_and_captions_too_short_for_bleu4():
+    # Image A is exact (after normalisation), B is not: exact match 1/2.
+    assert caption_scores(HYPS, REFS, n_resamples=50).exact == 0.5
+    # Three-word captions have no 4-gram: BLEU-4 is 0 even for perfect ones, and the table says why.
+    short = caption_scores(["a red circle", "a blue square"], [["a red circle"], ["a blue square"]], 50)
+    assert short.bleu4 == 0.0 and short.exact == 1.0 and not short.bleu4_defined
+    _, _, rows = caption_table(short.summary())
+    assert rows[0][1].endswith("(no caption has 4 words: 0 by definition)")
+    assert rows[3][1] == "100.0 [100.0, 100.0]"
+    # A summary written before these fields (an older eval.json) still renders, without the new row.
+    old = {k: v for k, v in short.summary().items() if not k.startswith(("exact", "bleu4_defined"))}
+    assert [r[0] for r in caption_table(old)[2]] == ["BLEU-4", "CIDEr-D (×100)", "ROUGE-L (×100)"]

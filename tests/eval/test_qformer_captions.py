@@ -108,7 +108,12 @@ def test_eval_scores_the_caption_stage_on_its_held_out_data(evaluated):
         for t in eval_printout(outcome, run.path)
         if isinstance(t, TableData) and t.title.startswith("stage align")
     ]
-    assert [row[0] for row in tables[0].rows] == ["BLEU-4", "CIDEr-D (×100)", "ROUGE-L (×100)"]
+    assert [row[0] for row in tables[0].rows] == [
+        "BLEU-4",
+        "CIDEr-D (×100)",
+        "ROUGE-L (×100)",
+        "exact match %",
+    ]
     # The LLM's answers to the caption samples of data.eval are scored by the caption metrics (eval.scoring).
     llm = json.loads((run.path / "eval.json").read_text())["metrics"]["caption"]
     assert llm["n"] == 2 and {"bleu4", "cider_d", "rouge_l"} <= set(llm)

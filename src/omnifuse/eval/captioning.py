@@ -170,16 +170,21 @@ class CaptionScores:
     bleu4: float  # 0..100
     cider_d: float  # pycocoevalcap's scale (papers print it ×100)
     rouge_l: float  # 0..1
+    exact: float  # 0..1: the share of captions equal to one of their references (normalised tokens)
     ci95: dict[str, tuple[float, float]]  # metric → 95 % bootstrap interval over images
     cider_per_image: np.ndarray
     rouge_per_image: np.ndarray
     n_resamples: int
+    # False when no caption has four tokens: BLEU-4 is then 0 by definition, however right the captions
+    # (short captions such as "a red circle" have no 4-gram), and the table says so.
+    bleu4_defined: bool = True
 
     def summary(self) -> dict:
         out: dict = {"n": self.n}
-        for name in ("bleu4", "cider_d", "rouge_l"):
+        for name in ("bleu4", "cider_d", "rouge_l", "exact"):
             out[name] = getattr(self, name)
             out[f"{name}_ci95"] = list(self.ci95[name])
+        out["bleu4_defined"] = self.bleu4_defined
         out["ci"] = f"95 % percentile bootstrap over images, {self.n_resamples} resamples, seed 0"
         return out
 
@@ -199,6 +204,9 @@ def caption_scores(
     cider = CiderD(hypotheses, references)
     cider_per_image = cider.per_image()
     rouge = np.asarray([rouge_l(h, rs) for h, rs in zip(hypotheses, references, strict=True)])
+    exact = np.asarray(
+        [any(h.split() == r.split() for r in rs) for h, rs in zip(tokens, ref_tokens, strict=True)], float
+    )
     images = np.arange(len(hypotheses))[:, None].astype(float)  # rows to resample: image indices
 
     def ci(data, statistic=None) -> tuple[float, float]:
@@ -209,16 +217,19 @@ def caption_scores(
         "bleu4": ci(bleu.stats, bleu_from_stats),
         "cider_d": ci(images, cider.score_of),
         "rouge_l": ci(rouge),
+        "exact": ci(exact),
     }
     return CaptionScores(
         len(hypotheses),
         bleu.score,
         float(cider_per_image.mean()),
         float(rouge.mean()),
+        float(exact.mean()),
         intervals,
         cider_per_image,
         rouge,
         n_resamples,
+        bleu4_defined=any(len(t.split()) >= 4 for t in tokens),
     )
 
 
@@ -246,14 +257,17 @@ def summarise_captions(records: Sequence[dict]) -> dict | None:
 def caption_table(summary: dict) -> tuple[str, tuple[str, ...], list[tuple[str, ...]]]:
     """Title, columns and rows (metric, score [95 % CI]) for the eval printout and the report."""
 
-    def row(name: str, key: str, scale: float) -> tuple[str, ...]:
+    def row(name: str, key: str, scale: float, note: str = "") -> tuple[str, ...]:
         low, high = summary[f"{key}_ci95"]
-        return (name, f"{scale * summary[key]:.1f} [{scale * low:.1f}, {scale * high:.1f}]")
+        return (name, f"{scale * summary[key]:.1f} [{scale * low:.1f}, {scale * high:.1f}]{note}")
 
+    short = not summary.get("bleu4_defined", True)  # eval.json files written before the flag: defined
     rows = [
-        row("BLEU-4", "bleu4", 1.0),
+        row("BLEU-4", "bleu4", 1.0, " (no caption has 4 words: 0 by definition)" if short else ""),
         row("CIDEr-D (×100)", "cider_d", 100.0),
         row("ROUGE-L (×100)", "rouge_l", 100.0),
     ]
+    if "exact" in summary:
+        rows.append(row("exact match %", "exact", 100.0))
     title = f"captioning: {summary['n']} images ({summary['ci']})"
     return title, ("metric", "score [95 % CI]"), rows

@@ -101,15 +101,17 @@ class PackedLinears:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Route the packed modules' forward through oneDNN for the duration of the block."""
+        # Set in the instance's __dict__ directly: nn.Module.__setattr__ checks its parameter, buffer and
+        # module tables on every call, which costs ~1 ms per decoding step over a model's ~200 linears.
         patched = []
         try:
             for m, (_, _, packed) in self._packed.items():
-                m.forward = _packed_forward(packed, m.bias)
+                m.__dict__["forward"] = _packed_forward(packed, m.bias)
                 patched.append(m)
             yield
         finally:
             for m in patched:
-                del m.forward  # back to the class's forward
+                del m.__dict__["forward"]  # back to the class's forward
 
 
 def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
