@@ -17,7 +17,11 @@ punctuation removed, split on whitespace: what the COCO evaluation's PTB tokenis
 - **ROUGE-L**: written here (pycocoevalcap's 104 MB wheel, last released 2020, is no package to depend
   on for 20 lines): per image, the longest common subsequence with each reference, precision and recall
   each maxed over the references, F with β = 1.2, as pycocoevalcap's Rouge; the corpus score is the mean
-  over images.
+  over images;
+- **exact match**: the share of captions whose tokens equal one reference's (what VQA's accuracy column
+  counts for a caption sample); for short templated captions the most direct figure. A set of captions
+  none of which has four tokens has no 4-gram, so its BLEU-4 is 0 however right they are: the table says
+  so (``bleu4_defined``).
 
 Intervals: BLEU-4 and CIDEr-D are corpus-level (not means over images), so the bootstrap resamples
 *images* and recomputes each score on the resample (``CI_RESAMPLES`` = 1000 resamples, seed 0,
@@ -192,8 +196,9 @@ class CaptionScores:
 def caption_scores(
     hypotheses: Sequence[str], references: Sequence[Sequence[str]], n_resamples: int = CI_RESAMPLES
 ) -> CaptionScores:
-    """BLEU-4 (0..100), CIDEr-D (pycocoevalcap's scale, up to 10; papers print it ×100: 1.17 → 117) and
-    ROUGE-L (0..1) of one caption per image, each with a 95 % bootstrap interval over images."""
+    """BLEU-4 (0..100), CIDEr-D (pycocoevalcap's scale, up to 10; papers print it ×100: 1.17 → 117),
+    ROUGE-L (0..1) and exact match (0..1) of one caption per image, each with a 95 % bootstrap interval
+    over images."""
     if len(hypotheses) != len(references):
         raise OmnifuseError(f"{len(hypotheses)} captions but {len(references)} reference sets")
     if not hypotheses:
