@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import numpy as np
@@ -38,8 +39,6 @@ def test_a_moving_shape_moves_the_way_the_answer_says():
 
 
 def test_a_caption_states_every_answer_of_its_clip_in_the_right_place():
-    import random
-
     rng = random.Random(1)
     for kind in ("move", "recolour", "sequence", "narrated") * 6:
         scene = make_scene(kind, "train", rng)

@@ -209,9 +209,7 @@ def caption_scores(
     cider = CiderD(hypotheses, references)
     cider_per_image = cider.per_image()
     rouge = np.asarray([rouge_l(h, rs) for h, rs in zip(hypotheses, references, strict=True)])
-    exact = np.asarray(
-        [any(h.split() == r.split() for r in rs) for h, rs in zip(tokens, ref_tokens, strict=True)], float
-    )
+    exact = np.asarray([caption_matches(h, rs) for h, rs in zip(hypotheses, references, strict=True)], float)
     images = np.arange(len(hypotheses))[:, None].astype(float)  # rows to resample: image indices
 
     def ci(data, statistic=None) -> tuple[float, float]:
@@ -242,12 +240,17 @@ def caption_scores(
 REFERENCES = "caption_references"  # the prediction record's field that marks a caption sample
 
 
+def caption_matches(caption: str, references: Sequence[str]) -> bool:
+    """Whether ``caption``'s tokens equal one reference's (exact match after normalisation)."""
+    return any(caption_tokens(caption) == caption_tokens(r) for r in references)
+
+
 def score_caption(prediction: str, sample: Sample) -> dict:
     """The prediction record's fields for a ``meta.task: caption`` sample: ``score``/``correct`` say whether
     the caption equals a reference after normalisation (the accuracy column stays exact match); the
     caption metrics are corpus-level, computed over all caption records by :func:`summarise_captions`."""
     refs = caption_references(sample)
-    hit = any(caption_tokens(prediction) == caption_tokens(r) for r in refs)
+    hit = caption_matches(prediction, refs)
     return {"score": float(hit), "correct": hit, REFERENCES: refs, "rouge_l": rouge_l(prediction, refs)}
 
 
